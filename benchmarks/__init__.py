@@ -1,0 +1,1 @@
+"""Scripts that measure speed and memory at scale; results go to docs/PERFORMANCE.md."""

@@ -1,0 +1,1 @@
+"""Dataset card builder: statistics, figures and the Hub datasheet."""

@@ -1,0 +1,76 @@
+"""The ``rrec`` command: one subcommand per stage, plus ``rrec run`` for the whole chain.
+
+Each package registers its commands from a light module (heavy imports happen inside the
+command bodies, so ``rrec --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import typer
+from rich.logging import RichHandler
+
+from pipeline import __version__
+
+COMMAND_MODULES = (
+    "pipeline.commands",
+    "pipeline.annotate_cli",
+    "validation.cli",
+    "datacards.cli",
+    "release.cli",
+    "training.cli",
+    "pipeline.run",
+)
+
+app = typer.Typer(
+    name="rrec",
+    help=(
+        "rationale-rec: regenerate, validate and publish rationale-augmented recommendation data "
+        "from Amazon Reviews 2023, and train rationale-first recommenders on released versions."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR.", envvar="RREC_LOG_LEVEL"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(rich_tracebacks=False, show_path=False)],
+        force=True,
+    )
+    for noisy in ("distributed", "httpx", "urllib3", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _register_all() -> None:
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # that part of the tool is not installed in this checkout
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    app()

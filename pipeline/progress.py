@@ -1,0 +1,49 @@
+"""Progress display for long work: rich bars over Dask futures or plain iterables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from distributed import Future, as_completed
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+console = Console(stderr=True)
+
+
+def make_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+
+
+def gather_with_progress(futures: Sequence[Future], description: str) -> list[Any]:
+    """Wait for Dask futures showing a bar; results come back in submission order.
+
+    The first failing future raises its exception (with the worker's traceback chained).
+    """
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    with make_progress() as progress:
+        task = progress.add_task(description, total=len(futures))
+        for future in as_completed(futures):
+            results[index[future.key]] = future.result()
+            progress.advance(task)
+    return results
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    with make_progress() as progress:
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)

@@ -1,0 +1,40 @@
+"""Reading and writing the Parquet tables of a run folder with their explicit schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipeline.schemas import TABLE_SCHEMAS
+
+
+def part_name(index: int) -> str:
+    """File name of partition ``index``; zero-padded so lexical order is partition order."""
+    return f"part-{index:05d}.parquet"
+
+
+def write_part(table: pa.Table, folder: Path, index: int, schema: pa.Schema | None = None) -> Path:
+    """Write one partition file, cast to ``schema`` (an error, not a silent change, if it cannot)."""
+    if schema is not None and table.schema != schema:
+        table = table.select(schema.names).cast(schema)
+    path = Path(folder) / part_name(index)
+    pq.write_table(table, path, compression="zstd")
+    return path
+
+
+def dataset(folder: Path, name: str | None = None) -> pads.Dataset:
+    """A pyarrow dataset over a table folder, with its declared schema when ``name`` is known."""
+    schema = TABLE_SCHEMAS.get(name or Path(folder).name)
+    return pads.dataset(str(folder), format="parquet", schema=schema)
+
+
+def read_table(folder: Path, name: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Read a whole table folder in partition order."""
+    return dataset(folder, name).to_table(columns=columns)
+
+
+def parts(folder: Path) -> list[Path]:
+    return sorted(Path(folder).glob("*.parquet"))

@@ -1,0 +1,1 @@
+"""Rationale-first recommenders trained on released dataset versions (SFT, GRPO, evaluation)."""

@@ -1,0 +1,1 @@
+"""Great Expectations suites for the pipeline tables and their runner."""
