@@ -15,8 +15,12 @@ from rich.logging import RichHandler
 from pipeline import __version__
 
 COMMAND_MODULES = (
-    "pipeline.commands",
-    "pipeline.annotate_cli",
+    "pipeline.sample",
+    "pipeline.ingest",
+    "pipeline.sequences",
+    "pipeline.annotate",
+    "pipeline.filter",
+    "pipeline.judge",
     "validation.cli",
     "datacards.cli",
     "release.cli",

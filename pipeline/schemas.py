@@ -99,6 +99,25 @@ ANNOTATIONS = pa.schema(_ANNOTATION_FIELDS)
 FILTERED = pa.schema(_ANNOTATION_FIELDS)
 FILTER_REJECTS = pa.schema([*_ANNOTATION_FIELDS, ("reason", pa.string())])
 
+# One row of a released split (data/<config>/<split>-*.parquet). The split is the file, not a
+# column. Train rows are the sequences whose rationale passed the self-filter; validation and
+# test rows are every sequence of that split, with null rationale fields unless they were
+# annotated (`rrec annotate --splits`).
+RELEASE_ROW = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("history", pa.list_(HISTORY_ITEM)),
+        ("target", TARGET),
+        ("candidates", pa.list_(CANDIDATE)),
+        ("target_index", pa.int32()),
+        ("rationale", pa.string()),
+        ("user_preferences", pa.string()),
+        ("annotator", pa.string()),
+        ("model", pa.string()),
+        ("prompt_version", pa.string()),
+    ]
+)
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "interactions": INTERACTIONS,
     "items": ITEMS,
