@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "datacards.cli",
     "release.cli",
     "training.cli",
+    "training.eval_cli",
     "pipeline.run",
 )
 
