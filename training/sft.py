@@ -1,0 +1,305 @@
+"""``rrec train sft``: supervised fine-tuning of a rationale-first recommender with TRL.
+
+A short script over the library: released rows become conversational prompt-completion
+examples (:mod:`training.data`), ``trl.SFTTrainer`` trains with the loss on the assistant turn
+only (``completion_only_loss``), a PEFT LoRA adapter by default or every weight with ``full``,
+evaluates on the validation split, keeps checkpoints, stops early and can resume.
+
+Variants (the paper's three): A and B train with rationales (they differ only at inference),
+C trains on item-only targets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+from pydantic import Field
+
+from pipeline.config import StageSettings
+from pipeline.rationale_format import FORMAT_VERSION
+from training.data import catalog_config, load_resolved, load_split_with_source, to_chat_examples
+from training.models import (
+    BASE_MODEL_DIR,
+    DEFAULT_MODEL,
+    TINY,
+    TinyModelSettings,
+    build_tiny,
+    load_pretrained,
+    training_dtype,
+    write_training_config,
+)
+from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_user_turn, system_prompt
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+VARIANTS_WITH_RATIONALE = {"A": True, "B": True, "C": False}
+
+
+class SFTSettings(StageSettings):
+    """Settings of ``rrec train sft`` (YAML section ``sft``; names equal the command's options)."""
+
+    model: str = Field(DEFAULT_MODEL, description="Hub id or local folder of the base model, or 'tiny'.")
+    variant: Literal["A", "B", "C"] = "A"
+    full: bool = Field(False, description="Fine-tune every weight instead of a LoRA adapter.")
+    merge: bool = Field(False, description="Save the LoRA adapter merged into its base, as a full model.")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    learning_rate: float = Field(2e-4, gt=0.0)
+    epochs: float = Field(3.0, gt=0.0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run the epochs).")
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    gradient_checkpointing: bool = Field(True, description="Trade compute for memory (ignored for the tiny model).")
+    max_length: int = Field(2048, ge=32, description="Longest tokenised example; longer ones are truncated.")
+    eval_steps: int = Field(50, ge=1, description="Evaluate and checkpoint every this many steps.")
+    early_stopping_patience: int = Field(3, ge=0, description="Evaluations without improvement before stopping (0: never).")
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    limit_train: int | None = Field(None, ge=1, description="Use only the first N train rows.")
+    limit_eval: int | None = Field(None, ge=1, description="Use only the first N evaluation rows.")
+    eval_holdout: int = Field(
+        64, ge=1, description="Train rows held out for evaluation when the validation split has no rationales."
+    )
+    history_k: int = Field(10, ge=1)
+    num_candidates: int = Field(20, ge=0)
+    seed: int = 42
+    tiny_vocab_size: int = Field(1024, ge=300)
+    tiny_hidden_size: int = Field(64, ge=8)
+    tiny_num_layers: int = Field(2, ge=1)
+
+    @property
+    def with_rationale(self) -> bool:
+        return VARIANTS_WITH_RATIONALE[self.variant]
+
+    def prompt_settings(self) -> PromptSettings:
+        return PromptSettings(history_k=self.history_k, num_candidates=self.num_candidates, seed=self.seed)
+
+    def tiny_settings(self) -> TinyModelSettings:
+        return TinyModelSettings(
+            vocab_size=self.tiny_vocab_size, hidden_size=self.tiny_hidden_size, num_layers=self.tiny_num_layers
+        )
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    """What a finished SFT run produced."""
+
+    output_dir: Path
+    eval_loss_before: float | None
+    eval_loss_after: float
+    best_checkpoint: str | None
+    global_step: int
+    resumed_from: str | None
+
+
+def _take(rows: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    return rows.select(range(min(limit, len(rows)))) if limit else rows
+
+
+def tokenizer_corpus(rows: datasets.Dataset, catalog: datasets.Dataset, prompts: PromptSettings) -> list[str]:
+    """The texts the tiny tokenizer is trained on: both system prompts, user turns, rationales, titles."""
+    texts = [system_prompt(rationale, candidates) for rationale in (True, False) for candidates in (True, False)]
+    texts += [build_user_turn(row, prompts) for row in rows]
+    texts += [row["rationale"] for row in rows if row.get("rationale")]
+    texts += [title for title in catalog["title"] if title]
+    return texts
+
+
+def _split_eval(
+    train_rows: datasets.Dataset, validation_rows: datasets.Dataset, settings: SFTSettings
+) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """Train and evaluation rows; rationale variants fall back to held-out train rows without validation rationales."""
+    if not settings.with_rationale or any(validation_rows["rationale"]):
+        return train_rows, validation_rows, "validation"
+    if len(train_rows) <= settings.eval_holdout:
+        raise ValueError(
+            f"the validation split has no rationales and the train split has only {len(train_rows)} rows, "
+            f"not more than --eval-holdout {settings.eval_holdout}; lower --eval-holdout"
+        )
+    log.warning(
+        "the validation split has no rationales: evaluating variant %s on %d held-out train rows instead",
+        settings.variant,
+        settings.eval_holdout,
+    )
+    split = train_rows.train_test_split(test_size=settings.eval_holdout, seed=settings.seed)
+    return split["train"], split["test"], "train_holdout"
+
+
+def _prepare_output(output_dir: Path, resume: bool, force: bool) -> str | None:
+    """Check the output folder against --resume/--force; returns the checkpoint to resume from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = output_dir / CHECKPOINTS_DIR
+    if force and output_dir.exists():
+        shutil.rmtree(output_dir)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume:
+        if last is None:
+            raise FileNotFoundError(f"--resume: {checkpoints} has no checkpoint to resume from; start without --resume")
+        return last
+    if (output_dir / "training_config.json").exists():
+        raise ValueError(f"{output_dir} already holds a trained model; choose another --output or add --force to retrain")
+    if last is not None:
+        raise ValueError(f"{output_dir} has checkpoints of an unfinished run; add --resume to continue or --force to start over")
+    return None
+
+
+def _base_model(settings: SFTSettings, output_dir: Path, train_rows: datasets.Dataset, catalog: datasets.Dataset) -> tuple[Any, Any, str]:
+    """The model to fine-tune, its tokenizer and how to name the base in the training record."""
+    if settings.model != TINY:
+        model, tokenizer = load_pretrained(settings.model)
+        return model, tokenizer, settings.model
+    base_dir = output_dir / BASE_MODEL_DIR
+    if (base_dir / "config.json").exists():
+        # Resuming: the checkpoint belongs to this exact tokenizer and initialisation.
+        model, tokenizer = load_pretrained(str(base_dir))
+    else:
+        corpus = tokenizer_corpus(train_rows, catalog, settings.prompt_settings())
+        model, tokenizer = build_tiny(corpus, settings.tiny_settings(), settings.seed, base_dir)
+    return model, tokenizer, BASE_MODEL_DIR
+
+
+def _sft_config(settings: SFTSettings, output_dir: Path, tiny: bool) -> Any:
+    from trl import SFTConfig
+
+    dtype = training_dtype()
+    early_stopping = settings.early_stopping_patience > 0
+    return SFTConfig(
+        output_dir=str(output_dir / CHECKPOINTS_DIR),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        gradient_checkpointing=settings.gradient_checkpointing and not tiny,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0 if tiny else 0.03,
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        eval_strategy="steps",
+        eval_steps=settings.eval_steps,
+        save_strategy="steps",
+        save_steps=settings.eval_steps,
+        save_total_limit=settings.save_total_limit,
+        load_best_model_at_end=early_stopping,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=settings.logging_steps,
+        bf16=dtype.is_floating_point and str(dtype) == "torch.bfloat16",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        report_to="none",
+        dataset_num_proc=None,
+    )
+
+
+def run_sft(
+    dataset: str,
+    config: str,
+    revision: str | None,
+    output_dir: Path,
+    settings: SFTSettings,
+    *,
+    resume: bool = False,
+    force: bool = False,
+) -> SFTResult:
+    """Fine-tune ``settings.model`` on a released config and save it to ``output_dir``.
+
+    The folder ends up holding the adapter (or the full model with ``full``/``merge``), its
+    tokenizer, ``training_config.json`` and ``checkpoints/``; the tiny model's base is kept in
+    ``base_model/``. Evaluation uses the validation split (for rationale variants, held-out
+    train rows when validation rows carry no rationale).
+    """
+    from peft import LoraConfig
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    output_dir = Path(output_dir)
+    resume_from = _prepare_output(output_dir, resume, force)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    train_rows, source = load_split_with_source(dataset, config, revision, "train")
+    validation_rows = load_resolved(source, "validation")
+    catalog = load_resolved(source, "items", catalog_config(config))
+    train_rows, eval_rows, eval_source = _split_eval(train_rows, validation_rows, settings)
+    prompts = settings.prompt_settings()
+    train = to_chat_examples(_take(train_rows, settings.limit_train), prompts, settings.with_rationale)
+    evaluation = to_chat_examples(_take(eval_rows, settings.limit_eval), prompts, settings.with_rationale)
+    if len(train.dataset) == 0 or len(evaluation.dataset) == 0:
+        raise ValueError(f"no usable {'train' if len(train.dataset) == 0 else 'evaluation'} rows in {dataset} config {config}")
+
+    model, tokenizer, base_name = _base_model(settings, output_dir, train_rows, catalog)
+    tiny = settings.model == TINY
+    peft_config = None
+    if not settings.full:
+        peft_config = LoraConfig(
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    callbacks = [EarlyStoppingCallback(settings.early_stopping_patience)] if settings.early_stopping_patience else []
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(settings, output_dir, tiny),
+        train_dataset=train.dataset,
+        eval_dataset=evaluation.dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    eval_loss_before = None if resume_from else trainer.evaluate()["eval_loss"]
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
+    eval_loss_after = trainer.evaluate()["eval_loss"]
+
+    _save(trainer, tokenizer, output_dir, settings)
+    write_training_config(
+        output_dir,
+        {
+            "stage": "sft",
+            "variant": settings.variant,
+            "with_rationale": settings.with_rationale,
+            "base_model": base_name,
+            "adapter": not settings.full and not settings.merge,
+            "settings": settings.model_dump(),
+            "dataset": source.to_dict(),
+            "prompt_version": STUDENT_PROMPT_VERSION,
+            "format_version": FORMAT_VERSION,
+            "rows": {
+                "train": len(train.dataset),
+                "eval": len(evaluation.dataset),
+                "eval_source": eval_source,
+                "skipped_without_rationale": train.skipped_without_rationale,
+            },
+            "eval_loss_before": eval_loss_before,
+            "eval_loss_after": eval_loss_after,
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "global_step": trainer.state.global_step,
+            "resumed_from": resume_from,
+        },
+    )
+    if eval_loss_before is not None and not math.isnan(eval_loss_before):
+        log.info("validation loss %.4f -> %.4f", eval_loss_before, eval_loss_after)
+    return SFTResult(
+        output_dir, eval_loss_before, eval_loss_after, trainer.state.best_model_checkpoint, trainer.state.global_step, resume_from
+    )
+
+
+def _save(trainer: Any, tokenizer: Any, output_dir: Path, settings: SFTSettings) -> None:
+    model = trainer.model
+    if settings.merge and not settings.full:
+        model = model.merge_and_unload()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
