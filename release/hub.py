@@ -51,11 +51,20 @@ def version_tag(version: str) -> str:
 
 
 def list_versions(repo_id: str) -> list[str]:
-    """Tags of the Hub dataset repository `repo_id`, semantic versions first in version order."""
+    """Tags of the Hub dataset repository `repo_id`, semantic versions first in version order.
+
+    A repository that does not exist (or that HF_TOKEN may not read) has no versions: the
+    answer is an empty list, so a first push can ask before the repository is created.
+    """
     _check_repo_id(repo_id)
     api = HfApi()
-    with _hub_errors(api, f"listing the versions of {repo_id}", repo_id):
-        refs = api.list_repo_refs(repo_id, repo_type=REPO_TYPE)
+    try:
+        with _hub_errors(api, f"listing the versions of {repo_id}", repo_id):
+            refs = api.list_repo_refs(repo_id, repo_type=REPO_TYPE)
+    except HubReleaseError as error:
+        if isinstance(error.__cause__, RepositoryNotFoundError):
+            return []
+        raise
     return sorted((tag.name for tag in refs.tags), key=_version_order)
 
 
@@ -143,9 +152,13 @@ def download_release(repo_id: str, version: str, out: Path) -> Path:
     """
     tag = version_tag(version)
     available = list_versions(repo_id)
+    if not available:
+        raise HubReleaseError(
+            f"{repo_id} has no published versions at {HfApi().endpoint}: check the repository id, "
+            "and set HF_TOKEN if the repository is private"
+        )
     if tag not in available:
-        listed = ", ".join(available) if available else "none"
-        raise HubReleaseError(f"version {tag} does not exist on {repo_id}; available versions: {listed}")
+        raise HubReleaseError(f"version {tag} does not exist on {repo_id}; available versions: {', '.join(available)}")
     api = HfApi()
     with _hub_errors(api, f"downloading {tag} of {repo_id}", repo_id):
         folder = snapshot_download(

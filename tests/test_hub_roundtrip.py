@@ -257,9 +257,18 @@ def test_unknown_version_is_a_clear_error_listing_the_available_ones(hub: Loopba
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_repository_is_a_clear_error(hub: LoopbackHub, pushed: dict[str, Any]) -> None:
-    run = run_client(pushed["env"], "report(attempt(list_versions, 'rrec-org/no-such-dataset'))")
-    assert "dataset repository rrec-org/no-such-dataset not found" in run.result["error"]
+def test_unknown_repository_has_no_versions_and_pulling_it_is_a_clear_error(hub: LoopbackHub, pushed: dict[str, Any], tmp_path: Path) -> None:
+    run = run_client(
+        pushed["env"],
+        f"""
+        report({{
+            "versions": list_versions('rrec-org/no-such-dataset'),
+            "pull": attempt(download_release, 'rrec-org/no-such-dataset', 'v1.0.0', Path({str(tmp_path / 'out')!r})),
+        }})
+        """,
+    )
+    assert run.result["versions"] == []
+    assert run.result["pull"]["error"].startswith("rrec-org/no-such-dataset has no published versions")
 
 
 def test_missing_token_is_a_clear_error_and_nothing_is_created(hub: LoopbackHub, tmp_path: Path) -> None:
