@@ -1,0 +1,106 @@
+"""``rrec release`` and ``rrec pull`` (heavy imports stay inside the commands)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli_common import ConfigOpt, settings_for, user_errors
+
+log = logging.getLogger(__name__)
+
+RunsOpt = Annotated[
+    list[Path],
+    typer.Option("--runs", help="Run folders to release, one per domain: `--runs A B` or `--runs A --runs B`."),
+]
+# Lets `--runs A B C` (e.g. a shell glob) work: click options take one value, the rest arrive as extra arguments.
+MANY_VALUES = {"allow_extra_args": True}
+
+
+def collect_runs(runs: list[Path], ctx: typer.Context) -> list[Path]:
+    """The ``--runs`` values plus the extra values that followed them; each must be a folder."""
+    extra = [Path(arg) for arg in ctx.args]
+    unknown = [str(p) for p in extra if str(p).startswith("-")]
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; see --help")
+    collected = [*runs, *extra]
+    missing = [str(p) for p in collected if not p.is_dir()]
+    if missing:
+        raise ValueError(f"run folder(s) {', '.join(missing)} do not exist; pass folders made by `rrec run` or the stage commands")
+    return collected
+
+
+def print_load_hint(source: str, tag: str, configs: list[str]) -> None:
+    """Tell the user how to load what was just released or pulled."""
+    typer.echo("Load it with:")
+    typer.echo("  from release.loading import load_release")
+    for config in configs:
+        typer.echo(f'  {config} = load_release("{source}", "{config}", revision="{tag}")')
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("release", context_settings=MANY_VALUES)
+    @user_errors
+    def release_command(
+        ctx: typer.Context,
+        runs: RunsOpt,
+        registry: Annotated[Path, typer.Option("--registry", help="Local registry folder (a git repository; created if missing).")],
+        version: Annotated[str | None, typer.Option("--version", help="Semantic version X.Y.Z to publish (default from config: 1.0.0).")] = None,
+        push: Annotated[bool | None, typer.Option("--push/--no-push", help="Also publish to the Hugging Face Hub (token from HF_TOKEN).")] = None,
+        repo_id: Annotated[str | None, typer.Option("--repo-id", help="Hub dataset repository ORG/NAME for --push.")] = None,
+        private: Annotated[bool | None, typer.Option("--private/--public", help="Create the Hub repository as private.")] = None,
+        shard_rows: Annotated[int | None, typer.Option("--shard-rows", help="Rows per Parquet shard.", min=1)] = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        """Release validated run folders as one versioned dataset (a config per domain).
+
+        Refuses runs whose validation is missing or failed a critical expectation. Writes the
+        sharded Parquet layout, item catalogs, dataset card with figures, CHANGELOG and a
+        manifest with the sha256 of every file, then commits and tags vX.Y.Z in the local
+        registry. An existing version is refused unless its data is unchanged.
+        """
+        from datacards.card import CardSettings
+        from pipeline.config import load_config, section
+        from release.publish import ReleaseSettings, release_runs
+
+        run_dirs = collect_runs(runs, ctx)
+        settings, _ = settings_for(config, "release", ReleaseSettings, version=version, push=push, repo_id=repo_id, private=private, shard_rows=shard_rows)
+        card_settings = section(load_config(config), "card", CardSettings)
+        result = release_runs(run_dirs, registry, settings, card_settings)
+        if result.status == "already_released":
+            typer.echo(f"{result.tag} is already released in {result.registry} with the same data (commit {result.commit[:12]}); nothing to do.")
+        else:
+            typer.echo(f"Released {result.tag} into {result.registry} (commit {result.commit[:12]}).")
+            for config_name, counts in sorted(result.manifest["row_counts"].items()):
+                typer.echo(f"  {config_name}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
+        if result.hub_commit:
+            typer.echo(f"Pushed {result.tag} to the Hub dataset {settings.repo_id} (commit {result.hub_commit[:12]}).")
+        configs = sorted(c for c in result.manifest["row_counts"] if not c.endswith("_items"))
+        print_load_hint(str(result.registry), result.tag, configs)
+
+    @app.command("pull")
+    @user_errors
+    def pull_command(
+        source: Annotated[str, typer.Argument(help="A local registry folder or a Hub dataset id ORG/NAME.")],
+        version: Annotated[str, typer.Option("--version", help="Version tag to fetch, e.g. v1.0.0.")],
+        out: Annotated[Path, typer.Option("--out", help="Folder to write the release into (new or empty).")],
+    ) -> None:
+        """Download a released version and verify every file's sha256 against its manifest.
+
+        A tampered, missing or unlisted file is refused and nothing is written to --out.
+        Hub access uses HF_TOKEN from the environment for private repositories.
+        """
+        from release.checksums import read_manifest
+        from release.pull import pull_release
+
+        folder = pull_release(source, version, out)
+        manifest = read_manifest(folder)
+        typer.echo(f"Pulled {manifest['tag']} into {folder}: {len(manifest['files'])} files verified.")
+        typer.echo("Load it with:")
+        typer.echo("  from datasets import load_dataset")
+        for config_name in sorted(manifest["row_counts"]):
+            if not config_name.endswith("_items"):
+                typer.echo(f'  {config_name} = load_dataset("{folder}", "{config_name}")')

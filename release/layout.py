@@ -1,0 +1,250 @@
+"""The release layout (DESIGN.md, "Release layout"): what a run folder contributes to a release.
+
+A run folder holds one domain; it becomes one config of the release (``grocery``, ``office``,
+...) with three splits of :data:`pipeline.schemas.RELEASE_ROW` rows, plus the config
+``<config>_items`` with the item catalog. This module turns run folders into those tables and
+writes them as sharded Parquet; the card, manifest and changelog are built elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.schemas import ITEMS, RELEASE_ROW, SPLITS
+from pipeline.stage import RunDir, StageError
+from pipeline.tables import read_table
+
+log = logging.getLogger(__name__)
+
+# Curated short names of the domains the project is about; any other domain gets a slug.
+SHORT_NAMES = {
+    "Grocery_and_Gourmet_Food": "grocery",
+    "Office_Products": "office",
+}
+ITEMS_SPLIT = "items"
+ITEMS_SUFFIX = "_items"
+_ANNOTATION_COLUMNS = ("rationale", "user_preferences", "annotator", "model", "prompt_version")
+_KEY = ("user_id", "split", "target_parent_asin")
+
+
+class ReleaseError(ValueError):
+    """A release cannot be built or published; the message says what to do."""
+
+
+def config_name(domain: str) -> str:
+    """Short config name of a domain.
+
+    ``Grocery_and_Gourmet_Food`` -> ``grocery`` and ``Office_Products`` -> ``office``; any
+    other domain is lower-cased with every run of non-alphanumeric characters turned into one
+    underscore (``All_Beauty`` -> ``all_beauty``, ``Clothing, Shoes & Jewelry`` ->
+    ``clothing_shoes_jewelry``).
+    """
+    if domain in SHORT_NAMES:
+        return SHORT_NAMES[domain]
+    slug = re.sub(r"[^a-z0-9]+", "_", domain.lower()).strip("_")
+    if not slug:
+        raise ReleaseError(f"domain name {domain!r} has no letters or digits to build a config name from")
+    return slug
+
+
+def items_config(config: str) -> str:
+    """Name of the item-catalog config of a domain config."""
+    return f"{config}{ITEMS_SUFFIX}"
+
+
+def shard_name(split: str, index: int, total: int) -> str:
+    """Hub-style shard file name, e.g. ``train-00000-of-00003.parquet``."""
+    return f"{split}-{index:05d}-of-{total:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class DomainRelease:
+    """Everything one run folder contributes to a release."""
+
+    config: str
+    domain: str
+    splits: dict[str, pa.Table]
+    items: pa.Table
+    stages: dict[str, dict[str, Any]]
+    validation: dict[str, Any]
+    train_without_rationale: int
+
+    @property
+    def items_config(self) -> str:
+        return items_config(self.config)
+
+    def row_counts(self) -> dict[str, int]:
+        return {split: table.num_rows for split, table in self.splits.items()}
+
+
+def join_release_rows(sequences: pa.Table, filtered: pa.Table) -> tuple[dict[str, pa.Table], int]:
+    """Release rows per split from a ``sequences`` and a ``filtered`` table.
+
+    Train rows are the train sequences whose rationale passed the filter; validation and test
+    rows are every sequence of the split, with the rationale fields of the filtered table where
+    there is one and null otherwise. Rows are sorted by user, target timestamp and target id so
+    that the released files do not depend on how the run folder was partitioned. Returns the
+    tables and the number of train sequences left out for lack of a passing rationale.
+    """
+    target = sequences["target"]
+    keyed = sequences.append_column("target_parent_asin", pc.struct_field(target, "parent_asin"))
+    keyed = keyed.append_column("_row", pa.array(range(keyed.num_rows), pa.int64()))
+    annotations = filtered.select([*_KEY, *_ANNOTATION_COLUMNS])
+    duplicate = annotations.group_by(list(_KEY)).aggregate([([], "count_all")]).filter(pc.field("count_all") > 1)
+    if duplicate.num_rows:
+        first = duplicate.slice(0, 1).to_pylist()[0]
+        raise ReleaseError(
+            f"the filtered table holds {duplicate.num_rows} duplicated sequence key(s), e.g. "
+            f"{ {k: first[k] for k in _KEY} }; rerun `rrec filter --force` on the run folder"
+        )
+    annotations = annotations.append_column("_annotated", pa.array([True] * annotations.num_rows, pa.bool_()))
+    joined = keyed.select([*_KEY, "_row"]).join(annotations, keys=list(_KEY), join_type="left outer")
+    joined = joined.append_column("_target_ts", pc.struct_field(target, "timestamp").take(joined["_row"]))
+
+    result: dict[str, pa.Table] = {}
+    train_without_rationale = 0
+    for split in SPLITS:
+        rows = joined.filter(pc.equal(joined["split"], split))
+        if split == "train":
+            annotated = rows.filter(pc.fill_null(rows["_annotated"], False))
+            train_without_rationale = rows.num_rows - annotated.num_rows
+            rows = annotated
+        rows = rows.sort_by([("user_id", "ascending"), ("_target_ts", "ascending"), ("target_parent_asin", "ascending")])
+        base = sequences.take(rows["_row"])
+        columns = {name: base[name] for name in ("user_id", "history", "target", "candidates", "target_index")}
+        columns.update({name: rows[name] for name in _ANNOTATION_COLUMNS})
+        result[split] = pa.table(columns).select(RELEASE_ROW.names).cast(RELEASE_ROW)
+    return result, train_without_rationale
+
+
+def referenced_items(splits: dict[str, pa.Table], items: pa.Table) -> pa.Table:
+    """The catalog rows of every item a released row mentions (history, target or candidate)."""
+    asins: list[pa.Array] = []
+    for table in splits.values():
+        asins.append(pc.struct_field(pc.list_flatten(table["history"]), "parent_asin"))
+        asins.append(pc.struct_field(pc.list_flatten(table["candidates"]), "parent_asin"))
+        asins.append(pc.struct_field(table["target"], "parent_asin"))
+    wanted = pc.unique(pa.chunked_array([a for chunk in asins for a in _chunks(chunk)], pa.string()))
+    catalog = items.filter(pc.is_in(items["parent_asin"], value_set=wanted))
+    return catalog.sort_by("parent_asin").select(ITEMS.names).cast(ITEMS)
+
+
+def _chunks(array: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return list(array.chunks) if isinstance(array, pa.ChunkedArray) else [array]
+
+
+def read_validation(run: Path) -> dict[str, Any]:
+    """The run's ``validation/summary.json``, or a :class:`ReleaseError` saying how to get one."""
+    path = Path(run) / "validation" / "summary.json"
+    if not path.exists():
+        raise ReleaseError(f"run folder {run} has no validation results ({path} is missing); run `rrec validate --run {run}` first")
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    if "critical_failures" not in summary or "success" not in summary:
+        raise ReleaseError(f"{path} lacks 'critical_failures'/'success'; rerun `rrec validate --run {run} --force`")
+    return summary
+
+
+def check_validation(run: Path, summary: dict[str, Any]) -> None:
+    """Refuse a run whose validation found a critical failure."""
+    failures = int(summary["critical_failures"])
+    if failures > 0:
+        raise ReleaseError(
+            f"run folder {run} failed {failures} critical expectation(s) "
+            f"(see {Path(run) / 'validation' / 'summary.json'}); fix the data and rerun `rrec validate --run {run}` before releasing"
+        )
+
+
+def load_domain(run: Path) -> DomainRelease:
+    """Read one validated run folder into the tables it releases.
+
+    Requires the stages ``ingest``, ``sequences`` and ``filter`` and a validation summary
+    without critical failures.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise ReleaseError(f"run folder {run} does not exist")
+    run_dir = RunDir(run)
+    summary = read_validation(run)
+    check_validation(run, summary)
+    try:
+        ingest = run_dir.require("ingest")
+        run_dir.require("sequences")
+        run_dir.require("filter")
+    except StageError as exc:
+        raise ReleaseError(str(exc)) from None
+    domain = ingest.get("domain")
+    if not domain:
+        raise ReleaseError(f"the ingest stage of {run} recorded no domain; rerun `rrec ingest --run {run} --domain NAME --force`")
+    splits, dropped = join_release_rows(read_table(run / "sequences", "sequences"), read_table(run / "filtered", "filtered"))
+    items = referenced_items(splits, read_table(run / "items", "items"))
+    log.info("%s: release rows %s, %d catalog items", domain, {s: t.num_rows for s, t in splits.items()}, items.num_rows)
+    return DomainRelease(
+        config=config_name(domain),
+        domain=domain,
+        splits=splits,
+        items=items,
+        stages=run_dir.manifest()["stages"],
+        validation=summary,
+        train_without_rationale=dropped,
+    )
+
+
+def load_domains(runs: list[Path]) -> list[DomainRelease]:
+    """Every run folder as a :class:`DomainRelease`, refusing two runs of the same config."""
+    if not runs:
+        raise ReleaseError("no run folders given; pass at least one --runs DIR")
+    domains = [load_domain(run) for run in runs]
+    seen: dict[str, str] = {}
+    for run, domain in zip(runs, domains):
+        if domain.config in seen:
+            raise ReleaseError(f"run folders {seen[domain.config]} and {run} both hold config '{domain.config}'; release one run per domain")
+        seen[domain.config] = str(run)
+    return sorted(domains, key=lambda d: d.config)
+
+
+def write_shards(table: pa.Table, folder: Path, split: str, shard_rows: int) -> list[Path]:
+    """Write ``table`` as ``<split>-NNNNN-of-NNNNN.parquet`` files of at most ``shard_rows`` rows.
+
+    An empty table still gets one (empty) shard so the split exists for ``load_dataset``.
+    """
+    if shard_rows < 1:
+        raise ReleaseError(f"shard_rows must be at least 1, got {shard_rows}")
+    folder.mkdir(parents=True, exist_ok=True)
+    total = max(1, math.ceil(table.num_rows / shard_rows))
+    paths = []
+    for index in range(total):
+        path = folder / shard_name(split, index, total)
+        pq.write_table(table.slice(index * shard_rows, shard_rows), path, compression="zstd")
+        paths.append(path)
+    return paths
+
+
+def write_data(domains: list[DomainRelease], release_dir: Path, shard_rows: int) -> None:
+    """Write ``data/<config>/`` and ``data/<config>_items/`` for every domain."""
+    for domain in domains:
+        for split, table in domain.splits.items():
+            write_shards(table, release_dir / "data" / domain.config, split, shard_rows)
+        write_shards(domain.items, release_dir / "data" / domain.items_config, ITEMS_SPLIT, shard_rows)
+
+
+def write_validation(domains: list[DomainRelease], release_dir: Path) -> Path:
+    """``validation/summary.json``: each config's suite results plus the overall verdict."""
+    summary = {
+        "critical_failures": sum(int(d.validation["critical_failures"]) for d in domains),
+        "success": all(bool(d.validation["success"]) for d in domains),
+        "configs": {d.config: d.validation for d in domains},
+    }
+    path = release_dir / "validation" / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return path

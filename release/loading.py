@@ -1,0 +1,72 @@
+"""Load a released version with ``datasets``, from a local registry, a release folder or the Hub."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from release.checksums import read_manifest, verify_release
+from release.layout import ReleaseError
+from release.pull import is_local_source, pull_release
+from release.registry import Registry, version_tag
+
+DEFAULT_CACHE = "~/.cache/rrec"
+
+
+def cache_root(cache_dir: Path | str | None = None) -> Path:
+    """Where pulled releases are kept: ``cache_dir``, else ``$RREC_CACHE``, else ``~/.cache/rrec``."""
+    return Path(cache_dir or os.environ.get("RREC_CACHE") or DEFAULT_CACHE).expanduser()
+
+
+def materialise(registry_path: Path, revision: str | None, cache_dir: Path | str | None = None) -> Path:
+    """A verified folder of one tag of a local registry (the latest when ``revision`` is None), pulled once."""
+    registry = Registry(registry_path)
+    if revision is None:
+        versions = registry.versions()
+        if not versions:
+            raise ReleaseError(f"registry {registry_path} has no released version yet")
+        revision = versions[-1]
+    tag = version_tag(revision)
+    key = hashlib.sha1(str(Path(registry_path).resolve()).encode()).hexdigest()[:16]
+    return pull_release(str(registry_path), tag, cache_root(cache_dir) / "releases" / key / tag)
+
+
+def _check_config(folder: Path, manifest: dict[str, Any], config: str) -> None:
+    configs = sorted(manifest.get("row_counts", {}))
+    if config not in configs:
+        raise ReleaseError(f"release {folder} has no config {config!r}; available: {', '.join(configs)}")
+
+
+def load_release(
+    source: str | Path,
+    config: str,
+    revision: str | None = None,
+    split: str | None = None,
+    cache_dir: Path | str | None = None,
+) -> Any:
+    """``datasets.load_dataset`` of one config of a released version.
+
+    ``source`` is a local registry (the tag ``revision`` is pulled into the cache and verified
+    first), a pulled release folder (verified; ``revision``, if given, must be its tag) or a Hub
+    dataset id (``load_dataset(id, config, revision=revision)``). Returns a ``DatasetDict``, or a
+    ``Dataset`` when ``split`` is given. ``cache_dir`` also holds the ``datasets`` Arrow cache.
+    """
+    import datasets
+
+    datasets_cache = str(cache_root(cache_dir) / "datasets") if cache_dir else None
+    source = str(source)
+    if not is_local_source(source):
+        return datasets.load_dataset(source, config, revision=revision, split=split, cache_dir=datasets_cache)
+    path = Path(source).expanduser()
+    if Registry(path).exists:
+        folder = materialise(path, revision, cache_dir)
+        manifest = read_manifest(folder)  # pull_release verified every checksum
+    else:
+        folder = path
+        manifest = verify_release(folder)
+        if revision is not None and manifest.get("tag") != version_tag(revision):
+            raise ReleaseError(f"{folder} holds release {manifest.get('tag')}, not {version_tag(revision)}; pull that version first")
+    _check_config(folder, manifest, config)
+    return datasets.load_dataset(str(folder), config, split=split, cache_dir=datasets_cache)

@@ -1,0 +1,183 @@
+"""Build a release from validated run folders, record it in the local registry, optionally push it.
+
+Order of work: refuse runs without a clean validation, write the data shards, compare with an
+existing tag of the same version (unchanged content is "already released", changed content is
+refused: versions are immutable), then write the validation summary, card and figures,
+CHANGELOG (against the previous version in the registry) and the manifest with the sha256 of
+every file, commit and tag in the registry, and push to the Hub when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from datacards.card import CardSettings, build_card
+from datacards.statistics import filter_summary
+from pipeline.config import StageSettings
+from pipeline.stage import code_version
+from release.changelog import CHANGELOG_NAME, diff_releases, render_changelog, render_section
+from release.checksums import MANIFEST_NAME, file_checksums
+from release.layout import DomainRelease, ReleaseError, load_domains, write_data, write_validation
+from release.registry import Registry, parse_version, version_tag
+
+log = logging.getLogger(__name__)
+
+
+class ReleaseSettings(StageSettings):
+    """Settings of ``rrec release`` (config section ``release``)."""
+
+    version: str = "1.0.0"
+    shard_rows: int = 100_000
+    push: bool = False
+    repo_id: str | None = None
+    private: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """What :func:`release_runs` did."""
+
+    tag: str
+    registry: Path
+    status: Literal["released", "already_released"]
+    commit: str
+    manifest: dict[str, Any]
+    hub_commit: str | None = None
+
+
+def _data_checksums(files: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {name: info["sha256"] for name, info in files.items() if name.startswith("data/")}
+
+
+def source_checksums(domain: DomainRelease) -> dict[str, str]:
+    """Content hashes of the ingested source files, by file name (local folders are not published)."""
+    inputs = (domain.stages.get("ingest") or {}).get("inputs") or {}
+    return {Path(name).name: digest for name, digest in sorted(inputs.items())}
+
+
+def manifest_core(domains: list[DomainRelease], settings: ReleaseSettings, card_settings: CardSettings, previous_tag: str | None) -> dict[str, Any]:
+    """Everything the manifest says except the file checksums (which cover the changelog too)."""
+    row_counts: dict[str, dict[str, int]] = {}
+    schema: dict[str, dict[str, str]] = {}
+    filters: dict[str, dict[str, Any]] = {}
+    for domain in domains:
+        row_counts[domain.config] = domain.row_counts()
+        row_counts[domain.items_config] = {"items": domain.items.num_rows}
+        schema[domain.config] = {f.name: str(f.type) for f in next(iter(domain.splits.values())).schema}
+        schema[domain.items_config] = {f.name: str(f.type) for f in domain.items.schema}
+        annotated, passed, rate, reasons = filter_summary(domain.stages.get("filter"))
+        filters[domain.config] = {
+            "annotated": annotated,
+            "passed": passed,
+            "filter_rate": rate,
+            "rejects_by_reason": reasons,
+            "train_without_rationale": domain.train_without_rationale,
+        }
+    return {
+        "name": card_settings.pretty_name,
+        "version": ".".join(str(p) for p in parse_version(settings.version)),
+        "tag": version_tag(settings.version),
+        "previous_version": previous_tag,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code_version": code_version(),
+        "config": {
+            "release": settings.model_dump(include={"version", "shard_rows", "repo_id"}),
+            "card": card_settings.model_dump(),
+            "stages": {d.config: {stage: entry.get("config", {}) for stage, entry in sorted(d.stages.items())} for d in domains},
+        },
+        "sources": {d.config: {"domain": d.domain, "files": source_checksums(d)} for d in domains},
+        "row_counts": row_counts,
+        "schema": schema,
+        "filter": filters,
+        "validation": {d.config: {"critical_failures": d.validation["critical_failures"], "success": d.validation["success"]} for d in domains},
+    }
+
+
+def _write_changelog(release_dir: Path, manifest: dict[str, Any], registry: Registry, previous_tag: str | None) -> None:
+    date = manifest["created_at"][:10]
+    if previous_tag is None:
+        text = render_changelog(render_section(manifest["tag"], date, manifest, None, None), None)
+    else:
+        with tempfile.TemporaryDirectory(prefix="rrec-previous-") as tmp:
+            previous_dir = registry.export(previous_tag, Path(tmp) / previous_tag)
+            previous = registry.manifest(previous_tag)
+            diff = diff_releases(previous_dir, previous, release_dir, manifest)
+            older = (previous_dir / CHANGELOG_NAME).read_text(encoding="utf-8") if (previous_dir / CHANGELOG_NAME).exists() else None
+        text = render_changelog(render_section(manifest["tag"], date, manifest, previous_tag, diff), older)
+    (release_dir / CHANGELOG_NAME).write_text(text, encoding="utf-8")
+
+
+def build_release(
+    domains: list[DomainRelease],
+    release_dir: Path,
+    settings: ReleaseSettings,
+    card_settings: CardSettings,
+    registry: Registry,
+) -> dict[str, Any]:
+    """Write the complete release folder (data already written by :func:`write_data`); return its manifest."""
+    tag = version_tag(settings.version)
+    previous_tag = registry.previous(tag)
+    write_validation(domains, release_dir)
+    build_card(domains, release_dir, tag, card_settings, repo_id=settings.repo_id)
+    manifest = manifest_core(domains, settings, card_settings, previous_tag)
+    _write_changelog(release_dir, manifest, registry, previous_tag)
+    manifest["files"] = file_checksums(release_dir)
+    (release_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _push(release_dir: Path, settings: ReleaseSettings, tag: str) -> str | None:
+    if not settings.push:
+        return None
+    try:
+        from release import hub
+    except ModuleNotFoundError as exc:
+        raise ReleaseError(f"Hub support is not available in this installation ({exc.name} is missing)") from None
+    if tag in hub.list_versions(settings.repo_id):
+        log.info("%s is already on the Hub as %s; nothing to push", tag, settings.repo_id)
+        return None
+    return hub.push_release(release_dir, settings.repo_id, tag, private=settings.private)
+
+
+def release_runs(runs: list[Path], registry_path: Path, settings: ReleaseSettings, card_settings: CardSettings | None = None) -> ReleaseResult:
+    """Release validated run folders as version ``settings.version`` into the registry at ``registry_path``.
+
+    Refuses a run whose validation is missing or has a critical failure, and an existing
+    version whose content differs (versions are immutable). Releasing an existing version with
+    unchanged data again returns ``status="already_released"`` (and pushes it if asked and the
+    Hub lacks it).
+    """
+    card_settings = card_settings or CardSettings()
+    tag = version_tag(settings.version)
+    if settings.push and not settings.repo_id:
+        raise ReleaseError("--push needs --repo-id ORG/NAME (the Hub dataset repository to publish to)")
+    domains = load_domains([Path(run) for run in runs])
+    registry = Registry(registry_path)
+    registry.init()
+    with registry.lock(), tempfile.TemporaryDirectory(prefix="rrec-release-") as tmp:
+        release_dir = Path(tmp) / tag
+        write_data(domains, release_dir, settings.shard_rows)
+        if registry.has(tag):
+            existing = registry.manifest(tag)
+            if _data_checksums(existing["files"]) != _data_checksums(file_checksums(release_dir)):
+                raise ReleaseError(
+                    f"version {tag} already exists in registry {registry.path} with different data; "
+                    "published versions are immutable, release under a new version (e.g. bump the patch number)"
+                )
+            log.info("%s is already released with the same data", tag)
+            commit = registry.commit_of(tag)
+            hub_commit = None
+            if settings.push:
+                exported = registry.export(tag, Path(tmp) / f"existing-{tag}")
+                hub_commit = _push(exported, settings, tag)
+            return ReleaseResult(tag, registry.path, "already_released", commit, existing, hub_commit)
+        manifest = build_release(domains, release_dir, settings, card_settings, registry)
+        commit = registry.publish(release_dir, tag, f"Release {tag}: {', '.join(d.config for d in domains)}")
+        hub_commit = _push(release_dir, settings, tag)
+    return ReleaseResult(tag, registry.path, "released", commit, manifest, hub_commit)
