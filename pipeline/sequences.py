@@ -1,0 +1,677 @@
+"""`rrec sequences`: benchmark-exact leave-one-out sequences with sampled candidates.
+
+The stage follows the Amazon Reviews 2023 benchmark scripts (``kcore_filtering.py`` and
+``last_out_split.py`` of hyp1231/AmazonReviews2023; DESIGN.md, "Sequence rules"):
+
+1. repeated (user, item) pairs are dropped, keeping the earliest review (ties: source order);
+2. iterative k-core on users and items until stable (``k = 0`` disables it);
+3. each user's items in timestamp order, equal timestamps in source order;
+4. leave-one-out: last item -> ``test``, second-to-last -> ``validation``, earlier -> ``train``
+   (``train_targets: last`` keeps only the item before the validation target); history = every
+   earlier item, truncated to the last ``max_history`` (``0`` keeps all, as the scripts do);
+5. optional seeded user sampling;
+6. candidates = target + ``num_negatives`` items drawn uniformly without replacement from the
+   catalog (every item of the k-core set) minus the user's whole sequence, shuffled.
+
+Two layers. The global part (dedupe, k-core, ordering, partitioning by user) runs in the driver
+on integer codes with vectorised numpy: 14M reviews are 14M small integer pairs. The per-user
+part (rows, histories, candidates, metadata join) is a pure function of one partition of users,
+mapped over partitions by Dask; its random draws come from a counter-based stream keyed by
+(seed, user_id, target position), so the output is the same for any partitioning or cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import typer
+from pydantic import Field
+
+from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
+from pipeline.config import StageSettings
+from pipeline.schemas import CANDIDATE, HISTORY_ITEM, SEQUENCES, SPLITS, TARGET
+from pipeline.stage import RunDir, StageError
+from pipeline.tables import part_name, read_table
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+log = logging.getLogger(__name__)
+
+STAGE = "sequences"
+# Per-user work is cut into chunks of about this many output list elements (history entries
+# plus candidates), which bounds a worker's memory whatever the partition size.
+CHUNK_ELEMENTS = 1_000_000
+_SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
+_TRAIN, _VALIDATION, _TEST = (_SPLIT_CODE[s] for s in ("train", "validation", "test"))
+
+# SplitMix64 (Steele, Lea & Flood 2014): a stateless 64-bit mixer. Draw j of a stream with key
+# K is mix(K + (j + 1) * GAMMA), computable for millions of streams at once with numpy, unlike
+# one numpy Generator object per user (tens of microseconds each).
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_SHUFFLE_SALT = np.uint64(0x5F3C_1A2B_77E1_D00D)
+
+
+class SequencesSettings(StageSettings):
+    """Settings of `rrec sequences` (config section ``sequences``)."""
+
+    k: int = Field(5, ge=0, description="k of the iterative k-core on users and items; 0 disables it")
+    train_targets: Literal["last", "all"] = Field(
+        "last", description="'last': one train row per user (the item before the validation target); 'all': one per prefix"
+    )
+    max_history: int = Field(50, ge=0, description="history keeps the last N items; 0 keeps the whole history")
+    num_negatives: int = Field(99, ge=0, description="negatives per candidate set (plus the target)")
+    sample_users: int | None = Field(None, ge=1, description="keep a seeded sample of N users after k-core")
+    seed: int = 42
+    events_per_partition: int = Field(
+        1_000_000, ge=1, description="interactions per Dask partition (output layout only, never its content)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Random streams keyed by (seed, user_id, position)
+# ---------------------------------------------------------------------------------------------
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic is intended)."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def user_stream_keys(seed: int, user_ids: list[str]) -> np.ndarray:
+    """A 64-bit key per user from a stable hash of (seed, user_id).
+
+    blake2b rather than Python's ``hash``, which is salted per process: the key must be the
+    same on every worker and in every run.
+    """
+    prefix = f"{seed}\x1f".encode()
+    keys = np.empty(len(user_ids), dtype=np.uint64)
+    for index, user_id in enumerate(user_ids):
+        digest = hashlib.blake2b(prefix + user_id.encode("utf-8"), digest_size=8).digest()
+        keys[index] = int.from_bytes(digest, "little")
+    return keys
+
+
+def row_stream_keys(user_keys: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Key of the stream of one example: its user's key and its target's position in the sequence."""
+    return _mix64(user_keys ^ _mix64(positions.astype(np.uint64) * _GAMMA + _GAMMA))
+
+
+def stream_draws(keys: np.ndarray, count: int, start: int = 0) -> np.ndarray:
+    """Draws ``start .. start+count-1`` of each stream: a (len(keys), count) uint64 matrix."""
+    steps = (np.arange(start + 1, start + count + 1, dtype=np.uint64) * _GAMMA)[None, :]
+    return _mix64(keys[:, None] + steps)
+
+
+def _bounded(draws: np.ndarray, n: int) -> np.ndarray:
+    """Map uniform 64-bit draws to ``0 .. n-1`` (multiply-shift; bias below n / 2**32)."""
+    return (((draws >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Global part: dedupe, k-core, ordering (driver, vectorised)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class UserEvents:
+    """Interactions grouped by user: user ``u`` owns events ``offsets[u] : offsets[u+1]``,
+    in chronological order (equal timestamps in source order)."""
+
+    user_ids: pa.Array  # string, one per user
+    offsets: np.ndarray  # int64, len(user_ids) + 1, starts at 0
+    item: np.ndarray  # int32 catalog code per event
+    rating: np.ndarray  # float32
+    timestamp: np.ndarray  # int64 (ms)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_events(self) -> int:
+        return int(self.offsets[-1])
+
+    def slice_users(self, start: int, stop: int) -> UserEvents:
+        """Users ``start .. stop-1`` with their events (offsets rebased to 0)."""
+        first, last = int(self.offsets[start]), int(self.offsets[stop])
+        return UserEvents(
+            user_ids=self.user_ids.slice(start, stop - start),
+            offsets=self.offsets[start : stop + 1] - first,
+            item=self.item[first:last],
+            rating=self.rating[first:last],
+            timestamp=self.timestamp[first:last],
+        )
+
+    def to_table(self) -> pa.Table:
+        """One row per event (the user id repeated), the on-disk form of a partition."""
+        repeats = np.diff(self.offsets)
+        return pa.table(
+            {
+                "user_id": self.user_ids.take(pa.array(np.repeat(np.arange(self.num_users), repeats))),
+                "item": pa.array(self.item, pa.int32()),
+                "rating": pa.array(self.rating, pa.float32()),
+                "timestamp": pa.array(self.timestamp, pa.int64()),
+            }
+        )
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> UserEvents:
+        """Inverse of :meth:`to_table`; the rows of one user must be contiguous."""
+        user_column = table.column("user_id").combine_chunks()
+        n = len(user_column)
+        if n == 0:
+            starts = np.zeros(0, dtype=np.int64)
+        else:
+            changed = pc.not_equal(user_column.slice(1), user_column.slice(0, n - 1))
+            starts = np.concatenate([[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1])
+        return cls(
+            user_ids=user_column.take(pa.array(starts, pa.int64())),
+            offsets=np.append(starts, n).astype(np.int64),
+            item=table.column("item").to_numpy().astype(np.int32),
+            rating=table.column("rating").to_numpy().astype(np.float32),
+            timestamp=table.column("timestamp").to_numpy().astype(np.int64),
+        )
+
+
+@dataclass
+class Selection:
+    """The outcome of the global part: kept events by user, the catalog, and the counts."""
+
+    events: UserEvents
+    catalog_asins: pa.Array  # string, sorted; catalog code = index
+    counts: dict[str, Any]
+    rejects_by_reason: dict[str, int]
+
+
+def _dense_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Integer codes of a string column whose order is the sorted order of the values."""
+    encoded = pa.table({"v": column.dictionary_encode()}).unify_dictionaries().column("v")
+    if encoded.num_chunks == 0:
+        return np.zeros(0, dtype=np.int64), pa.array([], pa.string())
+    dictionary = encoded.chunk(0).dictionary
+    first_seen = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks]).astype(np.int64)
+    by_value = pc.sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(dictionary), dtype=np.int64)
+    rank[by_value] = np.arange(len(dictionary))
+    return rank[first_seen], dictionary.take(pa.array(by_value))
+
+
+def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """Which interactions survive the iterative k-core, and how many filtering rounds it took.
+
+    Like the benchmark script, each round drops every user and every item with fewer than
+    ``k`` interactions (counted on the previous round's survivors) until a round drops
+    nothing. The result is the unique k-core, whatever the order of removals.
+    """
+    keep = np.ones(len(users), dtype=bool)
+    if k <= 0 or len(users) == 0:
+        return keep, 0
+    index = np.arange(len(users))
+    u, i = users, items
+    rounds = 0
+    while True:
+        user_count = np.bincount(u)
+        item_count = np.bincount(i)
+        survives = (user_count[u] >= k) & (item_count[i] >= k)
+        if survives.all():
+            break
+        rounds += 1
+        index, u, i = index[survives], u[survives], i[survives]
+    keep[:] = False
+    keep[index] = True
+    return keep, rounds
+
+
+def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> Selection:
+    """Dedupe, k-core, user sampling and chronological ordering of the ``interactions`` table.
+
+    Every input row is either kept or counted under a reject reason: ``missing_key`` (null
+    user, item or timestamp), ``duplicate_pair`` (a later review of the same user and item),
+    ``kcore`` (removed by the k-core) or ``not_sampled`` (user left out by ``sample_users``).
+    """
+    rows_in = interactions.num_rows
+    rejects: dict[str, int] = {}
+    has_keys = pc.and_(
+        pc.and_(pc.is_valid(interactions["user_id"]), pc.is_valid(interactions["parent_asin"])),
+        pc.is_valid(interactions["timestamp"]),
+    )
+    table = interactions.filter(has_keys)
+    rejects["missing_key"] = rows_in - table.num_rows
+
+    user_code, user_dictionary = _dense_codes(table["user_id"])
+    item_code, item_dictionary = _dense_codes(table["parent_asin"])
+    timestamp = table["timestamp"].to_numpy().astype(np.int64)
+    src_file = pc.fill_null(table["src_file"], 0).to_numpy().astype(np.int64)
+    src_line = pc.fill_null(table["src_line"], 0).to_numpy().astype(np.int64)
+    rating = pc.fill_null(table["rating"], float("nan")).to_numpy().astype(np.float32)
+
+    # Chronological per user, equal timestamps in source order (file, then line): the stable
+    # sort of the benchmark script over lines read in file order.
+    order = np.lexsort((src_line, src_file, timestamp, user_code))
+    del src_file, src_line
+    user_code, item_code, timestamp, rating = user_code[order], item_code[order], timestamp[order], rating[order]
+
+    # Repeated (user, item): keep the first in that order, i.e. the earliest review.
+    pair = user_code * max(len(item_dictionary), 1) + item_code
+    _, first_index = np.unique(pair, return_index=True)
+    first = np.zeros(len(pair), dtype=bool)
+    first[first_index] = True
+    rejects["duplicate_pair"] = int(len(pair) - first.sum())
+    user_code, item_code, timestamp, rating = user_code[first], item_code[first], timestamp[first], rating[first]
+
+    counts: dict[str, Any] = {
+        "users_before_kcore": int(len(np.unique(user_code))),
+        "items_before_kcore": int(len(np.unique(item_code))),
+    }
+    keep, rounds = kcore_mask(user_code, item_code, settings.k)
+    rejects["kcore"] = int(len(keep) - keep.sum())
+    user_code, item_code, timestamp, rating = user_code[keep], item_code[keep], timestamp[keep], rating[keep]
+    catalog_items = np.unique(item_code)
+    kept_users = np.unique(user_code)
+    counts.update(
+        kcore_rounds=rounds,
+        users_after_kcore=int(len(kept_users)),
+        items_after_kcore=int(len(catalog_items)),
+        catalog_items=int(len(catalog_items)),
+    )
+
+    if settings.sample_users is not None and settings.sample_users < len(kept_users):
+        keys = user_stream_keys(settings.seed, user_dictionary.take(pa.array(kept_users)).to_pylist())
+        # The N users with the smallest keys: a uniform sample that grows by adding users as
+        # N grows, and that does not depend on the order of the input.
+        chosen = kept_users[np.sort(np.lexsort((kept_users, keys))[: settings.sample_users])]
+        sampled = np.isin(user_code, chosen)
+        rejects["not_sampled"] = int(len(sampled) - sampled.sum())
+        user_code, item_code, timestamp, rating = user_code[sampled], item_code[sampled], timestamp[sampled], rating[sampled]
+    else:
+        rejects["not_sampled"] = 0
+
+    # Catalog codes: rank among the k-core items, in parent_asin order (item codes are sorted).
+    catalog_code = np.searchsorted(catalog_items, item_code).astype(np.int32)
+    users_out, starts = np.unique(user_code, return_index=True)
+    events = UserEvents(
+        user_ids=user_dictionary.take(pa.array(users_out)),
+        offsets=np.append(starts, len(user_code)).astype(np.int64),
+        item=catalog_code,
+        rating=rating,
+        timestamp=timestamp,
+    )
+    counts.update(users_out=events.num_users, interactions_out=events.num_events)
+    return Selection(
+        events=events,
+        catalog_asins=item_dictionary.take(pa.array(catalog_items)),
+        counts=counts,
+        rejects_by_reason=rejects,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-partition part: rows, histories, candidates (pure functions of one partition of users)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Catalog:
+    """Candidate items in code order, with the metadata the sequences carry (null if none)."""
+
+    parent_asin: pa.Array
+    title: pa.Array
+    categories: pa.Array
+    store: pa.Array
+    without_metadata: int = 0  # catalog items with no row in ``items``
+
+    def __len__(self) -> int:
+        return len(self.parent_asin)
+
+    @classmethod
+    def from_items(cls, catalog_asins: pa.Array, items: pa.Table) -> Catalog:
+        """Join item metadata (first row per parent_asin) onto the catalog ids."""
+        position = pc.index_in(catalog_asins, value_set=items["parent_asin"].combine_chunks())
+        return cls(
+            parent_asin=catalog_asins,
+            title=items["title"].combine_chunks().take(position),
+            categories=items["categories"].combine_chunks().take(position),
+            store=items["store"].combine_chunks().take(position),
+            without_metadata=position.null_count,
+        )
+
+    def to_table(self) -> pa.Table:
+        return pa.table({"parent_asin": self.parent_asin, "title": self.title, "categories": self.categories, "store": self.store})
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> Catalog:
+        return cls(*(table.column(name).combine_chunks() for name in ("parent_asin", "title", "categories", "store")))
+
+
+def check_catalog_size(catalog_size: int, longest_sequence: int, num_negatives: int) -> None:
+    """A clear error when some user cannot get ``num_negatives`` distinct negatives."""
+    available = catalog_size - longest_sequence
+    if longest_sequence and available < num_negatives:
+        raise StageError(
+            f"the catalog has {catalog_size} items and the longest user sequence {longest_sequence}, so only "
+            f"{max(available, 0)} negatives can be drawn for that user but num_negatives is {num_negatives}; "
+            f"lower --num-negatives to at most {max(available, 0)} or use more data"
+        )
+
+
+def draw_negatives(row_keys: np.ndarray, row_user: np.ndarray, events: UserEvents, catalog_size: int, num_negatives: int) -> np.ndarray:
+    """``num_negatives`` distinct catalog codes per row, none in the row's user's sequence.
+
+    Uniform sampling without replacement by rejection: each row walks its own stream of
+    uniform catalog codes and keeps the first ``num_negatives`` codes that are neither in the
+    user's sequence nor already taken. The walk is a pure function of the row key, so rows
+    needing a longer walk are redone with a longer prefix of the same stream.
+    """
+    n_rows = len(row_keys)
+    result = np.empty((n_rows, num_negatives), dtype=np.int32)
+    if n_rows == 0 or num_negatives == 0:
+        return result
+    # Sorted (user, item) codes of every user's sequence, for vectorised membership tests.
+    event_user = np.repeat(np.arange(events.num_users, dtype=np.int64), np.diff(events.offsets))
+    sequence_pairs = np.sort(event_user * catalog_size + events.item)
+    pending = np.arange(n_rows)
+    width = 2 * num_negatives + 16
+    while len(pending):
+        codes = _bounded(stream_draws(row_keys[pending], width), catalog_size)
+        pairs = row_user[pending, None].astype(np.int64) * catalog_size + codes
+        found = np.searchsorted(sequence_pairs, pairs)
+        in_sequence = sequence_pairs[np.minimum(found, len(sequence_pairs) - 1)] == pairs
+        # Repeats within a row: after a stable sort, an equal left neighbour means "seen before".
+        order = np.argsort(codes, axis=1, kind="stable")
+        ranked = np.take_along_axis(codes, order, axis=1)
+        repeat_ranked = np.zeros_like(ranked, dtype=bool)
+        repeat_ranked[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+        repeat = np.empty_like(repeat_ranked)
+        np.put_along_axis(repeat, order, repeat_ranked, axis=1)
+        usable = ~(in_sequence | repeat)
+        taken = np.cumsum(usable, axis=1)
+        done = taken[:, -1] >= num_negatives
+        chosen = usable & (taken <= num_negatives)
+        result[pending[done]] = codes[done][chosen[done]].reshape(-1, num_negatives)
+        pending = pending[~done]
+        width *= 2
+    return result
+
+
+def shuffle_candidates(row_keys: np.ndarray, targets: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Target plus negatives in a per-row random order; returns (candidates, target_index)."""
+    candidates = np.concatenate([targets[:, None].astype(np.int32), negatives], axis=1)
+    if len(candidates) == 0:
+        return candidates, np.zeros(0, dtype=np.int32)
+    sort_keys = stream_draws(_mix64(row_keys ^ _SHUFFLE_SALT), candidates.shape[1])
+    order = np.argsort(sort_keys, axis=1, kind="stable")
+    target_index = np.argmax(order == 0, axis=1).astype(np.int32)
+    return np.take_along_axis(candidates, order, axis=1), target_index
+
+
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated ``arange(start, stop)`` of every row, and the int32 list offsets."""
+    lengths = stops - starts
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
+    return flat, offsets.astype(np.int32)
+
+
+def example_positions(events: UserEvents, train_targets: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row_user, target_position, split_code) of every example, by user then position."""
+    lengths = np.diff(events.offsets)
+    first = np.zeros_like(lengths) if train_targets == "all" else np.maximum(lengths - 3, 0)
+    per_user = lengths - first
+    row_user = np.repeat(np.arange(events.num_users), per_user)
+    row_first = np.zeros(len(per_user), dtype=np.int64)
+    np.cumsum(per_user[:-1], out=row_first[1:])
+    position = first[row_user] + np.arange(len(row_user)) - row_first[row_user]
+    remaining = lengths[row_user] - position
+    split = np.where(remaining == 1, _TEST, np.where(remaining == 2, _VALIDATION, _TRAIN)).astype(np.int8)
+    return row_user, position.astype(np.int64), split
+
+
+def build_sequence_rows(events: UserEvents, catalog: Catalog, settings: SequencesSettings) -> pa.Table:
+    """The ``sequences`` rows of some users, in the SEQUENCES schema (by user, then position)."""
+    row_user, position, split = example_positions(events, settings.train_targets)
+    target_event = events.offsets[row_user] + position
+    history_start = events.offsets[row_user]
+    if settings.max_history:
+        history_start = np.maximum(history_start, target_event - settings.max_history)
+    history_events, history_offsets = _ranges(history_start, target_event)
+
+    history_items = pa.array(events.item[history_events])
+    history = pa.ListArray.from_arrays(
+        pa.array(history_offsets, pa.int32()),
+        pa.StructArray.from_arrays(
+            [
+                catalog.parent_asin.take(history_items),
+                catalog.title.take(history_items),
+                pa.array(events.rating[history_events], pa.float32()),
+                pa.array(events.timestamp[history_events], pa.int64()),
+            ],
+            fields=list(HISTORY_ITEM),
+        ),
+    )
+    target_codes = events.item[target_event]
+    target_items = pa.array(target_codes)
+    target = pa.StructArray.from_arrays(
+        [
+            catalog.parent_asin.take(target_items),
+            catalog.title.take(target_items),
+            catalog.categories.take(target_items),
+            catalog.store.take(target_items),
+            pa.array(events.rating[target_event], pa.float32()),
+            pa.array(events.timestamp[target_event], pa.int64()),
+        ],
+        fields=list(TARGET),
+    )
+
+    user_ids = events.user_ids.to_pylist()
+    row_keys = row_stream_keys(user_stream_keys(settings.seed, user_ids)[row_user], position)
+    negatives = draw_negatives(row_keys, row_user, events, len(catalog), settings.num_negatives)
+    candidate_codes, target_index = shuffle_candidates(row_keys, target_codes, negatives)
+    width = settings.num_negatives + 1
+    candidate_items = pa.array(candidate_codes.reshape(-1))
+    candidates = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, len(row_user) * width + 1, width), pa.int32()),
+        pa.StructArray.from_arrays(
+            [catalog.parent_asin.take(candidate_items), catalog.title.take(candidate_items)],
+            fields=list(CANDIDATE),
+        ),
+    )
+    return pa.Table.from_arrays(
+        [
+            events.user_ids.take(pa.array(row_user, pa.int64())),
+            pa.array(SPLITS).take(pa.array(split)),
+            history,
+            target,
+            candidates,
+            pa.array(target_index, pa.int32()),
+        ],
+        schema=SEQUENCES,
+    )
+
+
+def user_chunks(events: UserEvents, settings: SequencesSettings, max_elements: int = CHUNK_ELEMENTS) -> list[tuple[int, int]]:
+    """Consecutive user ranges whose rows hold about ``max_elements`` list elements each."""
+    lengths = np.diff(events.offsets)
+    history_cap = settings.max_history or int(lengths.max(initial=0))
+    rows = lengths if settings.train_targets == "all" else np.minimum(lengths, 3)
+    cost = np.cumsum(rows * (settings.num_negatives + 1 + np.minimum(lengths, history_cap)))
+    bounds = [0]
+    while bounds[-1] < events.num_users:
+        done = cost[bounds[-1] - 1] if bounds[-1] else 0
+        bounds.append(max(int(np.searchsorted(cost, done + max_elements, side="right")), bounds[-1] + 1))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def build_partition(events_path: str, catalog_path: str, out_path: str, settings: SequencesSettings) -> dict[str, int]:
+    """Dask task: read one partition of events, write its ``sequences`` part, return row counts."""
+    events = UserEvents.from_table(pq.read_table(events_path))
+    catalog = Catalog.from_table(pq.read_table(catalog_path))
+    rows_by_split = dict.fromkeys(SPLITS, 0)
+    with pq.ParquetWriter(out_path, SEQUENCES, compression="zstd") as writer:
+        for start, stop in user_chunks(events, settings):
+            rows = build_sequence_rows(events.slice_users(start, stop), catalog, settings)
+            writer.write_table(rows)
+            split_counts = pc.value_counts(rows["split"]).to_pylist()
+            for entry in split_counts:
+                rows_by_split[entry["values"]] += entry["counts"]
+        if events.num_users == 0:
+            writer.write_table(SEQUENCES.empty_table())
+    return rows_by_split
+
+
+def partition_bounds(events: UserEvents, events_per_partition: int) -> list[tuple[int, int]]:
+    """User ranges of about ``events_per_partition`` interactions each (never splitting a user)."""
+    if events.num_users == 0:
+        return [(0, 0)]
+    targets = np.arange(events_per_partition, events.num_events, events_per_partition)
+    cuts = np.unique(np.searchsorted(events.offsets, targets, side="left"))
+    cuts = cuts[(cuts > 0) & (cuts < events.num_users)]
+    bounds = [0, *cuts.tolist(), events.num_users]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+def run_sequences(run: Path, settings: SequencesSettings, client: Client, force: bool = False) -> dict[str, Any]:
+    """Build the ``sequences`` table of a run folder from its ``interactions`` and ``items``.
+
+    Requires a completed ``ingest`` stage. Skips (returning the recorded manifest entry) when
+    the ingest outputs and the settings are unchanged, unless ``force``. Returns the manifest
+    entry: rows in/out, rows per split, users and items before and after the k-core, and
+    rejects by reason, which together account for every interaction.
+    """
+    from pipeline.progress import gather_with_progress
+
+    run_dir = RunDir(run)
+    inputs = run_dir.upstream_hashes("ingest")
+    config = settings.model_dump()
+    fingerprint = run_dir.fingerprint(STAGE, config=config, inputs=inputs)
+    if not force and run_dir.is_current(STAGE, fingerprint):
+        log.info("sequences of %s are up to date (use --force to rebuild)", run_dir.path)
+        return run_dir.entry(STAGE)
+
+    with run_dir.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
+        interactions = read_table(
+            run_dir.table("interactions"),
+            "interactions",
+            columns=["user_id", "parent_asin", "timestamp", "rating", "src_file", "src_line"],
+        )
+        rows_in = interactions.num_rows
+        selection = select_interactions(interactions, settings)
+        del interactions
+        log.info(
+            "%d interactions -> %d after dedupe and %d-core (%d rounds): %d users, %d items",
+            rows_in,
+            selection.counts["interactions_out"],
+            settings.k,
+            selection.counts["kcore_rounds"],
+            selection.counts["users_out"],
+            selection.counts["catalog_items"],
+        )
+        events = selection.events
+        check_catalog_size(len(selection.catalog_asins), int(np.diff(events.offsets).max(initial=0)), settings.num_negatives)
+        items = read_table(run_dir.table("items"), "items", columns=["parent_asin", "title", "categories", "store"])
+        catalog = Catalog.from_items(selection.catalog_asins, items)
+        del items
+
+        # Inputs of the partition tasks go to files beside the output: on a multi-machine
+        # cluster the run folder is the shared file system, and a task holds one partition.
+        scratch = out.tmp_dir / "scratch"
+        scratch.mkdir()
+        catalog_path = scratch / "catalog.parquet"
+        pq.write_table(catalog.to_table(), catalog_path)
+        table_dir = out.table_dir(STAGE)
+        tasks = []
+        for index, (start, stop) in enumerate(partition_bounds(events, settings.events_per_partition)):
+            events_path = scratch / f"events-{index:05d}.parquet"
+            pq.write_table(events.slice_users(start, stop).to_table(), events_path)
+            tasks.append((str(events_path), str(catalog_path), str(table_dir / part_name(index))))
+        counts, rejects = selection.counts, selection.rejects_by_reason
+        del selection, events
+        futures = [client.submit(build_partition, *task, settings, pure=False) for task in tasks]
+        results = gather_with_progress(futures, "sequences")
+        shutil.rmtree(scratch)
+
+        rows_by_split = {split: sum(result[split] for result in results) for split in SPLITS}
+        out.record(
+            rows_in=rows_in,
+            rows_out={STAGE: sum(rows_by_split.values())},
+            rejects_by_reason=rejects,
+            rows_by_split=rows_by_split,
+            partitions=len(tasks),
+            items_without_metadata=catalog.without_metadata,
+            **counts,
+        )
+    return run_dir.entry(STAGE)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``rrec sequences`` to the ``rrec`` app."""
+
+    @app.command(STAGE)
+    @user_errors
+    def sequences_command(
+        run: RunOpt,
+        k: Annotated[int | None, typer.Option("--k", help="k-core on users and items (default 5); 0 disables it.", min=0)] = None,
+        train_targets: Annotated[
+            str | None,
+            typer.Option("--train-targets", help="'last' (default): one train row per user; 'all': one per prefix."),
+        ] = None,
+        max_history: Annotated[
+            int | None, typer.Option("--max-history", help="History keeps the last N items (default 50); 0 keeps all.", min=0)
+        ] = None,
+        num_negatives: Annotated[
+            int | None, typer.Option("--num-negatives", help="Negatives per candidate set (default 99).", min=0)
+        ] = None,
+        sample_users: Annotated[
+            int | None, typer.Option("--sample-users", help="Keep a seeded sample of N users after the k-core.", min=1)
+        ] = None,
+        seed: Annotated[int | None, typer.Option("--seed", help="Seed of user sampling and negatives (default 42).")] = None,
+        events_per_partition: Annotated[
+            int | None,
+            typer.Option("--events-per-partition", help="Interactions per Dask partition (layout only; default 1,000,000).", min=1),
+        ] = None,
+        config: ConfigOpt = None,
+        workers: WorkersOpt = None,
+        scheduler: SchedulerOpt = None,
+        force: ForceOpt = False,
+    ) -> None:
+        """Build leave-one-out sequences (benchmark-exact dedupe, k-core and splits) with candidates.
+
+        Reads the `interactions` and `items` tables of the run folder (run `rrec ingest` first)
+        and writes the `sequences` table: one row per (user, split, target) with the history,
+        the target and its shuffled candidate set.
+        """
+        from pipeline.cluster import dask_client
+
+        settings, common = settings_for(
+            config,
+            STAGE,
+            SequencesSettings,
+            k=k,
+            train_targets=train_targets,
+            max_history=max_history,
+            num_negatives=num_negatives,
+            sample_users=sample_users,
+            seed=seed,
+            events_per_partition=events_per_partition,
+            workers=workers,
+            scheduler=scheduler,
+        )
+        RunDir(run).require("ingest", hint=f"rrec ingest --run {run} --reviews FILE...")
+        with dask_client(common.workers, common.scheduler) as client:
+            entry = run_sequences(run, settings, client, force=force)
+        split_rows = ", ".join(f"{split} {count:,}" for split, count in entry["rows_by_split"].items())
+        typer.echo(
+            f"sequences: {entry['rows_out'][STAGE]:,} rows ({split_rows}) from {entry['users_out']:,} users and "
+            f"{entry['catalog_items']:,} items -> {RunDir(run).table(STAGE)}"
+        )
