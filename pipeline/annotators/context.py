@@ -1,0 +1,150 @@
+"""Turn ``sequences`` rows into :class:`ExampleContext` objects, enriched from ``items``.
+
+The sequences table carries titles and ratings of history items but not their categories,
+store, price or features, nor the user's review titles. When the run folder has the ``items``
+and ``interactions`` tables of the ingest stage, the worker reads just the rows it needs (an
+``isin`` filter pushed down to Parquet) and adds them; without them the context is built from
+the sequences table alone.
+
+Partitions are fixed slices of the sequences part files (:class:`PartitionSpec`), computed from
+the data only, so the outputs never depend on how many Dask workers run them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipeline.tables import dataset, parts
+from pipeline.teacher_prompt import ExampleContext, ItemFacts
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """Rows ``row_indices`` of one sequences part file; output part number ``index``."""
+
+    index: int
+    file: str
+    row_indices: tuple[int, ...]
+
+
+def plan_partitions(
+    sequences_dir: Path, splits: list[str], partition_rows: int, limit: int | None = None
+) -> list[PartitionSpec]:
+    """Slice the selected splits of the sequences table into partitions of ``partition_rows``.
+
+    ``limit`` keeps the first N selected rows in table order (part file, then row), so
+    ``--limit`` picks the same rows whatever the cluster looks like.
+    """
+    specs: list[PartitionSpec] = []
+    remaining = limit
+    for file in parts(sequences_dir):
+        split_column = pq.read_table(file, columns=["split"]).column("split")
+        selected = pc.indices_nonzero(pc.is_in(split_column, value_set=pa.array(splits))).to_pylist()
+        if remaining is not None:
+            selected = selected[:remaining]
+            remaining -= len(selected)
+        for start in range(0, len(selected), partition_rows):
+            specs.append(PartitionSpec(len(specs), str(file), tuple(selected[start : start + partition_rows])))
+        if remaining == 0:
+            break
+    return specs
+
+
+def read_partition(spec: PartitionSpec) -> pa.Table:
+    """The sequences rows of one partition."""
+    table = pq.read_table(spec.file)
+    return table.take(pa.array(spec.row_indices, type=pa.int64()))
+
+
+def _optional_dataset(run_path: Path, name: str) -> pads.Dataset | None:
+    folder = Path(run_path) / name
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        return None
+    return dataset(folder, name)
+
+
+def read_item_facts(run_path: Path, asins: list[str]) -> dict[str, dict[str, Any]]:
+    """Catalog metadata of ``asins`` from the run's ``items`` table (empty when absent)."""
+    items = _optional_dataset(run_path, "items")
+    if items is None or not asins:
+        return {}
+    rows = items.to_table(
+        columns=["parent_asin", "categories", "store", "price", "features", "main_category"],
+        filter=pc.field("parent_asin").isin(sorted(set(asins))),
+    ).to_pylist()
+    return {row["parent_asin"]: row for row in rows}
+
+
+def read_review_titles(run_path: Path, user_ids: list[str]) -> dict[tuple[str, str], str]:
+    """The users' own review titles, by (user_id, parent_asin), from ``interactions``."""
+    interactions = _optional_dataset(run_path, "interactions")
+    if interactions is None or not user_ids:
+        return {}
+    table = interactions.to_table(
+        columns=["user_id", "parent_asin", "review_title"],
+        filter=pc.field("user_id").isin(sorted(set(user_ids))),
+    )
+    titles: dict[tuple[str, str], str] = {}
+    for user, asin, title in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
+        if title:
+            titles.setdefault((user, asin), title)
+    return titles
+
+
+def _facts(
+    item: dict[str, Any],
+    catalog: dict[str, dict[str, Any]],
+    review_titles: dict[tuple[str, str], str] | None,
+    user_id: str,
+) -> ItemFacts:
+    meta = catalog.get(item["parent_asin"], {})
+    categories = item.get("categories") or meta.get("categories") or []
+    if not categories and meta.get("main_category"):
+        categories = [meta["main_category"]]
+    return ItemFacts(
+        parent_asin=item["parent_asin"],
+        title=item.get("title") or "",
+        categories=tuple(c for c in categories if c),
+        store=item.get("store") or meta.get("store") or None,
+        price=meta.get("price"),
+        features=tuple(f for f in (meta.get("features") or []) if f),
+        rating=item.get("rating"),
+        review_title=review_titles.get((user_id, item["parent_asin"])) if review_titles is not None else None,
+    )
+
+
+def contexts_from_rows(
+    rows: list[dict[str, Any]],
+    catalog: dict[str, dict[str, Any]],
+    review_titles: dict[tuple[str, str], str],
+) -> list[ExampleContext]:
+    """Example contexts from sequences rows (as dicts) plus catalog and review-title lookups."""
+    contexts = []
+    for row in rows:
+        user_id = row["user_id"]
+        history = tuple(_facts(item, catalog, review_titles, user_id) for item in row["history"] or [])
+        # The target's own rating and review would leak the outcome: they never enter the prompt.
+        target = _facts({**row["target"], "rating": None}, catalog, None, user_id)
+        contexts.append(ExampleContext(user_id=user_id, split=row["split"], history=history, target=target))
+    return contexts
+
+
+def load_contexts(run_path: Path, sequences: pa.Table) -> list[ExampleContext]:
+    """Contexts for a table of sequences rows, enriched from the run's items and interactions."""
+    rows = sequences.to_pylist()
+    asins = [item["parent_asin"] for row in rows for item in [*(row["history"] or []), row["target"]]]
+    catalog = read_item_facts(run_path, asins)
+    review_titles = read_review_titles(run_path, [row["user_id"] for row in rows])
+    return contexts_from_rows(rows, catalog, review_titles)
+
+
+def load_partition_contexts(run_path: Path, spec: PartitionSpec) -> list[ExampleContext]:
+    """Contexts of one planned partition."""
+    return load_contexts(run_path, read_partition(spec))

@@ -1,0 +1,277 @@
+"""Chat completions through the ``openai`` SDK: bounded concurrency, limits, retries, cache.
+
+:func:`send_requests` sends a list of :class:`ChatRequest` from one asyncio event loop (see
+:mod:`pipeline.annotators.limits` for why that makes the limits run-wide). For each request it
+reserves the worst-case cost against the budget, waits for the rate limiter, and calls
+``chat.completions.create`` with structured outputs (a JSON schema); a server that rejects
+``json_schema`` switches the rest of the run to JSON mode. 429, 408/409, 5xx, timeouts and
+connection errors are retried with exponential backoff and full jitter, honouring the server's
+``Retry-After`` (a 429 pauses the whole run). Each answer is written to the cache as soon as it
+arrives. The SDK's own retries are off so that every attempt passes the run's rate limiter.
+
+The API key comes only from the ``OPENAI_API_KEY`` environment variable and is handed to the
+SDK; nothing here logs, stores or prints it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from pipeline.annotators.cache import AnswerCache, CachedAnswer
+from pipeline.annotators.limits import Budget, RateLimiter
+from pipeline.annotators.pricing import PriceTable
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "OPENAI_API_KEY"
+# A local OpenAI-compatible server (vLLM, Ollama, llama.cpp) accepts any key; the SDK wants one.
+LOCAL_SERVER_KEY = "not-needed"
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 60.0
+
+
+class AnnotatorConfigError(ValueError):
+    """The OpenAI annotator cannot start (e.g. no API key); the message says what to set."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to send: its cache key, messages and estimated input tokens."""
+
+    request_hash: str
+    messages: list[dict[str, str]]
+    estimated_input_tokens: int
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """How requests are sent: model, generation parameters and transport limits."""
+
+    model: str
+    prompt_version: str
+    response_format: dict[str, Any]
+    max_tokens: int = 600
+    temperature: float = 0.0
+    seed: int | None = None
+    base_url: str | None = None
+    concurrency: int = 16
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    request_timeout_s: float = 60.0
+    max_retries: int = 6
+    retry_base_s: float = 1.0
+
+    def generation_params(self) -> dict[str, Any]:
+        """The parameters that change an answer (part of the cache key)."""
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "seed": self.seed}
+
+
+@dataclass
+class SendStats:
+    """What sending cost and how it went."""
+
+    requests_sent: int = 0
+    answered: int = 0
+    retries: int = 0
+    failed: int = 0
+    skipped_for_budget: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    budget_exhausted: bool = False
+    used_json_mode_fallback: bool = False
+    errors: Counter = field(default_factory=Counter)
+
+
+def resolve_api_key(base_url: str | None) -> str:
+    """The API key from the environment; a custom ``base_url`` may run without one."""
+    key = os.environ.get(API_KEY_ENV)
+    if key:
+        return key
+    if base_url:
+        return LOCAL_SERVER_KEY
+    raise AnnotatorConfigError(
+        f"the OpenAI annotator needs an API key: export {API_KEY_ENV}=... in the environment "
+        "(never put it in a config file), or pass --base-url for a local OpenAI-compatible server, "
+        "or use --annotator template"
+    )
+
+
+def make_async_client(options: ChatOptions) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        api_key=resolve_api_key(options.base_url),
+        base_url=options.base_url,
+        timeout=options.request_timeout_s,
+        max_retries=0,
+    )
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """The server's requested delay from ``retry-after-ms`` or ``retry-after`` (seconds or date)."""
+    if headers is None:
+        return None
+    for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(header)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) / divisor)
+        except ValueError:
+            parsed = email.utils.parsedate_tz(value)
+            if parsed is not None:
+                return max(0.0, float(email.utils.mktime_tz(parsed) - time.time()))
+    return None
+
+
+def backoff_seconds(attempt: int, base_s: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, base * 2**attempt], capped."""
+    return random.uniform(0.0, min(MAX_BACKOFF_S, base_s * 2.0**attempt))
+
+
+def _schema_unsupported(exc: openai.APIStatusError) -> bool:
+    text = str(exc).lower()
+    return exc.status_code in (400, 422) and ("response_format" in text or "json_schema" in text)
+
+
+class ChatSender:
+    """Sends chat requests for one run: one client, limiter, budget and cache."""
+
+    def __init__(
+        self,
+        options: ChatOptions,
+        cache: AnswerCache,
+        prices: PriceTable,
+        budget: Budget,
+        on_answer: Callable[[], None] | None = None,
+    ):
+        self.options = options
+        self.cache = cache
+        self.prices = prices
+        self.budget = budget
+        self.limiter = RateLimiter(options.requests_per_minute, options.tokens_per_minute)
+        self.stats = SendStats()
+        self.response_format = options.response_format
+        self._on_answer = on_answer
+
+    async def _create(self, client: openai.AsyncOpenAI, request: ChatRequest) -> Any:
+        kwargs: dict[str, Any] = {
+            "model": self.options.model,
+            "messages": request.messages,
+            "response_format": self.response_format,
+            "max_tokens": self.options.max_tokens,
+            "temperature": self.options.temperature,
+        }
+        if self.options.seed is not None:
+            kwargs["seed"] = self.options.seed
+        self.stats.requests_sent += 1
+        return await client.chat.completions.create(**kwargs)
+
+    async def _send_one(self, client: openai.AsyncOpenAI, request: ChatRequest) -> CachedAnswer | None:
+        worst_case = self.prices.cost(self.options.model, request.estimated_input_tokens, self.options.max_tokens)
+        if not self.budget.reserve(worst_case):
+            self.stats.skipped_for_budget += 1
+            self.stats.budget_exhausted = True
+            return None
+        attempt = 0
+        while True:
+            await self.limiter.acquire(request.estimated_input_tokens + self.options.max_tokens)
+            try:
+                completion = await self._create(client, request)
+            except openai.APIStatusError as exc:
+                if self.response_format.get("type") == "json_schema" and _schema_unsupported(exc):
+                    log.warning("the server does not support JSON-schema outputs; switching to JSON mode")
+                    self.response_format = {"type": "json_object"}
+                    self.stats.used_json_mode_fallback = True
+                    continue
+                error, retryable, delay = f"http_{exc.status_code}", exc.status_code in RETRYABLE_STATUS, retry_after_seconds(exc.response.headers)
+                if exc.status_code == 429:
+                    self.limiter.pause(delay if delay is not None else backoff_seconds(attempt, self.options.retry_base_s))
+            except openai.APITimeoutError:
+                error, retryable, delay = "timeout", True, None
+            except openai.APIConnectionError:
+                error, retryable, delay = "connection_error", True, None
+            else:
+                return self._record(request, completion, worst_case)
+            self.stats.errors[error] += 1
+            if not retryable or attempt >= self.options.max_retries:
+                log.warning("request %s failed for good after %d attempt(s): %s", request.request_hash[:12], attempt + 1, error)
+                self.stats.failed += 1
+                self.budget.settle(worst_case, 0.0)
+                return None
+            self.stats.retries += 1
+            await asyncio.sleep(delay if delay is not None else backoff_seconds(attempt, self.options.retry_base_s))
+            attempt += 1
+
+    def _record(self, request: ChatRequest, completion: Any, reserved: float) -> CachedAnswer:
+        message = completion.choices[0].message if completion.choices else None
+        usage = completion.usage
+        input_tokens = usage.prompt_tokens if usage else request.estimated_input_tokens
+        output_tokens = usage.completion_tokens if usage else 0
+        cost = self.prices.cost(self.options.model, input_tokens, output_tokens)
+        answer = CachedAnswer(
+            content=getattr(message, "content", None),
+            refusal=getattr(message, "refusal", None),
+            input_tokens=int(input_tokens),
+            output_tokens=int(output_tokens),
+            cost_usd=cost,
+        )
+        self.cache.put(request.request_hash, self.options.model, self.options.prompt_version, answer)
+        self.budget.settle(reserved, cost)
+        self.stats.answered += 1
+        self.stats.input_tokens += answer.input_tokens
+        self.stats.output_tokens += answer.output_tokens
+        self.stats.cost_usd += cost
+        if self._on_answer is not None:
+            self._on_answer()
+        return answer
+
+    async def send_all(self, requests: list[ChatRequest]) -> dict[str, CachedAnswer]:
+        """Send every request (at most ``concurrency`` at a time); answers by request hash.
+
+        Requests are started in list order; once the budget refuses one, no later request
+        starts. Requests that failed for good or were not sent are absent from the result.
+        """
+        answers: dict[str, CachedAnswer] = {}
+        pending = iter(requests)
+        client = make_async_client(self.options)
+
+        async def worker() -> None:
+            for request in pending:
+                if self.budget.exhausted:
+                    self.stats.skipped_for_budget += 1
+                    continue
+                answer = await self._send_one(client, request)
+                if answer is not None:
+                    answers[request.request_hash] = answer
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(max(1, self.options.concurrency))))
+        finally:
+            await client.close()
+        return answers
+
+
+def send_requests(
+    requests: list[ChatRequest],
+    options: ChatOptions,
+    cache: AnswerCache,
+    prices: PriceTable,
+    budget: Budget,
+    on_answer: Callable[[], None] | None = None,
+) -> tuple[dict[str, CachedAnswer], SendStats]:
+    """Send ``requests`` from a fresh event loop; returns answers by hash and the run's stats."""
+    sender = ChatSender(options, cache, prices, budget, on_answer)
+    answers = asyncio.run(sender.send_all(requests))
+    sender.stats.budget_exhausted = sender.stats.budget_exhausted or budget.exhausted
+    return answers, sender.stats

@@ -1,0 +1,264 @@
+"""The offline default annotator: deterministic, grounded rationales without any model.
+
+For each history item it measures what the target shares with it: the deepest common category,
+the same store (brand), title and feature keywords, the price band, and whether the user rated
+it highly. The best-supported items (at most three) are named by title in a rationale assembled
+from several phrasings, chosen by a hash of (seed, user, target) so the wording varies across
+rows but never between runs. When nothing links the target to the history the answer is
+``coherent=false`` with the reason, exactly like a teacher LLM's flag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from pipeline.teacher_prompt import ExampleContext, ItemFacts, TeacherAnswer
+
+TEMPLATE_VERSION = "template-v1"
+MAX_NAMED_ITEMS = 3
+MAX_TITLE_WORDS = 10
+# Evidence weights: a shared store or a specific shared category says more than a shared word.
+STORE_WEIGHT = 3.0
+CATEGORY_WEIGHT = 1.0  # per shared category level below the domain root
+KEYWORD_WEIGHT = 1.0
+PRICE_WEIGHT = 0.5
+MIN_LINK_SCORE = 2.0
+
+_WORD = re.compile(r"[a-z][a-z0-9'-]{3,}")
+STOPWORDS = frozenset(
+    """with from that this your pack count ounce ounces size each more free made best great
+    premium quality natural original value pound pounds inch inches case piece pieces item
+    items product products brand style assorted variety new per plus ultra extra""".split()
+)
+PRICE_BANDS = ((10.0, "under $10"), (25.0, "$10-25"), (50.0, "$25-50"), (100.0, "$50-100"))
+
+
+def price_band(price: float | None) -> str | None:
+    if price is None:
+        return None
+    for bound, label in PRICE_BANDS:
+        if price < bound:
+            return label
+    return "over $100"
+
+
+def keywords(item: ItemFacts) -> set[str]:
+    """Content words of an item's title and features (lower case, no filler or store words)."""
+    text = " ".join([item.title, *item.features]).lower()
+    store_words = set(_WORD.findall((item.store or "").lower()))
+    return {w.strip("'-") for w in _WORD.findall(text)} - STOPWORDS - store_words
+
+
+def title_keywords(item: ItemFacts) -> set[str]:
+    """Content words of the title alone (store name excluded: it is evidence of its own)."""
+    store_words = set(_WORD.findall((item.store or "").lower()))
+    return {w.strip("'-") for w in _WORD.findall(item.title.lower())} - STOPWORDS - store_words
+
+
+def short_title(title: str) -> str:
+    """A title cut to its first words, as the rationale quotes it (a prefix of the real title)."""
+    words = title.split()
+    return " ".join(words[:MAX_TITLE_WORDS]).rstrip(",;:-") if words else title
+
+
+@dataclass(frozen=True)
+class Link:
+    """What one history item shares with the target."""
+
+    item: ItemFacts
+    position: int
+    shared_category: str | None
+    category_depth: int
+    same_store: bool
+    shared_keywords: tuple[str, ...]
+    same_price_band: bool
+    liked: bool
+
+    @property
+    def score(self) -> float:
+        return (
+            CATEGORY_WEIGHT * self.category_depth
+            + (STORE_WEIGHT if self.same_store else 0.0)
+            + KEYWORD_WEIGHT * min(len(self.shared_keywords), 3)
+            + (PRICE_WEIGHT if self.same_price_band else 0.0)
+        )
+
+
+def _join(words: list[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _common_category_depth(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[int, str | None]:
+    depth = 0
+    for left, right in zip(a, b, strict=False):
+        if left.lower() != right.lower():
+            break
+        depth += 1
+    # The first level is the domain itself (every grocery item is "Grocery & Gourmet Food").
+    return max(depth - 1, 0), (a[depth - 1] if depth >= 2 else None)
+
+
+def find_links(context: ExampleContext) -> list[Link]:
+    """Every history item's link to the target, strongest first (ties: most recent first)."""
+    target = context.target
+    target_words = keywords(target)
+    target_band = price_band(target.price)
+    links = []
+    for position, item in enumerate(context.history):
+        depth, category = _common_category_depth(item.categories, target.categories)
+        same_store = bool(item.store and target.store and item.store.lower() == target.store.lower())
+        # Title words say more than boilerplate feature words: they come first.
+        title_shared = sorted(title_keywords(item) & title_keywords(target))
+        shared = tuple(title_shared + sorted((keywords(item) & target_words) - set(title_shared)))
+        links.append(
+            Link(
+                item=item,
+                position=position,
+                shared_category=category,
+                category_depth=depth,
+                same_store=same_store,
+                shared_keywords=shared,
+                same_price_band=target_band is not None and price_band(item.price) == target_band,
+                liked=item.rating is not None and item.rating >= 4.0,
+            )
+        )
+    return sorted(links, key=lambda link: (-link.score, -link.position))
+
+
+def _choice(options: tuple[str, ...], digest: bytes, slot: int) -> str:
+    return options[digest[slot] % len(options)]
+
+
+OPENERS = (
+    "The shopper's history points to {target}.",
+    "Looking at what this shopper bought before, {target} is a natural next step.",
+    "Several earlier purchases explain why {target} came next.",
+    "{target} fits the pattern of this shopper's recent purchases.",
+)
+GROUP_SENTENCES = (
+    "{items} {verb_come} from {store}, the same store as the target{category_clause}.",
+    "Like the target, {items} {verb_come} from {store}{category_clause}.",
+    "{items} {verb_show} a steady habit of buying from {store}{category_clause}.",
+)
+CATEGORY_SENTENCES = (
+    "{items} {verb_sit} in the same {category} category as the target.",
+    "Like the target, {items} {verb_belong} to {category}.",
+    "{items} already {verb_show} an interest in {category}.",
+)
+KEYWORD_SENTENCES = (
+    "{item} is the closest match: both are described by {words}.",
+    "The target is especially close to {item}, sharing {words}.",
+    "{item} and the target have {words} in common.",
+)
+PRICE_SENTENCES = (
+    "The price is also in the shopper's usual range ({band}).",
+    "It costs about what the earlier purchases did ({band}).",
+)
+LIKED_SENTENCES = (
+    "The shopper rated {item} {rating:g} out of 5, so more of the same is welcome.",
+    "A {rating:g}-star rating for {item} shows this line of products satisfied them.",
+    "They gave {item} {rating:g} stars, a sign they would return to similar items.",
+)
+CLOSERS = (
+    "Together these make {target} a consistent continuation of the history.",
+    "So the target extends a preference the history already shows.",
+    "Buying {target} therefore follows from tastes shown earlier.",
+    "This is why {target} is a plausible next purchase.",
+)
+
+
+def _quote(title: str) -> str:
+    return f'"{short_title(title)}"'
+
+
+def _verbs(count: int) -> dict[str, str]:
+    plural = count > 1
+    return {
+        "verb_come": "come" if plural else "comes",
+        "verb_show": "show" if plural else "shows",
+        "verb_sit": "sit" if plural else "sits",
+        "verb_belong": "belong" if plural else "belongs",
+    }
+
+
+def user_preferences(context: ExampleContext) -> str:
+    """A one-sentence summary of the tastes the history shows."""
+    categories = Counter(item.categories[-1] for item in context.history if item.categories)
+    stores = Counter(item.store for item in context.history if item.store)
+    ratings = [item.rating for item in context.history if item.rating is not None]
+    bands = Counter(b for b in (price_band(item.price) for item in context.history) if b)
+    parts = []
+    if categories:
+        parts.append("mostly buys " + _join([c for c, _ in categories.most_common(2)]))
+    if stores:
+        top_store, count = stores.most_common(1)[0]
+        if count > 1:
+            parts.append(f"returns to {top_store}")
+    if bands:
+        parts.append(f"usually spends {bands.most_common(1)[0][0]}")
+    if ratings:
+        mean = sum(ratings) / len(ratings)
+        parts.append(f"rates purchases {mean:.1f} out of 5 on average")
+    if not parts:
+        return "The history gives little signal about preferences."
+    return "The shopper " + _join(parts) + "."
+
+
+def _evidence_sentences(supporting: list[Link], target: ItemFacts, digest: bytes) -> list[str]:
+    sentences = []
+    by_store = [link for link in supporting if link.same_store]
+    by_category = [link for link in supporting if link.shared_category and not link.same_store]
+    if by_store:
+        category = by_store[0].shared_category
+        clause = f", in the same {category} category" if category else ""
+        names = _join([_quote(link.item.title) for link in by_store])
+        sentences.append(
+            _choice(GROUP_SENTENCES, digest, 1).format(items=names, store=target.store, category_clause=clause, **_verbs(len(by_store)))
+        )
+    if by_category:
+        names = _join([_quote(link.item.title) for link in by_category])
+        sentences.append(
+            _choice(CATEGORY_SENTENCES, digest, 2).format(items=names, category=by_category[0].shared_category, **_verbs(len(by_category)))
+        )
+    closest = max(supporting, key=lambda link: (len(link.shared_keywords), link.position))
+    if closest.shared_keywords:
+        words = _join([f"'{w}'" for w in closest.shared_keywords[:3]])
+        sentences.append(_choice(KEYWORD_SENTENCES, digest, 3).format(item=_quote(closest.item.title), words=words))
+    if any(link.same_price_band for link in supporting):
+        sentences.append(_choice(PRICE_SENTENCES, digest, 4).format(band=price_band(target.price)))
+    liked = next((link for link in supporting if link.liked), None)
+    if liked is not None:
+        sentences.append(_choice(LIKED_SENTENCES, digest, 5).format(item=_quote(liked.item.title), rating=liked.item.rating))
+    return sentences
+
+
+def annotate(context: ExampleContext, seed: int) -> TeacherAnswer:
+    """The template annotation of one example (deterministic in (seed, user, target))."""
+    digest = hashlib.blake2b(f"{seed}|{context.user_id}|{context.target.parent_asin}".encode(), digest_size=16).digest()
+    preferences = user_preferences(context)
+    target = _quote(context.target.title)
+    supporting = [link for link in find_links(context) if link.score >= MIN_LINK_SCORE][:MAX_NAMED_ITEMS]
+    if not supporting:
+        recent = _join([_quote(item.title) for item in context.history[-2:]]) or "no earlier purchase"
+        reason = (
+            "the target shares no category, store or title keywords with any history item"
+            if context.history
+            else "the shopper has no history to explain the target"
+        )
+        rationale = (
+            f"The recent history ({recent}) does not connect to {target}: {reason}, "
+            "so the purchase cannot be explained from the history."
+        )
+        return TeacherAnswer(user_preferences=preferences, rationale=rationale, coherent=False, incoherence_reason=reason.capitalize() + ".")
+    sentences = [
+        _choice(OPENERS, digest, 0).format(target=target),
+        *_evidence_sentences(supporting, context.target, digest),
+        _choice(CLOSERS, digest, 6).format(target=target),
+    ]
+    rationale = " ".join(s[0].upper() + s[1:] for s in sentences)
+    return TeacherAnswer(user_preferences=preferences, rationale=rationale, coherent=True, incoherence_reason=None)
