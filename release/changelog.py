@@ -40,13 +40,15 @@ class ReleaseDiff:
     filter_rates: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
-def _row_keys(release_dir: Path, config: str, split: str) -> set[tuple[str, str]]:
-    keys: set[tuple[str, str]] = set()
+def _row_keys(release_dir: Path, config: str, split: str) -> set[tuple[str, ...]]:
+    """Keys of one split: (user, target item) for examples, the item id for a catalog."""
+    keys: set[tuple[str, ...]] = set()
     for path in sorted((release_dir / "data" / config).glob(f"{split}-*.parquet")):
-        table = pq.read_table(path, columns=["user_id", "target"])
-        users = table["user_id"].to_pylist()
-        targets = pc.struct_field(table["target"], "parent_asin").to_pylist()
-        keys.update(zip(users, targets))
+        if "user_id" in pq.read_schema(path).names:
+            table = pq.read_table(path, columns=["user_id", "target"])
+            keys.update(zip(table["user_id"].to_pylist(), pc.struct_field(table["target"], "parent_asin").to_pylist()))
+        else:
+            keys.update((asin,) for asin in pq.read_table(path, columns=["parent_asin"])["parent_asin"].to_pylist())
     return keys
 
 
@@ -67,7 +69,8 @@ def diff_releases(previous_dir: Path, previous: dict[str, Any], current_dir: Pat
         configs_removed=sorted(before_configs - after_configs),
     )
     for config in sorted(before_configs | after_configs):
-        splits = sorted(set(previous.get("row_counts", {}).get(config, {})) | set(current["row_counts"].get(config, {})))
+        # dict.fromkeys keeps the release order (train, validation, test) and drops repeats.
+        splits = list(dict.fromkeys([*current["row_counts"].get(config, {}), *previous.get("row_counts", {}).get(config, {})]))
         for split in splits:
             before = _row_keys(previous_dir, config, split)
             after = _row_keys(current_dir, config, split)
@@ -106,7 +109,9 @@ def render_section(tag: str, date: str, current: dict[str, Any], previous_tag: s
         lines.append(f"- New configs: {', '.join(diff.configs_added)}")
     if diff.configs_removed:
         lines.append(f"- Removed configs: {', '.join(diff.configs_removed)}")
-    lines += ["", "### Rows", "", f"| config | split | {previous_tag} | {tag} | added | removed |", "|---|---|---:|---:|---:|---:|"]
+    if diff.configs_added or diff.configs_removed:
+        lines.append("")
+    lines += ["### Rows", "", f"| config | split | {previous_tag} | {tag} | added | removed |", "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {d.config} | {d.split} | {d.rows_before:,} | {d.rows_after:,} | {d.added:,} | {d.removed:,} |" for d in diff.splits]
     lines += ["", "### Schema", ""]
     if diff.schema_changes:

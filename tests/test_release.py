@@ -1,0 +1,261 @@
+"""Releases: layout, validation gate, immutable versions, changelog, checksummed pull and loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.schemas import ITEMS, RELEASE_ROW
+from pipeline.tables import read_table
+from release.changelog import schema_changes
+from release.checksums import ChecksumError, sha256_file, verify_release
+from release.layout import ReleaseError, config_name, join_release_rows
+from release.loading import load_release
+from release.publish import ReleaseSettings, release_runs
+from release.pull import pull_release
+from release.registry import Registry
+from release_runs import make_run, write_validation
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return [make_run(root, "Grocery_and_Gourmet_Food"), make_run(root, "Office_Products")]
+
+
+@pytest.fixture(scope="module")
+def released(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry holding v1.0.0 of both domains (shards of 10 rows, so splits span several files)."""
+    registry = tmp_path_factory.mktemp("registry") / "registry"
+    release_runs(runs, registry, ReleaseSettings(version="1.0.0", shard_rows=10))
+    return registry
+
+
+def git(registry: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(registry), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_config_names_are_short_for_known_domains_and_slugs_otherwise() -> None:
+    assert config_name("Grocery_and_Gourmet_Food") == "grocery"
+    assert config_name("Office_Products") == "office"
+    assert config_name("All_Beauty") == "all_beauty"
+    assert config_name("Clothing, Shoes & Jewelry") == "clothing_shoes_jewelry"
+    with pytest.raises(ReleaseError):
+        config_name("---")
+
+
+def test_release_rows_keep_filtered_train_rows_and_every_evaluation_row(runs: list[Path]) -> None:
+    sequences = read_table(runs[0] / "sequences", "sequences")
+    filtered = read_table(runs[0] / "filtered", "filtered")
+    splits, dropped = join_release_rows(sequences, filtered)
+    passed = set(zip(filtered["user_id"].to_pylist(), filtered["target_parent_asin"].to_pylist()))
+    train_keys = set(zip(splits["train"]["user_id"].to_pylist(), pc.struct_field(splits["train"]["target"], "parent_asin").to_pylist()))
+    assert train_keys == passed
+    assert dropped == sum(1 for s in sequences["split"].to_pylist() if s == "train") - len(passed)
+    for split in ("validation", "test"):
+        assert splits[split].num_rows == sum(1 for s in sequences["split"].to_pylist() if s == split)
+        assert splits[split]["rationale"].null_count == splits[split].num_rows
+    assert all(t.schema == RELEASE_ROW for t in splits.values())
+    # The rationale travels with its own sequence, not with another row of the same user.
+    by_user = {row["user_id"]: row for row in filtered.to_pylist()}
+    for row in splits["train"].to_pylist():
+        assert row["rationale"] == by_user[row["user_id"]]["rationale"]
+
+
+def test_release_rows_do_not_depend_on_the_order_of_the_input_partitions(runs: list[Path]) -> None:
+    sequences = read_table(runs[0] / "sequences", "sequences")
+    filtered = read_table(runs[0] / "filtered", "filtered")
+    reversed_order = pa.array(range(sequences.num_rows - 1, -1, -1))
+    first, _ = join_release_rows(sequences, filtered)
+    second, _ = join_release_rows(sequences.take(reversed_order), filtered.take(pa.array(range(filtered.num_rows - 1, -1, -1))))
+    assert all(first[split].equals(second[split]) for split in first)
+
+
+def test_release_has_the_design_layout_and_a_manifest_with_every_checksum(released: Path, runs: list[Path]) -> None:
+    assert git(released, "tag", "--list").split() == ["v1.0.0"]
+    assert git(released, "rev-list", "--count", "HEAD").strip() == "1"
+    manifest = json.loads((released / "manifest.json").read_text())
+    assert manifest["version"] == "1.0.0" and manifest["tag"] == "v1.0.0"
+    assert manifest["code_version"].startswith("0.")
+    assert manifest["sources"]["grocery"] == {"domain": "Grocery_and_Gourmet_Food", "files": {"Grocery_and_Gourmet_Food.jsonl.gz": "abc123"}}
+    assert manifest["config"]["stages"]["grocery"]["sequences"]["num_negatives"] == 4
+    assert manifest["config"]["release"]["shard_rows"] == 10
+    # 24 users: train keeps the 18 whose rationale passed, evaluation splits keep all 24.
+    assert manifest["row_counts"]["grocery"] == {"train": 18, "validation": 24, "test": 24}
+    assert manifest["row_counts"]["grocery_items"]["items"] > 0
+    assert sorted(p.name for p in (released / "data" / "grocery").iterdir()) == [
+        "test-00000-of-00003.parquet", "test-00001-of-00003.parquet", "test-00002-of-00003.parquet",
+        "train-00000-of-00002.parquet", "train-00001-of-00002.parquet",
+        "validation-00000-of-00003.parquet", "validation-00001-of-00003.parquet", "validation-00002-of-00003.parquet",
+    ]
+    files = {p.relative_to(released).as_posix() for p in released.rglob("*") if p.is_file() and ".git" not in p.parts}
+    assert files - {"manifest.json"} == set(manifest["files"])
+    assert {"README.md", "CHANGELOG.md", "validation/summary.json"} <= files
+    assert any(name.startswith("data/office_items/items-") for name in files)
+    for name, info in manifest["files"].items():
+        assert sha256_file(released / name) == info["sha256"], name
+    summary = json.loads((released / "validation" / "summary.json").read_text())
+    assert summary["critical_failures"] == 0 and set(summary["configs"]) == {"grocery", "office"}
+    # The item catalog holds every item a released row mentions, and nothing else.
+    items = pq.read_table(released / "data" / "grocery_items").to_pylist()
+    mentioned = set()
+    for path in (released / "data" / "grocery").glob("*.parquet"):
+        for row in pq.read_table(path).to_pylist():
+            mentioned |= {h["parent_asin"] for h in row["history"]} | {c["parent_asin"] for c in row["candidates"]}
+    assert {i["parent_asin"] for i in items} == mentioned
+
+
+@pytest.mark.parametrize("defect", ["critical_failure", "missing_validation"])
+def test_release_is_refused_when_validation_failed_or_is_missing(defect: str, runs: list[Path], tmp_path: Path) -> None:
+    bad = make_run(tmp_path / "runs", "Office_Products", with_validation=defect != "missing_validation", critical_failures=2)
+    registry = tmp_path / "registry"
+    result = runner.invoke(app, ["release", "--runs", str(runs[0]), str(bad), "--registry", str(registry), "--version", "1.0.0"])
+    assert result.exit_code == 2
+    expected = "failed 2 critical expectation" if defect == "critical_failure" else "rrec validate --run"
+    assert expected in result.output and "Traceback" not in result.output
+    assert Registry(registry).versions() == []
+
+
+def test_an_existing_version_is_immutable_but_an_unchanged_rerun_is_reported(runs: list[Path], tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    first = runner.invoke(app, ["release", "--runs", str(runs[0]), "--registry", str(registry), "--version", "1.0.0"])
+    assert first.exit_code == 0, first.output
+    assert "Released v1.0.0" in first.output
+    head = git(registry, "rev-parse", "HEAD")
+
+    again = runner.invoke(app, ["release", "--runs", str(runs[0]), "--registry", str(registry), "--version", "1.0.0"])
+    assert again.exit_code == 0, again.output
+    assert "already released" in again.output
+
+    changed = make_run(tmp_path / "changed", "Grocery_and_Gourmet_Food", extra_users=4)
+    refused = runner.invoke(app, ["release", "--runs", str(changed), "--registry", str(registry), "--version", "v1.0.0"])
+    assert refused.exit_code == 2
+    assert "immutable" in refused.output and "Traceback" not in refused.output
+    assert git(registry, "rev-parse", "HEAD") == head
+    assert Registry(registry).versions() == ["v1.0.0"]
+
+
+def test_changelog_reports_rows_added_per_split_and_the_filter_rate_change(runs: list[Path], tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    release_runs([runs[0]], registry, ReleaseSettings(version="1.0.0"))
+    grown = make_run(tmp_path / "grown", "Grocery_and_Gourmet_Food", extra_users=5)
+    result = release_runs([grown], registry, ReleaseSettings(version="1.1.0"))
+    assert result.manifest["previous_version"] == "v1.0.0"
+    changelog = (registry / "CHANGELOG.md").read_text()
+    assert changelog.index("## v1.1.0") < changelog.index("## v1.0.0")  # the older section is kept below
+    # Users 24-28 are new; user 27 is a fourth user whose rationale was filtered out (no train row).
+    assert "| grocery | train | 18 | 22 | 4 | 0 |" in changelog
+    assert "| grocery | validation | 24 | 29 | 5 | 0 |" in changelog
+    assert "| grocery | test | 24 | 29 | 5 | 0 |" in changelog
+    assert "No schema changes." in changelog
+    # 6 of 24 annotated rationales were rejected before, 7 of 29 now.
+    assert "| grocery | 25.00% | 24.14% | -0.86 points |" in changelog
+    assert Registry(registry).versions() == ["v1.0.0", "v1.1.0"]
+    assert git(registry, "rev-list", "--count", "HEAD").strip() == "2"
+
+
+def test_schema_changes_name_added_removed_and_retyped_columns() -> None:
+    changes = schema_changes({"a": "string", "b": "int32", "c": "string"}, {"a": "string", "b": "int64", "d": "bool"})
+    assert changes == ["added column `d` (bool)", "removed column `c` (string)", "column `b` changed type: int32 -> int64"]
+
+
+def test_pull_from_a_registry_verifies_and_loads_with_datasets(released: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pull", str(released), "--version", "v1.0.0", "--out", str(tmp_path / "pulled")])
+    assert result.exit_code == 0, result.output
+    assert "files verified" in result.output
+    manifest = verify_release(tmp_path / "pulled")
+    ds = datasets.load_dataset(str(tmp_path / "pulled"), "grocery", cache_dir=str(tmp_path / "hf"))
+    assert {split: len(ds[split]) for split in ds} == manifest["row_counts"]["grocery"]
+    # Pulling again into the same folder is a no-op, not an error.
+    assert pull_release(str(released), "1.0.0", tmp_path / "pulled") == tmp_path / "pulled"
+
+
+def _tamper(registry: Path, tmp_path: Path, change: str) -> Path:
+    """A copy of the registry whose tag v1.0.0 was moved to a commit with one data file altered or removed."""
+    copy = tmp_path / "tampered-registry"
+    shutil.copytree(registry, copy)
+    shard = copy / "data" / "grocery" / "train-00000-of-00002.parquet"
+    if change == "modified":
+        table = pq.read_table(shard)
+        rationale = table["rationale"].to_pylist()
+        rationale[0] = "A different explanation."
+        pq.write_table(table.set_column(table.schema.get_field_index("rationale"), "rationale", pa.array(rationale)), shard)
+    else:
+        shard.unlink()
+    git(copy, "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qam", "edit")
+    git(copy, "-c", "user.name=x", "-c", "user.email=x@x", "tag", "-f", "-a", "v1.0.0", "-m", "moved")
+    return copy
+
+
+@pytest.mark.parametrize("change", ["modified", "missing"])
+def test_pull_refuses_a_tampered_or_missing_file_and_writes_nothing(change: str, released: Path, tmp_path: Path) -> None:
+    tampered = _tamper(released, tmp_path, change)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["pull", str(tampered), "--version", "v1.0.0", "--out", str(out)])
+    assert result.exit_code == 2
+    expected = "checksum mismatch" if change == "modified" else "missing"
+    assert expected in result.output and "train-00000-of-00002.parquet" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+    assert not list(tmp_path.glob(".tmp-pull-*"))
+
+
+def test_verify_refuses_a_file_that_the_manifest_does_not_list(released: Path, tmp_path: Path) -> None:
+    out = pull_release(str(released), "v1.0.0", tmp_path / "pulled")
+    (out / "data" / "grocery" / "train-00009-of-00009.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ChecksumError, match="not in the manifest"):
+        verify_release(out)
+
+
+def test_unknown_version_and_unknown_source_are_clear_errors(released: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pull", str(released), "--version", "v9.9.9", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "available: v1.0.0" in result.output
+    result = runner.invoke(app, ["pull", str(tmp_path), "--version", "v1.0.0", "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "not a release registry" in result.output
+
+
+@pytest.mark.parametrize("config", ["grocery", "office", "grocery_items", "office_items"])
+def test_load_release_reads_every_config_and_split_with_list_of_struct_features(config: str, released: Path, tmp_path: Path) -> None:
+    manifest = json.loads((released / "manifest.json").read_text())
+    ds = load_release(released, config, revision="v1.0.0", cache_dir=tmp_path / "cache")
+    expected_features = datasets.Features.from_arrow_schema(ITEMS if config.endswith("_items") else RELEASE_ROW)
+    assert {split: len(ds[split]) for split in ds} == manifest["row_counts"][config]
+    for split in ds:
+        assert ds[split].features == expected_features
+    if not config.endswith("_items"):
+        history = ds["train"].features["history"]
+        assert isinstance(history, datasets.List) and set(history.feature) == {"parent_asin", "title", "rating", "timestamp"}
+        row = ds["train"][0]
+        assert row["candidates"][row["target_index"]]["parent_asin"] == row["target"]["parent_asin"]
+        assert row["rationale"]
+
+
+def test_load_release_rejects_an_unknown_config(released: Path, tmp_path: Path) -> None:
+    with pytest.raises(ReleaseError, match="available: grocery, grocery_items, office, office_items"):
+        load_release(released, "books", revision="v1.0.0", cache_dir=tmp_path / "cache")
+
+
+def test_two_runs_of_the_same_domain_are_refused(runs: list[Path], tmp_path: Path) -> None:
+    twin = make_run(tmp_path / "twin", "Grocery_and_Gourmet_Food")
+    with pytest.raises(ReleaseError, match="both hold config 'grocery'"):
+        release_runs([runs[0], twin], tmp_path / "registry", ReleaseSettings())
+
+
+def test_a_run_validated_again_after_a_fix_can_be_released(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "runs", "Office_Products", critical_failures=1)
+    with pytest.raises(ReleaseError, match="critical"):
+        release_runs([run], tmp_path / "registry", ReleaseSettings())
+    write_validation(run, 0)
+    assert release_runs([run], tmp_path / "registry", ReleaseSettings()).status == "released"
