@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.schemas import ITEMS, RELEASE_ROW
+from release.checksums import file_checksums
 
 LINES = (
     ("Lakeside", "Green Tea"),
@@ -195,12 +196,17 @@ def make_release(
     _write_shards(pa.Table.from_pylist(catalog, schema=ITEMS), directory / "data" / f"{config}_items", "items", 1)
     (directory / "README.md").write_text(_card(config), encoding="utf-8")
     version = with_git_tag or "v0.0.0"
-    counts = {split: len(rows) for split, rows in by_split.items()}
-    (directory / "manifest.json").write_text(json.dumps({"version": version, "row_counts": {config: counts}}, indent=2))
+    manifest = {
+        "version": version.lstrip("v"),
+        "tag": version,
+        "row_counts": {config: {split: len(rows) for split, rows in by_split.items()}, f"{config}_items": {"items": len(catalog)}},
+        "files": file_checksums(directory),
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     if with_git_tag:
         if not (directory / ".git").exists():
             _git(directory, "init", "-q")
         _git(directory, "add", "-A")
         _git(directory, "commit", "-q", "-m", f"release {with_git_tag}")
-        _git(directory, "tag", with_git_tag)
+        _git(directory, "tag", "-a", with_git_tag, "-m", f"release {with_git_tag}")
     return directory

@@ -3,144 +3,70 @@
 A dataset source is one of:
 
 - a Hugging Face Hub dataset id (``org/name``) plus a revision (a version tag such as
-  ``v1.0.0``): handed to ``datasets.load_dataset`` as is;
+  ``v1.0.0``);
 - a local registry, i.e. a git repository with one tag per version (what ``rrec release``
-  writes): the tag's tree is extracted with ``git archive`` into a cache folder named after the
-  tagged commit (immutable, so it is reused) and loaded from there;
-- a plain release folder (what ``rrec pull`` writes): loaded as is; a revision, if given, must
-  match the version in its ``manifest.json``.
+  writes): the tag is pulled into the cache and every checksum verified;
+- a plain release folder (what ``rrec pull`` writes): verified against its manifest; a
+  revision, if given, must be its version.
 
-Every loader returns a :class:`datasets.Dataset` and a :class:`DatasetSource` that says exactly
-which version was read, so trained models can record where they came from.
+The loading itself is ``release.loading.load_release`` (the same code ``rrec pull`` users
+run); this module adds the record of exactly which version was read, so trained models can say
+where they came from, and turns rows into chat examples.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import os
-import shutil
-import subprocess
-import tarfile
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
 
+from release.checksums import read_manifest
+from release.loading import load_release
+from release.pull import is_local_source
+from release.registry import Registry, version_tag
 from training.prompts import PromptSettings, build_completion, build_messages
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "RREC_CACHE"
-
-
-class DatasetSourceError(ValueError):
-    """A dataset source or revision that cannot be resolved; the message says what to do."""
-
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """A resolved release: what the user asked for and what was actually read."""
+    """A resolved release: what was asked for and the exact version read."""
 
     dataset: str
     config: str
     revision: str | None
     kind: str  # "hub", "registry" or "folder"
-    load_path: str
     commit: str | None = None
 
     def to_dict(self) -> dict[str, str | None]:
         return asdict(self)
 
 
-def cache_root() -> Path:
-    """Where registry tags are materialised (``$RREC_CACHE`` or ``~/.cache/rationale-rec``)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rationale-rec") / "releases"
-
-
-def _git(repo: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise DatasetSourceError(f"git {' '.join(args)} failed in {repo}: {result.stderr.strip()}")
-    return result.stdout.strip()
-
-
-def _version_key(tag: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in tag.lstrip("v").split("."))
-    except ValueError:
-        return (-1,)
-
-
-def _is_git_repository(path: Path) -> bool:
-    return (path / ".git").exists() or (path / "HEAD").is_file() and (path / "refs").is_dir()
-
-
-def _materialise_tag(repo: Path, revision: str | None) -> tuple[Path, str, str]:
-    """Extract a tag of a local registry into the cache; returns (folder, tag, commit)."""
-    tags = [tag for tag in _git(repo, "tag", "--list").splitlines() if tag]
-    if revision is None:
-        if not tags:
-            raise DatasetSourceError(f"the registry {repo} has no version tags yet; publish one with `rrec release`")
-        revision = max(tags, key=_version_key)
-        log.info("no --revision given: using the newest version %s of %s", revision, repo)
-    elif revision not in tags:
-        known = ", ".join(sorted(tags, key=_version_key)) or "none"
-        raise DatasetSourceError(f"version {revision} is not a tag of the registry {repo} (known versions: {known})")
-    commit = _git(repo, "rev-list", "-n", "1", revision)
-    target = cache_root() / commit
-    if not (target / "README.md").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=repo, capture_output=True)
-        if archive.returncode != 0:
-            raise DatasetSourceError(f"git archive {revision} failed in {repo}: {archive.stderr.decode().strip()}")
-        # Extract next to the target and rename, so a crash never leaves a half release in the cache.
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            tar.extractall(staging, filter="data")
-        try:
-            staging.rename(target)
-        except OSError:
-            # Another process materialised the same commit first; its copy is identical.
-            shutil.rmtree(staging, ignore_errors=True)
-    return target, revision, commit
-
-
 def resolve_source(dataset: str, config: str, revision: str | None) -> DatasetSource:
-    """Decide how to read ``dataset`` at ``revision`` (see the module docstring)."""
-    path = Path(dataset).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise DatasetSourceError(f"{dataset} is a file; give a release folder, a local registry or a Hub dataset id")
-        if _is_git_repository(path):
-            folder, tag, commit = _materialise_tag(path.resolve(), revision)
-            return DatasetSource(str(path.resolve()), config, tag, "registry", str(folder), commit)
-        if not (path / "README.md").exists():
-            raise DatasetSourceError(
-                f"{dataset} has no README.md: it is not a release folder (build one with `rrec release` or `rrec pull`)"
-            )
-        manifest = path / "manifest.json"
-        version = json.loads(manifest.read_text(encoding="utf-8")).get("version") if manifest.exists() else None
-        if revision is not None and version is not None and revision != version:
-            raise DatasetSourceError(
-                f"{dataset} holds version {version}, not {revision}; pull {revision} with `rrec pull` or drop --revision"
-            )
-        return DatasetSource(str(path.resolve()), config, revision or version, "folder", str(path.resolve()))
-    if dataset.count("/") == 1 and not dataset.startswith((".", "/")):
-        return DatasetSource(dataset, config, revision, "hub", dataset)
-    raise DatasetSourceError(f"{dataset} is neither an existing folder nor a Hub dataset id (org/name)")
+    """Pin ``dataset`` to one version: a registry's newest tag when ``revision`` is None."""
+    if not is_local_source(dataset):
+        return DatasetSource(dataset, config, revision, "hub")
+    path = Path(dataset).expanduser().resolve()
+    registry = Registry(path)
+    if registry.exists:
+        versions = registry.versions()
+        if revision is None and versions:
+            revision = versions[-1]
+            log.info("no revision given: using the newest version %s of %s", revision, path)
+        if revision is None or version_tag(revision) not in versions:
+            known = ", ".join(versions) or "none"
+            raise ValueError(f"version {revision} is not in the registry {path} (published versions: {known})")
+        return DatasetSource(str(path), config, version_tag(revision), "registry", registry.commit_of(revision))
+    # A pulled folder names its own version; loading verifies it against ``revision`` if given.
+    return DatasetSource(str(path), config, revision or read_manifest(path).get("tag"), "folder")
 
 
 def load_resolved(source: DatasetSource, split: str, config: str | None = None) -> datasets.Dataset:
-    """One split of the exact version ``source`` resolved to (``config`` defaults to the source's)."""
-    config = config or source.config
-    kwargs = {"revision": source.revision} if source.kind == "hub" else {}
-    try:
-        return datasets.load_dataset(source.load_path, config, split=split, **kwargs)
-    except ValueError as exc:
-        raise DatasetSourceError(f"cannot load config '{config}' split '{split}' from {source.dataset}: {exc}") from None
+    """One split of the exact version ``source`` is pinned to (``config`` defaults to the source's)."""
+    return load_release(source.dataset, config or source.config, source.revision, split=split)
 
 
 def load_split_with_source(dataset: str, config: str, revision: str | None, split: str) -> tuple[datasets.Dataset, DatasetSource]:
@@ -162,7 +88,6 @@ def catalog_config(config: str) -> str:
 def load_catalog(dataset: str, config: str, revision: str | None) -> datasets.Dataset:
     """The item catalog of a released config (config ``<config>_items``, split ``items``)."""
     return load_resolved(resolve_source(dataset, config, revision), "items", catalog_config(config))
-
 
 @dataclass(frozen=True)
 class ChatExamples:

@@ -133,7 +133,7 @@ def _split_eval(
     return split["train"], split["test"], "train_holdout"
 
 
-def _prepare_output(output_dir: Path, resume: bool, force: bool) -> str | None:
+def prepare_output_dir(output_dir: Path, resume: bool, force: bool) -> str | None:
     """Check the output folder against --resume/--force; returns the checkpoint to resume from."""
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -224,7 +224,7 @@ def run_sft(
     from trl import SFTTrainer
 
     output_dir = Path(output_dir)
-    resume_from = _prepare_output(output_dir, resume, force)
+    resume_from = prepare_output_dir(output_dir, resume, force)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     train_rows, source = load_split_with_source(dataset, config, revision, "train")

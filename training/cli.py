@@ -1,0 +1,168 @@
+"""``rrec train sft | grpo | variants``: train rationale-first recommenders on a released version.
+
+Heavy imports (torch, transformers, trl) happen inside the commands so ``rrec --help`` stays fast.
+As for ``rrec evaluate``, ``--config`` names the dataset config (domain); the YAML settings
+file is ``--settings`` (sections ``sft``, ``grpo``, ``evaluate``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.cli_common import user_errors
+from pipeline.config import load_config, section
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="Release to train on: a local registry, a pulled release folder or a Hub dataset id.")]
+DatasetConfigOpt = Annotated[str, typer.Option("--config", help="Dataset config (domain), e.g. grocery.")]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Version tag, e.g. v1.0.0 (default: a registry's newest).")]
+OutputOpt = Annotated[Path, typer.Option("--output", help="Folder for the trained model, checkpoints and training_config.json.")]
+SettingsOpt = Annotated[
+    Path | None,
+    typer.Option("--settings", help="YAML settings file; command-line options override its values.", exists=True, dir_okay=False),
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in OUTPUT/checkpoints.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Delete OUTPUT and train from scratch.")]
+
+train_app = typer.Typer(
+    name="train",
+    help="Train rationale-first recommenders (SFT, GRPO, the A/B/C variants) on a released dataset version.",
+    no_args_is_help=True,
+)
+
+
+_NOT_SETTINGS = {"sft_model", "dataset", "config", "output", "revision", "settings_file", "resume", "force"}
+
+
+def _settings(settings_file: Path | None, name: str, model: type, overrides: dict[str, Any]) -> Any:
+    return section(load_config(settings_file), name, model, overrides)
+
+
+@train_app.command("sft")
+@user_errors
+def sft_command(
+    dataset: DatasetOpt,
+    config: DatasetConfigOpt,
+    output: OutputOpt,
+    revision: RevisionOpt = None,
+    settings_file: SettingsOpt = None,
+    model: Annotated[str | None, typer.Option(help="Hub id or local folder of the base model, or 'tiny' (offline, CPU).")] = None,
+    variant: Annotated[str | None, typer.Option(help="A or B: train with rationales; C: item-only targets.")] = None,
+    full: Annotated[bool | None, typer.Option("--full/--lora", help="Full fine-tuning instead of a LoRA adapter.")] = None,
+    merge: Annotated[bool | None, typer.Option("--merge/--no-merge", help="Save the adapter merged into the base.")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps (-1: run the epochs).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per device and step.")] = None,
+    gradient_accumulation: Annotated[int | None, typer.Option(help="Steps to accumulate per optimizer step.")] = None,
+    eval_steps: Annotated[int | None, typer.Option(help="Evaluate and checkpoint every N steps.")] = None,
+    early_stopping_patience: Annotated[int | None, typer.Option(help="Evaluations without improvement before stopping (0: never).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Longest tokenised example.")] = None,
+    history_k: Annotated[int | None, typer.Option(help="History items shown in the prompt.")] = None,
+    num_candidates: Annotated[int | None, typer.Option(help="Candidates shown in the prompt (0: none).")] = None,
+    limit_train: Annotated[int | None, typer.Option(help="Use only the first N train rows.")] = None,
+    limit_eval: Annotated[int | None, typer.Option(help="Use only the first N evaluation rows.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+) -> None:
+    """Supervised fine-tuning (TRL SFTTrainer, LoRA by default), loss on the assistant turn only.
+
+    Evaluates on the validation split, checkpoints, stops early; writes the adapter (or full
+    model), tokenizer and training_config.json (settings + dataset version) to --output.
+    """
+    # Every other option is a settings field of the same name.
+    overrides = {key: value for key, value in locals().items() if key not in _NOT_SETTINGS}
+    from training.sft import SFTSettings, run_sft
+
+    settings = _settings(settings_file, "sft", SFTSettings, overrides)
+    result = run_sft(dataset, config, revision, output, settings, resume=resume, force=force)
+    before = "n/a" if result.eval_loss_before is None else f"{result.eval_loss_before:.4f}"
+    typer.echo(f"SFT variant {settings.variant}: {result.global_step} steps, eval loss {before} -> {result.eval_loss_after:.4f}")
+    typer.echo(f"model saved in {result.output_dir}")
+
+
+@train_app.command("grpo")
+@user_errors
+def grpo_command(
+    sft_model: Annotated[Path, typer.Option("--sft-model", help="Output folder of `rrec train sft` to start from.")],
+    dataset: DatasetOpt,
+    config: DatasetConfigOpt,
+    output: OutputOpt,
+    revision: RevisionOpt = None,
+    settings_file: SettingsOpt = None,
+    format_weight: Annotated[float | None, typer.Option(help="Weight of the format reward.")] = None,
+    validity_weight: Annotated[float | None, typer.Option(help="Weight of the validity reward.")] = None,
+    hit_weight: Annotated[float | None, typer.Option(help="Weight of the hit reward.")] = None,
+    rank_weight: Annotated[float | None, typer.Option(help="Weight of the rank-aware reward.")] = None,
+    num_generations: Annotated[int | None, typer.Option(help="Completions per prompt (the GRPO group).")] = None,
+    max_completion_length: Annotated[int | None, typer.Option(help="Longest generated answer, in tokens.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    beta: Annotated[float | None, typer.Option(help="KL coefficient against the SFT policy.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Completions per device and step (multiple of --num-generations).")] = None,
+    limit_train: Annotated[int | None, typer.Option(help="Use only the first N train rows.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+) -> None:
+    """GRPO (TRL GRPOTrainer) from an SFT checkpoint with format, validity, hit and rank-aware rewards.
+
+    Each reward is logged separately (rewards/<name>/mean); the weights are configurable.
+    """
+    overrides = {key: value for key, value in locals().items() if key not in _NOT_SETTINGS}
+    from training.grpo import GRPOSettings, run_grpo
+
+    settings = _settings(settings_file, "grpo", GRPOSettings, overrides)
+    result = run_grpo(sft_model, dataset, config, revision, output, settings, resume=resume, force=force)
+    typer.echo(f"GRPO: {result.global_step} steps; last reward means {json.dumps(result.rewards)}")
+    typer.echo(f"model saved in {result.output_dir}")
+
+
+@train_app.command("variants")
+@user_errors
+def variants_command(
+    dataset: DatasetOpt,
+    config: DatasetConfigOpt,
+    output: OutputOpt,
+    revision: RevisionOpt = None,
+    settings_file: SettingsOpt = None,
+    model: Annotated[str | None, typer.Option(help="Hub id or local folder of the base model, or 'tiny'.")] = None,
+    full: Annotated[bool | None, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop each training after N optimizer steps.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N test rows.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Train variants A (with rationales) and C (without) once, evaluate A, B and C; print one table.
+
+    Writes OUTPUT/A, OUTPUT/C (models), OUTPUT/variants.json and OUTPUT/variants.md. SFT
+    settings come from the `sft` section of --settings, evaluation settings from `evaluate`.
+    """
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from training.evaluate import EvalSettings
+    from training.sft import SFTSettings
+    from training.variants import markdown_table, run_variants
+
+    loaded = load_config(settings_file)
+    sft_overrides = {"model": model, "full": full, "max_steps": max_steps, "epochs": epochs, "learning_rate": learning_rate}
+    settings = section(loaded, "sft", SFTSettings, sft_overrides)
+    eval_overrides = {"limit": limit} if "limit" in EvalSettings.model_fields else {}
+    eval_settings = section(loaded, "evaluate", EvalSettings, eval_overrides)
+    results = run_variants(dataset, config, revision, output, settings, eval_settings, force=force)
+    Console().print(Markdown(markdown_table(results)))
+    typer.echo(json.dumps(results, indent=2, sort_keys=True))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` command group to ``rrec``."""
+    app.add_typer(train_app, name="train")
