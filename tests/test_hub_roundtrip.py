@@ -340,3 +340,109 @@ def test_release_files_skip_git_and_download_metadata(tmp_path: Path) -> None:
         "manifest.json",
     ]
     shutil.rmtree(tmp_path / ".git")
+
+
+# -- the same round trip through the `rrec release --push` and `rrec pull` commands -----------
+
+CLI_REPO_ID = "rrec-org/cli-round-trip"
+RREC = Path(sys.executable).with_name("rrec")
+
+
+def run_rrec(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the installed `rrec` command like a user would; the token must never reach its output."""
+    completed = subprocess.run([str(RREC), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert TOKEN not in completed.stdout + completed.stderr
+    return completed
+
+
+@pytest.fixture(scope="module")
+def cli_release(hub: LoopbackHub, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A validated run folder released as 1.0.0 into a local registry and pushed with the CLI."""
+    from release_runs import make_run
+
+    work = tmp_path_factory.mktemp("cli-release")
+    run_dir = make_run(work / "runs", users=12)
+    env = hub_env(hub, work / "hf-home")
+    released = run_rrec(
+        env, "release", "--runs", str(run_dir), "--registry", str(work / "registry"),
+        "--version", "1.0.0", "--push", "--repo-id", CLI_REPO_ID, cwd=work,
+    )
+    assert released.returncode == 0, released.stderr[-3000:]
+    return {"work": work, "env": env, "run": run_dir, "stdout": released.stdout}
+
+
+def test_cli_release_push_creates_the_tagged_version_on_the_hub(hub: LoopbackHub, cli_release: dict[str, Any]) -> None:
+    repo = hub.repo("dataset", CLI_REPO_ID)
+    assert repo is not None and list(repo.tags) == ["v1.0.0"]
+    assert f"Pushed v1.0.0 to the Hub dataset {CLI_REPO_ID}" in cli_release["stdout"]
+    published = repo.commits[repo.tags["v1.0.0"]].files
+    manifest = json.loads(published["manifest.json"])
+    assert set(manifest["files"]) | {"manifest.json", ".gitattributes"} == set(published)
+    assert hub.unknown_requests == []
+
+
+def test_cli_pull_from_the_hub_verifies_and_the_version_loads_with_datasets(hub: LoopbackHub, cli_release: dict[str, Any]) -> None:
+    out = cli_release["work"] / "pulled"
+    pulled = run_rrec(cli_release["env"], "pull", CLI_REPO_ID, "--version", "v1.0.0", "--out", str(out), cwd=cli_release["work"])
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    repo = hub.repo("dataset", CLI_REPO_ID)
+    published = {path: content for path, content in repo.commits[repo.tags["v1.0.0"]].files.items() if path != ".gitattributes"}
+    assert files_of(out) == published
+    row_counts = json.loads(published["manifest.json"])["row_counts"]
+    run = run_client(
+        cli_release["env"],
+        f"""
+        import datasets
+        splits = datasets.load_dataset({CLI_REPO_ID!r}, "grocery", revision="v1.0.0")
+        report({{split: [ds.num_rows, ds.features.to_dict()] for split, ds in splits.items()}})
+        """,
+    )
+    import datasets
+
+    release_features = datasets.Features.from_arrow_schema(RELEASE_ROW).to_dict()
+    assert {split: rows for split, (rows, _) in run.result.items()} == row_counts["grocery"]
+    assert all(features == release_features for _, features in run.result.values())
+    assert hub.unknown_requests == []
+
+
+def test_cli_pull_refuses_a_version_whose_tag_was_moved_to_tampered_files(hub: LoopbackHub, cli_release: dict[str, Any]) -> None:
+    # A commit's content is fixed by its id (clients cache by it), so tampering on a Hub means a
+    # new commit with a changed shard and the version tag moved onto it.
+    repo = hub.repo("dataset", CLI_REPO_ID)
+    genuine = repo.tags["v1.0.0"]
+    shard = "data/grocery/train-00000-of-00001.parquet"
+    files = dict(repo.commits[genuine].files)
+    files[shard] = files[shard][:-8] + b"tampered"
+    head = repo.branches["main"]
+    repo.tags["v1.0.0"] = repo.add_commit("main", "tampered", files).oid
+    try:
+        out = cli_release["work"] / "tampered"
+        pulled = run_rrec(cli_release["env"], "pull", CLI_REPO_ID, "--version", "v1.0.0", "--out", str(out), cwd=cli_release["work"])
+    finally:
+        repo.tags["v1.0.0"], repo.branches["main"] = genuine, head
+    assert pulled.returncode == 2
+    assert "checksum mismatch" in pulled.stderr and shard in pulled.stderr and "Traceback" not in pulled.stderr
+    assert not out.exists()
+
+
+def test_cli_release_of_an_existing_version_pushes_nothing(hub: LoopbackHub, cli_release: dict[str, Any]) -> None:
+    repo = hub.repo("dataset", CLI_REPO_ID)
+    commits_before, tags_before = set(repo.commits), dict(repo.tags)
+    again = run_rrec(
+        cli_release["env"], "release", "--runs", str(cli_release["run"]), "--registry", str(cli_release["work"] / "registry"),
+        "--version", "1.0.0", "--push", "--repo-id", CLI_REPO_ID, cwd=cli_release["work"],
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already released" in again.stdout
+    assert set(repo.commits) == commits_before and repo.tags == tags_before
+
+
+def test_cli_push_without_token_is_one_clear_line(hub: LoopbackHub, cli_release: dict[str, Any], tmp_path: Path) -> None:
+    env = hub_env(hub, tmp_path / "empty-hf-home", token=None)
+    pushed = run_rrec(
+        env, "release", "--runs", str(cli_release["run"]), "--registry", str(tmp_path / "registry"),
+        "--version", "1.0.0", "--push", "--repo-id", "rrec-org/cli-no-token", cwd=tmp_path,
+    )
+    assert pushed.returncode == 2
+    assert "error: no Hugging Face token: set HF_TOKEN" in pushed.stderr and "Traceback" not in pushed.stderr
+    assert hub.repo("dataset", "rrec-org/cli-no-token") is None
