@@ -55,7 +55,7 @@ _SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
 _TRAIN, _VALIDATION, _TEST = (_SPLIT_CODE[s] for s in ("train", "validation", "test"))
 
 # SplitMix64 (Steele, Lea & Flood 2014): a stateless 64-bit mixer. Draw j of a stream with key
-# K is mix(K + (j + 1) * GAMMA), computable for millions of streams at once with numpy, unlike
+# K is mix(mix(K) + (j + 1) * GAMMA), computable for millions of streams at once with numpy, unlike
 # one numpy Generator object per user (tens of microseconds each).
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -108,10 +108,14 @@ def row_stream_keys(user_keys: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return _mix64(user_keys ^ _mix64(positions.astype(np.uint64) * _GAMMA + _GAMMA))
 
 
-def stream_draws(keys: np.ndarray, count: int, start: int = 0) -> np.ndarray:
-    """Draws ``start .. start+count-1`` of each stream: a (len(keys), count) uint64 matrix."""
-    steps = (np.arange(start + 1, start + count + 1, dtype=np.uint64) * _GAMMA)[None, :]
-    return _mix64(keys[:, None] + steps)
+def stream_draws(keys: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` draws of each stream: a (len(keys), count) uint64 matrix.
+
+    The key is mixed before stepping, so streams of related keys (k, k + GAMMA, ...) do not
+    run along each other shifted by one draw.
+    """
+    steps = (np.arange(1, count + 1, dtype=np.uint64) * _GAMMA)[None, :]
+    return _mix64(_mix64(keys)[:, None] + steps)
 
 
 def _bounded(draws: np.ndarray, n: int) -> np.ndarray:

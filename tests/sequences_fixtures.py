@@ -84,7 +84,7 @@ def tricky_reviews(seed: int, users: int = 60, items: int = 40, mean_length: int
     item_ids = [f"B{index:09d}" for index in range(items)]
     for user_index in range(users):
         user = f"A{user_index:05d}{rng.choice('XYZ')}"
-        length = max(1, int(rng.expovariate(1 / mean_length)) + rng.choice((0, 2, 4)))
+        length = min(items // 3, max(1, int(rng.expovariate(1 / mean_length)) + rng.choice((0, 2, 4))))
         for _ in range(length):
             item = item_ids[min(int(rng.paretovariate(0.8)) - 1, items - 1)] if rng.random() < 0.3 else rng.choice(item_ids)
             timestamp = START_MS + rng.randrange(6) * DAY_MS + rng.choice((0, 0, 1, 500))
