@@ -13,6 +13,7 @@ import string
 from pathlib import Path
 
 import pyarrow as pa
+import typer
 
 from pipeline.schemas import FILTERED, ITEMS, SEQUENCES
 from pipeline.stage import RunDir, fingerprint_of
@@ -139,3 +140,14 @@ def write_validation(run: Path, critical_failures: int) -> None:
     with RunDir(run).stage("validate", fingerprint_of({"v": critical_failures}), config={}) as out:
         folder = out.table_dir("validation")
         (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+
+
+def rrec_commands() -> typer.Typer:
+    """An ``rrec`` app with the card, release and pull commands, registered as ``pipeline.cli`` does."""
+    from datacards.cli import register as register_card
+    from release.cli import register as register_release
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    register_card(app)
+    register_release(app)
+    return app

@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
 from pipeline.schemas import ITEMS, RELEASE_ROW
 from pipeline.tables import read_table
 from release.changelog import schema_changes
@@ -24,9 +23,11 @@ from release.loading import load_release
 from release.publish import ReleaseSettings, release_runs
 from release.pull import pull_release
 from release.registry import Registry
-from release_runs import make_run, write_validation
+from release_runs import make_run, rrec_commands, write_validation
 
 runner = CliRunner()
+# Only the commands under test: another part's unfinished command must not break these tests.
+app = rrec_commands()
 
 
 @pytest.fixture(scope="module")
