@@ -1,0 +1,168 @@
+"""Random, popularity and SASRec baselines on the exact candidates of the evaluated rows."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from training.baselines import (
+    BaselineSettings,
+    evaluate_baselines,
+    popularity_counts,
+    popularity_scorer,
+    random_scorer,
+    rank_rows,
+    training_sequences,
+)
+from training.eval_cli import register
+from training.sasrec import SasRecConfig, score_candidates, train_sasrec
+
+sys.path.insert(0, str(Path(__file__).parent))
+from release_fixture import make_release  # noqa: E402
+
+NUM_LINES, LINE_LENGTH = 12, 10
+
+
+def _item(line: int, step: int) -> dict:
+    return {"parent_asin": f"L{line:02d}S{step % LINE_LENGTH:02d}", "title": f"Line {line} step {step % LINE_LENGTH}"}
+
+
+def _learnable_rows(n_users: int, seed: int = 0, num_negatives: int = 19) -> tuple[list[dict], list[dict]]:
+    """Train and test rows where both signals exist: lines have Zipf popularity and each user
+    walks one line cyclically (the next item is the next step), starting anywhere."""
+    rng = random.Random(seed)
+    catalog = [_item(line, step) for line in range(NUM_LINES) for step in range(LINE_LENGTH)]
+    weights = [1.0 / (rank + 1) for rank in range(NUM_LINES)]
+    train, test = [], []
+    for user in range(n_users):
+        line = rng.choices(range(NUM_LINES), weights)[0]
+        start, length = rng.randrange(LINE_LENGTH), rng.randint(4, 7)
+        events = [dict(_item(line, start + i), rating=5.0, timestamp=i) for i in range(length)]
+        bought = {e["parent_asin"] for e in events}
+        pool = [c for c in catalog if c["parent_asin"] not in bought]
+        for split, position in (("train", length - 3), ("test", length - 1)):
+            candidates = rng.sample(pool, num_negatives)
+            target_index = rng.randint(0, num_negatives)
+            target = events[position]
+            candidates.insert(target_index, {"parent_asin": target["parent_asin"], "title": target["title"]})
+            row = {
+                "user_id": f"U{user:04d}",
+                "history": events[:position],
+                "target": {"parent_asin": target["parent_asin"], "title": target["title"]},
+                "candidates": candidates,
+                "target_index": target_index,
+            }
+            (train if split == "train" else test).append(row)
+    return train, test
+
+
+def rrec_app() -> typer.Typer:
+    """An `rrec` app with this module's commands (independent of other commands' state)."""
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    return app
+
+
+@pytest.fixture
+def isolated_caches(tmp_path, monkeypatch):
+    """Fresh release and `datasets` caches: `datasets` keys a local folder's cache by its name,
+    so two fixture releases tagged v1.0.0 would otherwise share cached rows."""
+    import datasets
+
+    monkeypatch.setenv("RREC_CACHE", str(tmp_path / "rrec-cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+
+
+FAST_SASREC = {"sasrec_hidden": 32, "sasrec_epochs": 40, "sasrec_lr": 5e-3, "sasrec_max_len": 10, "sasrec_batch_size": 64}
+
+
+def test_popularity_and_sasrec_beat_random_on_learnable_data() -> None:
+    train, test = _learnable_rows(240)
+    results = evaluate_baselines(train, test, BaselineSettings(**FAST_SASREC))
+    assert set(results) == {"Random", "Popularity", "SASRec"}
+    assert all(m["n"] == len(test) for m in results.values())
+    assert results["Popularity"]["NDCG@5"] > results["Random"]["NDCG@5"] + 0.05
+    assert results["SASRec"]["NDCG@5"] > results["Random"]["NDCG@5"] + 0.3
+    assert results["SASRec"]["HR@1"] > results["Popularity"]["HR@1"]
+
+
+def test_training_sequences_keep_the_longest_prefix_per_user() -> None:
+    rows = [
+        {"user_id": "u", "history": [{"parent_asin": "a"}], "target": {"parent_asin": "b"}},
+        {"user_id": "u", "history": [{"parent_asin": "a"}, {"parent_asin": "b"}], "target": {"parent_asin": "c"}},
+        {"user_id": "v", "history": [{"parent_asin": "c"}, {"parent_asin": "c"}], "target": {"parent_asin": "d"}},
+    ]
+    sequences = training_sequences(rows)
+    assert sequences == {"u": ["a", "b", "c"], "v": ["c", "c", "d"]}
+    # A user's repeat of an item counts once.
+    assert popularity_counts(sequences) == {"a": 1, "b": 1, "c": 2, "d": 1}
+
+
+def test_popularity_ranks_the_scripted_candidates_with_position_ties() -> None:
+    counts = {"p1": 5, "p2": 9, "p3": 5}
+    rows = [
+        {"user_id": "x", "candidates": [{"parent_asin": a} for a in ("p1", "p2", "p3", "new")], "target_index": t}
+        for t in range(4)
+    ]
+    # p2 (9) first, then p1 and p3 tied at 5 in candidate order, then the unseen item.
+    assert rank_rows(rows, popularity_scorer(counts), "popularity") == [1, 0, 2, 3]
+
+
+def test_random_scores_depend_only_on_seed_and_user() -> None:
+    row = {"user_id": "U7", "candidates": [{"parent_asin": str(i)} for i in range(30)], "target_index": 0}
+    first = random_scorer(3)(row)
+    assert random_scorer(3)(row) == first
+    assert random_scorer(4)(row) != first
+    assert random_scorer(3)(dict(row, user_id="U8")) != first
+
+
+def test_sasrec_is_deterministic_and_learns_a_successor_rule() -> None:
+    # Items 1..8 in a cycle: after item i comes item i % 8 + 1.
+    sequences = [[(start + k) % 8 + 1 for k in range(6)] for start in range(8) for _ in range(6)]
+    config = SasRecConfig(hidden=16, blocks=1, max_len=6, epochs=60, batch_size=16, lr=5e-3, dropout=0.0, seed=1)
+    model = train_sasrec(sequences, 8, config)
+    again = train_sasrec(sequences, 8, config)
+    scores = score_candidates(model, [2, 3, 4], list(range(1, 9)))
+    np.testing.assert_allclose(scores, score_candidates(again, [2, 3, 4], list(range(1, 9))))
+    assert int(np.argmax(scores)) + 1 == 5
+
+
+def test_sasrec_refuses_data_without_transitions() -> None:
+    with pytest.raises(ValueError, match="two or more items"):
+        train_sasrec([[1], [2]], 2, SasRecConfig(epochs=1))
+
+
+def test_baselines_command_writes_json_and_table(tmp_path, isolated_caches) -> None:
+    registry = make_release(tmp_path / "registry", n_users=60, with_git_tag="v1.0.0")
+    output = tmp_path / "results" / "grocery.json"
+    result = CliRunner().invoke(
+        rrec_app(),
+        [
+            "baselines", "--dataset", str(registry), "--config", "grocery", "--revision", "v1.0.0",
+            "--output", str(output), "--limit", "25", "--sasrec-epochs", "2", "--sasrec-hidden", "16",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads(output.read_text())
+    assert list(saved) == ["Random", "Popularity", "SASRec"]
+    assert all(m["n"] == 25 and 0.0 <= m["HR@1"] <= m["HR@5"] <= 1.0 for m in saved.values())
+    assert "| SASRec |" in output.with_suffix(".md").read_text()
+
+
+def test_baselines_command_reports_an_unknown_version_in_one_line(tmp_path, isolated_caches) -> None:
+    registry = make_release(tmp_path / "registry", n_users=10, with_git_tag="v1.0.0")
+    result = CliRunner().invoke(
+        rrec_app(),
+        ["baselines", "--dataset", str(registry), "--config", "grocery", "--revision", "v9.9.9", "--output", str(tmp_path / "r.json")],
+    )
+    assert result.exit_code == 2
+    assert "v9.9.9" in result.output and "error:" in result.output
+    assert "Traceback" not in result.output

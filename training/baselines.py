@@ -1,0 +1,163 @@
+"""Non-LLM baselines scored on exactly the candidates the LLM variants are scored on.
+
+- ``random``: a uniform random score per candidate, seeded from (seed, user_id), so a row's
+  ranking never depends on which other rows are evaluated.
+- ``popularity``: the number of distinct training users who interacted with the candidate.
+- ``sasrec``: :mod:`training.sasrec` trained on the training sequences.
+
+"Training interactions" are what the train split holds: for every user, the history of their
+train row(s) plus the train target, i.e. the whole sequence except the validation and test
+targets (leave-one-out). With ``train_targets: all`` a user has one row per prefix; the longest
+one is that user's sequence. Test rows are then ranked over their own candidates with the
+tie rule of :mod:`training.metrics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.config import StageSettings
+from pipeline.progress import track
+from training.metrics import ranking_metrics, target_rank
+from training.sasrec import SasRecConfig, score_candidates, train_sasrec
+
+log = logging.getLogger(__name__)
+
+Method = Literal["random", "popularity", "sasrec"]
+METHOD_LABELS: dict[str, str] = {"random": "Random", "popularity": "Popularity", "sasrec": "SASRec"}
+Row = Mapping[str, Any]
+Scorer = Callable[[Row], Sequence[float]]
+
+
+class BaselineSettings(StageSettings):
+    """Settings of ``rrec baselines`` (section ``baselines`` of the config file)."""
+
+    methods: list[Method] = Field(default_factory=lambda: ["random", "popularity", "sasrec"])
+    seed: int = 42
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N test rows.")
+    split: Literal["validation", "test"] = "test"
+    sasrec_hidden: int = Field(64, ge=1)
+    sasrec_blocks: int = Field(2, ge=1)
+    sasrec_heads: int = Field(1, ge=1)
+    sasrec_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    sasrec_max_len: int = Field(50, ge=1)
+    sasrec_epochs: int = Field(20, ge=1)
+    sasrec_batch_size: int = Field(128, ge=1)
+    sasrec_lr: float = Field(1e-3, gt=0.0)
+
+    def sasrec_config(self) -> SasRecConfig:
+        return SasRecConfig(
+            hidden=self.sasrec_hidden,
+            blocks=self.sasrec_blocks,
+            heads=self.sasrec_heads,
+            dropout=self.sasrec_dropout,
+            max_len=self.sasrec_max_len,
+            epochs=self.sasrec_epochs,
+            batch_size=self.sasrec_batch_size,
+            lr=self.sasrec_lr,
+            seed=self.seed,
+        )
+
+
+def user_seed(seed: int, user_id: str) -> np.random.Generator:
+    """A generator seeded from (seed, user_id) with a hash that is stable across processes."""
+    digest = int.from_bytes(hashlib.sha256(user_id.encode("utf-8")).digest()[:8], "big")
+    return np.random.default_rng([seed, digest])
+
+
+def training_sequences(train_rows: Iterable[Row]) -> dict[str, list[str]]:
+    """Each user's training interactions in order (parent_asins): longest history + target."""
+    sequences: dict[str, list[str]] = {}
+    for row in train_rows:
+        sequence = [event["parent_asin"] for event in row["history"]] + [row["target"]["parent_asin"]]
+        if len(sequence) > len(sequences.get(row["user_id"], ())):
+            sequences[row["user_id"]] = sequence
+    return sequences
+
+
+def popularity_counts(sequences: Mapping[str, Sequence[str]]) -> Counter[str]:
+    """Distinct users per item over the training interactions."""
+    return Counter(item for sequence in sequences.values() for item in set(sequence))
+
+
+def random_scorer(seed: int) -> Scorer:
+    """Uniform random scores, seeded per user."""
+    return lambda row: user_seed(seed, row["user_id"]).random(len(row["candidates"])).tolist()
+
+
+def popularity_scorer(counts: Mapping[str, int]) -> Scorer:
+    """Scores = training popularity; unseen items score 0 (ties by candidate position)."""
+    return lambda row: [float(counts.get(c["parent_asin"], 0)) for c in row["candidates"]]
+
+
+def sasrec_scorer(sequences: Mapping[str, Sequence[str]], eval_rows: Sequence[Row], config: SasRecConfig) -> Scorer:
+    """Train SASRec on the training sequences and score eval rows from their own histories.
+
+    The item vocabulary covers every item of the training sequences and of the evaluated rows
+    (histories and candidates), so no candidate is out of vocabulary; items never seen in
+    training keep their initial embedding, the usual cold-item situation.
+    """
+    vocabulary: dict[str, int] = {}
+    for sequence in sequences.values():
+        for item in sequence:
+            vocabulary.setdefault(item, len(vocabulary) + 1)
+    for row in eval_rows:
+        for event in row["history"]:
+            vocabulary.setdefault(event["parent_asin"], len(vocabulary) + 1)
+        for candidate in row["candidates"]:
+            vocabulary.setdefault(candidate["parent_asin"], len(vocabulary) + 1)
+    indexed = [[vocabulary[item] for item in sequences[user]] for user in sorted(sequences)]
+    model = train_sasrec(indexed, len(vocabulary), config)
+
+    def score(row: Row) -> Sequence[float]:
+        history = [vocabulary[event["parent_asin"]] for event in row["history"]]
+        candidates = [vocabulary[c["parent_asin"]] for c in row["candidates"]]
+        return score_candidates(model, history, candidates).tolist()
+
+    return score
+
+
+def rank_rows(rows: Sequence[Row], scorer: Scorer, description: str) -> list[int]:
+    """0-based target rank of every row under ``scorer``."""
+    return [target_rank(scorer(row), int(row["target_index"])) for row in track(rows, description, total=len(rows))]
+
+
+def evaluate_baselines(train_rows: Iterable[Row], eval_rows: Sequence[Row], settings: BaselineSettings) -> dict[str, dict[str, float | int]]:
+    """Train every requested baseline on ``train_rows`` and rank ``eval_rows``.
+
+    Returns method label (``Random``, ``Popularity``, ``SASRec``) -> HR@1, HR@5, NDCG@5, n.
+    """
+    sequences = training_sequences(train_rows)
+    if not sequences:
+        raise ValueError("the train split is empty: the baselines have nothing to learn from")
+    log.info("%d training users, %d training interactions", len(sequences), sum(map(len, sequences.values())))
+    results: dict[str, dict[str, float | int]] = {}
+    for method in settings.methods:
+        if method == "random":
+            scorer = random_scorer(settings.seed)
+        elif method == "popularity":
+            scorer = popularity_scorer(popularity_counts(sequences))
+        else:
+            scorer = sasrec_scorer(sequences, eval_rows, settings.sasrec_config())
+        label = METHOD_LABELS[method]
+        results[label] = ranking_metrics(rank_rows(eval_rows, scorer, f"ranking with {label}"))
+        log.info("%s: %s", label, results[label])
+    return results
+
+
+def run_baselines(dataset: str, config: str, revision: str | None, settings: BaselineSettings) -> dict[str, dict[str, float | int]]:
+    """Load a released config (train + evaluated split) and evaluate the baselines on it."""
+    from training.data import load_split
+
+    train = load_split(dataset, config, revision, "train")
+    evaluated = load_split(dataset, config, revision, settings.split)
+    if settings.limit is not None:
+        evaluated = evaluated.select(range(min(settings.limit, len(evaluated))))
+    return evaluate_baselines(train, evaluated.to_list(), settings)

@@ -1,0 +1,128 @@
+"""``rrec evaluate`` and ``rrec baselines``: metrics tables over a released config.
+
+Both take ``--dataset PATH_OR_ID --config NAME [--revision TAG] --output FILE.json``
+(DESIGN.md, "Command-line contract"). ``--config`` is the dataset config (domain), so the YAML
+settings file is ``--config-file``. Results accumulate: a method already in ``--output`` is
+kept unless evaluated again, so baselines and variants end up in one JSON and one Markdown
+table (``FILE.md``) laid out like the paper's Table 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli_common import user_errors
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="Release to read: a local registry or release folder, or a Hub dataset id.")]
+DatasetConfigOpt = Annotated[str, typer.Option("--config", help="Dataset config (domain), e.g. grocery.")]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Version tag, e.g. v1.0.0 (default: the newest of a local registry).")]
+OutputOpt = Annotated[Path, typer.Option("--output", help="Results JSON (method -> metrics as fractions); FILE.md gets the table.", dir_okay=False)]
+ConfigFileOpt = Annotated[
+    Path | None,
+    typer.Option("--config-file", help="YAML settings file (sections `evaluate`, `baselines`); options override it.", exists=True, dir_okay=False),
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N rows of the split.", min=1)]
+SplitOpt = Annotated[str | None, typer.Option("--split", help="Split to evaluate: test (default) or validation.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``rrec evaluate`` and ``rrec baselines`` to the ``rrec`` app."""
+    app.command("evaluate")(evaluate_command)
+    app.command("baselines")(baselines_command)
+
+
+@user_errors
+def evaluate_command(
+    model: Annotated[Path, typer.Option("--model", help="Trained model folder (`rrec train sft` / `grpo` output).", exists=True, file_okay=False)],
+    dataset: DatasetOpt,
+    config: DatasetConfigOpt,
+    output: OutputOpt,
+    revision: RevisionOpt = None,
+    variant: Annotated[
+        str | None,
+        typer.Option("--variant", help="A or C: rationale then item; B: item only (default: the variant the model was trained as)."),
+    ] = None,
+    limit: LimitOpt = None,
+    split: SplitOpt = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Rows generated together.", min=1)] = None,
+    candidate_batch_size: Annotated[int | None, typer.Option("--candidate-batch-size", help="Candidates scored per pass.", min=1)] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Longest generated answer.", min=1)] = None,
+    history_k: Annotated[int | None, typer.Option("--history-k", help="History items in the prompt (default: as trained).", min=1)] = None,
+    num_candidates: Annotated[int | None, typer.Option("--num-candidates", help="Candidates listed in the prompt (default: as trained).", min=0)] = None,
+    generations: Annotated[
+        Path | None, typer.Option("--generations", help="Parquet file for the generations (default: OUTPUT.<variant>.generations.parquet).", dir_okay=False)
+    ] = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Rank every candidate by the model's likelihood and generate greedily: HR@1/5, NDCG@5,
+    generative HR@1, valid and hallucination rates; generations saved for `rrec judge`."""
+    from pipeline.cli_common import settings_for
+    from training.evaluate import VARIANT_INFERS_RATIONALE, EvalSettings, default_variant, evaluate
+    from training.metrics import write_results
+
+    chosen = (variant or default_variant(model)).upper()
+    if chosen not in VARIANT_INFERS_RATIONALE:
+        raise ValueError(f"--variant must be A, B or C, not {variant!r}")
+    settings, _ = settings_for(
+        config_file,
+        "evaluate",
+        EvalSettings,
+        limit=limit,
+        split=split,
+        batch_size=batch_size,
+        candidate_batch_size=candidate_batch_size,
+        max_new_tokens=max_new_tokens,
+        history_k=history_k,
+        num_candidates=num_candidates,
+        generations=generations or output.with_name(f"{output.stem}.{chosen}.generations.parquet"),
+    )
+    metrics = evaluate(model, dataset, config, revision, infer_rationale=VARIANT_INFERS_RATIONALE[chosen], settings=settings)
+    json_path, table_path = write_results(output, config, {chosen: metrics})
+    typer.echo(table_path.read_text(encoding="utf-8"))
+    typer.echo(f"variant {chosen}: results in {json_path} and {table_path}; generations in {settings.generations}")
+
+
+@user_errors
+def baselines_command(
+    dataset: DatasetOpt,
+    config: DatasetConfigOpt,
+    output: OutputOpt,
+    revision: RevisionOpt = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated: random,popularity,sasrec (default: all).")] = None,
+    limit: LimitOpt = None,
+    split: SplitOpt = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the random baseline and of SASRec.")] = None,
+    sasrec_epochs: Annotated[int | None, typer.Option("--sasrec-epochs", help="Training epochs of SASRec.", min=1)] = None,
+    sasrec_hidden: Annotated[int | None, typer.Option("--sasrec-hidden", help="Embedding and hidden size of SASRec.", min=1)] = None,
+    sasrec_blocks: Annotated[int | None, typer.Option("--sasrec-blocks", help="Self-attention blocks of SASRec.", min=1)] = None,
+    sasrec_max_len: Annotated[int | None, typer.Option("--sasrec-max-len", help="Longest history SASRec reads.", min=1)] = None,
+    sasrec_lr: Annotated[float | None, typer.Option("--sasrec-lr", help="Adam learning rate of SASRec.", min=0.0)] = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Random, popularity and SASRec trained on the train split and ranked on exactly the
+    candidates of the evaluated split."""
+    from pipeline.cli_common import settings_for
+    from training.baselines import BaselineSettings, run_baselines
+    from training.metrics import write_results
+
+    settings, _ = settings_for(
+        config_file,
+        "baselines",
+        BaselineSettings,
+        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
+        limit=limit,
+        split=split,
+        seed=seed,
+        sasrec_epochs=sasrec_epochs,
+        sasrec_hidden=sasrec_hidden,
+        sasrec_blocks=sasrec_blocks,
+        sasrec_max_len=sasrec_max_len,
+        sasrec_lr=sasrec_lr,
+    )
+    results = run_baselines(dataset, config, revision, settings)
+    json_path, table_path = write_results(output, config, results)
+    typer.echo(table_path.read_text(encoding="utf-8"))
+    typer.echo(f"results in {json_path} and {table_path}")
