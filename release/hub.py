@@ -58,13 +58,11 @@ def list_versions(repo_id: str) -> list[str]:
     """
     _check_repo_id(repo_id)
     api = HfApi()
-    try:
-        with _hub_errors(api, f"listing the versions of {repo_id}", repo_id):
+    with _hub_errors(api, f"listing the versions of {repo_id}", repo_id):
+        try:
             refs = api.list_repo_refs(repo_id, repo_type=REPO_TYPE)
-    except HubReleaseError as error:
-        if isinstance(error.__cause__, RepositoryNotFoundError):
+        except RepositoryNotFoundError:
             return []
-        raise
     return sorted((tag.name for tag in refs.tags), key=_version_order)
 
 
