@@ -16,7 +16,9 @@ where they came from, and turns rows into chat examples.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,9 +66,26 @@ def resolve_source(dataset: str, config: str, revision: str | None) -> DatasetSo
     return DatasetSource(str(path), config, revision or read_manifest(path).get("tag"), "folder")
 
 
+def _content_cache(source: DatasetSource) -> Path | None:
+    """A cache folder per release content for local sources.
+
+    ``datasets`` recognises a local Parquet file by its path pattern and mtime only, and files
+    extracted from a registry carry their commit's time: two releases written in the same
+    second would share one Arrow cache and the second would silently read the first's rows.
+    Keying the cache by commit (registry) or manifest hash (folder) rules that out.
+    """
+    if source.kind == "hub":
+        return None
+    root = Path(os.environ.get("RREC_CACHE") or "~/.cache/rrec").expanduser() / "training"
+    if source.kind == "registry":
+        return root / f"commit-{source.commit}"
+    manifest_hash = hashlib.sha256((Path(source.dataset) / "manifest.json").read_bytes()).hexdigest()[:20]
+    return root / f"manifest-{manifest_hash}"
+
+
 def load_resolved(source: DatasetSource, split: str, config: str | None = None) -> datasets.Dataset:
     """One split of the exact version ``source`` is pinned to (``config`` defaults to the source's)."""
-    return load_release(source.dataset, config or source.config, source.revision, split=split)
+    return load_release(source.dataset, config or source.config, source.revision, split=split, cache_dir=_content_cache(source))
 
 
 def load_split_with_source(dataset: str, config: str, revision: str | None, split: str) -> tuple[datasets.Dataset, DatasetSource]:
