@@ -157,6 +157,19 @@ def test_baselines_command_writes_json_and_table(tmp_path, isolated_caches) -> N
     assert "| SASRec |" in output.with_suffix(".md").read_text()
 
 
+def test_baselines_command_reads_a_settings_file(tmp_path, isolated_caches) -> None:
+    registry = make_release(tmp_path / "registry", n_users=12, with_git_tag="v1.0.0")
+    settings = tmp_path / "eval.yaml"
+    settings.write_text("baselines:\n  methods: [random, popularity]\n  limit: 5\n")
+    output = tmp_path / "r.json"
+    args = ["baselines", "--dataset", str(registry), "--config", "grocery", "--output", str(output)]
+    result = CliRunner().invoke(rrec_app(), [*args, "--settings", str(settings), "--methods", "random"])
+    assert result.exit_code == 0, result.output
+    # The command line (--methods) overrides the file; the file's limit still applies.
+    saved = json.loads(output.read_text())
+    assert list(saved) == ["Random"] and saved["Random"]["n"] == 5
+
+
 def test_baselines_command_reports_an_unknown_version_in_one_line(tmp_path, isolated_caches) -> None:
     registry = make_release(tmp_path / "registry", n_users=10, with_git_tag="v1.0.0")
     result = CliRunner().invoke(

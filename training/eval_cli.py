@@ -1,10 +1,10 @@
 """``rrec evaluate`` and ``rrec baselines``: metrics tables over a released config.
 
 Both take ``--dataset PATH_OR_ID --config NAME [--revision TAG] --output FILE.json``
-(DESIGN.md, "Command-line contract"). ``--config`` is the dataset config (domain), so the YAML
-settings file is ``--config-file``. Results accumulate: a method already in ``--output`` is
-kept unless evaluated again, so baselines and variants end up in one JSON and one Markdown
-table (``FILE.md``) laid out like the paper's Table 1.
+(DESIGN.md, "Command-line contract"). ``--config`` is the dataset config (domain), so the
+YAML settings file is ``--settings``, as for ``rrec train``. Results accumulate: a method
+already in ``--output`` is kept unless evaluated again, so baselines and variants end up in one
+JSON and one Markdown table (``FILE.md``) laid out like the paper's Table 1.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ DatasetOpt = Annotated[str, typer.Option("--dataset", help="Release to read: a l
 DatasetConfigOpt = Annotated[str, typer.Option("--config", help="Dataset config (domain), e.g. grocery.")]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Version tag, e.g. v1.0.0 (default: the newest of a local registry).")]
 OutputOpt = Annotated[Path, typer.Option("--output", help="Results JSON (method -> metrics as fractions); FILE.md gets the table.", dir_okay=False)]
-ConfigFileOpt = Annotated[
+SettingsFileOpt = Annotated[
     Path | None,
-    typer.Option("--config-file", help="YAML settings file (sections `evaluate`, `baselines`); options override it.", exists=True, dir_okay=False),
+    typer.Option("--settings", help="YAML settings file (sections `evaluate`, `baselines`); options override it.", exists=True, dir_okay=False),
 ]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N rows of the split.", min=1)]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Split to evaluate: test (default) or validation.")]
@@ -55,7 +55,7 @@ def evaluate_command(
     generations: Annotated[
         Path | None, typer.Option("--generations", help="Parquet file for the generations (default: OUTPUT.<variant>.generations.parquet).", dir_okay=False)
     ] = None,
-    config_file: ConfigFileOpt = None,
+    settings_file: SettingsFileOpt = None,
 ) -> None:
     """Rank every candidate by the model's likelihood and generate greedily: HR@1/5, NDCG@5,
     generative HR@1, valid and hallucination rates; generations saved for `rrec judge`."""
@@ -67,7 +67,7 @@ def evaluate_command(
     if chosen not in VARIANT_INFERS_RATIONALE:
         raise ValueError(f"--variant must be A, B or C, not {variant!r}")
     settings, _ = settings_for(
-        config_file,
+        settings_file,
         "evaluate",
         EvalSettings,
         limit=limit,
@@ -100,7 +100,7 @@ def baselines_command(
     sasrec_blocks: Annotated[int | None, typer.Option("--sasrec-blocks", help="Self-attention blocks of SASRec.", min=1)] = None,
     sasrec_max_len: Annotated[int | None, typer.Option("--sasrec-max-len", help="Longest history SASRec reads.", min=1)] = None,
     sasrec_lr: Annotated[float | None, typer.Option("--sasrec-lr", help="Adam learning rate of SASRec.", min=0.0)] = None,
-    config_file: ConfigFileOpt = None,
+    settings_file: SettingsFileOpt = None,
 ) -> None:
     """Random, popularity and SASRec trained on the train split and ranked on exactly the
     candidates of the evaluated split."""
@@ -109,7 +109,7 @@ def baselines_command(
     from training.metrics import write_results
 
     settings, _ = settings_for(
-        config_file,
+        settings_file,
         "baselines",
         BaselineSettings,
         methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
