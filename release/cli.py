@@ -76,10 +76,13 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"Released {result.tag} into {result.registry} (commit {result.commit[:12]}).")
             for config_name, counts in sorted(result.manifest["row_counts"].items()):
                 typer.echo(f"  {config_name}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
-        if result.hub_commit:
-            typer.echo(f"Pushed {result.tag} to the Hub dataset {settings.repo_id} (commit {result.hub_commit[:12]}).")
         configs = sorted(c for c in result.manifest["row_counts"] if not c.endswith("_items"))
         print_load_hint(str(result.registry), result.tag, configs)
+        if result.hub_commit:
+            typer.echo(f"Pushed {result.tag} to the Hub dataset {settings.repo_id} (commit {result.hub_commit[:12]}); from the Hub:")
+            typer.echo("  from datasets import load_dataset")
+            for config_name in configs:
+                typer.echo(f'  {config_name} = load_dataset("{settings.repo_id}", "{config_name}", revision="{result.tag}")')
 
     @app.command("pull")
     @user_errors

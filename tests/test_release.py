@@ -260,3 +260,53 @@ def test_a_run_validated_again_after_a_fix_can_be_released(tmp_path: Path) -> No
         release_runs([run], tmp_path / "registry", ReleaseSettings())
     write_validation(run, 0)
     assert release_runs([run], tmp_path / "registry", ReleaseSettings()).status == "released"
+
+
+HUB_CLIENT = """
+import json, sys
+from typer.testing import CliRunner
+from release_runs import rrec_commands
+result = CliRunner().invoke(rrec_commands(), json.loads(sys.argv[1]))
+print("RESULT " + json.dumps({"exit_code": result.exit_code, "output": result.output}))
+"""
+
+
+def _rrec_against_hub(hub, home: Path, args: list[str]) -> dict:
+    """Run an rrec command in a fresh process whose huggingface_hub talks to the loopback Hub."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    tests = Path(__file__).resolve().parent
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_TOKEN=hub.token, NO_PROXY="127.0.0.1,localhost",
+               PYTHONPATH=f"{tests}{os.pathsep}{tests.parent}")
+    done = subprocess.run([sys.executable, "-c", HUB_CLIENT, json.dumps(args)], env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def test_release_push_then_pull_from_the_hub_verifies_checksums_and_refuses_a_tampered_file(runs: list[Path], tmp_path: Path) -> None:
+    from hub_loopback import LoopbackHub
+
+    registry = tmp_path / "registry"
+    with LoopbackHub(token="hf_release_test_token") as hub:
+        pushed = _rrec_against_hub(hub, tmp_path / "hf", [
+            "release", "--runs", str(runs[0]), "--registry", str(registry), "--version", "1.0.0", "--push", "--repo-id", "rrec/demo",
+        ])
+        assert pushed["exit_code"] == 0, pushed["output"]
+        assert "Pushed v1.0.0 to the Hub dataset rrec/demo" in pushed["output"]
+        assert 'load_dataset("rrec/demo", "grocery", revision="v1.0.0")' in pushed["output"]
+        pulled = _rrec_against_hub(hub, tmp_path / "hf", ["pull", "rrec/demo", "--version", "v1.0.0", "--out", str(tmp_path / "pulled")])
+        assert pulled["exit_code"] == 0, pulled["output"]
+        manifest = verify_release(tmp_path / "pulled")
+        assert manifest == json.loads((registry / "manifest.json").read_text())
+
+        hub.repo("dataset", "rrec/demo").resolve("v1.0.0").files["data/grocery/test-00000-of-00001.parquet"] += b"tampered"
+        refused = _rrec_against_hub(hub, tmp_path / "hf2", ["pull", "rrec/demo", "--version", "v1.0.0", "--out", str(tmp_path / "bad")])
+        assert refused["exit_code"] == 2
+        assert "checksum mismatch: data/grocery/test-00000-of-00001.parquet" in refused["output"]
+        assert not (tmp_path / "bad").exists()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not any(b"hf_release_test_token" in p.read_bytes() for p in written)
+    assert "hf_release_test_token" not in pushed["output"] + pulled["output"] + refused["output"]
