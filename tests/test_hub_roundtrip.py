@@ -439,8 +439,9 @@ def test_cli_release_of_an_existing_version_pushes_nothing(hub: LoopbackHub, cli
 
 def test_cli_push_without_token_is_one_clear_line(hub: LoopbackHub, cli_release: dict[str, Any], tmp_path: Path) -> None:
     env = hub_env(hub, tmp_path / "empty-hf-home", token=None)
+    # The version is in the local registry already, so only the push to a new repository is left.
     pushed = run_rrec(
-        env, "release", "--runs", str(cli_release["run"]), "--registry", str(tmp_path / "registry"),
+        env, "release", "--runs", str(cli_release["run"]), "--registry", str(cli_release["work"] / "registry"),
         "--version", "1.0.0", "--push", "--repo-id", "rrec-org/cli-no-token", cwd=tmp_path,
     )
     assert pushed.returncode == 2
