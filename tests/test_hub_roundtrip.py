@@ -206,6 +206,9 @@ def test_load_dataset_reads_every_config_and_split_with_release_features(hub: Lo
                 split: {{"rows": ds.num_rows, "features": ds.features.to_dict(), "first": ds[0]}}
                 for split, ds in splits.items()
             }}
+        # Streaming reads the Parquet shards with HTTP range requests instead of downloading them.
+        streamed = datasets.load_dataset({REPO_ID!r}, "office", revision="v1.0.0", split="test", streaming=True)
+        loaded["streamed_first_test_row"] = next(iter(streamed))
         report(loaded)
         """,
     )
@@ -220,6 +223,8 @@ def test_load_dataset_reads_every_config_and_split_with_release_features(hub: Lo
             assert loaded[split]["features"] == release_features
             assert loaded[split]["first"] == release_rows(config, split, users)[0]
     assert run.result["grocery_items"]["items"]["rows"] == 4
+    assert run.result["streamed_first_test_row"] == release_rows("office", "test", SPLIT_SIZES["test"])[0]
+    assert any(served.startswith("GET /datasets/") and served.endswith("-> 206") for served in hub.requests_served)
     assert hub.unknown_requests == []
 
 
