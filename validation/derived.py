@@ -1,0 +1,184 @@
+"""Columns derived per partition for expectations GX cannot express on list/struct columns.
+
+GX's pandas engine checks scalar columns. The rules about histories and candidates are about
+lists of structs, so each partition is first turned into a frame of scalar columns (the
+lengths, plus one boolean per rule, true when the row obeys it) that built-in expectations
+then check. Everything here is a pure function of one Arrow table, vectorised with numpy so
+it keeps up with paper-sized tables; nothing depends on how the table is partitioned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+EVALUATION_SPLITS = ("validation", "test")
+# Joins a history's parent_asins into one string so Dask can shuffle and compare it cheaply.
+ASIN_SEPARATOR = " "
+
+
+def _flat_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.StructArray, np.ndarray]:
+    """(length per row with nulls as 0, flattened struct values, row index of each value)."""
+    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    return lengths, values, parents
+
+
+def _strings(array: pa.Array) -> np.ndarray:
+    return np.asarray(array.to_pylist(), dtype=object)
+
+
+def _int64(array: pa.Array, fill: int) -> np.ndarray:
+    return pc.fill_null(array, fill).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _rows_flagged(n_rows: int, rows: np.ndarray) -> np.ndarray:
+    flagged = np.zeros(n_rows, dtype=bool)
+    flagged[rows] = True
+    return flagged
+
+
+def sequence_row_checks(table: pa.Table) -> pd.DataFrame:
+    """One row per sequence with the scalar columns the ``sequences`` suite checks.
+
+    Columns: ``user_id``, ``split``, ``target_parent_asin``, ``target_timestamp``,
+    ``history_length``, ``candidate_count`` and the booleans ``history_chronological``,
+    ``history_before_target``, ``target_once_at_index``, ``candidates_unique``,
+    ``candidates_not_in_history``, plus ``evaluation_key`` (``user_id|split`` on validation and
+    test rows, null on train rows) for the one-row-per-user-and-split check. A null list counts
+    as empty, so it fails the length checks instead of slipping through.
+    """
+    n_rows = table.num_rows
+    target = table.column("target").combine_chunks()
+    target_asin = _strings(pc.struct_field(target, "parent_asin"))
+    target_ts_raw = pc.struct_field(target, "timestamp")
+    # A missing target timestamp cannot be shown to follow the history: treat it as -infinity.
+    target_ts = _int64(target_ts_raw, np.iinfo(np.int64).min)
+
+    history_length, history, history_row = _flat_lists(table.column("history"))
+    history_ts = _int64(pc.struct_field(history, "timestamp"), 0)
+    history_asin = _strings(pc.struct_field(history, "parent_asin"))
+
+    candidate_count, candidates, candidate_row = _flat_lists(table.column("candidates"))
+    candidate_asin = _strings(pc.struct_field(candidates, "parent_asin"))
+
+    same_row_as_previous = history_row[1:] == history_row[:-1]
+    decreasing = same_row_as_previous & (history_ts[1:] < history_ts[:-1])
+    chronological = ~_rows_flagged(n_rows, history_row[1:][decreasing])
+    after_target = history_ts > target_ts[history_row]
+    before_target = ~_rows_flagged(n_rows, history_row[after_target])
+
+    is_target = candidate_asin == target_asin[candidate_row]
+    target_occurrences = np.bincount(candidate_row[is_target], minlength=n_rows)
+    target_index = _int64(table.column("target_index").combine_chunks(), -1)
+    starts = np.cumsum(candidate_count) - candidate_count
+    index_valid = (target_index >= 0) & (target_index < candidate_count)
+    at_index = np.zeros(n_rows, dtype=bool)
+    at_index[index_valid] = candidate_asin[(starts + target_index)[index_valid]] == target_asin[index_valid]
+    target_once_at_index = at_index & (target_occurrences == 1)
+
+    candidate_pairs = pd.DataFrame({"row": candidate_row, "parent_asin": candidate_asin})
+    repeated = candidate_pairs.duplicated()
+    candidates_unique = ~_rows_flagged(n_rows, candidate_pairs["row"].to_numpy()[repeated.to_numpy()])
+    history_pairs = pd.DataFrame({"row": history_row, "parent_asin": history_asin}).drop_duplicates()
+    overlap = candidate_pairs.merge(history_pairs, on=["row", "parent_asin"])["row"].to_numpy()
+    candidates_not_in_history = ~_rows_flagged(n_rows, overlap)
+
+    user_id = _strings(table.column("user_id").combine_chunks())
+    split = _strings(table.column("split").combine_chunks())
+    evaluation_key = np.array(
+        [f"{u}|{s}" if s in EVALUATION_SPLITS else None for u, s in zip(user_id, split, strict=True)], dtype=object
+    )
+    return pd.DataFrame(
+        {
+            "user_id": user_id,
+            "split": split,
+            "target_parent_asin": target_asin,
+            "target_timestamp": pd.array(target_ts_raw.to_pylist(), dtype="Int64"),
+            "history_length": history_length,
+            "candidate_count": candidate_count,
+            "history_chronological": chronological,
+            "history_before_target": before_target,
+            "target_once_at_index": target_once_at_index,
+            "candidates_unique": candidates_unique,
+            "candidates_not_in_history": candidates_not_in_history,
+            "evaluation_key": evaluation_key,
+        }
+    )
+
+
+EVALUATION_ROWS_META = pd.DataFrame(
+    {
+        "user_id": pd.Series([], dtype=object),
+        "split": pd.Series([], dtype=object),
+        "history_asins": pd.Series([], dtype=object),
+        "target_parent_asin": pd.Series([], dtype=object),
+    }
+)
+
+
+def evaluation_rows(table: pa.Table) -> pd.DataFrame:
+    """The validation and test rows of a sequences partition, histories as joined parent_asins."""
+    split = table.column("split")
+    keep = pc.is_in(split, value_set=pa.array(EVALUATION_SPLITS))
+    rows = table.filter(pc.fill_null(keep, False))
+    history = rows.column("history").combine_chunks()
+    asins = pc.struct_field(pc.list_flatten(history), "parent_asin").to_pylist()
+    lengths = pc.list_value_length(history).fill_null(0).to_pylist()
+    joined, start = [], 0
+    for length in lengths:
+        joined.append(ASIN_SEPARATOR.join(a or "" for a in asins[start : start + length]))
+        start += length
+    return pd.DataFrame(
+        {
+            "user_id": np.asarray(rows.column("user_id").to_pylist(), dtype=object),
+            "split": np.asarray(rows.column("split").to_pylist(), dtype=object),
+            "history_asins": np.asarray(joined, dtype=object),
+            "target_parent_asin": np.asarray(pc.struct_field(rows.column("target").combine_chunks(), "parent_asin").to_pylist(), dtype=object),
+        }
+    )
+
+
+def compare_validation_with_test(pairs: pd.DataFrame, max_history: int) -> pd.DataFrame:
+    """Per user (a validation row joined with a test row), whether the two agree.
+
+    ``pairs`` has ``user_id``, ``validation_history``, ``validation_target`` and
+    ``test_history`` (null where the user lacks that row). The test history minus its last
+    item must be the suffix of the validation history, and the validation history must be as
+    long as truncation to ``max_history`` allows: one shorter than the test history, or
+    ``max_history`` when the test history was truncated. The validation target must be the last
+    item of the test history.
+    """
+    history_matches, target_matches = [], []
+    for validation_history, validation_target, test_history in zip(
+        pairs["validation_history"], pairs["validation_target"], pairs["test_history"], strict=True
+    ):
+        if not isinstance(validation_history, str) or not isinstance(test_history, str):
+            history_matches.append(False)
+            target_matches.append(False)
+            continue
+        test_items = test_history.split(ASIN_SEPARATOR) if test_history else []
+        validation_items = validation_history.split(ASIN_SEPARATOR) if validation_history else []
+        expected_prefix = test_items[:-1]
+        # One item shorter than the test history, unless the test history was cut to
+        # max_history, in which case the validation history may be cut too (then it is full).
+        allowed_lengths = {len(test_items) - 1}
+        if len(test_items) >= max_history:
+            allowed_lengths.add(max_history)
+        suffix = validation_items[len(validation_items) - len(expected_prefix) :] if expected_prefix else []
+        history_matches.append(
+            bool(test_items) and len(validation_items) in allowed_lengths and suffix == expected_prefix
+        )
+        target_matches.append(bool(test_items) and test_items[-1] == validation_target)
+    return pd.DataFrame(
+        {
+            "user_id": pairs["user_id"].to_numpy(dtype=object),
+            "validation_history_matches_test": np.asarray(history_matches, dtype=bool),
+            "validation_target_matches_test": np.asarray(target_matches, dtype=bool),
+        },
+        index=pairs.index,
+    )
