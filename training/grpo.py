@@ -24,7 +24,7 @@ from pydantic import Field
 from pipeline.config import StageSettings
 from pipeline.rationale_format import FORMAT_VERSION
 from training.data import catalog_config, load_resolved, load_split_with_source
-from training.models import BASE_MODEL_DIR, adapter_base, is_adapter, load_for_training, read_training_config, training_dtype, write_training_config
+from training.models import BASE_MODEL_DIR, TINY, adapter_base, is_adapter, load_for_training, read_training_config, training_dtype, write_training_config
 from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_messages, select_candidates
 from training.rewards import catalog_keys, format_reward, hit_reward, rank_reward, validity_reward
 from training.sft import CHECKPOINTS_DIR, prepare_output_dir
@@ -52,6 +52,7 @@ class GRPOSettings(StageSettings):
     save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(5, ge=1)
     limit_train: int | None = Field(None, ge=1, description="Use only the first N train rows.")
+    activation_checkpointing: bool = Field(True, description="Recompute activations to save memory (ignored for the tiny model).")
     full: bool = Field(False, description="Train every weight of a full SFT model instead of a new LoRA adapter.")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
@@ -155,6 +156,7 @@ def run_grpo(
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation,
         learning_rate=settings.learning_rate,
+        activation_checkpointing=settings.activation_checkpointing and sft_record.get("settings", {}).get("model") != TINY,
         num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
@@ -168,6 +170,7 @@ def run_grpo(
         seed=settings.seed,
         data_seed=settings.seed,
         report_to="none",
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = GRPOTrainer(
         model=model,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import datasets
+import torch
 from pydantic import Field
 
 from pipeline.config import StageSettings
@@ -57,7 +58,7 @@ class SFTSettings(StageSettings):
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run the epochs).")
     batch_size: int = Field(4, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
-    gradient_checkpointing: bool = Field(True, description="Trade compute for memory (ignored for the tiny model).")
+    activation_checkpointing: bool = Field(True, description="Recompute activations to save memory (ignored for the tiny model).")
     max_length: int = Field(2048, ge=32, description="Longest tokenised example; longer ones are truncated.")
     eval_steps: int = Field(50, ge=1, description="Evaluate and checkpoint every this many steps.")
     early_stopping_patience: int = Field(3, ge=0, description="Evaluations without improvement before stopping (0: never).")
@@ -170,7 +171,6 @@ def _base_model(settings: SFTSettings, output_dir: Path, train_rows: datasets.Da
 def _sft_config(settings: SFTSettings, output_dir: Path, tiny: bool) -> Any:
     from trl import SFTConfig
 
-    dtype = training_dtype()
     early_stopping = settings.early_stopping_patience > 0
     return SFTConfig(
         output_dir=str(output_dir / CHECKPOINTS_DIR),
@@ -179,7 +179,8 @@ def _sft_config(settings: SFTSettings, output_dir: Path, tiny: bool) -> Any:
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation,
-        gradient_checkpointing=settings.gradient_checkpointing and not tiny,
+        activation_checkpointing=settings.activation_checkpointing and not tiny,
+        dataloader_pin_memory=torch.cuda.is_available(),
         learning_rate=settings.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0 if tiny else 0.03,
@@ -194,7 +195,7 @@ def _sft_config(settings: SFTSettings, output_dir: Path, tiny: bool) -> Any:
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         logging_steps=settings.logging_steps,
-        bf16=dtype.is_floating_point and str(dtype) == "torch.bfloat16",
+        bf16=training_dtype() == torch.bfloat16,
         seed=settings.seed,
         data_seed=settings.seed,
         report_to="none",
