@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -344,7 +343,6 @@ def test_release_files_skip_git_and_download_metadata(tmp_path: Path) -> None:
         "data/grocery_items/items-00000-of-00001.parquet",
         "manifest.json",
     ]
-    shutil.rmtree(tmp_path / ".git")
 
 
 # -- the same round trip through the `rrec release --push` and `rrec pull` commands -----------
