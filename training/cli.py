@@ -156,8 +156,7 @@ def variants_command(
     loaded = load_config(settings_file)
     sft_overrides = {"model": model, "full": full, "max_steps": max_steps, "epochs": epochs, "learning_rate": learning_rate}
     settings = section(loaded, "sft", SFTSettings, sft_overrides)
-    eval_overrides = {"limit": limit} if "limit" in EvalSettings.model_fields else {}
-    eval_settings = section(loaded, "evaluate", EvalSettings, eval_overrides)
+    eval_settings = section(loaded, "evaluate", EvalSettings, {"limit": limit})
     results = run_variants(dataset, config, revision, output, settings, eval_settings, force=force)
     Console().print(Markdown(markdown_table(results)))
     typer.echo(json.dumps(results, indent=2, sort_keys=True))

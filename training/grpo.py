@@ -198,7 +198,8 @@ def run_grpo(
             "sft_model": str(sft_dir.resolve()),
             "base_model": base_name,
             "adapter": is_adapter(sft_dir) or not settings.full,
-            "settings": settings.model_dump(),
+            # The prompt actually used, under the names evaluation reads back (history_k, ...).
+            "settings": {**settings.model_dump(), "training_seed": settings.seed, **prompts.model_dump()},
             "prompt_settings": prompts.model_dump(),
             "dataset": source.to_dict(),
             "prompt_version": STUDENT_PROMPT_VERSION,

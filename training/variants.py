@@ -95,7 +95,7 @@ def run_variants(
     *,
     force: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Train A and C, evaluate A, B and C on the test split; write ``variants.json`` and ``variants.md``.
+    """Train A and C, evaluate A, B and C; write ``variants.json``, ``variants.md`` and ``generations_<variant>.parquet``.
 
     Returns ``{"A": metrics, "B": metrics, "C": metrics}`` with the keys of
     ``training.evaluate.evaluate`` (fractions).
@@ -107,13 +107,15 @@ def run_variants(
     results: dict[str, dict[str, Any]] = {}
     for variant in VARIANTS:
         log.info("evaluating variant %s", variant.name)
+        # Each variant's generations (rationales included) are kept for `rrec judge`.
+        generations = output_dir / f"generations_{variant.name}.parquet"
         results[variant.name] = evaluate(
             model_dirs[variant.model_variant],
             dataset,
             config,
             revision,
             infer_rationale=variant.infers_rationale,
-            settings=eval_settings,
+            settings=eval_settings.model_copy(update={"generations": generations}),
         )
     (output_dir / "variants.json").write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")
     (output_dir / "variants.md").write_text(markdown_table(results), encoding="utf-8")
