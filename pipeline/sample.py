@@ -350,8 +350,8 @@ def _user_reviews(seed: int, domain: str, index: int, catalog: _Catalog, setting
         brands=rng.sample(range(len(vocab.brands)), k=min(2, len(vocab.brands))),
         price_band=rng.random(),
     )
-    extra_mean = max(0.1, settings.mean_reviews - 5)
-    length = 3 + min(200, int(rng.expovariate(1.0 / (extra_mean + 2))))
+    # 3 + floor(Exp(mean m)) has mean ~ 3 + m - 0.5, so m is chosen to hit ``mean_reviews``.
+    length = 3 + min(200, int(rng.expovariate(1.0 / (settings.mean_reviews - 2.5))))
     uid = user_id(seed, domain, index)
     timestamp = _START_MS + rng.randrange(_SPAN_DAYS) * _DAY_MS + rng.randrange(_DAY_MS)
     previous: Item | None = None
