@@ -1,0 +1,435 @@
+"""rrec ingest: every input line ends as a kept row or a recorded reject, whatever the format,
+block size or number of workers."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipeline.ingest import (
+    IngestSettings,
+    meta_values,
+    parse_meta_block,
+    parse_review_block,
+    parse_price,
+    register,
+    resolve_sources,
+    run_ingest,
+    strip_html,
+)
+from pipeline.readers import GzipChunks, InputError, LineBlock, SourceFile, StreamEnd, cut_lines, domain_from_name, expand_inputs
+from pipeline.schemas import INTERACTIONS, ITEMS, REJECTS
+from pipeline.tables import read_table
+
+REVIEW_KEYS = ["rating", "title", "text", "images", "asin", "parent_asin", "user_id", "timestamp", "helpful_vote", "verified_purchase"]
+KEPT_REVIEW_KEYS = ["rating", "title", "text", "asin", "parent_asin", "user_id", "timestamp", "helpful_vote", "verified_purchase"]
+
+
+def review(i: int, **changes: object) -> dict:
+    """A valid raw review in the Amazon 2023 key order, varied enough to exercise the parsers."""
+    rng = random.Random(i)
+    record = {
+        "rating": float(rng.randint(1, 5)) if i % 7 else rng.randint(1, 5),
+        "title": rng.choice(["Great", "Meh", "Caf\u00e9 cr\u00e8me", "Not \"bad\"", ""]),
+        "text": rng.choice(["Works well.", "Nice<br />would buy again", "AT&amp;T &lt;3", "Emoji \U0001f600 ok", "a\\b\tc"]),
+        "images": [{"small_image_url": f"https://img/{i}.jpg", "attachment_type": "IMAGE"}] if i % 3 == 0 else [],
+        "asin": f"B{i % 50:09d}",
+        "parent_asin": f"P{i % 40:09d}",
+        "user_id": f"U{i % 30:027d}",
+        "timestamp": 1_500_000_000_000 + i * 1000,
+        "helpful_vote": i % 4,
+        "verified_purchase": i % 2 == 0,
+    }
+    record.update(changes)
+    return record
+
+
+def meta(i: int, **changes: object) -> dict:
+    record = {
+        "main_category": "Grocery",
+        "title": f"Item {i}",
+        "average_rating": 4.5,
+        "rating_number": 10 + i,
+        "features": ["Fresh", "Organic"],
+        "description": ["Line one.", "Line two."],
+        "price": 3.5 + i,
+        "images": [],
+        "videos": [],
+        "store": "Shop",
+        "categories": ["Grocery & Gourmet Food", "Snacks"],
+        "details": {"Brand": "Shop", "Weight": "1 lb"},
+        "parent_asin": f"P{i:09d}",
+        "bought_together": None,
+    }
+    record.update(changes)
+    return record
+
+
+def jsonl(records: list[dict]) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
+def source(kind: str = "reviews", name: str = "test.jsonl", index: int = 0) -> SourceFile:
+    return SourceFile(name=name, url=name, kind=kind, index=index, format="jsonl", size=0)
+
+
+def without(record: dict, key: str) -> dict:
+    return {k: v for k, v in record.items() if k != key}
+
+
+# Every defect of the issue, one per line, between valid lines; (line content, expected reason).
+DEFECTS: list[tuple[bytes, str]] = [
+    (b'{"rating": 5.0, "title": "x"', "invalid_json"),
+    (b"[1, 2, 3]", "not_an_object"),
+    (b'"just a string"', "not_an_object"),
+    (b"", "empty_line"),
+    (b"   \t", "empty_line"),
+    *[(json.dumps(without(review(900 + n), key)).encode(), f"missing_field:{key}") for n, key in enumerate(KEPT_REVIEW_KEYS)],
+    (json.dumps(review(920, user_id=None)).encode(), "missing_field:user_id"),
+    (json.dumps(review(921, parent_asin="")).encode(), "missing_field:parent_asin"),
+    (json.dumps(review(922, rating="5")).encode(), "wrong_type:rating"),
+    (json.dumps(review(923, rating=True)).encode(), "wrong_type:rating"),
+    (json.dumps(review(924, timestamp=1.5e12)).encode(), "wrong_type:timestamp"),
+    (json.dumps(review(925, timestamp="1500000000000")).encode(), "wrong_type:timestamp"),
+    (json.dumps(review(926, helpful_vote=2**40)).encode(), "wrong_type:helpful_vote"),
+    (json.dumps(review(927, verified_purchase="yes")).encode(), "wrong_type:verified_purchase"),
+    (json.dumps(review(928, title=["list"])).encode(), "wrong_type:title"),
+    (json.dumps(review(929, user_id=12345)).encode(), "wrong_type:user_id"),
+    (json.dumps(review(930, text={"html": "no"})).encode(), "wrong_type:text"),
+    (json.dumps(review(931)).replace('"rating": ', '"rating": NaN, "x": ').encode(), "wrong_type:rating"),
+    (json.dumps(review(932, text="bad \udc80 text"), ensure_ascii=True).encode(), "invalid_utf8:text"),
+    (json.dumps(review(933, title="x" * 3000)).encode(), "line_too_long"),
+]
+MAX_LINE = 2048
+
+
+def malformed_corpus() -> tuple[bytes, dict[int, str], list[int]]:
+    """Valid and defective lines interleaved: (bytes, {line: reason}, valid line numbers)."""
+    lines, expected, valid = [], {}, []
+    for n, (content, reason) in enumerate(DEFECTS):
+        lines.append(json.dumps(review(n)).encode())
+        valid.append(len(lines))
+        lines.append(content)
+        expected[len(lines)] = reason
+    # A valid line whose ignored fields hold what the fast reader and json.loads both accept.
+    lines.append(json.dumps(review(99)).replace('"images": []', '"images": [NaN, Infinity]').encode())
+    valid.append(len(lines))
+    return b"\n".join(lines) + b"\n", expected, valid
+
+
+# -- per-block functions, without Dask -------------------------------------------------------
+
+
+def test_each_defect_is_rejected_with_its_line_and_reason_and_valid_lines_are_kept():
+    data, expected, valid = malformed_corpus()
+    parsed = parse_review_block(LineBlock(source(), 1, data), max_line_bytes=MAX_LINE)
+
+    rejects = parsed.rejects.to_pylist()
+    assert {r["line"]: r["reason"] for r in rejects} == expected
+    assert parsed.table.column("src_line").to_pylist() == valid
+    assert parsed.table.num_rows + len(rejects) == parsed.lines == data.count(b"\n")
+    assert all(len(r["raw"]) <= 1000 for r in rejects)
+    assert rejects[0]["raw"] == DEFECTS[0][0].decode()
+    assert parsed.table.schema == INTERACTIONS and parsed.rejects.schema == REJECTS
+
+
+@pytest.mark.parametrize("content,reason", DEFECTS, ids=[reason for _, reason in DEFECTS])
+def test_a_lone_defect_in_a_large_clean_block_is_caught(content, reason):
+    # Large enough that the fast reader runs on the block first: its checks must catch the defect.
+    clean = [review(i) for i in range(600)]
+    data = jsonl(clean[:300]) + content + b"\n" + jsonl(clean[300:])
+    parsed = parse_review_block(LineBlock(source(), 1, data), MAX_LINE)
+    assert [(r["line"], r["reason"]) for r in parsed.rejects.to_pylist()] == [(301, reason)]
+    assert parsed.table.num_rows == 600
+
+
+def test_fast_path_and_line_by_line_path_give_identical_rows():
+    records = [review(i) for i in range(1200)]
+    clean = parse_review_block(LineBlock(source(), 1, jsonl(records)), MAX_LINE)
+    # One bad line in the middle sends its neighbourhood through json.loads line by line.
+    dirty_lines = jsonl(records[:600]) + b"{broken\n" + jsonl(records[600:])
+    dirty = parse_review_block(LineBlock(source(), 1, dirty_lines), MAX_LINE)
+
+    assert dirty.rejects.column("line").to_pylist() == [601]
+    columns = [c for c in INTERACTIONS.names if c != "src_line"]
+    assert dirty.table.select(columns).equals(clean.table.select(columns))
+    assert dirty.table.column("src_line").to_pylist() == list(range(1, 601)) + list(range(602, 1202))
+    first = clean.table.slice(7, 1).to_pylist()[0]
+    assert first["rating"] == float(records[7]["rating"]) and isinstance(first["rating"], float)
+
+
+def test_html_is_stripped_from_review_text():
+    texts = pa.array(["plain", "a<br />b<BR>c<br/>d", "<p>x &amp; y</p> &lt;b&gt;", "I <3 it, 5 < 6", "AT&T", "<!-- note -->ok", ""])
+    assert strip_html(texts).to_pylist() == ["plain", "a\nb\nc\nd", "x & y <b>", "I <3 it, 5 < 6", "AT&T", "ok", ""]
+    parsed = parse_review_block(LineBlock(source(), 1, jsonl([review(1, text="Great<br /><br />&quot;really&quot; <b>good</b>")])), MAX_LINE)
+    assert parsed.table.column("review_text").to_pylist() == ['Great\n\n"really" good']
+
+
+def test_metadata_is_normalised_from_raw_and_hub_conversion_forms():
+    raw_row = meta_values(meta(1))
+    hub_row = meta_values(meta(1, price=str(4.5), details=json.dumps({"Brand": "Shop", "Weight": "1 lb"})))
+    assert raw_row == hub_row
+    row = dict(zip(ITEMS.names, raw_row))
+    assert row["description"] == "Line one.\nLine two."
+    assert json.loads(row["details"]) == {"Brand": "Shop", "Weight": "1 lb"}
+    assert [parse_price(p) for p in ("None", "", "\u2014", " 12.99 ", "$1,299.00", None, 7, float("nan"))] == [None, None, None, 12.99, 1299.0, None, 7.0, None]
+    block = jsonl([meta(1), meta(2, price="about five"), meta(3, categories="Snacks"), without(meta(4), "parent_asin"), meta(5, features=None, description=[])])
+    parsed = parse_meta_block(LineBlock(source("meta"), 1, block), MAX_LINE)
+    assert {r["line"]: r["reason"] for r in parsed.rejects.to_pylist()} == {
+        2: "wrong_type:price",
+        3: "wrong_type:categories",
+        4: "missing_field:parent_asin",
+    }
+    assert parsed.table.column("features").to_pylist() == [["Fresh", "Organic"], []]
+    assert parsed.table.column("description").to_pylist() == ["Line one.\nLine two.", None]
+
+
+def test_cut_lines_numbers_lines_bounds_blocks_and_sets_long_lines_aside():
+    lines = [f'{{"n": {i}, "pad": "{"x" * (i % 97)}"}}'.encode() for i in range(500)]
+    lines[123] = b"y" * 10_000  # longer than max_line_bytes, arriving in many chunks
+    data = b"\n".join(lines)  # no newline after the last line: it is still a line
+    chunks = [data[i : i + 300] for i in range(0, len(data), 300)]
+    blocks = list(cut_lines(chunks, source(), 1, block_size=2000, max_line_bytes=5000))
+
+    seen: dict[int, bytes] = {}
+    for block in blocks:
+        assert len(block.data) <= 2000 + 300 + 5000
+        for offset, line in enumerate(block.data.split(b"\n")[: block.data.count(b"\n") + (not block.data.endswith(b"\n"))]):
+            seen[block.first_line + offset] = line
+        for line, reason, raw in block.set_aside:
+            assert (line, reason, raw) == (124, "line_too_long", "y" * 1000)
+            seen[line] = b"<set aside>"
+    assert len(blocks) > 5
+    assert sorted(seen) == list(range(1, 501))
+    assert all(seen[i + 1] == lines[i] for i in range(500) if i != 123)
+
+
+def test_truncated_gzip_tail_is_reported_and_complete_lines_are_kept(tmp_path):
+    path = tmp_path / "cut.jsonl.gz"
+    whole = gzip.compress(jsonl([review(i) for i in range(200)]))
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    gz = SourceFile(str(path), str(path), "reviews", 0, "gzip", path.stat().st_size)
+    chunks = list(GzipChunks(gz, chunk_size=1024))
+    assert chunks[-1] == StreamEnd("truncated_gzip")
+    blocks = list(cut_lines(chunks, gz, 1, 4096, MAX_LINE))
+    parsed = [parse_review_block(b, MAX_LINE) for b in blocks]
+    kept = sum(p.table.num_rows for p in parsed)
+    rejects = [r for p in parsed for r in p.rejects.to_pylist()]
+    assert 50 < kept < 200
+    assert [(r["line"], r["reason"]) for r in rejects] == [(kept + 1, "truncated_gzip")]
+
+    members = tmp_path / "members.jsonl.gz"
+    members.write_bytes(gzip.compress(jsonl([review(1)])) + gzip.compress(jsonl([review(2)])))
+    both = SourceFile(str(members), str(members), "reviews", 0, "gzip", 0)
+    assert b"".join(c for c in GzipChunks(both) if isinstance(c, bytes)) == jsonl([review(1), review(2)])
+
+
+def test_domain_comes_from_file_names():
+    assert domain_from_name("data/Grocery_and_Gourmet_Food.jsonl.gz") == "Grocery_and_Gourmet_Food"
+    assert domain_from_name("file:///x/meta_Office_Products.jsonl") == "Office_Products"
+    assert domain_from_name("conv/raw_review_All_Beauty/full-00000-of-00001.parquet") == "All_Beauty"
+    assert domain_from_name("hf://datasets/McAuley-Lab/Amazon-Reviews-2023/raw/meta_categories/meta_Books.jsonl") == "Books"
+
+
+# -- the stage through Dask ------------------------------------------------------------------
+
+
+def rows(run: Path, table: str) -> list[dict]:
+    return read_table(run / table).to_pylist()
+
+
+def test_malformed_gzip_corpus_end_to_end(tmp_path, dask_client):
+    data, expected, valid = malformed_corpus()
+    path = tmp_path / "Grocery_and_Gourmet_Food.jsonl.gz"
+    tail = json.dumps(review(500)).encode()[:40]
+    whole = gzip.compress(data + tail)
+    path.write_bytes(whole[:-8])  # the trailer is lost: the last (partial) line cannot be trusted
+    total_lines = data.count(b"\n") + 1
+
+    entry = run_ingest(tmp_path / "run", IngestSettings(reviews=[str(path)], block_size=2048, max_line_bytes=MAX_LINE), dask_client)
+
+    rejects = rows(tmp_path / "run", "rejects")
+    assert {r["line"]: r["reason"] for r in rejects} == {**expected, total_lines: "truncated_gzip"}
+    assert {r["source_file"] for r in rejects} == {str(path)}
+    assert [r["src_line"] for r in rows(tmp_path / "run", "interactions")] == valid
+    assert entry["rows_in"] == total_lines == entry["rows_out"]["interactions"] + entry["rows_out"]["rejects"]
+    assert entry["files"][0]["kept"] + entry["files"][0]["rejected"] == entry["files"][0]["lines"] == total_lines
+    assert entry["rejects_by_reason"]["missing_field:user_id"] == 2
+    assert entry["domain"] == "Grocery_and_Gourmet_Food" and entry["blocks"] > 1
+
+
+def test_hub_parquet_conversion_with_string_price_and_details(tmp_path, dask_client):
+    reviews_dir = tmp_path / "raw_review_All_Beauty"
+    meta_dir = tmp_path / "raw_meta_All_Beauty"
+    reviews_dir.mkdir()
+    meta_dir.mkdir()
+    records = [review(i) for i in range(30)]
+    records[4] = review(4, user_id=None)
+    review_table = pa.Table.from_pylist(records)
+    pq.write_table(review_table, reviews_dir / "full-00000-of-00001.parquet", row_group_size=8)
+    items = [meta(i) for i in range(6)] + [meta(2, title="Later duplicate")]
+    hub_form = [{**m, "price": str(m["price"]) if i != 1 else "None", "details": json.dumps(m["details"])} for i, m in enumerate(items)]
+    pq.write_table(pa.Table.from_pylist(hub_form), meta_dir / "full-00000-of-00001.parquet", row_group_size=3)
+
+    settings = IngestSettings(reviews=[str(reviews_dir / "*.parquet")], meta=[str(meta_dir / "*.parquet")], block_size=1024)
+    entry = run_ingest(tmp_path / "run", settings, dask_client)
+
+    interactions = rows(tmp_path / "run", "interactions")
+    assert [r["src_line"] for r in interactions] == [n for n in range(1, 31) if n != 5]
+    assert interactions[0]["rating"] == float(records[0]["rating"])
+    items_out = rows(tmp_path / "run", "items")
+    assert [i["parent_asin"] for i in items_out] == [f"P{i:09d}" for i in range(6)]
+    assert items_out[1]["price"] is None and items_out[0]["price"] == 3.5
+    assert items_out[2]["title"] == "Item 2"
+    assert json.loads(items_out[0]["details"]) == {"Brand": "Shop", "Weight": "1 lb"}
+    reasons = {(r["source_file"].rsplit("/", 2)[-2], r["line"]): r["reason"] for r in rows(tmp_path / "run", "rejects")}
+    assert reasons == {("raw_review_All_Beauty", 5): "missing_field:user_id", ("raw_meta_All_Beauty", 7): "duplicate_parent_asin"}
+    assert entry["domain"] == "All_Beauty"
+    assert entry["rows_out"] == {"interactions": 29, "items": 6, "rejects": 2}
+
+
+def test_globs_and_file_urls_number_files_in_sorted_order(tmp_path, dask_client):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "Office_Products.part2.jsonl").write_bytes(jsonl([review(i) for i in range(5, 8)]))
+    (tmp_path / "Office_Products.part1.jsonl").write_bytes(jsonl([review(i) for i in range(5)]))
+    (tmp_path / "meta_Office_Products.jsonl").write_bytes(jsonl([meta(1)]))
+    settings = IngestSettings(
+        reviews=[str(tmp_path / "**" / "Office_Products.part*.jsonl")],
+        meta=[f"file://{tmp_path}/meta_*.jsonl"],
+        domain="Office_Products",
+    )
+    entry = run_ingest(tmp_path / "run", settings, dask_client)
+
+    files = [(f["kind"], f["file"], f["lines"]) for f in entry["files"]]
+    assert files == [
+        ("reviews", str(tmp_path / "Office_Products.part1.jsonl"), 5),
+        ("reviews", str(tmp_path / "b" / "Office_Products.part2.jsonl"), 3),
+        ("meta", f"file://{tmp_path}/meta_Office_Products.jsonl", 1),
+    ]
+    assert [(r["src_file"], r["src_line"]) for r in rows(tmp_path / "run", "interactions")] == [(0, n) for n in range(1, 6)] + [(1, n) for n in range(1, 4)]
+    assert len(rows(tmp_path / "run", "items")) == 1
+
+    with pytest.raises(InputError, match="no reviews file matches"):
+        expand_inputs([str(tmp_path / "nothing*.jsonl")], "reviews", "x/y")
+    with pytest.raises(InputError, match="pass --domain"):
+        resolve_sources(IngestSettings(reviews=[str(tmp_path / "Office_Products.part1.jsonl")], meta=[str(tmp_path / "meta_Office_Products.jsonl")]))
+
+
+def test_real_sample_is_ingested_whole(tmp_path, dask_client, real_reviews):
+    entry = run_ingest(tmp_path / "run", IngestSettings(reviews=[str(real_reviews)], domain="All_Beauty"), dask_client)
+
+    assert entry["rows_out"] == {"interactions": 2403, "items": 0, "rejects": 0}
+    table = read_table(tmp_path / "run" / "interactions")
+    assert table.schema == INTERACTIONS
+    assert table.column("src_line").to_pylist() == list(range(1, 2404))
+    with gzip.open(real_reviews, "rt") as handle:
+        originals = [json.loads(line) for line in handle]
+    assert table.column("user_id").to_pylist() == [r["user_id"] for r in originals]
+    assert table.column("timestamp").to_pylist() == [r["timestamp"] for r in originals]
+    assert sum("<br" in r["text"] for r in originals) > 0
+    assert not any("<br" in text for text in table.column("review_text").to_pylist())
+    assert sum(r["asin"] != r["parent_asin"] for r in table.to_pylist()) > 0
+    assert read_table(tmp_path / "run" / "items").num_rows == 0
+
+
+def test_output_is_the_same_for_any_block_size_worker_count_and_compression(tmp_path, dask_client):
+    data, expected, valid = malformed_corpus()
+    body = jsonl([review(i) for i in range(300)]) + data + b'{"rating": 5, "pad": "' + b"z" * 6000 + b'"}\n' + jsonl([review(i) for i in range(300, 340)])
+    plain = tmp_path / "plain" / "Grocery_and_Gourmet_Food.jsonl"
+    packed = tmp_path / "gz" / "Grocery_and_Gourmet_Food.jsonl.gz"
+    plain.parent.mkdir()
+    packed.parent.mkdir()
+    plain.write_bytes(body)
+    packed.write_bytes(gzip.compress(body))
+    for folder in (plain.parent, packed.parent):
+        (folder / "meta_Grocery_and_Gourmet_Food.jsonl").write_bytes(jsonl([meta(i) for i in range(40)] + [meta(3)]))
+
+    def ingest(path: Path, block_size: int, client: object, name: str) -> dict[str, pa.Table]:
+        settings = IngestSettings(reviews=[str(path)], meta=[str(path.parent / "meta_*")], block_size=block_size, max_line_bytes=MAX_LINE)
+        entry = run_ingest(tmp_path / name, settings, client)
+        assert entry["rows_in"] == body.count(b"\n") + 41
+        return {t: read_table(tmp_path / name / t) for t in ("interactions", "items", "rejects")}
+
+    reference = ingest(plain, 64 * 1024 * 1024, dask_client, "one-block")
+    assert reference["rejects"].num_rows == len(DEFECTS) + 2  # plus the long line and the duplicate item
+    from pipeline.cluster import dask_client as make_client
+
+    with make_client(workers=1) as single:
+        assert ingest(packed, 4096, single, "gz-small-blocks-1-worker")["interactions"].equals(reference["interactions"])
+    # Blocks smaller than the 6,000-byte line: it crosses block boundaries and is set aside.
+    for name, path, block_size in (("plain-small-blocks", plain, 4096), ("gz-small-blocks", packed, 5000)):
+        result = ingest(path, block_size, dask_client, name)
+        assert result["interactions"].equals(reference["interactions"]), name
+        assert result["items"].equals(reference["items"]), name
+        columns = ["line", "reason", "raw"]
+        assert result["rejects"].select(columns).equals(reference["rejects"].select(columns)), name
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rrec() -> typer.Typer:
+    """The ``ingest`` command exactly as ``rrec`` registers it."""
+    app = typer.Typer()
+
+    @app.callback()
+    def _main() -> None:
+        """rrec"""
+
+    register(app)
+    return app
+
+
+def test_cli_rerun_skips_unchanged_inputs_and_force_reruns(tmp_path, dask_client, rrec):
+    reviews_path = tmp_path / "Grocery_and_Gourmet_Food.jsonl"
+    reviews_path.write_bytes(jsonl([review(i) for i in range(20)]))
+    args = ["ingest", "--run", str(tmp_path / "run"), "--reviews", str(reviews_path), "--scheduler", dask_client.scheduler.address]
+    runner = CliRunner()
+
+    first = runner.invoke(rrec, args)
+    assert first.exit_code == 0, first.output
+    assert "20 interactions" in first.output and "up to date" not in first.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    finished = manifest["stages"]["ingest"]["finished_at"]
+    fingerprint = manifest["stages"]["ingest"]["fingerprint"]
+
+    again = runner.invoke(rrec, args + ["--block-size", "4096"])  # block size cannot change the output
+    assert again.exit_code == 0 and "up to date" in again.output
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["ingest"]["finished_at"] == finished
+
+    forced = runner.invoke(rrec, args + ["--force"])
+    assert forced.exit_code == 0 and "up to date" not in forced.output
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["ingest"]["fingerprint"] == fingerprint
+
+    reviews_path.write_bytes(jsonl([review(i) for i in range(21)]))
+    changed = runner.invoke(rrec, args)
+    assert changed.exit_code == 0 and "21 interactions" in changed.output
+
+
+def test_cli_missing_input_is_one_clear_line(tmp_path, rrec):
+    result = CliRunner().invoke(rrec, ["ingest", "--run", str(tmp_path / "run"), "--reviews", str(tmp_path / "absent.jsonl")])
+    assert result.exit_code == 2
+    assert "no reviews file matches" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_hub_domain_offline_gives_one_clear_line(tmp_path, rrec, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    result = CliRunner().invoke(rrec, ["ingest", "--run", str(tmp_path / "run"), "--reviews", "hub:All_Beauty"])
+
+    assert result.exit_code == 2
+    message = [line for line in result.output.splitlines() if line.strip()]
+    assert len(message) == 1 and message[0].startswith("error:")
+    assert "raw/review_categories/All_Beauty.jsonl" in message[0] and "HF_HUB_OFFLINE" in message[0]
