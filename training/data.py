@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
 
 from release.checksums import read_manifest
-from release.loading import load_release
+from release.loading import cache_root, load_release
 from release.pull import is_local_source
 from release.registry import Registry, version_tag
 from training.prompts import PromptSettings, build_completion, build_messages
@@ -55,12 +54,13 @@ def resolve_source(dataset: str, config: str, revision: str | None) -> DatasetSo
     registry = Registry(path)
     if registry.exists:
         versions = registry.versions()
-        if revision is None and versions:
+        if not versions:
+            raise ValueError(f"the registry {path} has no released version yet; publish one with `rrec release`")
+        if revision is None:
             revision = versions[-1]
             log.info("no revision given: using the newest version %s of %s", revision, path)
-        if revision is None or version_tag(revision) not in versions:
-            known = ", ".join(versions) or "none"
-            raise ValueError(f"version {revision} is not in the registry {path} (published versions: {known})")
+        if version_tag(revision) not in versions:
+            raise ValueError(f"version {revision} is not in the registry {path} (published versions: {', '.join(versions)})")
         return DatasetSource(str(path), config, version_tag(revision), "registry", registry.commit_of(revision))
     # A pulled folder names its own version; loading verifies it against ``revision`` if given.
     return DatasetSource(str(path), config, revision or read_manifest(path).get("tag"), "folder")
@@ -76,7 +76,7 @@ def _content_cache(source: DatasetSource) -> Path | None:
     """
     if source.kind == "hub":
         return None
-    root = Path(os.environ.get("RREC_CACHE") or "~/.cache/rrec").expanduser() / "training"
+    root = cache_root() / "training"
     if source.kind == "registry":
         return root / f"commit-{source.commit}"
     manifest_hash = hashlib.sha256((Path(source.dataset) / "manifest.json").read_bytes()).hexdigest()[:20]
@@ -107,6 +107,7 @@ def catalog_config(config: str) -> str:
 def load_catalog(dataset: str, config: str, revision: str | None) -> datasets.Dataset:
     """The item catalog of a released config (config ``<config>_items``, split ``items``)."""
     return load_resolved(resolve_source(dataset, config, revision), "items", catalog_config(config))
+
 
 @dataclass(frozen=True)
 class ChatExamples:
