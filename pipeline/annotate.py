@@ -314,8 +314,8 @@ def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: C
         if settings.dry_run:
             return {"dry_run": True, "annotator": "template", "model": settings.resolved_model, "rows": rows_in,
                     "cached_rows": 0, "requests_to_send": 0, "estimated_input_tokens": 0, "max_output_tokens": 0, "max_cost_usd": 0.0}
-        futures = [client.submit(annotate_partition_with_template, run_path, spec, settings.seed, settings.max_prompt_history, pure=False) for spec in specs]
         with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
+            futures = [client.submit(annotate_partition_with_template, run_path, spec, settings.seed, settings.max_prompt_history, pure=False) for spec in specs]
             folder = out.table_dir("annotations")
             tables = gather_with_progress(futures, "annotating (template)")
             for spec, table in zip(specs, tables, strict=True):
@@ -331,15 +331,15 @@ def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: C
 
     options = settings.chat_options()
     futures = [client.submit(prepare_partition, run_path, spec, options, settings.max_prompt_history, pure=False) for spec in specs]
-    prepared: list[PreparedPartition] = gather_with_progress(futures, "building prompts")
     if settings.dry_run:
-        return _dry_run_report(settings, prepared, prices)
-    to_send = list({r.request_hash: r for p in prepared for r in p.requests if r.request_hash not in p.cached}.values())
-    cache_hits = sum(len(p.cached) for p in prepared)
-    log.info("annotate: %d row(s), %d answer(s) cached, %d request(s) to send", rows_in, cache_hits, len(to_send))
-    with AnswerCache(run.path / CACHE_FILE) as cache:
-        answers, stats = _send(settings, run, to_send, cache, prices)
+        return _dry_run_report(settings, gather_with_progress(futures, "building prompts"), prices)
     with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
+        prepared: list[PreparedPartition] = gather_with_progress(futures, "building prompts")
+        to_send = list({r.request_hash: r for p in prepared for r in p.requests if r.request_hash not in p.cached}.values())
+        cache_hits = sum(len(p.cached) for p in prepared)
+        log.info("annotate: %d row(s), %d answer(s) cached, %d request(s) to send", rows_in, cache_hits, len(to_send))
+        with AnswerCache(run.path / CACHE_FILE) as cache:
+            answers, stats = _send(settings, run, to_send, cache, prices)
         folder = out.table_dir("annotations")
         rows_out = input_tokens = output_tokens = 0
         cost = 0.0

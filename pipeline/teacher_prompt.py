@@ -140,18 +140,27 @@ def _item_record(item: ItemFacts, with_user_fields: bool) -> dict[str, Any]:
     return record
 
 
-def data_document(context: ExampleContext, max_history: int) -> str:
-    """The JSON document put inside ``<data>``; ``<``/``>``/``&`` are escaped as ``\\u003c``...
+def context_payload(context: ExampleContext, max_history: int) -> dict[str, Any]:
+    """The example as plain data: the last ``max_history`` history items and the target."""
+    return {
+        "history": [_item_record(item, True) for item in context.history[-max_history:]],
+        "target": _item_record(context.target, False),
+    }
+
+
+def data_block(payload: dict[str, Any]) -> str:
+    """``payload`` as JSON with ``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``.
 
     Escaping keeps the JSON value identical for the model while making it impossible for any
     title or review to contain the literal closing delimiter ``</data>``.
     """
-    payload = {
-        "history": [_item_record(item, True) for item in context.history[-max_history:]],
-        "target": _item_record(context.target, False),
-    }
     text = json.dumps(payload, ensure_ascii=False, indent=1)
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def data_document(context: ExampleContext, max_history: int) -> str:
+    """The JSON document put inside ``<data>`` for one example."""
+    return data_block(context_payload(context, max_history))
 
 
 def build_messages(context: ExampleContext, max_history: int = 20) -> list[dict[str, str]]:

@@ -49,8 +49,8 @@ def data_of(body: dict[str, Any]) -> dict[str, Any] | None:
     """The JSON data block of a teacher or judge prompt, as the model would read it."""
     for message in body.get("messages", []):
         text = message.get("content", "")
-        if "<data>" in text and "</data>" in text:
-            return json.loads(text.split("<data>", 1)[1].rsplit("</data>", 1)[0])
+        if message.get("role") == "user" and "<data>\n" in text and "\n</data>" in text:
+            return json.loads(text.split("<data>\n", 1)[1].rsplit("\n</data>", 1)[0])
     return None
 
 
