@@ -73,8 +73,9 @@ def sft_command(
 ) -> None:
     """Supervised fine-tuning (TRL SFTTrainer, LoRA by default), loss on the assistant turn only.
 
-    Evaluates on the validation split, checkpoints, stops early; writes the adapter (or full
-    model), tokenizer and training_config.json (settings + dataset version) to --output.
+    Evaluates on the validation split, checkpoints, stops early and resumes (--resume).
+
+    Writes the adapter (or full model), tokenizer and training_config.json to --output.
     """
     # Every other option is a settings field of the same name.
     overrides = {key: value for key, value in locals().items() if key not in _NOT_SETTINGS}
@@ -143,8 +144,9 @@ def variants_command(
 ) -> None:
     """Train variants A (with rationales) and C (without) once, evaluate A, B and C; print one table.
 
-    Writes OUTPUT/A, OUTPUT/C (models), OUTPUT/variants.json and OUTPUT/variants.md. SFT
-    settings come from the `sft` section of --settings, evaluation settings from `evaluate`.
+    Writes OUTPUT/A and OUTPUT/C (models), OUTPUT/variants.json, variants.md, generations_*.parquet.
+
+    SFT settings come from the `sft` section of --settings, evaluation settings from `evaluate`.
     """
     from rich.console import Console
     from rich.markdown import Markdown
