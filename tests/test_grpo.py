@@ -123,3 +123,11 @@ def test_batch_must_hold_whole_groups(tmp_path):
 
     with pytest.raises(ValueError, match="multiple of --num-generations"):
         run_grpo(tmp_path, "x/y", "grocery", None, tmp_path / "out", GRPOSettings(batch_size=6, num_generations=4))
+
+
+def test_a_folder_that_is_not_an_sft_model_is_refused_before_anything_is_written(tmp_path):
+    from training.grpo import GRPOSettings, run_grpo
+
+    with pytest.raises(FileNotFoundError, match="run `rrec train sft` first"):
+        run_grpo(tmp_path / "missing", "x/y", "grocery", None, tmp_path / "out", GRPOSettings(batch_size=4, num_generations=2))
+    assert not (tmp_path / "out").exists()

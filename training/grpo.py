@@ -134,6 +134,8 @@ def run_grpo(
             f"--batch-size x --gradient-accumulation ({settings.batch_size * settings.gradient_accumulation}) "
             f"must be a multiple of --num-generations ({settings.num_generations})"
         )
+    # The SFT model first: a wrong --sft-model must fail before the output folder is touched.
+    model, tokenizer = load_for_training(sft_dir)
     sft_record = read_training_config(sft_dir)
     resume_from = prepare_output_dir(output_dir, resume, force)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +145,6 @@ def run_grpo(
         train_rows = train_rows.select(range(min(settings.limit_train, len(train_rows))))
     catalog = load_resolved(source, "items", catalog_config(config))
     prompts = prompt_settings_from_sft(sft_record, settings)
-    model, tokenizer = load_for_training(sft_dir)
     peft_config = None
     if not is_adapter(sft_dir) and not settings.full:
         peft_config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -194,7 +195,7 @@ def run_grpo(
         {
             "stage": "grpo",
             "variant": sft_record.get("variant"),
-            "with_rationale": True,
+            "with_rationale": sft_record.get("with_rationale", True),
             "sft_model": str(sft_dir.resolve()),
             "base_model": base_name,
             "adapter": is_adapter(sft_dir) or not settings.full,
