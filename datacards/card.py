@@ -167,7 +167,7 @@ def _number(value: Any) -> str:
 
 
 def _reasons(reasons: dict[str, int]) -> str:
-    return ", ".join(f"{reason}: {n:,}" for reason, n in reasons.items()) or "none"
+    return ", ".join(f"{reason}: {n:,}" for reason, n in reasons.items() if n) or "none"
 
 
 def _config_context(stats: DomainStatistics, figures: dict[str, str]) -> dict[str, Any]:

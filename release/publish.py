@@ -29,6 +29,10 @@ from release.registry import Registry, parse_version, version_tag
 log = logging.getLogger(__name__)
 
 
+# The ingest stage fingerprints its input files with pipeline.stage.hash_file.
+SOURCE_HASH = "blake2b-160"
+
+
 class ReleaseSettings(StageSettings):
     """Settings of ``rrec release`` (config section ``release``)."""
 
@@ -91,7 +95,7 @@ def manifest_core(domains: list[DomainRelease], settings: ReleaseSettings, card_
             "card": card_settings.model_dump(),
             "stages": {d.config: {stage: entry.get("config", {}) for stage, entry in sorted(d.stages.items())} for d in domains},
         },
-        "sources": {d.config: {"domain": d.domain, "files": source_checksums(d)} for d in domains},
+        "sources": {d.config: {"domain": d.domain, "hash": SOURCE_HASH, "files": source_checksums(d)} for d in domains},
         "row_counts": row_counts,
         "schema": schema,
         "filter": filters,
