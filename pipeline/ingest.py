@@ -15,27 +15,29 @@ over byte ranges of plain files, streamed blocks of gzip files and row groups of
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
+import pyarrow.parquet as pq
 import typer
 from pydantic import Field, field_validator
 
 from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
 from pipeline.config import StageSettings
 from pipeline.readers import (
-    HUB_PREFIX,
     GzipChunks,
     InputError,
     LineBlock,
@@ -50,7 +52,11 @@ from pipeline.readers import (
     raw_text,
 )
 from pipeline.schemas import INTERACTIONS, ITEMS, REJECTS
-from pipeline.tables import write_part
+from pipeline.stage import RunDir
+from pipeline.tables import part_name, write_part
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -613,9 +619,6 @@ def ingest_plain_range(
 
 def ingest_parquet_row_groups(source: SourceFile, row_groups: list[int], first_row: int, rows: int, part: int, dirs: TableDirs) -> BlockResult:
     """Parse row groups of a Parquet file (rows numbered from ``first_row``) and write them."""
-    import fsspec
-    import pyarrow.parquet as pq
-
     parse = parse_review_rows if source.kind == "reviews" else parse_meta_rows
     try:
         with fsspec.open(source.url, "rb") as handle:
@@ -630,10 +633,6 @@ def ingest_parquet_row_groups(source: SourceFile, row_groups: list[int], first_r
 
 def content_hash(url: str) -> str:
     """blake2b of a file's bytes (the same digest as ``pipeline.stage.hash_file`` for local files)."""
-    import hashlib
-
-    import fsspec
-
     digest = hashlib.blake2b(digest_size=20)
     with fsspec.open(url, "rb") as handle:
         while chunk := handle.read(8 * MIB):
@@ -672,9 +671,11 @@ def resolve_sources(settings: IngestSettings) -> IngestSources:
 class _BlockRunner:
     """Submits block tasks with a bound on how many are in flight (streamed blocks hold memory)."""
 
-    def __init__(self, client: Any, progress: Any, task: Any):
+    def __init__(self, client: Client, progress: Any, task: Any):
         self.client = client
-        self.limit = 2 * max(1, sum(client.nthreads().values()))
+        # One block running per worker thread plus a couple queued: enough to keep every worker
+        # busy, few enough that streamed blocks waiting on workers stay a small memory cost.
+        self.limit = max(1, sum(client.nthreads().values())) + 2
         self.progress = progress
         self.task = task
         self.in_flight: dict[Any, int] = {}
@@ -729,9 +730,6 @@ def _submit_source(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, se
 
 
 def _submit_parquet(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, block_size: int) -> None:
-    import fsspec
-    import pyarrow.parquet as pq
-
     try:
         with fsspec.open(source.url, "rb") as handle:
             metadata = pq.ParquetFile(handle).metadata
@@ -766,10 +764,6 @@ def _drop_duplicate_items(results: list[BlockResult], items_dir: Path, rejects_d
 
     Returns the number of duplicates per metadata file index.
     """
-    import pyarrow.parquet as pq
-
-    from pipeline.tables import part_name
-
     keyed = [r for r in results if r.item_keys is not None and r.item_keys.num_rows]
     if not keyed:
         return Counter()
@@ -807,7 +801,7 @@ def _ensure_part(folder: Path, schema: pa.Schema) -> None:
         write_part(schema.empty_table(), folder, 0, schema)
 
 
-def run_ingest(run: Path, settings: IngestSettings, client: Any, force: bool = False, sources: IngestSources | None = None) -> dict[str, Any]:
+def run_ingest(run: Path, settings: IngestSettings, client: Client, force: bool = False, sources: IngestSources | None = None) -> dict[str, Any]:
     """Ingest review and metadata files into the run folder ``run``; returns the manifest entry.
 
     ``client`` is a ``distributed.Client``; its workers must see the run folder and the input
@@ -816,7 +810,6 @@ def run_ingest(run: Path, settings: IngestSettings, client: Any, force: bool = F
     inputs (content hashes) and settings are unchanged is skipped unless ``force``.
     """
     from pipeline.progress import make_progress
-    from pipeline.stage import RunDir
 
     sources = sources or resolve_sources(settings)
     run_dir = RunDir(run)
@@ -911,7 +904,6 @@ def register(app: typer.Typer) -> None:
         A rerun with unchanged inputs and settings is skipped; --force reruns it.
         """
         from pipeline.cluster import dask_client
-        from pipeline.stage import RunDir
 
         settings, common = settings_for(
             config, STAGE, IngestSettings,

@@ -22,7 +22,6 @@ import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import fsspec
 
@@ -384,9 +383,3 @@ def count_newlines(url: str, start: int, end: int) -> int:
             count += chunk.count(b"\n")
             remaining -= len(chunk)
     return count
-
-
-def local_path(url: str) -> Path | None:
-    """The local path behind ``url``, when it is on the local file system."""
-    fs, path = fsspec.core.url_to_fs(url)
-    return Path(path) if "file" in fs.protocol else None
