@@ -26,6 +26,7 @@ from release.layout import ReleaseError
 
 log = logging.getLogger(__name__)
 
+_MARKER = "rrec-registry"
 _SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
 # Releases are made by a tool, not a person: a fixed identity unless the user configured one.
 _IDENTITY = {
@@ -82,18 +83,32 @@ class Registry:
             raise ReleaseError(f"git {' '.join(args)} failed in registry {self.path}: {stderr.strip()}")
         return result.stdout
 
+    @property
+    def is_registry(self) -> bool:
+        """Whether ``rrec release`` created this repository (only then may it replace the files)."""
+        return (self.path / ".git" / _MARKER).is_file()
+
     def _require(self) -> None:
         if not self.exists:
             raise ReleaseError(f"{self.path} is not a release registry (no git repository there); check the path or run `rrec release --registry {self.path}` first")
 
     def init(self) -> None:
-        """Create the registry (an empty folder or a new path); an existing registry is kept."""
+        """Create the registry (an empty folder or a new path); an existing registry is kept.
+
+        Any other git repository is refused: publishing replaces the working tree's files.
+        """
         if self.exists:
+            if not self.is_registry:
+                raise ReleaseError(
+                    f"{self.path} is a git repository that `rrec release` did not create, and releasing replaces its files; "
+                    f"choose another --registry folder (a registry has the marker file .git/{_MARKER})"
+                )
             return
         if self.path.exists() and any(self.path.iterdir()):
             raise ReleaseError(f"{self.path} is a non-empty folder but not a registry; choose an empty or new folder for --registry")
         self.path.mkdir(parents=True, exist_ok=True)
         self._git("init", "--quiet", "--initial-branch=main")
+        (self.path / ".git" / _MARKER).write_text("created by rrec release\n", encoding="utf-8")
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

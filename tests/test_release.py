@@ -310,3 +310,13 @@ def test_release_push_then_pull_from_the_hub_verifies_checksums_and_refuses_a_ta
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert not any(b"hf_release_test_token" in p.read_bytes() for p in written)
     assert "hf_release_test_token" not in pushed["output"] + pulled["output"] + refused["output"]
+
+
+def test_releasing_into_a_git_repository_that_is_not_a_registry_is_refused(runs: list[Path], tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("keep me")
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    result = runner.invoke(app, ["release", "--runs", str(runs[0]), "--registry", str(project), "--version", "1.0.0"])
+    assert result.exit_code == 2 and "did not create" in result.output
+    assert (project / "notes.txt").read_text() == "keep me"
