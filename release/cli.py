@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 RunsOpt = Annotated[
     list[Path],
-    typer.Option("--runs", help="Run folders to release, one per domain: `--runs A B` or `--runs A --runs B`."),
+    typer.Option("--runs", help="Run folders, one per domain: `--runs A B` or `--runs A --runs B`."),
 ]
 # Lets `--runs A B C` (e.g. a shell glob) work: click options take one value, the rest arrive as extra arguments.
 MANY_VALUES = {"allow_extra_args": True}
