@@ -13,6 +13,16 @@ import pyarrow.compute as pc
 from release.layout import DomainRelease
 
 UNCATEGORISED = "(uncategorised)"
+# Sizes the sequences stage records in its manifest entry, with the card's wording.
+SEQUENCE_SIZES = {
+    "users_before_kcore": "users before k-core",
+    "users_after_kcore": "users after k-core",
+    "items_before_kcore": "items before k-core",
+    "items_after_kcore": "items after k-core",
+    "kcore_rounds": "k-core rounds until stable",
+    "interactions_out": "interactions in the sequences",
+    "items_without_metadata": "catalog items without metadata",
+}
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,7 @@ def domain_statistics(domain: DomainRelease) -> DomainStatistics:
         "sequences_config": sequences.get("config") or {},
         "sequences_rows_out": sequences.get("rows_out") or {},
         "sequences_rejects": sequences.get("rejects_by_reason") or {},
+        "sequences_sizes": {label: sequences[key] for key, label in SEQUENCE_SIZES.items() if sequences.get(key) is not None},
     }
     return DomainStatistics(
         config=domain.config,

@@ -113,7 +113,7 @@ def make_run(
         half = len(sequences) // 2
         write_part(pa.Table.from_pylist(sequences[:half], schema=SEQUENCES), out.table_dir("sequences"), 0, SEQUENCES)
         write_part(pa.Table.from_pylist(sequences[half:], schema=SEQUENCES), out.tmp_dir / "sequences", 1, SEQUENCES)
-        out.record(rows_in=480, rows_out={"sequences": len(sequences)}, rejects_by_reason={"kcore": 30})
+        out.record(rows_in=480, rows_out={"sequences": len(sequences)}, rejects_by_reason={"kcore": 30}, users_before_kcore=31, users_after_kcore=users + extra_users)
     rejected = sum(1 for user_index in range(users + extra_users) if user_index % 4 == 3)
     reasons = {"incoherent": rejected - 1, "too_short": 1} if rejected > 1 else {"incoherent": rejected}
     annotated = len(filtered) + rejected

@@ -109,6 +109,7 @@ def test_card_reports_annotation_filter_reasons_and_judge_scores(carded: tuple[P
     assert all(f"| {score} | {n} |" in judged for score, n in ((0, 1), (1, 2), (2, 3), (3, 4)))
     assert "No judge pass was run" in text.split("**`office`**", 1)[1]
     assert "kcore: 30" in text and "invalid_json: 20" in text
+    assert "| users before k-core | 31 |" in text and "| users after k-core | 24 |" in text
 
 
 def test_card_cites_the_paper_and_amazon_reviews_2023_in_bibtex(carded: tuple[Path, list]) -> None:
