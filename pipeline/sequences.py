@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -49,8 +51,9 @@ log = logging.getLogger(__name__)
 
 STAGE = "sequences"
 # Per-user work is cut into chunks of about this many output list elements (history entries
-# plus candidates), which bounds a worker's memory whatever the partition size.
-CHUNK_ELEMENTS = 1_000_000
+# plus candidates), which bounds a worker's memory whatever the partition size; a chunk is
+# one Parquet row group.
+CHUNK_ELEMENTS = 4_000_000
 _SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
 _TRAIN, _VALIDATION, _TEST = (_SPLIT_CODE[s] for s in ("train", "validation", "test"))
 
@@ -109,18 +112,18 @@ def row_stream_keys(user_keys: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 
 def stream_draws(keys: np.ndarray, count: int) -> np.ndarray:
-    """The first ``count`` draws of each stream: a (len(keys), count) uint64 matrix.
+    """The first ``count`` 32-bit draws of each stream: a (len(keys), count) uint32 matrix.
 
-    The key is mixed before stepping, so streams of related keys (k, k + GAMMA, ...) do not
-    run along each other shifted by one draw.
+    Each 64-bit mix yields two draws. The key is mixed before stepping, so streams of related
+    keys (k, k + GAMMA, ...) do not run along each other shifted by one step.
     """
-    steps = (np.arange(1, count + 1, dtype=np.uint64) * _GAMMA)[None, :]
-    return _mix64(_mix64(keys)[:, None] + steps)
+    steps = (np.arange(1, (count + 1) // 2 + 1, dtype=np.uint64) * _GAMMA)[None, :]
+    return _mix64(_mix64(keys)[:, None] + steps).view(np.uint32)[:, :count]
 
 
 def _bounded(draws: np.ndarray, n: int) -> np.ndarray:
-    """Map uniform 64-bit draws to ``0 .. n-1`` (multiply-shift; bias below n / 2**32)."""
-    return (((draws >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32)).astype(np.int64)
+    """Map uniform 32-bit draws to ``0 .. n-1`` (multiply-shift; bias below n / 2**32)."""
+    return ((draws.astype(np.uint64) * np.uint64(n)) >> np.uint64(32)).view(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,33 +258,39 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
     user_code, user_dictionary = _dense_codes(table["user_id"])
     item_code, item_dictionary = _dense_codes(table["parent_asin"])
     timestamp = table["timestamp"].to_numpy().astype(np.int64)
-    src_file = pc.fill_null(table["src_file"], 0).to_numpy().astype(np.int64)
-    src_line = pc.fill_null(table["src_line"], 0).to_numpy().astype(np.int64)
     rating = pc.fill_null(table["rating"], float("nan")).to_numpy().astype(np.float32)
+    source = pc.fill_null(table["src_file"], 0).to_numpy().astype(np.int64) << np.int64(40)
+    source |= pc.fill_null(table["src_line"], 0).to_numpy().astype(np.int64)
+    del table
 
     # Chronological per user, equal timestamps in source order (file, then line): the stable
-    # sort of the benchmark script over lines read in file order.
-    order = np.lexsort((src_line, src_file, timestamp, user_code))
-    del src_file, src_line
-    user_code, item_code, timestamp, rating = user_code[order], item_code[order], timestamp[order], rating[order]
+    # sort of the benchmark script over lines read in file order. Ingest writes rows in
+    # source order, so a stable sort on (user, timestamp) usually suffices.
+    if len(source) and not (source[1:] >= source[:-1]).all():
+        by_source = np.argsort(source, kind="stable")
+        user_code, item_code, timestamp, rating = user_code[by_source], item_code[by_source], timestamp[by_source], rating[by_source]
+    del source
+    order = np.lexsort((timestamp, user_code))
+    user_code, item_code = user_code[order], item_code[order]
 
-    # Repeated (user, item): keep the first in that order, i.e. the earliest review.
+    # Repeated (user, item): keep the first in that order, i.e. the earliest review. A hash
+    # pass (pandas) rather than a third sort of every row.
     pair = user_code * max(len(item_dictionary), 1) + item_code
-    _, first_index = np.unique(pair, return_index=True)
-    first = np.zeros(len(pair), dtype=bool)
-    first[first_index] = True
-    rejects["duplicate_pair"] = int(len(pair) - first.sum())
-    user_code, item_code, timestamp, rating = user_code[first], item_code[first], timestamp[first], rating[first]
+    first = ~pd.Series(pair, copy=False).duplicated(keep="first").to_numpy()
+    del pair
+    rejects["duplicate_pair"] = int(len(first) - first.sum())
+    order, user_code, item_code = order[first], user_code[first], item_code[first]
 
     counts: dict[str, Any] = {
-        "users_before_kcore": int(len(np.unique(user_code))),
-        "items_before_kcore": int(len(np.unique(item_code))),
+        "users_before_kcore": int(np.count_nonzero(np.bincount(user_code))),
+        "items_before_kcore": int(np.count_nonzero(np.bincount(item_code))),
     }
     keep, rounds = kcore_mask(user_code, item_code, settings.k)
     rejects["kcore"] = int(len(keep) - keep.sum())
-    user_code, item_code, timestamp, rating = user_code[keep], item_code[keep], timestamp[keep], rating[keep]
-    catalog_items = np.unique(item_code)
-    kept_users = np.unique(user_code)
+    order, user_code, item_code = order[keep], user_code[keep], item_code[keep]
+    item_present = np.bincount(item_code, minlength=len(item_dictionary)) > 0
+    kept_users = np.flatnonzero(np.bincount(user_code, minlength=len(user_dictionary)))
+    catalog_items = np.flatnonzero(item_present)
     counts.update(
         kcore_rounds=rounds,
         users_after_kcore=int(len(kept_users)),
@@ -293,22 +302,23 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
         keys = user_stream_keys(settings.seed, user_dictionary.take(pa.array(kept_users)).to_pylist())
         # The N users with the smallest keys: a uniform sample that grows by adding users as
         # N grows, and that does not depend on the order of the input.
-        chosen = kept_users[np.sort(np.lexsort((kept_users, keys))[: settings.sample_users])]
-        sampled = np.isin(user_code, chosen)
+        chosen = np.zeros(len(user_dictionary), dtype=bool)
+        chosen[kept_users[np.lexsort((kept_users, keys))[: settings.sample_users]]] = True
+        sampled = chosen[user_code]
         rejects["not_sampled"] = int(len(sampled) - sampled.sum())
-        user_code, item_code, timestamp, rating = user_code[sampled], item_code[sampled], timestamp[sampled], rating[sampled]
+        order, user_code, item_code = order[sampled], user_code[sampled], item_code[sampled]
     else:
         rejects["not_sampled"] = 0
 
-    # Catalog codes: rank among the k-core items, in parent_asin order (item codes are sorted).
-    catalog_code = np.searchsorted(catalog_items, item_code).astype(np.int32)
-    users_out, starts = np.unique(user_code, return_index=True)
+    # Catalog codes: rank among the k-core items in parent_asin order (item codes are sorted).
+    catalog_code = np.cumsum(item_present, dtype=np.int64).astype(np.int32) - 1
+    starts = np.flatnonzero(np.diff(user_code, prepend=-1)) if len(user_code) else np.zeros(0, dtype=np.int64)
     events = UserEvents(
-        user_ids=user_dictionary.take(pa.array(users_out)),
+        user_ids=user_dictionary.take(pa.array(user_code[starts])),
         offsets=np.append(starts, len(user_code)).astype(np.int64),
-        item=catalog_code,
-        rating=rating,
-        timestamp=timestamp,
+        item=catalog_code[item_code],
+        rating=rating[order],
+        timestamp=timestamp[order],
     )
     counts.update(users_out=events.num_users, interactions_out=events.num_events)
     return Selection(
@@ -323,6 +333,35 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
 # Per-partition part: rows, histories, candidates (pure functions of one partition of users)
 # ---------------------------------------------------------------------------------------------
 @dataclass
+class DistinctStrings:
+    """A string column of the catalog as its distinct values plus one code per item (-1: null).
+
+    Parquet writes a dictionary array as it is only when its dictionary has no repeats
+    (titles repeat across items), hence the distinct values.
+    """
+
+    values: pa.Array
+    codes: np.ndarray
+
+    @classmethod
+    def of(cls, column: pa.Array) -> DistinctStrings:
+        encoded = column.dictionary_encode()
+        return cls(encoded.dictionary, pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int32))
+
+    def take(self, items: np.ndarray) -> pa.DictionaryArray:
+        """The strings of catalog ``items``, as a dictionary array over only the values used."""
+        value_codes = self.codes[items]
+        present = value_codes >= 0
+        used = np.zeros(len(self.values), dtype=bool)
+        used[value_codes[present]] = True
+        # New position of each used value; the extra last entry serves the -1 (null) codes.
+        remap = np.zeros(len(self.values) + 1, dtype=np.int32)
+        remap[:-1] = np.cumsum(used, dtype=np.int64) - 1
+        indices = pa.array(remap[value_codes], pa.int32(), mask=None if present.all() else ~present)
+        return pa.DictionaryArray.from_arrays(indices, self.values.take(pa.array(np.flatnonzero(used))))
+
+
+@dataclass
 class Catalog:
     """Candidate items in code order, with the metadata the sequences carry (null if none)."""
 
@@ -331,6 +370,9 @@ class Catalog:
     categories: pa.Array
     store: pa.Array
     without_metadata: int = 0  # catalog items with no row in ``items``
+
+    def __post_init__(self) -> None:
+        self.strings = {name: DistinctStrings.of(getattr(self, name)) for name in ("parent_asin", "title", "store")}
 
     def __len__(self) -> int:
         return len(self.parent_asin)
@@ -378,42 +420,66 @@ def draw_negatives(row_keys: np.ndarray, row_user: np.ndarray, events: UserEvent
     result = np.empty((n_rows, num_negatives), dtype=np.int32)
     if n_rows == 0 or num_negatives == 0:
         return result
-    # Sorted (user, item) codes of every user's sequence, for vectorised membership tests.
+    # (user, item) codes of every user's sequence, for vectorised membership tests.
     event_user = np.repeat(np.arange(events.num_users, dtype=np.int64), np.diff(events.offsets))
-    sequence_pairs = np.sort(event_user * catalog_size + events.item)
+    sequence_pairs = event_user * catalog_size + events.item
     pending = np.arange(n_rows)
-    width = 2 * num_negatives + 16
+    # Draw a little more than needed: about n^2/2N repeats and n*L/N sequence items are
+    # expected among n draws from N items. Rows that fall short are redone with a longer
+    # prefix of their stream.
+    longest = int(np.diff(events.offsets).max(initial=0))
+    expected_rejects = num_negatives * (num_negatives / (2 * catalog_size) + longest / catalog_size)
+    width = num_negatives + 4 + math.ceil(2 * expected_rejects)
     while len(pending):
         codes = _bounded(stream_draws(row_keys[pending], width), catalog_size)
         pairs = row_user[pending, None].astype(np.int64) * catalog_size + codes
-        found = np.searchsorted(sequence_pairs, pairs)
-        in_sequence = sequence_pairs[np.minimum(found, len(sequence_pairs) - 1)] == pairs
-        # Repeats within a row: after a stable sort, an equal left neighbour means "seen before".
-        order = np.argsort(codes, axis=1, kind="stable")
-        ranked = np.take_along_axis(codes, order, axis=1)
-        repeat_ranked = np.zeros_like(ranked, dtype=bool)
-        repeat_ranked[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
-        repeat = np.empty_like(repeat_ranked)
-        np.put_along_axis(repeat, order, repeat_ranked, axis=1)
-        usable = ~(in_sequence | repeat)
-        taken = np.cumsum(usable, axis=1)
+        in_sequence = pd.Series(pairs.ravel(), copy=False).isin(sequence_pairs).to_numpy().reshape(codes.shape)
+        usable = ~(in_sequence | _repeats_in_row(codes))
+        taken = np.cumsum(usable, axis=1, dtype=np.int32)
         done = taken[:, -1] >= num_negatives
         chosen = usable & (taken <= num_negatives)
+        if done.all():
+            result[pending] = codes[chosen].reshape(-1, num_negatives)
+            break
         result[pending[done]] = codes[done][chosen[done]].reshape(-1, num_negatives)
         pending = pending[~done]
         width *= 2
     return result
 
 
-def shuffle_candidates(row_keys: np.ndarray, targets: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Target plus negatives in a per-row random order; returns (candidates, target_index)."""
-    candidates = np.concatenate([targets[:, None].astype(np.int32), negatives], axis=1)
-    if len(candidates) == 0:
-        return candidates, np.zeros(0, dtype=np.int32)
-    sort_keys = stream_draws(_mix64(row_keys ^ _SHUFFLE_SALT), candidates.shape[1])
-    order = np.argsort(sort_keys, axis=1, kind="stable")
-    target_index = np.argmax(order == 0, axis=1).astype(np.int32)
-    return np.take_along_axis(candidates, order, axis=1), target_index
+def _repeats_in_row(codes: np.ndarray) -> np.ndarray:
+    """True where a value already occurred earlier in its row."""
+    ranked = np.sort(codes, axis=1)
+    rows = np.flatnonzero((ranked[:, 1:] == ranked[:, :-1]).any(axis=1))
+    repeat = np.zeros(codes.shape, dtype=bool)
+    if len(rows):
+        # Only rows with a repeat pay for the stable sort that tells first from later ones.
+        order = np.argsort(codes[rows], axis=1, kind="stable")
+        ranked = np.take_along_axis(codes[rows], order, axis=1)
+        later = np.zeros(order.shape, dtype=bool)
+        later[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+        in_rows = np.empty_like(later)
+        np.put_along_axis(in_rows, order, later, axis=1)
+        repeat[rows] = in_rows
+    return repeat
+
+
+def insert_targets(row_keys: np.ndarray, targets: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate lists: the target inserted at a uniform random position among the negatives.
+
+    The negatives come in the random order of their draws, so this is a uniformly shuffled
+    candidate list without sorting. Returns (candidates, target_index).
+    """
+    n_rows, n_negatives = negatives.shape
+    target_index = _bounded((_mix64(row_keys ^ _SHUFFLE_SALT) >> np.uint64(32)).astype(np.uint32), n_negatives + 1)
+    column = np.arange(n_negatives + 1)[None, :]
+    source = np.clip(column - (column > target_index[:, None]), 0, max(n_negatives - 1, 0))
+    if n_negatives:
+        candidates = np.take_along_axis(negatives, source, axis=1)
+    else:
+        candidates = np.empty((n_rows, 1), dtype=np.int32)
+    candidates[column == target_index[:, None]] = targets
+    return candidates.astype(np.int32), target_index.astype(np.int32)
 
 
 def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -439,8 +505,33 @@ def example_positions(events: UserEvents, train_targets: str) -> tuple[np.ndarra
     return row_user, position.astype(np.int64), split
 
 
+def _dictionary_twin(struct: pa.StructType, names: set[str]) -> pa.StructType:
+    return pa.struct([f.with_type(_CATALOG_STRING) if f.name in names else f for f in struct])
+
+
+# The SEQUENCES schema with the strings that come from the catalog dictionary-encoded: rows
+# hold catalog codes instead of copies of titles (a candidate list is 100 titles), and the
+# Parquet writer stores the dictionary pages as they are instead of hashing every string.
+# Files written from it read back as plain SEQUENCES (see `build_partition`).
+_CATALOG_STRING = pa.dictionary(pa.int32(), pa.string())
+ENCODED_SEQUENCES = pa.schema(
+    [
+        SEQUENCES.field("user_id"),
+        SEQUENCES.field("split"),
+        SEQUENCES.field("history").with_type(pa.list_(_dictionary_twin(HISTORY_ITEM, {"parent_asin", "title"}))),
+        SEQUENCES.field("target").with_type(_dictionary_twin(TARGET, {"parent_asin", "title", "store"})),
+        SEQUENCES.field("candidates").with_type(pa.list_(_dictionary_twin(CANDIDATE, {"parent_asin", "title"}))),
+        SEQUENCES.field("target_index"),
+    ]
+)
+
+
 def build_sequence_rows(events: UserEvents, catalog: Catalog, settings: SequencesSettings) -> pa.Table:
-    """The ``sequences`` rows of some users, in the SEQUENCES schema (by user, then position)."""
+    """The ``sequences`` rows of some users (by user, then position), in ENCODED_SEQUENCES.
+
+    ``.cast(SEQUENCES)`` gives the plain table; written by `build_partition`, the file reads
+    back as SEQUENCES directly.
+    """
     row_user, position, split = example_positions(events, settings.train_targets)
     target_event = events.offsets[row_user] + position
     history_start = events.offsets[row_user]
@@ -448,44 +539,43 @@ def build_sequence_rows(events: UserEvents, catalog: Catalog, settings: Sequence
         history_start = np.maximum(history_start, target_event - settings.max_history)
     history_events, history_offsets = _ranges(history_start, target_event)
 
-    history_items = pa.array(events.item[history_events])
+    history_items = events.item[history_events]
     history = pa.ListArray.from_arrays(
         pa.array(history_offsets, pa.int32()),
         pa.StructArray.from_arrays(
             [
-                catalog.parent_asin.take(history_items),
-                catalog.title.take(history_items),
+                catalog.strings["parent_asin"].take(history_items),
+                catalog.strings["title"].take(history_items),
                 pa.array(events.rating[history_events], pa.float32()),
                 pa.array(events.timestamp[history_events], pa.int64()),
             ],
-            fields=list(HISTORY_ITEM),
+            fields=list(ENCODED_SEQUENCES.field("history").type.value_type),
         ),
     )
     target_codes = events.item[target_event]
-    target_items = pa.array(target_codes)
     target = pa.StructArray.from_arrays(
         [
-            catalog.parent_asin.take(target_items),
-            catalog.title.take(target_items),
-            catalog.categories.take(target_items),
-            catalog.store.take(target_items),
+            catalog.strings["parent_asin"].take(target_codes),
+            catalog.strings["title"].take(target_codes),
+            catalog.categories.take(pa.array(target_codes)),
+            catalog.strings["store"].take(target_codes),
             pa.array(events.rating[target_event], pa.float32()),
             pa.array(events.timestamp[target_event], pa.int64()),
         ],
-        fields=list(TARGET),
+        fields=list(ENCODED_SEQUENCES.field("target").type),
     )
 
     user_ids = events.user_ids.to_pylist()
     row_keys = row_stream_keys(user_stream_keys(settings.seed, user_ids)[row_user], position)
     negatives = draw_negatives(row_keys, row_user, events, len(catalog), settings.num_negatives)
-    candidate_codes, target_index = shuffle_candidates(row_keys, target_codes, negatives)
+    candidate_codes, target_index = insert_targets(row_keys, target_codes, negatives)
     width = settings.num_negatives + 1
-    candidate_items = pa.array(candidate_codes.reshape(-1))
+    candidate_codes = candidate_codes.reshape(-1)
     candidates = pa.ListArray.from_arrays(
         pa.array(np.arange(0, len(row_user) * width + 1, width), pa.int32()),
         pa.StructArray.from_arrays(
-            [catalog.parent_asin.take(candidate_items), catalog.title.take(candidate_items)],
-            fields=list(CANDIDATE),
+            [catalog.strings["parent_asin"].take(candidate_codes), catalog.strings["title"].take(candidate_codes)],
+            fields=list(ENCODED_SEQUENCES.field("candidates").type.value_type),
         ),
     )
     return pa.Table.from_arrays(
@@ -497,7 +587,7 @@ def build_sequence_rows(events: UserEvents, catalog: Catalog, settings: Sequence
             candidates,
             pa.array(target_index, pa.int32()),
         ],
-        schema=SEQUENCES,
+        schema=ENCODED_SEQUENCES,
     )
 
 
@@ -519,7 +609,21 @@ def build_partition(events_path: str, catalog_path: str, out_path: str, settings
     events = UserEvents.from_table(pq.read_table(events_path))
     catalog = Catalog.from_table(pq.read_table(catalog_path))
     rows_by_split = dict.fromkeys(SPLITS, 0)
-    with pq.ParquetWriter(out_path, SEQUENCES, compression="zstd") as writer:
+    # store_schema=False and non-compliant list names: the file's own Parquet types (string,
+    # list<item: ...>) are exactly SEQUENCES, so the dictionary encoding stays an encoding.
+    # Dictionary pages may hold a whole catalog (the default 1 MiB limit would fall back to
+    # hashing plain strings).
+    # Statistics only where a reader filters (string min/max over 100 candidates a row would
+    # cost more than writing them).
+    with pq.ParquetWriter(
+        out_path,
+        ENCODED_SEQUENCES,
+        compression="zstd",
+        write_statistics=["user_id", "split", "target_index"],
+        store_schema=False,
+        use_compliant_nested_type=False,
+        dictionary_pagesize_limit=1 << 30,
+    ) as writer:
         for start, stop in user_chunks(events, settings):
             rows = build_sequence_rows(events.slice_users(start, stop), catalog, settings)
             writer.write_table(rows)
@@ -527,7 +631,7 @@ def build_partition(events_path: str, catalog_path: str, out_path: str, settings
             for entry in split_counts:
                 rows_by_split[entry["values"]] += entry["counts"]
         if events.num_users == 0:
-            writer.write_table(SEQUENCES.empty_table())
+            writer.write_table(ENCODED_SEQUENCES.empty_table())
     return rows_by_split
 
 
