@@ -110,6 +110,12 @@ def join_release_rows(sequences: pa.Table, filtered: pa.Table) -> tuple[dict[str
     annotations = annotations.append_column("_annotated", pa.array([True] * annotations.num_rows, pa.bool_()))
     joined = keyed.select([*_KEY, "_row"]).join(annotations, keys=list(_KEY), join_type="left outer")
     joined = joined.append_column("_target_ts", pc.struct_field(target, "timestamp").take(joined["_row"]))
+    orphans = annotations.num_rows - pc.sum(pc.fill_null(joined["_annotated"], False).cast(pa.int64())).as_py()
+    if orphans:
+        raise ReleaseError(
+            f"the filtered table holds {orphans} rationale(s) for sequences that are not in the sequences table; "
+            "it was built from an older sequences table: rerun `rrec annotate --force` and `rrec filter --force` on the run folder"
+        )
 
     result: dict[str, pa.Table] = {}
     train_without_rationale = 0

@@ -75,6 +75,13 @@ def test_release_rows_keep_filtered_train_rows_and_every_evaluation_row(runs: li
         assert row["rationale"] == by_user[row["user_id"]]["rationale"]
 
 
+def test_rationales_of_sequences_that_no_longer_exist_are_an_error_not_a_silent_drop(runs: list[Path]) -> None:
+    sequences = read_table(runs[0] / "sequences", "sequences")
+    filtered = read_table(runs[0] / "filtered", "filtered")
+    with pytest.raises(ReleaseError, match="1 rationale"):
+        join_release_rows(sequences.filter(pc.not_equal(sequences["user_id"], filtered["user_id"][0])), filtered)
+
+
 def test_release_rows_do_not_depend_on_the_order_of_the_input_partitions(runs: list[Path]) -> None:
     sequences = read_table(runs[0] / "sequences", "sequences")
     filtered = read_table(runs[0] / "filtered", "filtered")
