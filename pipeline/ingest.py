@@ -705,11 +705,11 @@ class _BlockRunner:
         return sorted(self.results, key=lambda result: result.part)
 
 
-def _submit_source(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, settings: IngestSettings, newline_counts: dict[str, Any]) -> None:
+def _submit_source(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, settings: IngestSettings, newline_counts: dict[tuple[str, int], Any]) -> None:
     """Queue the blocks of one file, in line order, each with the next part number."""
     if source.format == "jsonl":
         starts = list(range(0, source.size, settings.block_size))
-        counts = runner.client.gather(newline_counts[source.name]) if len(starts) > 1 else []
+        counts = runner.client.gather(newline_counts[(source.kind, source.index)]) if len(starts) > 1 else []
         before = 0
         for i, start in enumerate(starts):
             end = min(start + settings.block_size, source.size)
@@ -807,7 +807,9 @@ def run_ingest(run: Path, settings: IngestSettings, client: Client, force: bool 
     ``client`` is a ``distributed.Client``; its workers must see the run folder and the input
     files at the same paths. ``sources`` may be passed when already resolved (the command
     resolves them before starting a cluster, so input errors come quickly). A rerun whose
-    inputs (content hashes) and settings are unchanged is skipped unless ``force``.
+    inputs (content hashes) and settings are unchanged is skipped unless ``force``; the
+    returned entry then has ``skipped: True`` (a key of the return value only, not of the
+    manifest).
     """
     from pipeline.progress import make_progress
 
@@ -820,7 +822,7 @@ def run_ingest(run: Path, settings: IngestSettings, client: Client, force: bool 
     fingerprint = run_dir.fingerprint(STAGE, {"domain": sources.domain, "max_line_bytes": settings.max_line_bytes}, inputs)
     if not force and run_dir.is_current(STAGE, fingerprint):
         log.info("ingest is up to date in %s (same inputs and settings); --force reruns it", run)
-        return run_dir.entry(STAGE) or {}
+        return {**(run_dir.entry(STAGE) or {}), "skipped": True}
     log.info("ingesting %d review file(s) and %d metadata file(s) of %s", len(sources.reviews), len(sources.meta), sources.domain)
     config = {**settings.model_dump(), "domain": sources.domain}
     with run_dir.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
@@ -828,7 +830,7 @@ def run_ingest(run: Path, settings: IngestSettings, client: Client, force: bool 
         dirs = {"reviews": TableDirs(str(interactions_dir), str(rejects_dir)), "meta": TableDirs(str(items_dir), str(rejects_dir))}
         newline_counts = {
             # Newlines per byte range number the lines of the ranges after it (all but the last).
-            s.name: [client.submit(count_newlines, s.url, start, start + settings.block_size, pure=False) for start in range(0, s.size, settings.block_size)[:-1]]
+            (s.kind, s.index): [client.submit(count_newlines, s.url, start, start + settings.block_size, pure=False) for start in range(0, s.size, settings.block_size)[:-1]]
             for s in every
             if s.format == "jsonl"
         }
@@ -845,7 +847,7 @@ def run_ingest(run: Path, settings: IngestSettings, client: Client, force: bool 
     log.info(
         "ingest done: %s interactions, %s items, %s rejects", *(f"{entry['rows_out'][t]:,}" for t in ("interactions", "items", "rejects"))
     )
-    return entry
+    return {**entry, "skipped": False}
 
 
 def _record(out: Any, results: list[BlockResult], duplicates: Counter[int], sources: IngestSources) -> None:
@@ -911,13 +913,11 @@ def register(app: typer.Typer) -> None:
             max_line_bytes=max_line_bytes, hub_repo=hub_repo, workers=workers, scheduler=scheduler,
         )
         sources = resolve_sources(settings)
-        before = RunDir(run).entry(STAGE)
         with dask_client(common.workers, common.scheduler) as client:
             entry = run_ingest(run, settings, client, force=force, sources=sources)
         rows = entry["rows_out"]
-        skipped = before is not None and before.get("finished_at") == entry.get("finished_at") and before.get("fingerprint") == entry.get("fingerprint")
         typer.echo(
             f"ingest {entry.get('domain')}: {entry['rows_in']:,} lines -> {rows['interactions']:,} interactions, "
             f"{rows['items']:,} items, {rows['rejects']:,} rejects in {run}"
-            + (" (up to date, not rerun; --force reruns)" if skipped else "")
+            + (" (up to date, not rerun; --force reruns)" if entry["skipped"] else "")
         )

@@ -106,6 +106,7 @@ DEFECTS: list[tuple[bytes, str]] = [
     (json.dumps(review(930, text={"html": "no"})).encode(), "wrong_type:text"),
     (json.dumps(review(931)).replace('"rating": ', '"rating": NaN, "x": ').encode(), "wrong_type:rating"),
     (json.dumps(review(932, text="bad \udc80 text"), ensure_ascii=True).encode(), "invalid_utf8:text"),
+    (json.dumps(review(934, text="BYTES")).encode().replace(b"BYTES", b"bad \xff byte"), "invalid_utf8:text"),
     (json.dumps(review(933, title="x" * 3000)).encode(), "line_too_long"),
 ]
 MAX_LINE = 2048
@@ -120,7 +121,7 @@ def malformed_corpus() -> tuple[bytes, dict[int, str], list[int]]:
         lines.append(content)
         expected[len(lines)] = reason
     # A valid line whose ignored fields hold what the fast reader and json.loads both accept.
-    lines.append(json.dumps(review(99)).replace('"images": []', '"images": [NaN, Infinity]').encode())
+    lines.append(json.dumps(review(98)).replace('"images": []', '"images": [NaN, Infinity, "\\u00e9"]').encode().replace(b"\\u00e9", b"\xff"))
     valid.append(len(lines))
     return b"\n".join(lines) + b"\n", expected, valid
 
