@@ -105,7 +105,9 @@ def sequences_rows(users: int, seed: int = 7, incoherent_every: int = 6, items: 
         theme = themes[user % len(themes)]
         own = rng.sample(by_theme[theme], 8)
         if incoherent_every and user % incoherent_every == incoherent_every - 1:
-            other = themes[(themes.index(theme) + 2) % len(themes)]
+            # An unrelated theme: not even the second category level in common (tea and coffee are both beverages).
+            shifted = themes[themes.index(theme) + 2 :] + themes[: themes.index(theme) + 2]
+            other = next(t for t in shifted if THEMES[t]["categories"][:2] != THEMES[theme]["categories"][:2])
             own[5] = rng.choice(by_theme[other])  # the train target comes from an unrelated theme
         timeline = [(item, 1_600_000_000_000 + step * 86_400_000, float(rng.choice([3, 4, 5, 5]))) for step, item in enumerate(own)]
         for split, target_position in (("train", 5), ("validation", 6), ("test", 7)):
