@@ -90,9 +90,6 @@ def sequence_row_checks(table: pa.Table) -> pd.DataFrame:
 
     user_id = _strings(table.column("user_id").combine_chunks())
     split = _strings(table.column("split").combine_chunks())
-    evaluation_key = np.array(
-        [f"{u}|{s}" if s in EVALUATION_SPLITS else None for u, s in zip(user_id, split, strict=True)], dtype=object
-    )
     return pd.DataFrame(
         {
             "user_id": user_id,
@@ -106,9 +103,21 @@ def sequence_row_checks(table: pa.Table) -> pd.DataFrame:
             "target_once_at_index": target_once_at_index,
             "candidates_unique": candidates_unique,
             "candidates_not_in_history": candidates_not_in_history,
-            "evaluation_key": evaluation_key,
+            "evaluation_key": evaluation_keys(user_id, split),
         }
     )
+
+
+def evaluation_keys(user_id: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """``user_id|split`` for validation and test rows, None for train rows (GX skips nulls)."""
+    return np.array([f"{u}|{s}" if s in EVALUATION_SPLITS else None for u, s in zip(user_id, split, strict=True)], dtype=object)
+
+
+def evaluation_key_frame(table: pa.Table) -> pd.DataFrame:
+    """The ``evaluation_key`` column alone, from a table with ``user_id`` and ``split``."""
+    user_id = _strings(table.column("user_id").combine_chunks())
+    split = _strings(table.column("split").combine_chunks())
+    return pd.DataFrame({"evaluation_key": evaluation_keys(user_id, split)})
 
 
 EVALUATION_ROWS_META = pd.DataFrame(
