@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 from bisect import bisect
 from collections.abc import Iterator
@@ -397,7 +398,7 @@ def _open(path: Path, use_gzip: bool) -> IO[str]:
 
 
 def _write_atomically(path: Path, use_gzip: bool, lines: Iterator[str]) -> int:
-    tmp = path.with_name(f".tmp-{path.name}")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     count = 0
     with _open(tmp, use_gzip) as handle:
         for line in lines:
