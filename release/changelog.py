@@ -64,27 +64,30 @@ def diff_releases(previous_dir: Path, previous: dict[str, Any], current_dir: Pat
     """Compare two release folders and their manifests (``row_counts``, ``schema``, ``filter``)."""
     before_configs = set(previous.get("row_counts", {}))
     after_configs = set(current["row_counts"])
-    result = ReleaseDiff(
-        configs_added=sorted(after_configs - before_configs),
-        configs_removed=sorted(before_configs - after_configs),
-    )
+    splits: list[SplitDiff] = []
+    changes_by_config: dict[str, list[str]] = {}
     for config in sorted(before_configs | after_configs):
         # dict.fromkeys keeps the release order (train, validation, test) and drops repeats.
-        splits = list(dict.fromkeys([*current["row_counts"].get(config, {}), *previous.get("row_counts", {}).get(config, {})]))
-        for split in splits:
+        split_names = dict.fromkeys([*current["row_counts"].get(config, {}), *previous.get("row_counts", {}).get(config, {})])
+        for split in split_names:
             before = _row_keys(previous_dir, config, split)
             after = _row_keys(current_dir, config, split)
-            result.splits.append(SplitDiff(config, split, len(before), len(after), len(after - before), len(before - after)))
+            splits.append(SplitDiff(config, split, len(before), len(after), len(after - before), len(before - after)))
         if config in before_configs and config in after_configs:
             changes = schema_changes(previous.get("schema", {}).get(config, {}), current["schema"].get(config, {}))
             if changes:
-                result.schema_changes[config] = changes
-    for config in sorted(set(previous.get("filter", {})) | set(current.get("filter", {}))):
-        result.filter_rates[config] = (
-            previous.get("filter", {}).get(config, {}).get("filter_rate"),
-            current.get("filter", {}).get(config, {}).get("filter_rate"),
-        )
-    return result
+                changes_by_config[config] = changes
+    filter_rates = {
+        config: (previous.get("filter", {}).get(config, {}).get("filter_rate"), current.get("filter", {}).get(config, {}).get("filter_rate"))
+        for config in sorted(set(previous.get("filter", {})) | set(current.get("filter", {})))
+    }
+    return ReleaseDiff(
+        splits=splits,
+        configs_added=sorted(after_configs - before_configs),
+        configs_removed=sorted(before_configs - after_configs),
+        schema_changes=changes_by_config,
+        filter_rates=filter_rates,
+    )
 
 
 def _percent(value: float | None) -> str:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pipeline.cli_common import ConfigOpt, settings_for, user_errors
-
-log = logging.getLogger(__name__)
 
 RunsOpt = Annotated[
     list[Path],

@@ -327,3 +327,20 @@ def test_releasing_into_a_git_repository_that_is_not_a_registry_is_refused(runs:
     result = runner.invoke(app, ["release", "--runs", str(runs[0]), "--registry", str(project), "--version", "1.0.0"])
     assert result.exit_code == 2 and "did not create" in result.output
     assert (project / "notes.txt").read_text() == "keep me"
+
+
+def test_changelog_section_lists_new_configs_and_schema_changes() -> None:
+    from release.changelog import ReleaseDiff, SplitDiff, render_section
+
+    diff = ReleaseDiff(
+        splits=[SplitDiff("grocery", "train", 10, 12, 3, 1)],
+        configs_added=["office"],
+        schema_changes={"grocery": ["added column `score` (float)"]},
+        filter_rates={"grocery": (0.25, 0.2), "office": (None, 0.1)},
+    )
+    text = render_section("v2.0.0", "2026-01-01", {"row_counts": {}}, "v1.0.0", diff)
+    assert "- New configs: office" in text
+    assert "| grocery | train | 10 | 12 | 3 | 1 |" in text
+    assert "- grocery: added column `score` (float)" in text
+    assert "| grocery | 25.00% | 20.00% | -5.00 points |" in text
+    assert "| office | n/a | 10.00% | n/a |" in text
