@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.progress import track
 from pipeline.schemas import ITEMS, RELEASE_ROW, SPLITS
 from pipeline.stage import RunDir, StageError
 from pipeline.tables import read_table
@@ -237,10 +238,10 @@ def write_shards(table: pa.Table, folder: Path, split: str, shard_rows: int) -> 
 
 def write_data(domains: list[DomainRelease], release_dir: Path, shard_rows: int) -> None:
     """Write ``data/<config>/`` and ``data/<config>_items/`` for every domain."""
-    for domain in domains:
-        for split, table in domain.splits.items():
-            write_shards(table, release_dir / "data" / domain.config, split, shard_rows)
-        write_shards(domain.items, release_dir / "data" / domain.items_config, ITEMS_SPLIT, shard_rows)
+    tables = [(domain.config, split, table) for domain in domains for split, table in domain.splits.items()]
+    tables += [(domain.items_config, ITEMS_SPLIT, domain.items) for domain in domains]
+    for config, split, table in track(tables, "writing release shards", total=len(tables)):
+        write_shards(table, release_dir / "data" / config, split, shard_rows)
 
 
 def write_validation(domains: list[DomainRelease], release_dir: Path) -> Path:
