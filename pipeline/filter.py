@@ -8,7 +8,8 @@ first reason that applies, in this order):
 ``annotator_incoherent`` the annotator itself flagged the pairing as incoherent
 ``empty_rationale``     nothing but whitespace
 ``too_short`` / ``too_long``  fewer than ``min_words`` / more than ``max_words`` words
-``contains_url`` / ``contains_email`` / ``contains_phone``  personal data or links
+``contains_email`` / ``contains_url`` / ``contains_phone``  personal data or links (rationale
+                        or user preferences)
 ``leaks_target_asin``   the target's ASIN appears in the text
 ``not_english``         mostly non-Latin letters, or too few English function words
 ``unknown_product``     a quoted product name that is neither a history item nor the target
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 STAGE = "filter"
 REASONS = (
     "unparsable_output", "refusal", "annotator_incoherent", "empty_rationale", "too_short", "too_long",
-    "contains_url", "contains_email", "contains_phone", "leaks_target_asin", "not_english",
+    "contains_email", "contains_url", "contains_phone", "leaks_target_asin", "not_english",
     "unknown_product", "not_grounded", "unknown_example",
 )
 
@@ -150,10 +151,11 @@ def reject_reason(row: dict[str, Any], context: ExampleContext | None, settings:
     if words > settings.max_words:
         return "too_long"
     released_text = f"{rationale}\n{row.get('user_preferences') or ''}"
-    if URL.search(released_text):
-        return "contains_url"
+    # E-mail before URL: the domain of an address would also match the URL rule.
     if EMAIL.search(released_text):
         return "contains_email"
+    if URL.search(released_text):
+        return "contains_url"
     if PHONE.search(released_text):
         return "contains_phone"
     if row["target_parent_asin"] and row["target_parent_asin"].lower() in rationale.lower():

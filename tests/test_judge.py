@@ -1,0 +1,80 @@
+"""The judge stage: the offline heuristic judge and the LLM judge over the loopback server."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.dataset as pads
+import pytest
+
+from annotation_data import make_run
+from openai_loopback import LoopbackOpenAI, Reply
+from pipeline.annotate import AnnotateSettings, run_annotate
+from pipeline.filter import FilterSettings, run_filter
+from pipeline.judge import JudgeSettings, heuristic_score, run_judge
+from test_filter import CONTEXT, GOOD
+
+
+@pytest.fixture
+def filtered_run(tmp_path, dask_client):
+    run = tmp_path / "run"
+    make_run(run, users=30)
+    run_annotate(run, AnnotateSettings(partition_rows=8), dask_client)
+    run_filter(run, FilterSettings(), dask_client)
+    return run
+
+
+def _judged(run):
+    return pads.dataset(str(run / "judge")).to_table().to_pylist()
+
+
+def test_heuristic_judge_scores_grounded_rationales_above_generic_ones():
+    grounded, _ = heuristic_score(GOOD, CONTEXT)
+    generic, explanation = heuristic_score("This is a nice product that many people enjoy buying online these days.", CONTEXT)
+    assert grounded >= 2 and generic == 0
+    assert explanation.startswith("heuristic judge (not an LLM)")
+
+
+def test_heuristic_judge_saves_a_seeded_sample_and_its_distribution(filtered_run, dask_client):
+    entry = run_judge(filtered_run, JudgeSettings(sample=10), dask_client)
+    rows = _judged(filtered_run)
+    assert entry["judge"] == "heuristic" and "heuristic" in entry["note"]
+    assert entry["sample_size"] == len(rows) == 10
+    assert sum(entry["score_distribution"].values()) == 10 and set(entry["score_distribution"]) == {"0", "1", "2", "3"}
+    assert entry["mean_score"] == pytest.approx(sum(r["score"] for r in rows) / 10)
+    assert entry["mean_score"] >= 2.0  # the template's rationales are grounded
+    assert all(r["judge"] == "heuristic" and r["explanation"].startswith("heuristic judge") for r in rows)
+    kept = {(r["user_id"], r["split"], r["target_parent_asin"]) for r in pads.dataset(str(filtered_run / "filtered")).to_table().to_pylist()}
+    assert {(r["user_id"], r["split"], r["target_parent_asin"]) for r in rows} <= kept
+    again = run_judge(filtered_run, JudgeSettings(sample=10), dask_client, force=True)
+    assert again["score_distribution"] == entry["score_distribution"]
+    assert sorted(map(json.dumps, _judged(filtered_run))) == sorted(map(json.dumps, rows))
+
+
+def test_sample_larger_than_the_data_judges_every_kept_row(filtered_run, dask_client):
+    entry = run_judge(filtered_run, JudgeSettings(sample=1000), dask_client)
+    kept = pads.dataset(str(filtered_run / "filtered")).count_rows()
+    assert entry["sample_size"] == kept
+
+
+def test_llm_judge_uses_the_cache_and_records_unusable_answers(filtered_run, dask_client, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-judge")
+
+    def script(index, body):
+        assert body["response_format"]["json_schema"]["name"] == "judge_score"
+        if index == 0:
+            return Reply(content="score: three")
+        return Reply(content=json.dumps({"score": index % 4, "explanation": "scripted"}))
+
+    settings = JudgeSettings(judge="openai", base_url="", sample=8, retry_base_s=0.01, tokens_per_minute=None)
+    with LoopbackOpenAI(script) as server:
+        settings = settings.model_copy(update={"base_url": server.base_url})
+        entry = run_judge(filtered_run, settings, dask_client)
+        assert len(server.chat_bodies) == 8
+        again = run_judge(filtered_run, settings, dask_client, force=True)
+        assert len(server.chat_bodies) == 8  # all cached
+    assert entry["judge"] == "gpt-4o" and entry["sample_size"] == 7 and entry["unscored"] == 1
+    assert sum(entry["score_distribution"].values()) == 7
+    assert entry["cost_usd"] > 0 and entry["requests_sent"] == 8
+    assert again["cache_hits"] == 8 and again["requests_sent"] == 0
+    assert again["score_distribution"] == entry["score_distribution"]
