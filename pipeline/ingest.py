@@ -52,7 +52,7 @@ from pipeline.readers import (
     raw_text,
 )
 from pipeline.schemas import INTERACTIONS, ITEMS, REJECTS
-from pipeline.stage import RunDir
+from pipeline.stage import RunDir, StageError
 from pipeline.tables import part_name, write_part
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ STAGE = "ingest"
 MIB = 1024 * 1024
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_PARTS = 99_999
 SMALLEST_FAST_SLICE = 256
 """Below this many lines a slice that failed the fast path is parsed line by line."""
 
@@ -683,6 +684,9 @@ class _BlockRunner:
         self.next_part = 0
 
     def part(self) -> int:
+        if self.next_part > MAX_PARTS:
+            # Part names have five digits; more parts would no longer read back in order.
+            raise StageError(f"more than {MAX_PARTS + 1:,} blocks: raise --block-size (now too small for these inputs)")
         self.next_part += 1
         return self.next_part - 1
 

@@ -147,18 +147,29 @@ def _sniff_format(url: str) -> str:
 
 
 def _expand_one(pattern: str, kind: str, hub_repo: str) -> list[tuple[str, str]]:
-    """(report name, url) of every file one named input stands for."""
+    """(report name, url) of every file one named input stands for (a folder: the files in it)."""
     if pattern.startswith(HUB_PREFIX):
         return [_hub_download(pattern[len(HUB_PREFIX):], kind, hub_repo)]
     if "://" in pattern:
         fs, path = fsspec.core.url_to_fs(pattern)
         paths = fs.glob(path) if _GLOB_CHARS.search(path) else ([path] if fs.exists(path) else [])
-        files = [p for p in paths if fs.isfile(p)]
-        return [(fs.unstrip_protocol(p), fs.unstrip_protocol(p)) for p in files] if files else _no_match(pattern, kind)
+        files = [f for p in paths for f in (sorted(fs.find(p)) if fs.isdir(p) else [p]) if not _hidden(f)]
+        return [(fs.unstrip_protocol(f), fs.unstrip_protocol(f)) for f in files] if files else _no_match(pattern, kind)
     expanded = os.path.expanduser(pattern)
     paths = glob.glob(expanded, recursive=True) if _GLOB_CHARS.search(expanded) else [expanded]
-    files = [p for p in paths if os.path.isfile(p)]
-    return [(p, p) for p in files] if files else _no_match(pattern, kind)
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        elif os.path.isfile(path):
+            files.append(path)
+    files = [f for f in files if not _hidden(f)]
+    return [(f, f) for f in files] if files else _no_match(pattern, kind)
+
+
+def _hidden(path: str) -> bool:
+    """Dot files (``.DS_Store``, ``.gitattributes``, partial downloads) are never data."""
+    return path.rstrip("/").rsplit("/", 1)[-1].startswith(".")
 
 
 def _no_match(pattern: str, kind: str) -> list[tuple[str, str]]:
@@ -168,8 +179,8 @@ def _no_match(pattern: str, kind: str) -> list[tuple[str, str]]:
 def expand_inputs(patterns: Iterable[str], kind: str, hub_repo: str) -> list[SourceFile]:
     """Every file the named inputs stand for, sorted by name, numbered, with its format.
 
-    ``patterns`` are local paths, globs (``**`` recurses), fsspec URLs (globs allowed) or
-    ``hub:<Domain>``; ``kind`` is ``reviews`` or ``meta`` (it picks the Hub file).
+    ``patterns`` are local paths, folders (every file inside, recursively, except dot files),
+    globs (``**`` recurses), fsspec URLs (globs and folders allowed) or ``hub:<Domain>``; ``kind`` is ``reviews`` or ``meta`` (it picks the Hub file).
     """
     found: dict[str, str] = {}
     for pattern in patterns:

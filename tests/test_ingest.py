@@ -227,10 +227,17 @@ def test_truncated_gzip_tail_is_reported_and_complete_lines_are_kept(tmp_path):
     assert 50 < kept < 200
     assert [(r["line"], r["reason"]) for r in rejects] == [(kept + 1, "truncated_gzip")]
 
-    members = tmp_path / "members.jsonl.gz"
-    members.write_bytes(gzip.compress(jsonl([review(1)])) + gzip.compress(jsonl([review(2)])))
-    both = SourceFile(str(members), str(members), "reviews", 0, "gzip", 0)
-    assert b"".join(c for c in GzipChunks(both) if isinstance(c, bytes)) == jsonl([review(1), review(2)])
+    def stream(raw: bytes) -> list[bytes | StreamEnd]:
+        path = tmp_path / "stream.jsonl.gz"
+        path.write_bytes(raw)
+        return list(GzipChunks(SourceFile(str(path), str(path), "reviews", 0, "gzip", len(raw)), chunk_size=512))
+
+    one, two = gzip.compress(jsonl([review(1)])), gzip.compress(jsonl([review(2)]))
+    assert b"".join(stream(one + two + b"\x00" * 64)) == jsonl([review(1), review(2)])  # members, zero padding
+    assert stream(one + b"trailing garbage")[-1] == StreamEnd("corrupt_gzip")
+    damaged = bytearray(gzip.compress(jsonl([review(i) for i in range(50)]), mtime=0))
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 8] = b"\xff" * 8
+    assert stream(bytes(damaged))[-1] == StreamEnd("corrupt_gzip")
 
 
 def test_domain_comes_from_file_names():
@@ -280,7 +287,8 @@ def test_hub_parquet_conversion_with_string_price_and_details(tmp_path, dask_cli
     hub_form = [{**m, "price": str(m["price"]) if i != 1 else "None", "details": json.dumps(m["details"])} for i, m in enumerate(items)]
     pq.write_table(pa.Table.from_pylist(hub_form), meta_dir / "full-00000-of-00001.parquet", row_group_size=3)
 
-    settings = IngestSettings(reviews=[str(reviews_dir / "*.parquet")], meta=[str(meta_dir / "*.parquet")], block_size=1024)
+    (meta_dir / ".gitattributes").write_text("*.parquet filter=lfs\n")  # a folder input skips dot files
+    settings = IngestSettings(reviews=[str(reviews_dir / "*.parquet")], meta=[str(meta_dir)], block_size=1024)
     entry = run_ingest(tmp_path / "run", settings, dask_client)
 
     interactions = rows(tmp_path / "run", "interactions")
