@@ -91,6 +91,7 @@ def test_reward_functions_are_named_for_separate_logging():
     assert isinstance(reward_functions(["x"])[1], functools.partial)
 
 
+@pytest.mark.slow
 def test_grpo_runs_a_few_steps_from_an_sft_adapter_and_logs_each_reward(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RREC_CACHE", str(tmp_path / "cache"))

@@ -28,8 +28,9 @@ def release(tmp_path_factory):
         yield make_release(tmp_path_factory.mktemp("registry"), n_users=24, annotated_splits=("train", "validation"))
 
 
+@pytest.mark.slow
 def test_lora_sft_lowers_validation_loss_and_saves_a_loadable_adapter(release, tmp_path):
-    settings = SFTSettings(**TINY_SFT, variant="A", max_steps=12, eval_steps=6, learning_rate=5e-3, lora_r=8)
+    settings = SFTSettings(**TINY_SFT, variant="A", max_steps=8, eval_steps=8, learning_rate=5e-3, lora_r=8)
     result = run_sft(str(release), "grocery", "v1.0.0", tmp_path / "sft", settings)
 
     assert result.eval_loss_after < result.eval_loss_before - 0.1
@@ -55,6 +56,7 @@ def test_lora_sft_lowers_validation_loss_and_saves_a_loadable_adapter(release, t
     assert generated.shape[1] > prompt["input_ids"].shape[1]
 
 
+@pytest.mark.slow
 def test_rationale_variant_without_validation_rationales_evaluates_on_held_out_train_rows(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RREC_CACHE", str(tmp_path / "cache"))
@@ -66,6 +68,7 @@ def test_rationale_variant_without_validation_rationales_evaluates_on_held_out_t
     assert record["with_rationale"] is True
 
 
+@pytest.mark.slow
 def test_cli_full_fine_tuning_resumes_from_its_last_checkpoint(release, tmp_path):
     out = tmp_path / "c"
     common = ["train", "sft", "--dataset", str(release), "--config", "grocery", "--output", str(out), "--model", "tiny",

@@ -26,6 +26,7 @@ def test_variants_table_layout():
     assert [(v.name, v.model_variant, v.infers_rationale) for v in VARIANTS] == [("A", "A", True), ("B", "A", False), ("C", "C", True)]
 
 
+@pytest.mark.slow
 def test_variants_command_trains_two_models_and_evaluates_three_variants(tmp_path):
     settings = tmp_path / "settings.yaml"
     settings.write_text(
