@@ -118,3 +118,16 @@ def test_tiny_tokenizer_keeps_the_tags_whole_and_renders_a_gemma_chat(train_rows
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert rendered.startswith("<bos><start_of_turn>user\nYou are a recommender")
     assert rendered.endswith("<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_the_trained_part_of_an_example_is_exactly_the_assistant_turn(train_rows):
+    """TRL masks the prompt by tokenising it alone: it must be a prefix of prompt + completion."""
+    settings = PromptSettings(history_k=3, num_candidates=3)
+    examples = to_chat_examples(train_rows, settings, with_rationale=True).dataset
+    tokenizer = train_tiny_tokenizer([r["rationale"] for r in train_rows], TinyModelSettings(vocab_size=400))
+    example = examples[0]
+    prompt_ids = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True)["input_ids"]
+    full_ids = tokenizer.apply_chat_template(example["prompt"] + example["completion"])["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    trained = tokenizer.decode(full_ids[len(prompt_ids) :])
+    assert trained == example["completion"][0]["content"] + "<end_of_turn>\n"  # the model also learns to stop
