@@ -22,7 +22,9 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -644,13 +646,26 @@ def content_hash(url: str) -> str:
 # -- the stage --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class IngestSources:
     """The expanded inputs of one ingest run and the domain they belong to."""
 
     reviews: list[SourceFile]
     meta: list[SourceFile]
     domain: str
+
+    @cached_property
+    def input_hashes(self) -> dict[str, str]:
+        """Content hash of every input file, keyed ``<kind>[<index>] <name>`` (computed once).
+
+        Files are hashed in parallel threads (hashlib releases the GIL on large buffers) by the
+        command process, which reads the inputs anyway (it streams gzip files), so the check
+        for an unchanged rerun needs no cluster.
+        """
+        every = self.reviews + self.meta
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(every)))) as pool:
+            digests = list(pool.map(content_hash, [s.url for s in every]))
+        return {f"{s.kind}[{s.index}] {s.name}": digest for s, digest in zip(every, digests)}
 
 
 def resolve_sources(settings: IngestSettings) -> IngestSources:
@@ -805,6 +820,22 @@ def _ensure_part(folder: Path, schema: pa.Schema) -> None:
         write_part(schema.empty_table(), folder, 0, schema)
 
 
+def ingest_fingerprint(run: Path, settings: IngestSettings, sources: IngestSources) -> str:
+    """The fingerprint an ingest of ``sources`` with ``settings`` records in ``run``.
+
+    It holds the input files (names and content hashes), the domain, ``max_line_bytes`` and the
+    code version; ``block_size`` and the way inputs were named do not change the output, so
+    they are not part of it.
+    """
+    config = {"domain": sources.domain, "max_line_bytes": settings.max_line_bytes}
+    return RunDir(run).fingerprint(STAGE, config, sources.input_hashes)
+
+
+def ingest_is_current(run: Path, settings: IngestSettings, sources: IngestSources) -> bool:
+    """Whether ``run`` already holds a complete ingest of exactly these inputs and settings."""
+    return RunDir(run).is_current(STAGE, ingest_fingerprint(run, settings, sources))
+
+
 def run_ingest(run: Path, settings: IngestSettings, client: Client, force: bool = False, sources: IngestSources | None = None) -> dict[str, Any]:
     """Ingest review and metadata files into the run folder ``run``; returns the manifest entry.
 
@@ -820,10 +851,8 @@ def run_ingest(run: Path, settings: IngestSettings, client: Client, force: bool 
     sources = sources or resolve_sources(settings)
     run_dir = RunDir(run)
     every = sources.reviews + sources.meta
-    hashes = client.gather(client.map(content_hash, [s.url for s in every], pure=False))
-    inputs = {f"{s.kind}[{s.index}] {s.name}": digest for s, digest in zip(every, hashes)}
-    # block_size and the input patterns do not change the output; the expanded files do (inputs).
-    fingerprint = run_dir.fingerprint(STAGE, {"domain": sources.domain, "max_line_bytes": settings.max_line_bytes}, inputs)
+    inputs = sources.input_hashes
+    fingerprint = ingest_fingerprint(run, settings, sources)
     if not force and run_dir.is_current(STAGE, fingerprint):
         log.info("ingest is up to date in %s (same inputs and settings); --force reruns it", run)
         return {**(run_dir.entry(STAGE) or {}), "skipped": True}
@@ -917,8 +946,12 @@ def register(app: typer.Typer) -> None:
             max_line_bytes=max_line_bytes, hub_repo=hub_repo, workers=workers, scheduler=scheduler,
         )
         sources = resolve_sources(settings)
-        with dask_client(common.workers, common.scheduler) as client:
-            entry = run_ingest(run, settings, client, force=force, sources=sources)
+        if not force and ingest_is_current(run, settings, sources):
+            # Nothing to do: no need to start a cluster.
+            entry = {**(RunDir(run).entry(STAGE) or {}), "skipped": True}
+        else:
+            with dask_client(common.workers, common.scheduler) as client:
+                entry = run_ingest(run, settings, client, force=force, sources=sources)
         rows = entry["rows_out"]
         typer.echo(
             f"ingest {entry.get('domain')}: {entry['rows_in']:,} lines -> {rows['interactions']:,} interactions, "
