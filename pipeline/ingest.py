@@ -106,7 +106,6 @@ RAW_REVIEW = pa.schema(
 
 REVIEW_KEYS = tuple(RAW_REVIEW.names)
 _REVIEW_IDS = ("asin", "parent_asin", "user_id")
-_REVIEW_TEXTS = ("title", "text")
 _NO_PRICE = {"", "none", "null", "nan", "n/a", "na", "-", "\u2013", "\u2014"}
 
 _HTML_BREAK = r"(?i)<br\s*/?>"
@@ -287,6 +286,8 @@ def meta_values(record: Any) -> tuple[Any, ...]:
     if parent_asin is None or parent_asin == "":
         raise _Bad("missing_field:parent_asin")
     average_rating = record.get("average_rating")
+    if isinstance(average_rating, float) and math.isnan(average_rating):
+        average_rating = None  # how Parquet files written from pandas mark a missing float
     return (
         _text(parent_asin, "parent_asin"),
         _optional_text(record.get("title"), "title"),
@@ -491,7 +492,7 @@ def _row_raw(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, default=str)[:RAW_CHARS]
 
 
-def _parse_rows(table: pa.Table, first_row: int, fast: Callable[[int, int], pa.Table | None] | None, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema, source: SourceFile) -> _Pieces:
+def _parse_rows(table: pa.Table, first_row: int, fast: Callable[[int, int], pa.Table | None] | None, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema) -> _Pieces:
     def slow_path(lo: int, hi: int, pieces: _Pieces) -> None:
         rows, kept = [], []
         for offset, record in enumerate(table.slice(lo, hi - lo).to_pylist()):
@@ -532,14 +533,14 @@ def parse_review_rows(table: pa.Table, source: SourceFile, first_row: int) -> Pa
         raw = table.slice(lo, hi - lo).select(list(REVIEW_KEYS)).cast(RAW_REVIEW)
         return raw if _raw_reviews_pass(raw) else None
 
-    pieces = _parse_rows(table, first_row, fast_path if fits else None, review_values, RAW_REVIEW, source)
+    pieces = _parse_rows(table, first_row, fast_path if fits else None, review_values, RAW_REVIEW)
     interactions, kept = _interactions(pieces, source, first_row)
     return ParsedBlock(interactions, _rejects_table(source, pieces.rejects), table.num_rows, kept)
 
 
 def parse_meta_rows(table: pa.Table, source: SourceFile, first_row: int) -> ParsedBlock:
     """Rows of a metadata Parquet file, e.g. the Hub's conversion with string price and details."""
-    pieces = _parse_rows(table, first_row, None, meta_values, ITEMS, source)
+    pieces = _parse_rows(table, first_row, None, meta_values, ITEMS)
     items, kept = _items(pieces, first_row)
     return ParsedBlock(items, _rejects_table(source, pieces.rejects), table.num_rows, kept)
 
