@@ -272,11 +272,13 @@ def cut_lines(
         if last < 0:
             partial += chunk
         else:
-            complete = partial + chunk[: last + 1]
+            # Views, not copies: the block's bytes are copied once, when it is joined.
+            if partial:
+                parts.append(partial)
+            parts.append(memoryview(chunk)[: last + 1])
+            size += len(partial) + last + 1
+            lines += chunk.count(b"\n", 0, last + 1)
             partial = chunk[last + 1 :]
-            parts.append(complete)
-            size += len(complete)
-            lines += complete.count(b"\n")
         if len(partial) > max_line_bytes:
             if parts:
                 yield emit()
