@@ -131,3 +131,20 @@ def test_the_trained_part_of_an_example_is_exactly_the_assistant_turn(train_rows
     assert full_ids[: len(prompt_ids)] == prompt_ids
     trained = tokenizer.decode(full_ids[len(prompt_ids) :])
     assert trained == example["completion"][0]["content"] + "<end_of_turn>\n"  # the model also learns to stop
+
+
+def test_bad_sources_are_one_line_cli_errors(registry, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from training.cli import register
+
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    base = ["train", "sft", "--config", "grocery", "--output", str(tmp_path / "out"), "--model", "tiny"]
+    not_a_source = runner.invoke(app, [*base, "--dataset", str(tmp_path / "nowhere")])
+    assert not_a_source.exit_code == 2 and "neither an existing registry or release folder nor a Hub dataset id" in not_a_source.output
+    wrong_config = runner.invoke(app, [*base, "--dataset", str(registry), "--config", "office"])
+    assert wrong_config.exit_code == 2 and "has no config 'office'" in wrong_config.output
+    assert "Traceback" not in not_a_source.output + wrong_config.output

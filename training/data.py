@@ -49,6 +49,8 @@ class DatasetSource:
 def resolve_source(dataset: str, config: str, revision: str | None) -> DatasetSource:
     """Pin ``dataset`` to one version: a registry's newest tag when ``revision`` is None."""
     if not is_local_source(dataset):
+        if dataset.count("/") != 1 or dataset.startswith((".", "/", "~")):
+            raise ValueError(f"{dataset} is neither an existing registry or release folder nor a Hub dataset id ORG/NAME")
         return DatasetSource(dataset, config, revision, "hub")
     path = Path(dataset).expanduser().resolve()
     registry = Registry(path)
@@ -85,7 +87,13 @@ def _content_cache(source: DatasetSource) -> Path | None:
 
 def load_resolved(source: DatasetSource, split: str, config: str | None = None) -> datasets.Dataset:
     """One split of the exact version ``source`` is pinned to (``config`` defaults to the source's)."""
-    return load_release(source.dataset, config or source.config, source.revision, split=split, cache_dir=_content_cache(source))
+    try:
+        return load_release(source.dataset, config or source.config, source.revision, split=split, cache_dir=_content_cache(source))
+    except ConnectionError as exc:
+        raise ValueError(
+            f"cannot reach {source.dataset} on the Hub ({exc}); check the network or HF_HUB_OFFLINE, or train on a "
+            "release pulled with `rrec pull`"
+        ) from None
 
 
 def load_split_with_source(dataset: str, config: str, revision: str | None, split: str) -> tuple[datasets.Dataset, DatasetSource]:
