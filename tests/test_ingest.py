@@ -442,3 +442,17 @@ def test_hub_domain_offline_gives_one_clear_line(tmp_path, rrec, monkeypatch):
     message = [line for line in result.output.splitlines() if line.strip()]
     assert len(message) == 1 and message[0].startswith("error:")
     assert "raw/review_categories/All_Beauty.jsonl" in message[0] and "HF_HUB_OFFLINE" in message[0]
+
+
+def test_cli_reads_its_settings_from_the_config_file(tmp_path, dask_client, rrec):
+    reviews_path = tmp_path / "Office_Products.jsonl"
+    reviews_path.write_bytes(jsonl([review(i) for i in range(12)]) + b"not json\n")
+    config = tmp_path / "rrec.yaml"
+    config.write_text(f"ingest:\n  reviews: {reviews_path}\n  block_size: 4096\n  domain: Office\n")
+
+    result = CliRunner().invoke(rrec, ["ingest", "--run", str(tmp_path / "run"), "--config", str(config), "--scheduler", dask_client.scheduler.address])
+
+    assert result.exit_code == 0, result.output
+    assert "ingest Office: 13 lines -> 12 interactions, 0 items, 1 rejects" in result.output
+    entry = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["ingest"]
+    assert entry["config"]["block_size"] == 4096 and entry["rejects_by_reason"] == {"invalid_json": 1}
