@@ -281,6 +281,8 @@ def _send(
 ) -> tuple[dict[str, CachedAnswer], SendStats]:
     budget = Budget(settings.max_cost)
     options = settings.chat_options()
+    if not requests:
+        return {}, SendStats()
     if settings.annotator == "openai-batch":
         batch_options = BatchOptions(poll_interval_s=settings.batch_poll_interval_s, wait_s=settings.batch_wait_s)
         return run_batches(requests, options, batch_options, cache, prices, budget, run.path / "annotation_batches")
@@ -364,7 +366,8 @@ def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: C
             cost_usd=round(cost, 6), cost_usd_this_run=round(stats.cost_usd, 6), cache_hits=cache_hits,
             requests_sent=stats.requests_sent, retries=stats.retries, failed_requests=stats.failed,
             errors=dict(stats.errors), budget_exhausted=stats.budget_exhausted, max_cost=settings.max_cost,
-            json_mode_fallback=stats.used_json_mode_fallback, rows_pending=pending, complete=pending == 0,
+            json_mode_fallback=stats.used_json_mode_fallback, send_wall_s=round(stats.send_wall_s, 3),
+            rows_pending=pending, complete=pending == 0,
         )
     if pending:
         log.warning(

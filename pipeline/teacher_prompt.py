@@ -149,12 +149,20 @@ def context_payload(context: ExampleContext, max_history: int) -> dict[str, Any]
 
 
 def data_block(payload: dict[str, Any]) -> str:
-    """``payload`` as JSON with ``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``.
+    """``payload`` as JSON, one top-level key and one list record per line.
 
-    Escaping keeps the JSON value identical for the model while making it impossible for any
-    title or review to contain the literal closing delimiter ``</data>``.
+    ``<``, ``>`` and ``&`` are escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``: the JSON value is
+    unchanged for the model, but no title or review can contain the closing ``</data>``. Records
+    are encoded without indentation (the C encoder, and fewer tokens) and laid out by hand.
     """
-    text = json.dumps(payload, ensure_ascii=False, indent=1)
+    lines = []
+    for key, value in payload.items():
+        if isinstance(value, list) and value:
+            records = ",\n  ".join(json.dumps(item, ensure_ascii=False) for item in value)
+            lines.append(f"{json.dumps(key)}: [\n  {records}\n ]")
+        else:
+            lines.append(f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
+    text = "{\n " + ",\n ".join(lines) + "\n}"
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 

@@ -263,3 +263,17 @@ class LoopbackOpenAI:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
 
         return Handler
+
+
+def serve_forever(latency_s: float) -> None:
+    """Run a default-answer server in this process and print its base URL (benchmarks use it
+    from a separate process, so client and server do not share one interpreter lock)."""
+    with LoopbackOpenAI(latency_s=latency_s) as server:
+        print(server.base_url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_forever(float(sys.argv[1]) if len(sys.argv) > 1 else 0.0)

@@ -1,0 +1,113 @@
+"""Annotation throughput against the loopback OpenAI-compatible server (issue 3, point 9).
+
+Measures, on generated data:
+1. rows per second of ``--annotator openai`` at ``--concurrency`` (default 64) when every
+   request takes ``--latency`` seconds (default 0.5), against the ideal concurrency / latency;
+   both for the request phase alone and for the whole stage (prompts, Dask, commit included);
+2. rows per second of a fully cached rerun (``--force``: every answer comes from SQLite);
+3. rows per second of the offline template annotator, for reference.
+
+Targets: request phase >= 90% of ideal; cached rerun >= 5,000 rows per second.
+Run: ``.venv/bin/python benchmarks/annotate_bench.py`` (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from annotation_data import make_run  # noqa: E402  (test data generator lives with the tests)
+
+from pipeline.annotate import AnnotateSettings, run_annotate  # noqa: E402
+from pipeline.cluster import dask_client  # noqa: E402
+
+
+def _settings(base_url: str, concurrency: int) -> AnnotateSettings:
+    # Limits off: the benchmark measures the client, not a rate plan.
+    return AnnotateSettings(annotator="openai", base_url=base_url, concurrency=concurrency, requests_per_minute=None,
+                            tokens_per_minute=None, partition_rows=1000)
+
+
+@contextlib.contextmanager
+def loopback_server(latency_s: float) -> Iterator[str]:
+    """The loopback server in its own process (a remote server does not share our GIL)."""
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "openai_loopback.py"), str(latency_s)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        yield process.stdout.readline().strip()
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=2000, help="train rows annotated through the slow server")
+    parser.add_argument("--cached-rows", type=int, default=20000, help="train rows in the cached-rerun measurement")
+    parser.add_argument("--latency", type=float, default=0.5, help="seconds the server takes per request")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    os.environ.setdefault("OPENAI_API_KEY", "sk-benchmark-not-a-real-key")
+    load_before = os.getloadavg()[0]
+    figures: dict[str, object] = {
+        "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} logical cores, "
+                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}",
+        "latency_s": args.latency,
+        "concurrency": args.concurrency,
+    }
+    with tempfile.TemporaryDirectory() as tmp, dask_client(workers=args.workers) as client:
+        slow_run, cached_run, template_run = Path(tmp) / "slow", Path(tmp) / "cached", Path(tmp) / "template"
+        make_run(slow_run, users=args.rows, rows_per_part=2000)
+        with loopback_server(args.latency) as base_url:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            entry = run_annotate(slow_run, _settings(base_url, args.concurrency), client)
+            stage_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+        ideal = args.concurrency / args.latency
+        request_rate = entry["rows_out"]["annotations"] / entry["send_wall_s"]
+        figures.update(
+            rows=entry["rows_out"]["annotations"],
+            ideal_rows_per_s=round(ideal, 1),
+            request_phase_rows_per_s=round(request_rate, 1),
+            request_phase_fraction_of_ideal=round(request_rate / ideal, 3),
+            stage_rows_per_s=round(entry["rows_out"]["annotations"] / stage_s, 1),
+            stage_fraction_of_ideal=round(entry["rows_out"]["annotations"] / stage_s / ideal, 3),
+            client_cpu_ms_per_request=round(1000 * cpu_s / entry["rows_out"]["annotations"], 2),
+        )
+        make_run(cached_run, users=args.cached_rows, rows_per_part=20000)
+        with loopback_server(0.0) as base_url:
+            run_annotate(cached_run, _settings(base_url, args.concurrency), client)
+            started = time.perf_counter()
+            rerun = run_annotate(cached_run, _settings(base_url, args.concurrency), client, force=True)
+            cached_s = time.perf_counter() - started
+        assert rerun["requests_sent"] == 0 and rerun["cache_hits"] == args.cached_rows
+        figures.update(cached_rows=args.cached_rows, cached_rerun_rows_per_s=round(args.cached_rows / cached_s, 1))
+        make_run(template_run, users=args.cached_rows, rows_per_part=20000)
+        started = time.perf_counter()
+        run_annotate(template_run, AnnotateSettings(partition_rows=5000), client)
+        figures.update(template_rows_per_s=round(args.cached_rows / (time.perf_counter() - started), 1))
+    figures["load_average_1min_before_after"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
