@@ -319,7 +319,7 @@ class ParsedBlock:
 
 @dataclass
 class _Pieces:
-    """Kept rows (as tables with their line indexes) and rejects, collected in line order."""
+    """Kept rows (as tables with their row indexes in the block) and rejects."""
 
     tables: list[pa.Table] = field(default_factory=list)
     indexes: list[np.ndarray] = field(default_factory=list)
@@ -330,39 +330,73 @@ class _Pieces:
             self.tables.append(table)
             self.indexes.append(indexes)
 
+    def assemble(self, schema: pa.Schema) -> tuple[pa.Table, np.ndarray]:
+        """All kept rows in block order, with their indexes."""
+        if not self.tables:
+            return schema.empty_table(), np.zeros(0, np.int64)
+        table, indexes = pa.concat_tables(self.tables), np.concatenate(self.indexes)
+        if len(indexes) > 1 and (np.diff(indexes) < 0).any():
+            order = np.argsort(indexes, kind="stable")
+            table, indexes = table.take(pa.array(order)), indexes[order]
+        return table, indexes
 
-def _convert(lo: int, hi: int, fast: Callable[[int, int], pa.Table | None] | None, slow: Callable[[int, int, _Pieces], None], pieces: _Pieces) -> None:
-    """Rows ``lo..hi``: the fast path where it holds, halving around failures, else ``slow``."""
+
+FastPath = Callable[[int, int], "tuple[pa.Table, np.ndarray] | None"]
+SlowPath = Callable[[np.ndarray, _Pieces], None]
+
+
+def _convert(lo: int, hi: int, fast: FastPath | None, slow: SlowPath, pieces: _Pieces) -> None:
+    """Rows ``lo..hi``: the fast path where it holds, the slow path for what it cannot vouch for.
+
+    ``fast`` returns the parsed rows with a per-row mask of those it vouches for, or None when
+    the slice as a whole cannot be read that way (a syntax error somewhere); such a slice is
+    halved until the bad lines sit in slices of at most :data:`SMALLEST_FAST_SLICE` lines.
+    """
     if hi <= lo:
         return
-    table = fast(lo, hi) if fast else None
-    if table is not None:
-        pieces.add_rows(table, np.arange(lo, hi, dtype=np.int64))
+    result = fast(lo, hi) if fast else None
+    if result is not None:
+        table, vouched = result
+        indexes = np.arange(lo, hi, dtype=np.int64)
+        if vouched.all():
+            pieces.add_rows(table, indexes)
+        else:
+            pieces.add_rows(table.filter(pa.array(vouched)), indexes[vouched])
+            slow(indexes[~vouched], pieces)
     elif fast is not None and hi - lo > SMALLEST_FAST_SLICE:
         middle = (lo + hi) // 2
         _convert(lo, middle, fast, slow, pieces)
         _convert(middle, hi, fast, slow, pieces)
     else:
-        slow(lo, hi, pieces)
+        slow(np.arange(lo, hi, dtype=np.int64), pieces)
 
 
-def _raw_reviews_pass(raw: pa.Table) -> bool:
-    """Whether fast-path columns are exactly what :func:`review_values` would accept."""
+def _vouched_reviews(raw: pa.Table) -> np.ndarray | None:
+    """Per row: whether the fast path's values are exactly what :func:`review_values` accepts.
+
+    None when the table cannot be checked row by row (a string column with invalid UTF-8).
+    """
+    vouched = np.ones(raw.num_rows, bool)
+
+    def require(mask: pa.Array | pa.ChunkedArray) -> None:
+        nonlocal vouched
+        vouched &= pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+
     for name in REVIEW_KEYS:
         column = raw.column(name)
         if column.null_count:
-            return False
+            require(pc.is_valid(column))
         if pa.types.is_string(column.type):
-            if name in _REVIEW_IDS and pc.any(pc.equal(column, "")).as_py():
-                return False
             try:
                 column.validate(full=True)
             except pa.ArrowInvalid:
-                return False
-    if raw.num_rows and not pc.all(pc.is_finite(raw.column("rating"))).as_py():
-        return False
-    votes = pc.min_max(raw.column("helpful_vote"))
-    return raw.num_rows == 0 or (votes["min"].as_py() >= INT32_MIN and votes["max"].as_py() <= INT32_MAX)
+                return None
+            if name in _REVIEW_IDS:
+                require(pc.not_equal(column, ""))
+    require(pc.is_finite(raw.column("rating")))
+    votes = raw.column("helpful_vote")
+    require(pc.and_(pc.greater_equal(votes, INT32_MIN), pc.less_equal(votes, INT32_MAX)))
+    return vouched
 
 
 def _values_table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
@@ -400,8 +434,9 @@ def _parse_lines(block: LineBlock, max_line_bytes: int, fast: bool, values: Call
     first_bytes = np.frombuffer(data, np.uint8)[starts] if len(starts) else np.zeros(0, np.uint8)
     lengths = ends - starts
 
-    def fast_path(lo: int, hi: int) -> pa.Table | None:
-        if lengths[lo:hi].max() > max_line_bytes or not (first_bytes[lo:hi] == ord("{")).all():
+    def fast_path(lo: int, hi: int) -> tuple[pa.Table, np.ndarray] | None:
+        # Each line must start with "{": then one row per line means rows and lines match up.
+        if not (first_bytes[lo:hi] == ord("{")).all():
             return None
         begin, end = int(starts[lo]), int(ends[hi - 1])
         try:
@@ -412,12 +447,12 @@ def _parse_lines(block: LineBlock, max_line_bytes: int, fast: bool, values: Call
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        # One row per line (each line starts with "{"), and nothing the slow path would refuse.
-        return raw if raw.num_rows == hi - lo and _raw_reviews_pass(raw) else None
+        vouched = _vouched_reviews(raw) if raw.num_rows == hi - lo else None
+        return None if vouched is None else (raw, vouched & (lengths[lo:hi] <= max_line_bytes))
 
-    def slow_path(lo: int, hi: int, pieces: _Pieces) -> None:
+    def slow_path(indexes: np.ndarray, pieces: _Pieces) -> None:
         rows, kept = [], []
-        for index in range(lo, hi):
+        for index in indexes.tolist():
             line = data[starts[index] : ends[index]]
             try:
                 rows.append(values(_decode_line(line, max_line_bytes)))
@@ -447,8 +482,8 @@ def _rejects_table(source: SourceFile, rejects: list[tuple[int, str, str]]) -> p
 
 
 def _interactions(pieces: _Pieces, source: SourceFile, first_line: int) -> tuple[pa.Table, np.ndarray]:
-    raw = pa.concat_tables(pieces.tables) if pieces.tables else RAW_REVIEW.empty_table()
-    lines = (np.concatenate(pieces.indexes) if pieces.indexes else np.zeros(0, np.int64)) + first_line
+    raw, indexes = pieces.assemble(RAW_REVIEW)
+    lines = indexes + first_line
     table = pa.table(
         {
             "user_id": raw.column("user_id"),
@@ -469,9 +504,8 @@ def _interactions(pieces: _Pieces, source: SourceFile, first_line: int) -> tuple
 
 
 def _items(pieces: _Pieces, first_line: int) -> tuple[pa.Table, np.ndarray]:
-    table = pa.concat_tables(pieces.tables) if pieces.tables else ITEMS.empty_table()
-    lines = (np.concatenate(pieces.indexes) if pieces.indexes else np.zeros(0, np.int64)) + first_line
-    return table, lines
+    table, indexes = pieces.assemble(ITEMS)
+    return table, indexes + first_line
 
 
 def parse_review_block(block: LineBlock, max_line_bytes: int) -> ParsedBlock:
@@ -492,15 +526,15 @@ def _row_raw(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, default=str)[:RAW_CHARS]
 
 
-def _parse_rows(table: pa.Table, first_row: int, fast: Callable[[int, int], pa.Table | None] | None, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema) -> _Pieces:
-    def slow_path(lo: int, hi: int, pieces: _Pieces) -> None:
+def _parse_rows(table: pa.Table, first_row: int, fast: FastPath | None, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema) -> _Pieces:
+    def slow_path(indexes: np.ndarray, pieces: _Pieces) -> None:
         rows, kept = [], []
-        for offset, record in enumerate(table.slice(lo, hi - lo).to_pylist()):
+        for index, record in zip(indexes.tolist(), table.take(pa.array(indexes)).to_pylist()):
             try:
                 rows.append(values(record))
-                kept.append(lo + offset)
+                kept.append(index)
             except _Bad as bad:
-                pieces.rejects.append((first_row + lo + offset, bad.args[0], _row_raw(record)))
+                pieces.rejects.append((first_row + index, bad.args[0], _row_raw(record)))
         pieces.add_rows(_values_table(rows, schema), np.asarray(kept, dtype=np.int64))
 
     pieces = _Pieces()
@@ -529,9 +563,10 @@ def parse_review_rows(table: pa.Table, source: SourceFile, first_row: int) -> Pa
     """Rows of a review Parquet file (``first_row`` is the 1-based number of the first one)."""
     fits = _review_columns_fit(table)
 
-    def fast_path(lo: int, hi: int) -> pa.Table | None:
+    def fast_path(lo: int, hi: int) -> tuple[pa.Table, np.ndarray] | None:
         raw = table.slice(lo, hi - lo).select(list(REVIEW_KEYS)).cast(RAW_REVIEW)
-        return raw if _raw_reviews_pass(raw) else None
+        vouched = _vouched_reviews(raw)
+        return None if vouched is None else (raw, vouched)
 
     pieces = _parse_rows(table, first_row, fast_path if fits else None, review_values, RAW_REVIEW)
     interactions, kept = _interactions(pieces, source, first_row)

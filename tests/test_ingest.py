@@ -167,6 +167,16 @@ def test_fast_path_and_line_by_line_path_give_identical_rows():
     assert first["rating"] == float(records[7]["rating"]) and isinstance(first["rating"], float)
 
 
+def test_many_scattered_defects_keep_every_valid_row_in_order():
+    records = [review(i) for i in range(1000)]
+    bad = {i: ("missing_field:user_id" if i % 3 else "wrong_type:rating") for i in range(5, 1000, 37)}
+    lines = [json.dumps(review(i, user_id=None) if i in bad and i % 3 else review(i, rating=float("nan")) if i in bad else r).encode() for i, r in enumerate(records)]
+    parsed = parse_review_block(LineBlock(source(), 1, b"\n".join(lines)), MAX_LINE)
+    assert {r["line"] - 1: r["reason"] for r in parsed.rejects.to_pylist()} == bad
+    clean = parse_review_block(LineBlock(source(), 1, jsonl(records)), MAX_LINE).table
+    assert parsed.table.equals(clean.filter(pa.array([i not in bad for i in range(1000)])))
+
+
 def test_html_is_stripped_from_review_text():
     texts = pa.array(["plain", "a<br />b<BR>c<br/>d", "<p>x &amp; y</p> &lt;b&gt;", "I <3 it, 5 < 6", "AT&T", "<!-- note -->ok", ""])
     assert strip_html(texts).to_pylist() == ["plain", "a\nb\nc\nd", "x & y <b>", "I <3 it, 5 < 6", "AT&T", "ok", ""]
