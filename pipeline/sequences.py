@@ -649,6 +649,13 @@ def partition_bounds(events: UserEvents, events_per_partition: int) -> list[tupl
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
+def sequences_up_to_date(run: Path, settings: SequencesSettings) -> bool:
+    """Whether the recorded ``sequences`` stage matches the current ingest outputs and settings."""
+    run_dir = RunDir(run)
+    config = settings.model_dump()
+    return run_dir.is_current(STAGE, run_dir.fingerprint(STAGE, config=config, inputs=run_dir.upstream_hashes("ingest")))
+
+
 def run_sequences(run: Path, settings: SequencesSettings, client: Client, force: bool = False) -> dict[str, Any]:
     """Build the ``sequences`` table of a run folder from its ``interactions`` and ``items``.
 
@@ -666,6 +673,7 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
     if not force and run_dir.is_current(STAGE, fingerprint):
         log.info("sequences of %s are up to date (use --force to rebuild)", run_dir.path)
         return run_dir.entry(STAGE)
+    log.info("building sequences of %s", run_dir.path)
 
     with run_dir.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
         interactions = read_table(
@@ -755,9 +763,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build leave-one-out sequences (benchmark-exact dedupe, k-core and splits) with candidates.
 
-        Reads the `interactions` and `items` tables of the run folder (run `rrec ingest` first)
-        and writes the `sequences` table: one row per (user, split, target) with the history,
-        the target and its shuffled candidate set.
+        Reads the `interactions` and `items` tables of the run folder (run `rrec ingest` first) and writes the `sequences` table: one row per (user, split, target) with the history, the target and its shuffled candidate set. Options override the `sequences` section of the config file.
         """
         from pipeline.cluster import dask_client
 
@@ -775,11 +781,18 @@ def register(app: typer.Typer) -> None:
             workers=workers,
             scheduler=scheduler,
         )
-        RunDir(run).require("ingest", hint=f"rrec ingest --run {run} --reviews FILE...")
-        with dask_client(common.workers, common.scheduler) as client:
-            entry = run_sequences(run, settings, client, force=force)
+        run_dir = RunDir(run)
+        run_dir.require("ingest", hint=f"rrec ingest --run {run} --reviews FILE...")
+        # Decided before starting a cluster, so an unchanged rerun returns at once.
+        skip = not force and sequences_up_to_date(run, settings)
+        if skip:
+            entry = run_dir.entry(STAGE)
+        else:
+            with dask_client(common.workers, common.scheduler) as client:
+                entry = run_sequences(run, settings, client, force=force)
         split_rows = ", ".join(f"{split} {count:,}" for split, count in entry["rows_by_split"].items())
+        status = " (up to date, not rebuilt; --force rebuilds)" if skip else ""
         typer.echo(
-            f"sequences: {entry['rows_out'][STAGE]:,} rows ({split_rows}) from {entry['users_out']:,} users and "
-            f"{entry['catalog_items']:,} items -> {RunDir(run).table(STAGE)}"
+            f"sequences{status}: {entry['rows_out'][STAGE]:,} rows ({split_rows}) from {entry['users_out']:,} users and "
+            f"{entry['catalog_items']:,} items -> {run_dir.table(STAGE)}"
         )
