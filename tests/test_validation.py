@@ -40,8 +40,8 @@ def _asin(i: int) -> str:
     return f"B{i:09d}"
 
 
-def _good_rows(seed: int = 7) -> dict[str, list[list[dict[str, Any]]]]:
-    """Rows of every table, already split into two partitions per table."""
+def _good_rows(seed: int = 7, max_history: int = MAX_HISTORY) -> dict[str, list[list[dict[str, Any]]]]:
+    """Rows of every table, already split into two partitions per table (max_history 0: no cut)."""
     rng = random.Random(seed)
     catalog = [_asin(i) for i in range(N_ITEMS)]
     titles = {a: f"Item {a[-3:]} organic snack" for a in catalog}
@@ -90,7 +90,7 @@ def _good_rows(seed: int = 7) -> dict[str, list[list[dict[str, Any]]]]:
             history = [
                 {"parent_asin": bought[k], "title": titles[bought[k]], "rating": 4.0, "timestamp": stamps[k]}
                 for k in range(target_pos)
-            ][-MAX_HISTORY:]
+            ][-max_history if max_history else 0 :]
             target = bought[target_pos]
             candidates = [target, *rng.sample(others, NUM_NEGATIVES)]
             rng.shuffle(candidates)
@@ -335,14 +335,16 @@ DEFECTS: dict[str, tuple[str, Callable[[Tables], None]]] = {
 }
 
 
-def _write_table_only(path: Path, table: str, partitions: list[list[dict[str, Any]]]) -> None:
+def _write_table_only(
+    path: Path, table: str, partitions: list[list[dict[str, Any]]], schema: pa.Schema | None = None, max_history: int = MAX_HISTORY
+) -> None:
     """Write one table (possibly missing columns, to plant schema defects) plus the sequences config."""
     run = RunDir(path)
-    config = {"max_history": MAX_HISTORY, "num_negatives": NUM_NEGATIVES} if table == "sequences" else {}
+    config = {"max_history": max_history, "num_negatives": NUM_NEGATIVES} if table == "sequences" else {}
     with run.stage(STAGE_OF[table], fingerprint="defect", config=config) as out:
         folder = out.table_dir(table)
         for index, rows in enumerate(partitions):
-            schema = SCHEMAS[table]
+            schema = schema or SCHEMAS[table]
             if rows and set(rows[0]) != set(schema.names):
                 schema = pa.schema([f for f in schema if f.name in rows[0]])
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"part-{index:05d}.parquet")
@@ -383,6 +385,37 @@ def test_planted_defect_fails_exactly_its_expectation(defect: str, tmp_path: Pat
     assert entry["unexpected_count"] >= 1
     assert entry["unexpected_examples"], "a failure must show at least one offending value or key"
     assert summary["success"] is (entry["severity"] != "critical")
+
+
+def test_part_file_with_a_wrong_column_type_fails_the_schema_check(tmp_path: Path, dask_client) -> None:
+    tables = _good_rows()
+    for row in tables["interactions"][0] + tables["interactions"][1]:
+        row["timestamp"] = str(row["timestamp"])
+    as_text = pa.schema([pa.field("timestamp", pa.string()) if f.name == "timestamp" else f for f in INTERACTIONS])
+    _write_table_only(tmp_path / "run", "interactions", tables["interactions"], schema=as_text)
+    run = RunDir(tmp_path / "run")
+
+    summary = validate_table(run, "interactions", dask_client, suite_parameters(run, ValidateSettings()), examples=3)
+
+    schema_check = summary["expectations"][0]
+    assert schema_check["name"] == "interactions_columns_match_schema" and schema_check["success"] is False
+    assert schema_check["unexpected_examples"][0]["unexpected_types"] == {"timestamp": "string"}
+    assert all(e["success"] is None for e in summary["expectations"][2:]), "row checks must not run on a wrong schema"
+
+
+def test_max_history_zero_means_whole_histories(tmp_path: Path, dask_client) -> None:
+    tables = _good_rows(max_history=0)
+    long_row = _train_row(tables)
+    first = long_row["history"][0]
+    long_row["history"] = [
+        dict(first, parent_asin=f"C{k:09d}", timestamp=first["timestamp"] - k) for k in range(60, 0, -1)
+    ]
+    _write_table_only(tmp_path / "run", "sequences", tables["sequences"], max_history=0)
+    run = RunDir(tmp_path / "run")
+
+    summary = validate_table(run, "sequences", dask_client, suite_parameters(run, ValidateSettings()), examples=3)
+
+    assert summary["all_passed"], [e for e in summary["expectations"] if not e["success"]]
 
 
 def test_good_run_passes_every_suite(good_run: Path, dask_client) -> None:
@@ -485,6 +518,8 @@ def test_cli_exits_one_on_a_critical_failure_after_writing_the_summary(tmp_path:
     failed = [e for e in summary["suites"]["filtered"]["expectations"] if e["success"] is False]
     assert [e["name"] for e in failed] == ["filtered_coherent_true"]
     assert failed[0]["unexpected_examples"][0]["user_id"] == tables["filtered"][0][0]["user_id"]
+    failed_page = next((run / "validation" / "data_docs" / "validations" / "filtered").rglob("*.html")).read_text()
+    assert "coherent" in failed_page
 
 
 def test_cli_reports_a_missing_run_folder_in_one_line(tmp_path: Path, dask_client) -> None:

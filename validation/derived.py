@@ -120,16 +120,6 @@ def evaluation_key_frame(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame({"evaluation_key": evaluation_keys(user_id, split)})
 
 
-EVALUATION_ROWS_META = pd.DataFrame(
-    {
-        "user_id": pd.Series([], dtype=object),
-        "split": pd.Series([], dtype=object),
-        "history_asins": pd.Series([], dtype=object),
-        "target_parent_asin": pd.Series([], dtype=object),
-    }
-)
-
-
 def evaluation_rows(table: pa.Table) -> pd.DataFrame:
     """The validation and test rows of a sequences partition, histories as joined parent_asins."""
     split = table.column("split")
@@ -150,6 +140,19 @@ def evaluation_rows(table: pa.Table) -> pd.DataFrame:
             "target_parent_asin": np.asarray(pc.struct_field(rows.column("target").combine_chunks(), "parent_asin").to_pylist(), dtype=object),
         }
     )
+
+
+def pair_validation_with_test(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each user's validation row next to its test row (from :func:`evaluation_rows` output).
+
+    An outer join: a user with only one of the two rows gets nulls for the other, and a user
+    with repeated rows gets every combination (the one-row-per-split check reports those).
+    """
+    validation = rows.loc[rows["split"] == "validation", ["user_id", "history_asins", "target_parent_asin"]].rename(
+        columns={"history_asins": "validation_history", "target_parent_asin": "validation_target"}
+    )
+    test = rows.loc[rows["split"] == "test", ["user_id", "history_asins"]].rename(columns={"history_asins": "test_history"})
+    return validation.merge(test, on="user_id", how="outer")
 
 
 def compare_validation_with_test(pairs: pd.DataFrame, max_history: int) -> pd.DataFrame:

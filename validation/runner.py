@@ -19,11 +19,13 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import operator
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask.dataframe as dd
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pyarrow.types as pat
@@ -34,10 +36,10 @@ from pipeline.progress import gather_with_progress
 from pipeline.stage import RunDir, StageError, code_version, hash_path
 from pipeline.tables import parts
 from validation.derived import (
-    EVALUATION_ROWS_META,
     compare_validation_with_test,
     evaluation_key_frame,
     evaluation_rows,
+    pair_validation_with_test,
     sequence_row_checks,
 )
 from validation.suites import (
@@ -45,6 +47,7 @@ from validation.suites import (
     EARLIEST_PLAUSIBLE_TIMESTAMP_MS,
     INDEX_COLUMNS,
     ROW_SCOPE,
+    SCHEMAS,
     TABLE_SCOPE,
     TABLES,
     expectations_from_json,
@@ -62,6 +65,7 @@ RESULTS_DIR = "results"
 # Used when the run's manifest lacks the sequences settings (DESIGN.md defaults).
 DEFAULT_MAX_HISTORY = 50
 DEFAULT_NUM_NEGATIVES = 99
+UNBOUNDED_HISTORY = 2**31 - 1
 
 
 class ValidateSettings(StageSettings):
@@ -70,7 +74,8 @@ class ValidateSettings(StageSettings):
     examples: int = 5
     min_history: int = 1
     rationale_min_chars: int = 20
-    rationale_max_chars: int = 3000
+    # The filter keeps up to 400 words; 4000 characters leave room for long words.
+    rationale_max_chars: int = 4000
 
 
 def suite_parameters(run: RunDir, settings: ValidateSettings) -> dict[str, Any]:
@@ -93,7 +98,8 @@ def suite_parameters(run: RunDir, settings: ValidateSettings) -> dict[str, Any]:
         # One day of slack for clock skew between the machine that wrote the data and this one.
         "latest_timestamp_ms": now_ms + 24 * 3600 * 1000,
         "min_history": settings.min_history,
-        "max_history": int(sequences_config.get("max_history", DEFAULT_MAX_HISTORY)),
+        # max_history 0 keeps whole histories (sequences stage): no upper bound then.
+        "max_history": int(sequences_config.get("max_history", DEFAULT_MAX_HISTORY)) or UNBOUNDED_HISTORY,
         "num_candidates": 1 + int(sequences_config.get("num_negatives", DEFAULT_NUM_NEGATIVES)),
         "rationale_min_chars": settings.rationale_min_chars,
         "rationale_max_chars": settings.rationale_max_chars,
@@ -130,6 +136,14 @@ def _examples(result: dict[str, Any], limit: int) -> list[Any]:
     return list(result.get("partial_unexpected_list") or [])[:limit]
 
 
+def _exception_message(info: dict[str, Any]) -> str | None:
+    """The message of an exception GX caught, whether reported flat or per metric."""
+    if "raised_exception" in info:
+        return info.get("exception_message") if info["raised_exception"] else None
+    nested = [_exception_message(v) for v in info.values() if isinstance(v, dict)]
+    return next((m for m in nested if m), None)
+
+
 def validate_frame(frame: pd.DataFrame, table: str, suite: dict[str, Any], parameters: dict[str, Any], examples: int) -> dict[str, dict[str, Any]]:
     """Run the ``row`` expectations of ``suite`` on one partition; results keyed by expectation name.
 
@@ -147,21 +161,20 @@ def validate_frame(frame: pd.DataFrame, table: str, suite: dict[str, Any], param
         expectation_parameters=parameters,
         result_format={"result_format": "SUMMARY", "partial_unexpected_count": examples, "unexpected_index_column_names": index_columns},
     )
-    merged: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for result in outcome.results:
         config = result.expectation_config
         details = result.result or {}
-        error = result.exception_info.get("exception_message") if result.exception_info.get("raised_exception") else None
-        merged[config.meta["name"]] = {
+        results[config.meta["name"]] = {
             "success": bool(result.success),
             "kwargs": {k: v for k, v in config.kwargs.items() if k != "batch_id"},
             "element_count": int(details.get("element_count", len(frame))),
             "unexpected_count": int(details.get("unexpected_count") or 0),
             "missing_count": int(details.get("missing_count") or 0),
             "examples": _examples(details, examples),
-            "error": error,
+            "error": _exception_message(result.exception_info or {}),
         }
-    return merged
+    return results
 
 
 def validate_part(part: str, table: str, suite: dict[str, Any], parameters: dict[str, Any], examples: int) -> dict[str, dict[str, Any]]:
@@ -187,97 +200,142 @@ def merge_partition_results(per_partition: list[dict[str, dict[str, Any]]], exam
 
 
 # -- whole-table expectations ------------------------------------------------------------------
+# Whole-table checks are a map-reduce over Dask futures: each part file is reduced to small
+# per-key frames split into hash buckets, and one task per bucket sees every row of its keys.
+# Futures of plain functions are used rather than dask.dataframe collections because shipping
+# dask-expr graphs to the scheduler hits a race in dask's expression deduplication
+# ("Error during deserialization of the task graph") often enough to fail runs.
+MAX_BUCKETS = 64
+
+
 def key_frame(part: str, table: str, columns: list[str]) -> pd.DataFrame:
-    """Dask partition: the key columns of one part file (derived ones included)."""
+    """The key columns of one part file (derived ones included).
+
+    Arrow-backed dtypes keep an integer key an integer in every partition, with or without
+    nulls, so equal keys hash alike wherever they are.
+    """
     if table == "sequences" and columns == ["evaluation_key"]:
         return evaluation_key_frame(pq.read_table(part, columns=["user_id", "split"]))
     if table == "sequences":
         return row_frame(table, part)[columns]
-    return pq.read_table(part, columns=columns).to_pandas()
+    return pq.read_table(part, columns=columns).to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def evaluation_rows_of_part(part: str) -> pd.DataFrame:
-    """Dask partition: the validation and test rows of one sequences part file."""
-    return evaluation_rows(pq.read_table(part, columns=["user_id", "split", "history", "target"]))
+def _bucket_of(keys: pd.DataFrame, buckets: int) -> np.ndarray:
+    return (pd.util.hash_pandas_object(keys.astype("string"), index=False).to_numpy() % buckets).astype(np.int64)
 
 
-def _first_sorted(frame: pd.DataFrame, by: list[str], n: int) -> pd.DataFrame:
-    return frame.sort_values(by).head(n)
-
-
-def _row_count(frame: dd.DataFrame) -> Any:
-    # ``frame.shape[0]`` comes back as None after some dask-expr rewrites; summing lengths does not.
-    return frame.map_partitions(len, meta=(None, "int64")).sum()
-
-
-def _duplicate_keys(parts_: list[str], table: str, columns: list[str], examples: int) -> tuple[Any, Any, Any]:
-    """Lazy (rows checked, rows whose key repeats, first repeated keys) over the whole table."""
-    meta = key_frame(parts_[0], table, columns).iloc[:0]
-    keys = dd.from_map(key_frame, parts_, table=table, columns=columns, meta=meta)
+def key_count_buckets(part: str, table: str, columns: list[str], buckets: int) -> list[pd.DataFrame]:
+    """Map step: how often each key occurs in one part file, split into hash buckets."""
+    keys = key_frame(part, table, columns)
     # GX ignores a row only when every key column is missing; do the same.
     keys = keys.dropna(how="all", subset=columns)
-    counts = keys.groupby(columns, dropna=False).size().rename("rows").reset_index()
+    counts = keys.groupby(columns, dropna=False, sort=False).size().rename("rows").reset_index()
+    bucket = _bucket_of(counts[columns], buckets)
+    return [counts[bucket == b] for b in range(buckets)]
+
+
+def repeated_keys(pieces: list[pd.DataFrame], columns: list[str], examples: int) -> tuple[int, int, pd.DataFrame]:
+    """Reduce step: (rows checked, rows whose key repeats, first repeated keys) of one bucket."""
+    counts = pd.concat(pieces, ignore_index=True).groupby(columns, dropna=False)["rows"].sum().reset_index()
     repeated = counts[counts["rows"] > 1]
-    first = repeated.map_partitions(_first_sorted, columns, examples, meta=repeated._meta)
-    return _row_count(keys), repeated["rows"].sum(), first
+    return int(counts["rows"].sum()), int(repeated["rows"].sum()), repeated.sort_values(columns).head(examples)
 
 
-def _validation_test_pairs(parts_: list[str], max_history: int) -> dd.DataFrame:
-    rows = dd.from_map(evaluation_rows_of_part, parts_, meta=EVALUATION_ROWS_META)
-    validation = rows[rows["split"] == "validation"][["user_id", "history_asins", "target_parent_asin"]].rename(
-        columns={"history_asins": "validation_history", "target_parent_asin": "validation_target"}
-    )
-    test = rows[rows["split"] == "test"][["user_id", "history_asins"]].rename(columns={"history_asins": "test_history"})
-    # Two short rows per user: the task-based shuffle handles that volume without the fixed
-    # start-up cost of the P2P shuffle extension, which dominates on run-sized tables.
-    pairs = validation.merge(test, on="user_id", how="outer", shuffle_method="tasks")
-    meta = compare_validation_with_test(pairs._meta, max_history)
-    return pairs.map_partitions(compare_validation_with_test, max_history, meta=meta)
+def evaluation_row_buckets(part: str, buckets: int) -> list[pd.DataFrame]:
+    """Map step: the validation and test rows of one sequences part file, bucketed by user."""
+    rows = evaluation_rows(pq.read_table(part, columns=["user_id", "split", "history", "target"]))
+    bucket = _bucket_of(rows[["user_id"]], buckets)
+    return [rows[bucket == b] for b in range(buckets)]
 
 
-def _table_expectation_tasks(
-    table: str, parts_: list[str], expectations: list[dict[str, Any]], parameters: dict[str, Any], examples: int
-) -> dict[str, tuple[Any, Any, Any]]:
-    """Lazy Dask computations of the table-scope expectations that need the data."""
-    tasks: dict[str, tuple[Any, Any, Any]] = {}
-    pairs = None
+def compare_bucket(pieces: list[pd.DataFrame], max_history: int, columns: list[str], examples: int) -> dict[str, tuple[int, int, pd.DataFrame]]:
+    """Reduce step: per flag column, (users checked, users failing, first failing users) of one bucket."""
+    flags = compare_validation_with_test(pair_validation_with_test(pd.concat(pieces, ignore_index=True)), max_history)
+    out = {}
+    for column in columns:
+        failing = flags.loc[~flags[column], ["user_id"]]
+        out[column] = (len(flags), len(failing), failing.sort_values("user_id").head(examples))
+    return out
+
+
+def _submit_bucketed_reduce(client: Client, mapped: list[Any], buckets: int, reducer: Any, **reducer_kwargs: Any) -> list[Any]:
+    """Send bucket ``b`` of every mapped partition to one ``reducer`` task; one future per bucket."""
+    return [
+        client.submit(reducer, [client.submit(operator.getitem, m, b, pure=False) for m in mapped], pure=False, **reducer_kwargs)
+        for b in range(buckets)
+    ]
+
+
+def _merge_buckets(per_bucket: list[tuple[int, int, pd.DataFrame]], examples: int) -> dict[str, Any]:
+    checked = sum(b[0] for b in per_bucket)
+    unexpected = sum(b[1] for b in per_bucket)
+    first = pd.concat([b[2] for b in per_bucket], ignore_index=True)
+    return _result(unexpected == 0, checked, unexpected, _records(first, examples))
+
+
+@dataclass
+class WholeTableChecks:
+    """Submitted whole-table checks: reduce futures per check, collected with :meth:`results`."""
+
+    uniqueness: dict[str, tuple[dict[str, Any], list[Any]]]
+    cross_row: dict[str, tuple[str, dict[str, Any]]]
+    cross_row_futures: list[Any]
+
+    def results(self, table: str, examples: int) -> dict[str, dict[str, Any]]:
+        names = list(self.uniqueness)
+        futures = [f for name in names for f in self.uniqueness[name][1]] + self.cross_row_futures
+        done = iter(gather_with_progress(futures, f"checking {table} across partitions"))
+        results = {}
+        for name in names:
+            kwargs, bucket_futures = self.uniqueness[name]
+            per_bucket = [next(done) for _ in bucket_futures]
+            results[name] = {**_merge_buckets(per_bucket, examples), "kwargs": kwargs}
+        cross_row_buckets = list(done)
+        for column, (name, kwargs) in self.cross_row.items():
+            results[name] = {**_merge_buckets([b[column] for b in cross_row_buckets], examples), "kwargs": kwargs}
+        return results
+
+
+def submit_whole_table_checks(
+    client: Client, table: str, parts_: list[str], expectations: list[dict[str, Any]], parameters: dict[str, Any], examples: int
+) -> WholeTableChecks:
+    """Start the table-scope expectations that need the data (key uniqueness, validation vs test rows)."""
+    buckets = max(1, min(len(parts_), MAX_BUCKETS))
+    uniqueness: dict[str, tuple[dict[str, Any], list[Any]]] = {}
+    cross_row: dict[str, tuple[str, dict[str, Any]]] = {}
     for expectation in expectations:
         kind, kwargs, name = expectation["type"], expectation["kwargs"], expectation["meta"]["name"]
         if kind in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"):
             columns = [kwargs["column"]] if "column" in kwargs else list(kwargs["column_list"])
-            tasks[name] = _duplicate_keys(parts_, table, columns, examples)
+            mapped = client.map(key_count_buckets, parts_, table=table, columns=columns, buckets=buckets, pure=False)
+            uniqueness[name] = (kwargs, _submit_bucketed_reduce(client, mapped, buckets, repeated_keys, columns=columns, examples=examples))
         elif kind == "expect_column_values_to_be_in_set":
-            if pairs is None:
-                pairs = _validation_test_pairs(parts_, parameters["max_history"])
-            failing = pairs[~pairs[kwargs["column"]]][["user_id"]]
-            first = failing.map_partitions(_first_sorted, ["user_id"], examples, meta=failing._meta)
-            tasks[name] = (_row_count(pairs), (~pairs[kwargs["column"]]).sum(), first)
-    return tasks
-
-
-def _compute_with_progress(client: Client, collections: list[Any], description: str) -> list[Any]:
-    """Compute Dask collections on the cluster, results in order.
-
-    Identical computations (the row count shared by two checks) get the same future key, so
-    each key is waited for once and its result handed to every position that asked for it.
-    """
-    if not collections:
-        return []
-    futures = client.compute(collections)
-    unique = list({f.key: f for f in futures}.values())
-    by_key = dict(zip([f.key for f in unique], gather_with_progress(unique, description), strict=True))
-    return [by_key[f.key] for f in futures]
+            cross_row[kwargs["column"]] = (name, kwargs)
+    cross_row_futures = []
+    if cross_row:
+        mapped = client.map(evaluation_row_buckets, parts_, buckets=buckets, pure=False)
+        cross_row_futures = _submit_bucketed_reduce(
+            client, mapped, buckets, compare_bucket, max_history=parameters["max_history"], columns=list(cross_row), examples=examples
+        )
+    return WholeTableChecks(uniqueness, cross_row, cross_row_futures)
 
 
 def _footer_checks(table: str, parts_: list[str], expectation: dict[str, Any]) -> dict[str, Any] | None:
     """Columns and row counts come from the Parquet footers, without reading any data."""
     kind, kwargs = expectation["type"], expectation["kwargs"]
     if kind == "expect_table_columns_to_match_ordered_list":
+        declared = SCHEMAS[table]
         wrong = []
         for part in parts_:
-            names = pq.read_schema(part).names
-            if names != kwargs["column_list"]:
-                wrong.append({"file": Path(part).name, "columns": names})
+            found = pq.read_schema(part)
+            if found.names != kwargs["column_list"]:
+                wrong.append({"file": Path(part).name, "columns": found.names})
+                continue
+            # Names alone would let e.g. a string timestamp through; the Arrow types must agree too.
+            types = {f.name: str(f.type) for f in found if not f.type.equals(declared.field(f.name).type)}
+            if types:
+                wrong.append({"file": Path(part).name, "columns": found.names, "unexpected_types": types})
         observed = wrong[0]["columns"] if wrong else kwargs["column_list"]
         return _result(not wrong, len(parts_), len(wrong), wrong, observed_value=observed)
     if kind == "expect_table_row_count_to_be_between":
@@ -316,20 +374,17 @@ def validate_table(run: RunDir, table: str, client: Client, parameters: dict[str
         if footer_result is not None:
             results[expectation["meta"]["name"]] = {**footer_result, "kwargs": expectation["kwargs"]}
 
-    columns_ok = all(r["success"] for n, r in results.items() if n.endswith("_columns_match_schema"))
+    columns_ok = all(
+        results[e["meta"]["name"]]["success"] for e in table_scope if e["type"] == "expect_table_columns_to_match_ordered_list"
+    )
     if columns_ok and parts_:
-        futures = client.map(validate_part, parts_, table=table, suite=suite, parameters=parameters, examples=examples, pure=False)
-        per_partition = gather_with_progress(futures, f"validating {table} ({len(parts_)} partitions)")
+        # Everything is submitted before anything is awaited, so the cluster works on all at once.
+        row_futures = client.map(validate_part, parts_, table=table, suite=suite, parameters=parameters, examples=examples, pure=False)
+        remaining = [e for e in table_scope if e["meta"]["name"] not in results]
+        whole_table = submit_whole_table_checks(client, table, parts_, remaining, parameters, examples)
+        per_partition = gather_with_progress(row_futures, f"validating {table} ({len(parts_)} partitions)")
         results.update(merge_partition_results(per_partition, examples))
-        lazy = _table_expectation_tasks(table, parts_, [e for e in table_scope if e["meta"]["name"] not in results], parameters, examples)
-        names = list(lazy)
-        flat = [part for name in names for part in lazy[name]]
-        computed = _compute_with_progress(client, flat, f"checking {table} across partitions")
-        # Each expectation contributed three results: rows checked, rows unexpected, first examples.
-        grouped = [computed[i : i + 3] for i in range(0, len(computed), 3)]
-        for name, (checked, unexpected, first) in zip(names, grouped, strict=True):
-            expectation = next(e for e in table_scope if e["meta"]["name"] == name)
-            results[name] = {**_result(int(unexpected) == 0, checked, unexpected, _records(first, examples)), "kwargs": expectation["kwargs"]}
+        results.update(whole_table.results(table, examples))
     reason = "not evaluated: the part files do not have the declared columns" if not columns_ok else "not evaluated: the table has no part files"
     return _suite_summary(table, suite, results, parts_, not_evaluated_reason=reason)
 

@@ -80,7 +80,7 @@ def _table_basics(table: str) -> list[gxe.Expectation]:
             gxe.ExpectTableColumnsToMatchOrderedList,
             f"{table}_columns_match_schema",
             CRITICAL,
-            f"Every part file of `{table}` has exactly the columns of its declared Arrow schema.",
+            f"Every part file of `{table}` has exactly the columns (names, order and Arrow types) of its declared schema.",
             scope=TABLE_SCOPE,
             column_list=SCHEMAS[table].names,
         ),
