@@ -20,8 +20,10 @@ import html
 import json
 import logging
 import math
+import queue
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -774,14 +776,55 @@ def _submit_source(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, se
             before += counts[i] if i < len(counts) else 0
     elif source.format == "gzip":
         # One stream, cut here into bounded blocks that the workers parse in parallel.
-        stream = GzipChunks(source, chunk_size=min(settings.block_size, 4 * MIB))
-        consumed = 0
-        for block in cut_lines(stream, source, 1, settings.block_size, settings.max_line_bytes):
+        for block in gzip_blocks_ahead(source, settings.block_size, settings.max_line_bytes):
             block_future = runner.client.scatter(block, hash=False)
-            runner.submit(ingest_line_block, block_future, runner.part(), dirs, settings.max_line_bytes, source_bytes=stream.compressed_position - consumed)
-            consumed = stream.compressed_position
+            runner.submit(ingest_line_block, block_future, runner.part(), dirs, settings.max_line_bytes, source_bytes=block.source_bytes)
     else:
         _submit_parquet(runner, source, dirs, settings.block_size)
+
+
+def gzip_blocks_ahead(source: SourceFile, block_size: int, max_line_bytes: int, ahead: int = 2) -> Iterator[LineBlock]:
+    """The blocks of a gzip file, decompressed and cut by a background thread.
+
+    zlib releases the GIL while it inflates, so the next blocks are prepared while the caller
+    ships the current one to a worker; at most ``ahead`` finished blocks wait in memory.
+    """
+    stream = GzipChunks(source, chunk_size=min(block_size, 4 * MIB))
+    ready: queue.Queue[LineBlock | BaseException | None] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def offer(item: LineBlock | BaseException | None) -> bool:
+        """Queue ``item`` unless the consumer has gone; False when it has."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        consumed = 0
+        try:
+            for block in cut_lines(stream, source, 1, block_size, max_line_bytes):
+                block.source_bytes = stream.compressed_position - consumed
+                consumed = stream.compressed_position
+                if not offer(block):
+                    return
+            offer(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer(exc)
+
+    producer = threading.Thread(target=produce, name=f"gunzip {source.name}", daemon=True)
+    producer.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        producer.join()
 
 
 def _submit_parquet(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, block_size: int) -> None:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from pipeline.ingest import (
     IngestSettings,
+    gzip_blocks_ahead,
     meta_values,
     parse_meta_block,
     parse_review_block,
@@ -248,6 +249,19 @@ def test_truncated_gzip_tail_is_reported_and_complete_lines_are_kept(tmp_path):
     damaged = bytearray(gzip.compress(jsonl([review(i) for i in range(50)]), mtime=0))
     damaged[len(damaged) // 2 : len(damaged) // 2 + 8] = b"\xff" * 8
     assert stream(bytes(damaged))[-1] == StreamEnd("corrupt_gzip")
+
+
+def test_gzip_blocks_prepared_ahead_equal_the_plain_cut_and_stop_cleanly(tmp_path):
+    path = tmp_path / "r.jsonl.gz"
+    path.write_bytes(gzip.compress(jsonl([review(i) for i in range(300)])))
+    gz = SourceFile(str(path), str(path), "reviews", 0, "gzip", path.stat().st_size)
+    ahead = list(gzip_blocks_ahead(gz, 4096, MAX_LINE))
+    direct = list(cut_lines(GzipChunks(gz, chunk_size=4096), gz, 1, 4096, MAX_LINE))
+    assert [(b.first_line, b.data) for b in ahead] == [(b.first_line, b.data) for b in direct]
+    assert sum(b.source_bytes for b in ahead) == path.stat().st_size
+    unfinished = gzip_blocks_ahead(gz, 1024, MAX_LINE, ahead=1)
+    next(unfinished)
+    unfinished.close()  # the producer thread stops instead of waiting forever on a full queue
 
 
 def test_domain_comes_from_file_names():
