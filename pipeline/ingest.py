@@ -1037,3 +1037,6 @@ def register(app: typer.Typer) -> None:
             f"{rows['items']:,} items, {rows['rejects']:,} rejects in {run}"
             + (" (up to date, not rerun; --force reruns)" if entry["skipped"] else "")
         )
+        if entry["rejects_by_reason"]:
+            reasons = ", ".join(f"{reason} {count:,}" for reason, count in sorted(entry["rejects_by_reason"].items(), key=lambda kv: -kv[1]))
+            typer.echo(f"rejects by reason: {reasons} (rows in {Path(run) / 'rejects'})")

@@ -478,5 +478,6 @@ def test_cli_reads_its_settings_from_the_config_file(tmp_path, dask_client, rrec
 
     assert result.exit_code == 0, result.output
     assert "ingest Office: 13 lines -> 12 interactions, 0 items, 1 rejects" in result.output
+    assert "rejects by reason: invalid_json 1" in result.output
     entry = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["ingest"]
     assert entry["config"]["block_size"] == 4096 and entry["rejects_by_reason"] == {"invalid_json": 1}
