@@ -307,11 +307,13 @@ def test_k_that_removes_everything_writes_an_empty_table(tricky_run, dask_client
     assert read_sequences(tricky_run).num_rows == 0
 
 
-def test_real_sample_through_sequences_matches_the_official_scripts(real_reviews, tmp_path, dask_client):
+def test_real_sample_through_ingest_and_sequences_matches_the_official_scripts(real_reviews, tmp_path, dask_client):
     from benchmarks.official_baseline import run_official_baseline
 
+    from pipeline.ingest import IngestSettings, run_ingest
+
     run = tmp_path / "run"
-    ingest_by_hand(run, [real_reviews])
+    run_ingest(run, IngestSettings(reviews=[str(real_reviews)]), dask_client)
     # The sample is sparse: nothing survives a 5-core, 38 interactions a 2-core.
     for k, expected_rows in ((5, 0), (2, 38), (0, 2395)):
         entry = run_sequences(run, SequencesSettings(k=k, train_targets="all", max_history=0, num_negatives=9), dask_client)
