@@ -114,8 +114,12 @@ _HTML_BREAK = r"(?i)<br\s*/?>"
 _HTML_TAG = r"</?[A-Za-z][^<>]*>|<!--.*?-->"
 
 
-class _Bad(Exception):
-    """A record that fails validation; ``args[0]`` is the reject reason."""
+class RecordRejected(Exception):
+    """A record ingest cannot keep; ``reason`` is the short, stable reject reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def strip_html(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -156,46 +160,46 @@ def _rows_with_markup(texts: pa.Array) -> pa.Array:
 
 def _text(value: Any, name: str) -> str:
     if not isinstance(value, str):
-        raise _Bad(f"wrong_type:{name}")
+        raise RecordRejected(f"wrong_type:{name}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise _Bad(f"invalid_utf8:{name}") from None
+        raise RecordRejected(f"invalid_utf8:{name}") from None
     return value
 
 
 def _whole(value: Any, name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _Bad(f"wrong_type:{name}")
+        raise RecordRejected(f"wrong_type:{name}")
     return value
 
 
 def _finite(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Bad(f"wrong_type:{name}")
+        raise RecordRejected(f"wrong_type:{name}")
     try:
         number = float(value)
     except OverflowError:
-        raise _Bad(f"wrong_type:{name}") from None
+        raise RecordRejected(f"wrong_type:{name}") from None
     if not math.isfinite(number):
-        raise _Bad(f"wrong_type:{name}")
+        raise RecordRejected(f"wrong_type:{name}")
     return number
 
 
 def review_values(record: Any) -> tuple[Any, ...]:
     """The kept fields of one raw review, in :data:`RAW_REVIEW` order, validated.
 
-    Raises ``_Bad(reason)`` naming the first problem in field order: ``not_an_object``,
+    Raises ``RecordRejected(reason)`` naming the first problem in field order: ``not_an_object``,
     ``missing_field:<name>`` (absent, null or an empty id), ``wrong_type:<name>``,
     ``invalid_utf8:<name>``.
     """
     if not isinstance(record, dict):
-        raise _Bad("not_an_object")
+        raise RecordRejected("not_an_object")
     values: list[Any] = []
     for name in REVIEW_KEYS:
         value = record.get(name)
         if value is None or (value == "" and name in _REVIEW_IDS):
-            raise _Bad(f"missing_field:{name}")
+            raise RecordRejected(f"missing_field:{name}")
         if name == "rating":
             values.append(_finite(value, name))
         elif name == "timestamp":
@@ -204,7 +208,7 @@ def review_values(record: Any) -> tuple[Any, ...]:
             values.append(_whole(value, name, INT32_MIN, INT32_MAX))
         elif name == "verified_purchase":
             if not isinstance(value, bool):
-                raise _Bad(f"wrong_type:{name}")
+                raise RecordRejected(f"wrong_type:{name}")
             values.append(value)
         else:
             values.append(_text(value, name))
@@ -226,7 +230,7 @@ def parse_price(value: Any) -> float | None:
         try:
             value = float(text.lstrip("$").replace(",", ""))
         except ValueError:
-            raise _Bad("wrong_type:price") from None
+            raise RecordRejected("wrong_type:price") from None
     if isinstance(value, float) and math.isnan(value):
         return None
     return _finite(value, "price")
@@ -240,7 +244,7 @@ def _text_list(value: Any, name: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise _Bad(f"wrong_type:{name}")
+        raise RecordRejected(f"wrong_type:{name}")
     return [_text(item, name) for item in value]
 
 
@@ -255,15 +259,15 @@ def _details(value: Any) -> str | None:
         try:
             value = json.loads(value)
         except ValueError:
-            raise _Bad("wrong_type:details") from None
+            raise RecordRejected("wrong_type:details") from None
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise _Bad("wrong_type:details")
+        raise RecordRejected("wrong_type:details")
     try:
         return json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
-        raise _Bad("wrong_type:details") from None
+        raise RecordRejected("wrong_type:details") from None
 
 
 def _rating_number(value: Any) -> int | None:
@@ -279,14 +283,14 @@ def meta_values(record: Any) -> tuple[Any, ...]:
 
     Only ``parent_asin`` is required. ``description`` (a list of strings) is joined with
     newlines, ``details`` (a dict, or a JSON string in the Hub's Parquet conversion) becomes a
-    JSON string, missing lists become empty lists. Raises ``_Bad(reason)`` like
+    JSON string, missing lists become empty lists. Raises ``RecordRejected(reason)`` like
     :func:`review_values`.
     """
     if not isinstance(record, dict):
-        raise _Bad("not_an_object")
+        raise RecordRejected("not_an_object")
     parent_asin = record.get("parent_asin")
     if parent_asin is None or parent_asin == "":
-        raise _Bad("missing_field:parent_asin")
+        raise RecordRejected("missing_field:parent_asin")
     average_rating = record.get("average_rating")
     if isinstance(average_rating, float) and math.isnan(average_rating):
         average_rating = None  # how Parquet files written from pandas mark a missing float
@@ -415,18 +419,18 @@ def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_line(line: bytes, max_line_bytes: int) -> Any:
-    """The JSON value of one line, or ``_Bad`` with the line-level reason."""
+    """The JSON value of one line, or :class:`RecordRejected` with the line-level reason."""
     if len(line) > max_line_bytes:
-        raise _Bad("line_too_long")
+        raise RecordRejected("line_too_long")
     # Undecodable bytes become lone surrogates: harmless in fields ingest drops, and caught as
     # invalid_utf8:<field> in fields it keeps (the fast path treats them the same way).
     text = line.decode("utf-8", "surrogateescape").lstrip("\ufeff")
     if not text.strip():
-        raise _Bad("empty_line")
+        raise RecordRejected("empty_line")
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
-        raise _Bad("invalid_json") from None
+        raise RecordRejected("invalid_json") from None
 
 
 def _parse_lines(block: LineBlock, max_line_bytes: int, fast: bool, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema) -> tuple[_Pieces, int]:
@@ -459,8 +463,8 @@ def _parse_lines(block: LineBlock, max_line_bytes: int, fast: bool, values: Call
             try:
                 rows.append(values(_decode_line(line, max_line_bytes)))
                 kept.append(index)
-            except _Bad as bad:
-                pieces.rejects.append((block.first_line + index, bad.args[0], raw_text(line)))
+            except RecordRejected as bad:
+                pieces.rejects.append((block.first_line + index, bad.reason, raw_text(line)))
         pieces.add_rows(_values_table(rows, schema), np.asarray(kept, dtype=np.int64))
 
     pieces = _Pieces()
@@ -535,8 +539,8 @@ def _parse_rows(table: pa.Table, first_row: int, fast: FastPath | None, values: 
             try:
                 rows.append(values(record))
                 kept.append(index)
-            except _Bad as bad:
-                pieces.rejects.append((first_row + index, bad.args[0], _row_raw(record)))
+            except RecordRejected as bad:
+                pieces.rejects.append((first_row + index, bad.reason, _row_raw(record)))
         pieces.add_rows(_values_table(rows, schema), np.asarray(kept, dtype=np.int64))
 
     pieces = _Pieces()
@@ -846,13 +850,13 @@ def _submit_parquet(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, b
         group_bytes += row_group.total_byte_size
         group_rows += row_group.num_rows
         if group_bytes >= block_size or index == metadata.num_row_groups - 1:
-            share = source.size * group_bytes // max(1, metadata_bytes(metadata))
+            share = source.size * group_bytes // max(1, _metadata_bytes(metadata))
             runner.submit(ingest_parquet_row_groups, source, group, first_row, group_rows, runner.part(), dirs, source_bytes=share)
             first_row += group_rows
             group, group_bytes, group_rows = [], 0, 0
 
 
-def metadata_bytes(metadata: Any) -> int:
+def _metadata_bytes(metadata: Any) -> int:
     """Uncompressed bytes of all row groups of a Parquet file (for progress shares)."""
     return sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
 
