@@ -5,11 +5,11 @@ with its file, line and a short stable reason; the stage never stops on bad data
 
 Per block of lines the work is a pure function (:func:`parse_review_block`,
 :func:`parse_meta_block`, :func:`parse_review_rows`, :func:`parse_meta_rows`). Review blocks take
-a fast path first: ``pyarrow.json`` with an explicit schema, accepted only when it provably gives
-what the per-line path would (one object per line, no nulls or empty ids, finite ratings, valid
-UTF-8, no over-long line); otherwise the block is halved until the bad lines are isolated and
-those small pieces go through ``json.loads`` line by line. So the output never depends on the
-block size or the number of workers. The Dask layer (:func:`run_ingest`) maps those functions
+a fast path first: ``pyarrow.json`` with an explicit schema. Its rows are kept only where they
+provably equal what the per-line path gives (one object per line, then per row: no nulls or
+empty ids, a finite rating, valid UTF-8, not over-long); the other rows, and slices the reader
+cannot parse at all (halved until the bad lines are isolated), go through ``json.loads`` line by
+line. So the output never depends on the block size or the number of workers. The Dask layer (:func:`run_ingest`) maps those functions
 over byte ranges of plain files, streamed blocks of gzip files and row groups of Parquet files.
 """
 
@@ -20,10 +20,8 @@ import html
 import json
 import logging
 import math
-import queue
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -42,7 +40,6 @@ from pydantic import Field, field_validator
 from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
 from pipeline.config import StageSettings
 from pipeline.readers import (
-    GzipChunks,
     InputError,
     LineBlock,
     SourceFile,
@@ -50,6 +47,7 @@ from pipeline.readers import (
     cut_lines,
     domain_from_name,
     expand_inputs,
+    gzip_blocks_ahead,
     plain_range_chunks,
     plain_range_start,
     RAW_CHARS,
@@ -785,50 +783,6 @@ def _submit_source(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, se
             runner.submit(ingest_line_block, block_future, runner.part(), dirs, settings.max_line_bytes, source_bytes=block.source_bytes)
     else:
         _submit_parquet(runner, source, dirs, settings.block_size)
-
-
-def gzip_blocks_ahead(source: SourceFile, block_size: int, max_line_bytes: int, ahead: int = 2) -> Iterator[LineBlock]:
-    """The blocks of a gzip file, decompressed and cut by a background thread.
-
-    zlib releases the GIL while it inflates, so the next blocks are prepared while the caller
-    ships the current one to a worker; at most ``ahead`` finished blocks wait in memory.
-    """
-    stream = GzipChunks(source, chunk_size=min(block_size, 4 * MIB))
-    ready: queue.Queue[LineBlock | BaseException | None] = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
-
-    def offer(item: LineBlock | BaseException | None) -> bool:
-        """Queue ``item`` unless the consumer has gone; False when it has."""
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        consumed = 0
-        try:
-            for block in cut_lines(stream, source, 1, block_size, max_line_bytes):
-                block.source_bytes = stream.compressed_position - consumed
-                consumed = stream.compressed_position
-                if not offer(block):
-                    return
-            offer(None)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            offer(exc)
-
-    producer = threading.Thread(target=produce, name=f"gunzip {source.name}", daemon=True)
-    producer.start()
-    try:
-        while (item := ready.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        producer.join()
 
 
 def _submit_parquet(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, block_size: int) -> None:

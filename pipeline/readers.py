@@ -18,7 +18,9 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import queue
 import re
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -337,6 +339,50 @@ class GzipChunks:
                         more_output = len(out) == self.chunk_size
             if in_member:
                 yield StreamEnd("truncated_gzip")
+
+
+def gzip_blocks_ahead(source: SourceFile, block_size: int, max_line_bytes: int, ahead: int = 2) -> Iterator[LineBlock]:
+    """The blocks of a gzip file, decompressed and cut by a background thread.
+
+    zlib releases the GIL while it inflates, so the next blocks are prepared while the caller
+    ships the current one to a worker; at most ``ahead`` finished blocks wait in memory.
+    """
+    stream = GzipChunks(source, chunk_size=min(block_size, READ_CHUNK))
+    ready: queue.Queue[LineBlock | BaseException | None] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def offer(item: LineBlock | BaseException | None) -> bool:
+        """Queue ``item`` unless the consumer has gone; False when it has."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        consumed = 0
+        try:
+            for block in cut_lines(stream, source, 1, block_size, max_line_bytes):
+                block.source_bytes = stream.compressed_position - consumed
+                consumed = stream.compressed_position
+                if not offer(block):
+                    return
+            offer(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer(exc)
+
+    producer = threading.Thread(target=produce, name=f"gunzip {source.name}", daemon=True)
+    producer.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        producer.join()
 
 
 def plain_range_start(url: str, nominal_start: int, nominal_end: int) -> int | None:

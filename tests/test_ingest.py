@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from pipeline.ingest import (
     IngestSettings,
-    gzip_blocks_ahead,
     meta_values,
     parse_meta_block,
     parse_review_block,
@@ -26,7 +25,7 @@ from pipeline.ingest import (
     run_ingest,
     strip_html,
 )
-from pipeline.readers import GzipChunks, InputError, LineBlock, SourceFile, StreamEnd, cut_lines, domain_from_name, expand_inputs
+from pipeline.readers import GzipChunks, InputError, LineBlock, SourceFile, StreamEnd, cut_lines, domain_from_name, expand_inputs, gzip_blocks_ahead
 from pipeline.schemas import INTERACTIONS, ITEMS, REJECTS
 from pipeline.tables import read_table
 
