@@ -37,7 +37,7 @@ from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, req
 from pipeline.annotators.context import PartitionSpec, load_partition_contexts, plan_partitions
 from pipeline.annotators.limits import Budget
 from pipeline.annotators.openai_batch import BatchOptions, run_batches
-from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, SendStats, send_requests
+from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, SendStats, resolve_api_key, send_requests
 from pipeline.annotators.pricing import ModelPrice, PriceTable, estimate_tokens
 from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, user_errors
 from pipeline.config import ConfigError, StageSettings, common, load_config, section
@@ -332,6 +332,8 @@ def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: C
         return run.require(STAGE)
 
     options = settings.chat_options()
+    if not settings.dry_run:
+        resolve_api_key(settings.base_url)  # fail before any work when the key is missing
     futures = [client.submit(prepare_partition, run_path, spec, options, settings.max_prompt_history, pure=False) for spec in specs]
     if settings.dry_run:
         return _dry_run_report(settings, gather_with_progress(futures, "building prompts"), prices)

@@ -42,7 +42,7 @@ from pipeline.annotators import template
 from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash
 from pipeline.annotators.context import contexts_from_rows, read_item_facts
 from pipeline.annotators.limits import Budget
-from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, send_requests
+from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, resolve_api_key, send_requests
 from pipeline.annotators.pricing import ModelPrice, PriceTable, estimate_tokens
 from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, user_errors
 from pipeline.config import ConfigError, StageSettings, common, load_config, section
@@ -286,6 +286,8 @@ def run_judge(run: Path | str | RunDir, settings: JudgeSettings, client: Client,
     if not force and run.is_current(STAGE, fingerprint) and entry and entry.get("complete", True):
         log.info("judge: inputs and settings unchanged, skipping (use --force to rerun)")
         return entry
+    if settings.judge != HEURISTIC:
+        resolve_api_key(settings.base_url)  # fail before any work when the key is missing
     keys = choose_sample(run.table("filtered"), settings.sample, settings.seed)
     futures = [client.submit(load_judge_cases, str(run.path), str(f), keys, pure=False) for f in parts(run.table("filtered"))]
     cases = [case for chunk in gather_with_progress(futures, "loading judge sample") for case in chunk]

@@ -17,7 +17,7 @@ import pytest
 from annotation_data import make_run
 from openai_loopback import LoopbackOpenAI, Reply, messages_key
 from pipeline.annotate import AnnotateSettings, run_annotate
-from pipeline.annotators.cache import AnswerCache, CachedAnswer
+from pipeline.annotators.cache import AnswerCache
 from pipeline.annotators.pricing import PriceTable
 from pipeline.stage import RunDir, StageError
 
