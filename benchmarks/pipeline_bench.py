@@ -30,6 +30,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import psutil
@@ -119,6 +120,7 @@ def baseline_digest(review_file: Path, k: int, max_history: int, train_targets: 
 
 
 def pipeline_digest(run: Path) -> dict:
+    import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     digests: Counter = Counter()
@@ -128,11 +130,12 @@ def pipeline_digest(run: Path) -> dict:
         users = batch.column("user_id").to_pylist()
         splits = batch.column("split").to_pylist()
         targets = batch.column("target").field("parent_asin").to_pylist()
-        histories = batch.column("history").flatten().field("parent_asin")
-        offsets = batch.column("history").offsets.to_pylist()
-        flat = histories.to_pylist()
+        history = batch.column("history")
+        # flatten() honours the array's slice offset; lengths rebuild the per-row boundaries.
+        flat = history.flatten().field("parent_asin").to_pylist()
+        ends = list(accumulate(pc.list_value_length(history).fill_null(0).to_pylist()))
         for i, (user, split, target) in enumerate(zip(users, splits, targets)):
-            digests[split] = (digests[split] + _row_hash(split, user, target, flat[offsets[i] : offsets[i + 1]])) & MASK
+            digests[split] = (digests[split] + _row_hash(split, user, target, flat[(ends[i - 1] if i else 0) : ends[i]])) & MASK
             counts[split] += 1
     manifest = json.loads((run / "manifest.json").read_text())
     return {
