@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import typer
 from pydantic import Field
@@ -78,7 +79,7 @@ class SequencesSettings(StageSettings):
     sample_users: int | None = Field(None, ge=1, description="keep a seeded sample of N users after k-core")
     seed: int = 42
     events_per_partition: int = Field(
-        1_000_000, ge=1, description="interactions per Dask partition (output layout only, never its content)"
+        250_000, ge=1, description="interactions per Dask partition (output layout only, never its content)"
     )
 
 
@@ -200,9 +201,23 @@ class Selection:
     rejects_by_reason: dict[str, int]
 
 
+def read_interaction_keys(folder: Path) -> pa.Table:
+    """The columns of ``interactions`` the stage needs, ids as dictionaries.
+
+    Parquet stores the id columns dictionary-encoded: reading them as dictionaries skips
+    materialising and re-hashing millions of id strings.
+    """
+    parquet = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(dictionary_columns=["user_id", "parent_asin"]))
+    return pads.dataset(str(folder), format=parquet).to_table(
+        columns=["user_id", "parent_asin", "timestamp", "rating", "src_file", "src_line"]
+    )
+
+
 def _dense_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Integer codes of a string column whose order is the sorted order of the values."""
-    encoded = pa.table({"v": column.dictionary_encode()}).unify_dictionaries().column("v")
+    """Integer codes of a string (or dictionary) column, numbered in sorted order of the values."""
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    encoded = pa.table({"v": column}).unify_dictionaries().column("v")
     if encoded.num_chunks == 0:
         return np.zeros(0, dtype=np.int64), pa.array([], pa.string())
     dictionary = encoded.chunk(0).dictionary
@@ -676,11 +691,7 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
     log.info("building sequences of %s", run_dir.path)
 
     with run_dir.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
-        interactions = read_table(
-            run_dir.table("interactions"),
-            "interactions",
-            columns=["user_id", "parent_asin", "timestamp", "rating", "src_file", "src_line"],
-        )
+        interactions = read_interaction_keys(run_dir.table("interactions"))
         rows_in = interactions.num_rows
         selection = select_interactions(interactions, settings)
         del interactions
@@ -754,7 +765,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int | None, typer.Option("--seed", help="Seed of user sampling and negatives (default 42).")] = None,
         events_per_partition: Annotated[
             int | None,
-            typer.Option("--events-per-partition", help="Interactions per Dask partition (layout only; default 1,000,000).", min=1),
+            typer.Option("--events-per-partition", help="Interactions per Dask partition (layout only; default 250,000).", min=1),
         ] = None,
         config: ConfigOpt = None,
         workers: WorkersOpt = None,
