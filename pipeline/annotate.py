@@ -20,6 +20,7 @@ commits what it has with ``complete: false`` in the manifest; the next run does 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -206,6 +207,8 @@ def prepare_partition(run_path: str, spec: PartitionSpec, options: ChatOptions, 
     requests = [chat_request(context, options, max_history) for context in contexts]
     with AnswerCache(Path(run_path) / CACHE_FILE) as cache:
         cached = cache.get_many(r.request_hash for r in requests)
+    # Answered requests travel back without their messages: a cached rerun moves keys, not prompts.
+    requests = [dataclasses.replace(r, messages=[]) if r.request_hash in cached else r for r in requests]
     return PreparedPartition(spec.index, [c.key for c in contexts], requests, cached)
 
 
