@@ -549,26 +549,28 @@ def run_validation(run: Path, client: Client, force: bool = False, settings: Val
         log.info("validation of %s is up to date (use --force to rerun)", run)
         return read_summary(run)
 
-    parameters = suite_parameters(run_dir, settings)
-    suites: dict[str, dict[str, Any]] = {}
-    for table in TABLES:
-        if table in present:
-            suites[table] = validate_table(run_dir, table, client, parameters, settings.examples)
-        else:
-            suites[table] = {"present": False, "success": True, "all_passed": None, "critical_failures": 0, "warning_failures": 0, "expectations": []}
-    critical = sum(s["critical_failures"] for s in suites.values())
-    summary = {
-        "run": str(run),
-        "validated_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "code_version": code_version(),
-        "parameters": parameters,
-        "success": critical == 0,
-        "critical_failures": critical,
-        "warning_failures": sum(s["warning_failures"] for s in suites.values()),
-        "suites": suites,
-        "data_docs": f"{DATA_DOCS_DIR}/index.html",
-    }
+    # Validation runs inside the stage: the run folder is locked against concurrent writers
+    # while its tables are read, and the manifest's wall time covers the whole check.
     with run_dir.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
+        parameters = suite_parameters(run_dir, settings)
+        suites: dict[str, dict[str, Any]] = {}
+        for table in TABLES:
+            if table in present:
+                suites[table] = validate_table(run_dir, table, client, parameters, settings.examples)
+            else:
+                suites[table] = {"present": False, "success": True, "all_passed": None, "critical_failures": 0, "warning_failures": 0, "expectations": []}
+        critical = sum(s["critical_failures"] for s in suites.values())
+        summary = {
+            "run": str(run),
+            "validated_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "code_version": code_version(),
+            "parameters": parameters,
+            "success": critical == 0,
+            "critical_failures": critical,
+            "warning_failures": sum(s["warning_failures"] for s in suites.values()),
+            "suites": suites,
+            "data_docs": f"{DATA_DOCS_DIR}/index.html",
+        }
         out_dir = out.output_path(OUTPUT, folder=True)
         write_gx_reports(out_dir, run_dir.path.name, suites)
         (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
