@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
 
+from pipeline.stage import StageError
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         try:
             client = Client(scheduler, timeout="20s")
         except OSError as exc:
-            raise RuntimeError(
+            raise StageError(
                 f"cannot reach the Dask scheduler at {scheduler} ({exc}); start it with "
                 "`dask scheduler` or drop --scheduler to use a local cluster"
             ) from None
@@ -45,7 +47,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         n_workers=n_workers,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        # A random port: the HTTP server starts even with the dashboard off, and a fixed port
+        # clashes between concurrent runs ("Port 8787 is already in use").
+        dashboard_address=":0",
         silence_logs=logging.ERROR,
     ) as cluster, Client(cluster) as client:
         yield client
