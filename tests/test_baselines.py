@@ -150,6 +150,24 @@ def test_sasrec_is_deterministic_and_learns_a_successor_rule() -> None:
     np.testing.assert_allclose(score_candidates(again, [2, 3, 4], candidates), score_candidates(model, [2, 3, 4], candidates))
 
 
+def test_sasrec_early_stopping_keeps_the_best_checked_model() -> None:
+    sequences = [[1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 1]]
+    scripted = iter([0.1, 0.3, 0.2, 0.25, 0.2, 0.9])
+    snapshots: list[dict] = []
+
+    def validate(model) -> float:
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scripted)
+
+    config = SasRecConfig(hidden=8, blocks=1, max_len=4, epochs=30, eval_every=2, patience=3, seed=0)
+    model = train_sasrec(sequences, 5, config, validate)
+    # Checks at epochs 2, 4, 6, 8, 10: no gain after the second for three checks, so it stops
+    # before the 0.9 and returns the weights it had at the second check.
+    assert len(snapshots) == 5
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, snapshots[1][name])
+
+
 def test_sasrec_refuses_data_without_transitions() -> None:
     with pytest.raises(ValueError, match="two or more items"):
         train_sasrec([[1], [2]], 2, SasRecConfig(epochs=1))

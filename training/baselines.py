@@ -3,7 +3,8 @@
 - ``random``: a uniform random score per candidate, seeded from (seed, user_id), so a row's
   ranking never depends on which other rows are evaluated.
 - ``popularity``: the number of distinct training users who interacted with the candidate.
-- ``sasrec``: :mod:`training.sasrec` trained on the training sequences.
+- ``sasrec``: :mod:`training.sasrec` trained on the training sequences, early-stopped on
+  NDCG@5 over the validation split's rows (their own candidates), as the reference code does.
 
 "Training interactions" are what the train split holds: for every user, the history of their
 train row(s) plus the train target, i.e. the whole sequence except the validation and test
@@ -26,7 +27,7 @@ from pydantic import Field
 from pipeline.config import StageSettings
 from pipeline.progress import track
 from training.metrics import ranking_metrics, target_rank
-from training.sasrec import SasRecConfig, score_candidates, train_sasrec
+from training.sasrec import SasRec, SasRecConfig, score_candidates, score_many, train_sasrec
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,11 @@ class BaselineSettings(StageSettings):
     sasrec_heads: int = Field(1, ge=1)
     sasrec_dropout: float = Field(0.2, ge=0.0, lt=1.0)
     sasrec_max_len: int = Field(50, ge=1)
-    sasrec_epochs: int = Field(20, ge=1)
+    sasrec_epochs: int = Field(200, ge=1, description="Most epochs; early stopping usually ends sooner.")
     sasrec_batch_size: int = Field(128, ge=1)
     sasrec_lr: float = Field(1e-3, gt=0.0)
+    sasrec_eval_every: int = Field(10, ge=1, description="Epochs between validation checks.")
+    sasrec_patience: int = Field(5, ge=0, description="Checks without gain before stopping (0: never).")
 
     def sasrec_config(self) -> SasRecConfig:
         return SasRecConfig(
@@ -62,6 +65,8 @@ class BaselineSettings(StageSettings):
             epochs=self.sasrec_epochs,
             batch_size=self.sasrec_batch_size,
             lr=self.sasrec_lr,
+            eval_every=self.sasrec_eval_every,
+            patience=self.sasrec_patience,
             seed=self.seed,
         )
 
@@ -97,29 +102,45 @@ def popularity_scorer(counts: Mapping[str, int]) -> Scorer:
     return lambda row: [float(counts.get(c["parent_asin"], 0)) for c in row["candidates"]]
 
 
-def sasrec_scorer(sequences: Mapping[str, Sequence[str]], eval_rows: Sequence[Row], config: SasRecConfig) -> Scorer:
+def sasrec_scorer(
+    sequences: Mapping[str, Sequence[str]],
+    eval_rows: Sequence[Row],
+    config: SasRecConfig,
+    validation_rows: Sequence[Row] = (),
+) -> Scorer:
     """Train SASRec on the training sequences and score eval rows from their own histories.
 
-    The item vocabulary covers every item of the training sequences and of the evaluated rows
-    (histories and candidates), so no candidate is out of vocabulary; items never seen in
-    training keep their initial embedding, the usual cold-item situation.
+    With ``validation_rows``, training keeps the epoch with the best NDCG@5 on them. The item
+    vocabulary covers every item of the training sequences and of the scored rows (histories
+    and candidates), so no candidate is out of vocabulary; items never seen in training keep
+    their initial embedding, the usual cold-item situation.
     """
     vocabulary: dict[str, int] = {}
     for sequence in sequences.values():
         for item in sequence:
             vocabulary.setdefault(item, len(vocabulary) + 1)
-    for row in eval_rows:
+    for row in [*eval_rows, *validation_rows]:
         for event in row["history"]:
             vocabulary.setdefault(event["parent_asin"], len(vocabulary) + 1)
         for candidate in row["candidates"]:
             vocabulary.setdefault(candidate["parent_asin"], len(vocabulary) + 1)
-    indexed = [[vocabulary[item] for item in sequences[user]] for user in sorted(sequences)]
-    model = train_sasrec(indexed, len(vocabulary), config)
+
+    def indexed(row: Row) -> tuple[list[int], list[int]]:
+        return [vocabulary[e["parent_asin"]] for e in row["history"]], [vocabulary[c["parent_asin"]] for c in row["candidates"]]
+
+    validate = None
+    if validation_rows:
+        held_out = [indexed(row) for row in validation_rows]
+        targets = [int(row["target_index"]) for row in validation_rows]
+
+        def validate(model: SasRec) -> float:
+            scores = score_many(model, [h for h, _ in held_out], [c for _, c in held_out])
+            return float(ranking_metrics([target_rank(s, t) for s, t in zip(scores, targets)])["NDCG@5"])
+
+    model = train_sasrec([[vocabulary[item] for item in sequences[user]] for user in sorted(sequences)], len(vocabulary), config, validate)
 
     def score(row: Row) -> Sequence[float]:
-        history = [vocabulary[event["parent_asin"]] for event in row["history"]]
-        candidates = [vocabulary[c["parent_asin"]] for c in row["candidates"]]
-        return score_candidates(model, history, candidates).tolist()
+        return score_candidates(model, *indexed(row)).tolist()
 
     return score
 
@@ -129,8 +150,15 @@ def rank_rows(rows: Sequence[Row], scorer: Scorer, description: str) -> list[int
     return [target_rank(scorer(row), int(row["target_index"])) for row in track(rows, description, total=len(rows))]
 
 
-def evaluate_baselines(train_rows: Iterable[Row], eval_rows: Sequence[Row], settings: BaselineSettings) -> dict[str, dict[str, float | int]]:
+def evaluate_baselines(
+    train_rows: Iterable[Row],
+    eval_rows: Sequence[Row],
+    settings: BaselineSettings,
+    validation_rows: Sequence[Row] = (),
+) -> dict[str, dict[str, float | int]]:
     """Train every requested baseline on ``train_rows`` and rank ``eval_rows``.
+
+    ``validation_rows`` (held-out rows, never the evaluated ones) early-stop SASRec.
 
     Returns method label (``Random``, ``Popularity``, ``SASRec``) -> HR@1, HR@5, NDCG@5, n.
     """
@@ -145,7 +173,7 @@ def evaluate_baselines(train_rows: Iterable[Row], eval_rows: Sequence[Row], sett
         elif method == "popularity":
             scorer = popularity_scorer(popularity_counts(sequences))
         else:
-            scorer = sasrec_scorer(sequences, eval_rows, settings.sasrec_config())
+            scorer = sasrec_scorer(sequences, eval_rows, settings.sasrec_config(), validation_rows)
         label = METHOD_LABELS[method]
         results[label] = ranking_metrics(rank_rows(eval_rows, scorer, f"ranking with {label}"))
         log.info("%s: %s", label, results[label])
@@ -153,11 +181,16 @@ def evaluate_baselines(train_rows: Iterable[Row], eval_rows: Sequence[Row], sett
 
 
 def run_baselines(dataset: str, config: str, revision: str | None, settings: BaselineSettings) -> dict[str, dict[str, float | int]]:
-    """Load a released config (train + evaluated split) and evaluate the baselines on it."""
+    """Load a released config and evaluate the baselines on its test (or validation) split.
+
+    SASRec is early-stopped on the validation split when the test split is evaluated; when the
+    validation split itself is evaluated it trains for the full ``sasrec_epochs`` instead.
+    """
     from training.data import load_split
 
     train = load_split(dataset, config, revision, "train")
     evaluated = load_split(dataset, config, revision, settings.split)
     if settings.limit is not None:
         evaluated = evaluated.select(range(min(settings.limit, len(evaluated))))
-    return evaluate_baselines(train, evaluated.to_list(), settings)
+    validation = load_split(dataset, config, revision, "validation").to_list() if settings.split == "test" else []
+    return evaluate_baselines(train, evaluated.to_list(), settings, validation)

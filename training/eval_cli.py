@@ -95,11 +95,14 @@ def baselines_command(
     limit: LimitOpt = None,
     split: SplitOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the random baseline and of SASRec.")] = None,
-    sasrec_epochs: Annotated[int | None, typer.Option("--sasrec-epochs", help="Training epochs of SASRec.", min=1)] = None,
+    sasrec_epochs: Annotated[int | None, typer.Option("--sasrec-epochs", help="Most training epochs of SASRec (early stopping usually ends sooner).", min=1)] = None,
     sasrec_hidden: Annotated[int | None, typer.Option("--sasrec-hidden", help="Embedding and hidden size of SASRec.", min=1)] = None,
     sasrec_blocks: Annotated[int | None, typer.Option("--sasrec-blocks", help="Self-attention blocks of SASRec.", min=1)] = None,
     sasrec_max_len: Annotated[int | None, typer.Option("--sasrec-max-len", help="Longest history SASRec reads.", min=1)] = None,
     sasrec_lr: Annotated[float | None, typer.Option("--sasrec-lr", help="Adam learning rate of SASRec.", min=0.0)] = None,
+    sasrec_patience: Annotated[
+        int | None, typer.Option("--sasrec-patience", help="Validation checks without gain before SASRec stops (0: never).", min=0)
+    ] = None,
     settings_file: SettingsFileOpt = None,
 ) -> None:
     """Random, popularity and SASRec trained on the train split and ranked on exactly the
@@ -121,6 +124,7 @@ def baselines_command(
         sasrec_blocks=sasrec_blocks,
         sasrec_max_len=sasrec_max_len,
         sasrec_lr=sasrec_lr,
+        sasrec_patience=sasrec_patience,
     )
     results = run_baselines(dataset, config, revision, settings)
     json_path, table_path = write_results(output, config, results)

@@ -5,7 +5,9 @@ learned positional embeddings, ``blocks`` pre-norm causal self-attention blocks 
 point-wise feed-forward network, padded positions zeroed after every block (the paper's
 "timeline mask"), a final layer norm, and the score of item i at step t as the dot product of
 the hidden state with i's (shared) input embedding. Trained with binary cross-entropy on the
-next item against one uniformly sampled negative per position, with Adam.
+next item against one uniformly sampled negative per position, with Adam. As in the reference
+code, training is checked on held-out data every few epochs and the best model is kept
+(early stopping), so the epoch count is a ceiling rather than a setting to tune per dataset.
 
 No maintained SASRec package installs cleanly beside this stack (RecBole pins old numpy /
 torch versions), so the model lives here, small enough to read against the paper.
@@ -13,9 +15,10 @@ torch versions), so the model lives here, small enough to read against the paper
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +39,11 @@ class SasRecConfig:
     heads: int = 1
     dropout: float = 0.2
     max_len: int = 50
-    epochs: int = 20
+    epochs: int = 200
     batch_size: int = 128
     lr: float = 1e-3
+    eval_every: int = 10
+    patience: int = 5
     seed: int = 42
 
 
@@ -110,10 +115,18 @@ def _sample_negatives(rng: np.random.Generator, positives: np.ndarray, seen: lis
     return np.where(positives == 0, 0, negatives)
 
 
-def train_sasrec(sequences: Sequence[Sequence[int]], num_items: int, config: SasRecConfig) -> SasRec:
+def train_sasrec(
+    sequences: Sequence[Sequence[int]],
+    num_items: int,
+    config: SasRecConfig,
+    validate: Callable[[SasRec], float] | None = None,
+) -> SasRec:
     """Train SASRec on per-user item-index sequences (chronological, indices in 1..num_items).
 
-    Every position of a sequence predicts the next item. Deterministic for a given seed.
+    Every position of a sequence predicts the next item. With ``validate`` (a held-out score,
+    higher is better, e.g. NDCG@5 on the validation split), the model is scored every
+    ``eval_every`` epochs, training stops after ``patience`` checks without improvement
+    (0: never) and the best model is returned. Deterministic for a given seed.
     """
     usable = [list(s) for s in sequences if len(s) >= 2]
     if not usable:
@@ -126,6 +139,7 @@ def train_sasrec(sequences: Sequence[Sequence[int]], num_items: int, config: Sas
     positives = np.array([left_pad(s[1:], config.max_len) for s in usable])
     seen = [set(s) for s in usable]
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    best_score, best_state, checks_without_gain = -math.inf, None, 0
     model.train()
     for epoch in track(range(config.epochs), "training SASRec", total=config.epochs):
         order = rng.permutation(len(usable))
@@ -149,13 +163,39 @@ def train_sasrec(sequences: Sequence[Sequence[int]], num_items: int, config: Sas
             total += loss.item()
             count += int(mask.sum())
         log.debug("SASRec epoch %d: BCE %.4f", epoch + 1, total / max(count, 1))
+        if validate is None or ((epoch + 1) % config.eval_every and epoch + 1 < config.epochs):
+            continue
+        model.eval()
+        score = validate(model)
+        model.train()
+        log.info("SASRec epoch %d: BCE %.4f, validation %.4f", epoch + 1, total / max(count, 1), score)
+        if score > best_score:
+            best_score, best_state, checks_without_gain = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            checks_without_gain += 1
+            if config.patience and checks_without_gain >= config.patience:
+                log.info("SASRec: no gain in %d checks, stopping at epoch %d", checks_without_gain, epoch + 1)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        log.info("SASRec: kept the model with validation score %.4f", best_score)
     model.eval()
     return model
 
 
 @torch.no_grad()
 def score_candidates(model: SasRec, history: Sequence[int], candidates: Sequence[int]) -> np.ndarray:
-    """Scores of candidate item indices after a history of item indices (0 = unknown item)."""
-    sequence = torch.tensor([left_pad(history, model.config.max_len)])
-    hidden = model.encode(sequence)[0, -1]
-    return model.score(hidden, torch.tensor(candidates)).numpy()
+    """Scores of candidate item indices after a history of item indices."""
+    return score_many(model, [history], [candidates])[0]
+
+
+@torch.no_grad()
+def score_many(model: SasRec, histories: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], batch_size: int = 256) -> list[np.ndarray]:
+    """Scores of each row's candidates after that row's history, rows encoded in batches."""
+    scores: list[np.ndarray] = []
+    for start in range(0, len(histories), batch_size):
+        chunk = range(start, min(start + batch_size, len(histories)))
+        hidden = model.encode(torch.tensor([left_pad(histories[i], model.config.max_len) for i in chunk]))[:, -1]
+        for row, i in enumerate(chunk):
+            scores.append(model.score(hidden[row], torch.tensor(list(candidates[i]))).numpy())
+    return scores
