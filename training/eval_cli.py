@@ -57,8 +57,12 @@ def evaluate_command(
     ] = None,
     settings_file: SettingsFileOpt = None,
 ) -> None:
-    """Rank every candidate by the model's likelihood and generate greedily: HR@1/5, NDCG@5,
-    generative HR@1, valid and hallucination rates; generations saved for `rrec judge`."""
+    """Evaluate a trained model: candidate ranking by likelihood and greedy generation.
+
+    Ranking gives HR@1, HR@5, NDCG@5; generation gives generative HR@1, valid and
+    hallucination rates. The generations (sequence key + rationale) are saved as Parquet so a
+    judge can score the rationales.
+    """
     from pipeline.cli_common import settings_for
     from training.evaluate import VARIANT_INFERS_RATIONALE, EvalSettings, default_variant, evaluate
     from training.metrics import write_results
@@ -105,8 +109,11 @@ def baselines_command(
     ] = None,
     settings_file: SettingsFileOpt = None,
 ) -> None:
-    """Random, popularity and SASRec trained on the train split and ranked on exactly the
-    candidates of the evaluated split."""
+    """Evaluate the random, popularity and SASRec baselines.
+
+    Each is trained on the train split and ranks exactly the candidates of the evaluated split
+    (SASRec early-stops on the validation split).
+    """
     from pipeline.cli_common import settings_for
     from training.baselines import BaselineSettings, run_baselines
     from training.metrics import write_results
