@@ -78,3 +78,27 @@ def test_llm_judge_uses_the_cache_and_records_unusable_answers(filtered_run, das
     assert entry["cost_usd"] > 0 and entry["requests_sent"] == 8
     assert again["cache_hits"] == 8 and again["requests_sent"] == 0
     assert again["score_distribution"] == entry["score_distribution"]
+
+
+def test_filter_and_judge_commands(filtered_run, dask_client):
+    import typer
+    from typer.testing import CliRunner
+
+    from pipeline import filter as filter_stage
+    from pipeline import judge as judge_stage
+
+    app = typer.Typer()
+    filter_stage.register(app)
+    judge_stage.register(app)
+    runner = CliRunner()
+    judge_help = runner.invoke(app, ["judge", "--help"]).output
+    for option in ("--sample", "--judge", "--model", "--base-url", "--run", "--config", "--workers", "--scheduler", "--force"):
+        assert option in judge_help
+    address = dask_client.scheduler.address
+    filtered = runner.invoke(app, ["filter", "--run", str(filtered_run), "--scheduler", address, "--force"])
+    assert filtered.exit_code == 0 and "kept" in filtered.output and "annotator_incoherent" in filtered.output
+    judged = runner.invoke(app, ["judge", "--run", str(filtered_run), "--sample", "5", "--scheduler", address])
+    assert judged.exit_code == 0, judged.output
+    assert "judged 5 rationale(s) with heuristic" in judged.output
+    missing = runner.invoke(app, ["judge", "--run", str(filtered_run.parent / "nothing"), "--scheduler", address])
+    assert missing.exit_code == 2 and "rrec filter" in missing.output
