@@ -22,6 +22,7 @@ mapped over partitions by Dask; its random draws come from a counter-based strea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -254,6 +255,22 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray
     return keep, rounds
 
 
+def chronological_order(user_code: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+    """The stable sort order by (user, timestamp): equal keys keep their input order.
+
+    One stable argsort of a packed (user, timestamp - min) key when both fit in 63 bits
+    (always, for millisecond timestamps of a few decades and millions of users), which is
+    about three times faster than a two-key lexsort.
+    """
+    if len(timestamp) == 0:
+        return np.zeros(0, dtype=np.int64)
+    earliest = int(timestamp.min())
+    time_bits = (int(timestamp.max()) - earliest).bit_length()
+    if int(user_code.max()).bit_length() + time_bits <= 63:
+        return np.argsort((user_code.astype(np.int64) << np.int64(time_bits)) | (timestamp - earliest), kind="stable")
+    return np.lexsort((timestamp, user_code))
+
+
 def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> Selection:
     """Dedupe, k-core, user sampling and chronological ordering of the ``interactions`` table.
 
@@ -285,7 +302,7 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
         by_source = np.argsort(source, kind="stable")
         user_code, item_code, timestamp, rating = user_code[by_source], item_code[by_source], timestamp[by_source], rating[by_source]
     del source
-    order = np.lexsort((timestamp, user_code))
+    order = chronological_order(user_code, timestamp)
     user_code, item_code = user_code[order], item_code[order]
 
     # Repeated (user, item): keep the first in that order, i.e. the earliest review. A hash
@@ -619,10 +636,16 @@ def user_chunks(events: UserEvents, settings: SequencesSettings, max_elements: i
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+@functools.lru_cache(maxsize=2)
+def _load_catalog(catalog_path: str) -> Catalog:
+    # Once per worker process and stage run (the path is unique to the run), not per task.
+    return Catalog.from_table(pq.read_table(catalog_path))
+
+
 def build_partition(events_path: str, catalog_path: str, out_path: str, settings: SequencesSettings) -> dict[str, int]:
     """Dask task: read one partition of events, write its ``sequences`` part, return row counts."""
     events = UserEvents.from_table(pq.read_table(events_path))
-    catalog = Catalog.from_table(pq.read_table(catalog_path))
+    catalog = _load_catalog(catalog_path)
     rows_by_split = dict.fromkeys(SPLITS, 0)
     # store_schema=False and non-compliant list names: the file's own Parquet types (string,
     # list<item: ...>) are exactly SEQUENCES, so the dictionary encoding stays an encoding.
@@ -720,7 +743,7 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
         tasks = []
         for index, (start, stop) in enumerate(partition_bounds(events, settings.events_per_partition)):
             events_path = scratch / f"events-{index:05d}.parquet"
-            pq.write_table(events.slice_users(start, stop).to_table(), events_path)
+            pq.write_table(events.slice_users(start, stop).to_table(), events_path, compression="none")
             tasks.append((str(events_path), str(catalog_path), str(table_dir / part_name(index))))
         counts, rejects = selection.counts, selection.rejects_by_reason
         del selection, events

@@ -22,6 +22,7 @@ from pipeline.sequences import (
     UserEvents,
     build_sequence_rows,
     check_catalog_size,
+    chronological_order,
     draw_negatives,
     example_positions,
     kcore_mask,
@@ -126,6 +127,14 @@ def test_sample_users_is_seeded_nested_and_counted():
     assert small < large
     assert sampled(10) == small
     assert sampled(10, seed=7) != small
+
+
+def test_chronological_order_is_stable_with_packed_keys_and_with_the_lexsort_fallback():
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 50, 2000)
+    for timestamps in (START_MS + rng.integers(0, 5, 2000) * DAY_MS, rng.integers(-(2**62), 2**62, 2000) // 3 * 3):
+        order = chronological_order(users, timestamps)
+        assert order.tolist() == np.lexsort((timestamps, users)).tolist()  # lexsort is stable
 
 
 # -- per-partition part ------------------------------------------------------------------------
