@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -13,6 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline.rationale_format import ITEM_CLOSE, ITEM_OPEN, THINK_CLOSE, THINK_OPEN
+from pipeline.schemas import FILTERED
 from training.eval_cli import register
 from training.evaluate import CandidateScorer, EvalSettings, Generator, evaluate, evaluate_model, prompt_settings_for
 from training.metrics import ranking_metrics, target_rank
@@ -143,6 +145,9 @@ def test_evaluate_saves_generations_with_the_sequence_key(tiny, rows, tmp_path) 
     assert all(r["split"] == "test" and r["infer_rationale"] for r in saved)
     assert [r["target_parent_asin"] for r in saved] == [r["target"]["parent_asin"] for r in test_rows[:5]]
     assert sum(r["hit"] for r in saved) / 5 == pytest.approx(metrics["gen_HR@1"])
+    # The file reads as a `filtered` table (key + rationale), the judge's input shape.
+    as_filtered = pads.dataset(str(generations), format="parquet", schema=FILTERED).to_table().to_pylist()
+    assert [(r["user_id"], r["rationale"]) for r in as_filtered] == [(r["user_id"], r["rationale"]) for r in saved]
 
 
 def _rrec_app() -> typer.Typer:
