@@ -32,6 +32,23 @@ def _strings(array: pa.Array) -> np.ndarray:
     return np.asarray(array.to_pylist(), dtype=object)
 
 
+def _shared_codes(*arrays: pa.Array) -> list[np.ndarray]:
+    """Integer codes of string arrays in one shared dictionary, so equal strings get equal codes.
+
+    Nulls get -1 in the first array and -2 in the others: a missing target never "matches" a
+    missing candidate, while repeated missing candidates still count as repeats.
+    """
+    plain = [a.cast(pa.string()) for a in arrays]
+    encoded = pc.dictionary_encode(pa.concat_arrays(plain))
+    indices = encoded.indices
+    codes, start = [], 0
+    for i, array in enumerate(plain):
+        chunk = indices.slice(start, len(array))
+        codes.append(pc.fill_null(chunk, -1 if i == 0 else -2).to_numpy(zero_copy_only=False).astype(np.int64))
+        start += len(array)
+    return codes
+
+
 def _int64(array: pa.Array, fill: int) -> np.ndarray:
     return pc.fill_null(array, fill).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -54,17 +71,17 @@ def sequence_row_checks(table: pa.Table) -> pd.DataFrame:
     """
     n_rows = table.num_rows
     target = table.column("target").combine_chunks()
-    target_asin = _strings(pc.struct_field(target, "parent_asin"))
+    target_asin_array = pc.struct_field(target, "parent_asin")
     target_ts_raw = pc.struct_field(target, "timestamp")
     # A missing target timestamp cannot be shown to follow the history: treat it as -infinity.
     target_ts = _int64(target_ts_raw, np.iinfo(np.int64).min)
 
     history_length, history, history_row = _flat_lists(table.column("history"))
     history_ts = _int64(pc.struct_field(history, "timestamp"), 0)
-    history_asin = _strings(pc.struct_field(history, "parent_asin"))
-
     candidate_count, candidates, candidate_row = _flat_lists(table.column("candidates"))
-    candidate_asin = _strings(pc.struct_field(candidates, "parent_asin"))
+    target_code, history_code, candidate_code = _shared_codes(
+        target_asin_array, pc.struct_field(history, "parent_asin"), pc.struct_field(candidates, "parent_asin")
+    )
 
     same_row_as_previous = history_row[1:] == history_row[:-1]
     decreasing = same_row_as_previous & (history_ts[1:] < history_ts[:-1])
@@ -72,22 +89,26 @@ def sequence_row_checks(table: pa.Table) -> pd.DataFrame:
     after_target = history_ts > target_ts[history_row]
     before_target = ~_rows_flagged(n_rows, history_row[after_target])
 
-    is_target = candidate_asin == target_asin[candidate_row]
+    is_target = candidate_code == target_code[candidate_row]
     target_occurrences = np.bincount(candidate_row[is_target], minlength=n_rows)
     target_index = _int64(table.column("target_index").combine_chunks(), -1)
     starts = np.cumsum(candidate_count) - candidate_count
     index_valid = (target_index >= 0) & (target_index < candidate_count)
     at_index = np.zeros(n_rows, dtype=bool)
-    at_index[index_valid] = candidate_asin[(starts + target_index)[index_valid]] == target_asin[index_valid]
+    at_index[index_valid] = candidate_code[(starts + target_index)[index_valid]] == target_code[index_valid]
     target_once_at_index = at_index & (target_occurrences == 1)
 
-    candidate_pairs = pd.DataFrame({"row": candidate_row, "parent_asin": candidate_asin})
-    repeated = candidate_pairs.duplicated()
-    candidates_unique = ~_rows_flagged(n_rows, candidate_pairs["row"].to_numpy()[repeated.to_numpy()])
-    history_pairs = pd.DataFrame({"row": history_row, "parent_asin": history_asin}).drop_duplicates()
-    overlap = candidate_pairs.merge(history_pairs, on=["row", "parent_asin"])["row"].to_numpy()
-    candidates_not_in_history = ~_rows_flagged(n_rows, overlap)
+    # (row, item) pairs as one int64 each: sorting and set membership stay in numpy.
+    stride = np.int64(max(int(candidate_code.max(initial=0)), int(history_code.max(initial=0))) + 3)
+    candidate_keys = candidate_row * stride + candidate_code + 2
+    history_keys = history_row * stride + history_code + 2
+    # Hash-based (pandas duplicated, Arrow is_in) rather than sorting: linear in the candidates.
+    repeated = pd.Series(candidate_keys).duplicated().to_numpy()
+    candidates_unique = ~_rows_flagged(n_rows, candidate_row[repeated])
+    in_history = pc.is_in(pa.array(candidate_keys), value_set=pa.array(history_keys)).to_numpy(zero_copy_only=False)
+    candidates_not_in_history = ~_rows_flagged(n_rows, candidate_row[in_history])
 
+    target_asin = _strings(target_asin_array)
     user_id = _strings(table.column("user_id").combine_chunks())
     split = _strings(table.column("split").combine_chunks())
     return pd.DataFrame(
