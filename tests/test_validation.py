@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -488,6 +489,43 @@ def test_validation_history_comparison_follows_truncation() -> None:
     flags = compare_validation_with_test(pairs, max_history=3)
     assert flags["validation_history_matches_test"].tolist() == [True, True, True, False, False, False]
     assert flags["validation_target_matches_test"].tolist() == [True, True, True, True, True, False]
+
+
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("Write to jane.doe@example.com", "EMAIL_REGEX"),
+        ("Call (555) 123-4567 now", "PHONE_REGEX"),
+        ("or +1 555.123.4567", "PHONE_REGEX"),
+        ("see www.example.com/deal", "URL_REGEX"),
+        ("see HTTPS://example.org", "URL_REGEX"),
+    ],
+)
+def test_contact_detail_patterns_find_contact_details(text: str, pattern: str) -> None:
+    import validation.suites as suites
+
+    assert re.search(getattr(suites, pattern), text)
+
+
+def test_contact_detail_patterns_leave_ordinary_rationales_alone() -> None:
+    from validation.suites import EMAIL_REGEX, PHONE_REGEX, URL_REGEX
+
+    ordinary = (
+        "Rated 4.5 out of 5 since 2019, the 12-pack at $12.99 (about 1.08 per bar) fits a user who "
+        "bought 3 boxes of granola; model 1234-5678 and size 10.5 are unrelated to contact details."
+    )
+    assert not any(re.search(p, ordinary) for p in (EMAIL_REGEX, PHONE_REGEX, URL_REGEX))
+
+
+def test_sequence_checks_treat_null_lists_as_empty() -> None:
+    from validation.derived import sequence_row_checks
+
+    row = _good_rows()["sequences"][0][0]
+    broken = dict(row, history=None, candidates=None)
+    frame = sequence_row_checks(pa.Table.from_pylist([row, broken], schema=SEQUENCES))
+    assert frame["history_length"].tolist() == [len(row["history"]), 0]
+    assert frame["candidate_count"].tolist() == [1 + NUM_NEGATIVES, 0]
+    assert frame["target_once_at_index"].tolist() == [True, False]
 
 
 # -- the command ------------------------------------------------------------------------------------
