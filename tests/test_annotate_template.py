@@ -132,3 +132,23 @@ def test_parse_answer_accepts_fenced_json_and_rejects_other_shapes():
         with pytest.raises(ValueError):
             parse_answer(bad)
     assert PROMPT_VERSION.startswith("teacher-")
+
+
+def test_template_on_the_real_chain_from_the_synthetic_sample(tmp_path, dask_client):
+    """sample -> ingest -> sequences -> annotate -> filter: the template's coherent rows pass."""
+    from pipeline.ingest import IngestSettings, run_ingest
+    from pipeline.sample import SampleSettings, generate_domains
+    from pipeline.sequences import SequencesSettings, run_sequences
+
+    domain = "Grocery_and_Gourmet_Food"
+    generate_domains(tmp_path / "raw", SampleSettings(domains=[domain], users=300))
+    run = tmp_path / "run"
+    run_ingest(run, IngestSettings(reviews=[str(tmp_path / "raw" / f"{domain}.jsonl")],
+                                   meta=[str(tmp_path / "raw" / f"meta_{domain}.jsonl")]), dask_client)
+    run_sequences(run, SequencesSettings(), dask_client)
+    annotated = run_annotate(run, AnnotateSettings(), dask_client)
+    filtered = run_filter(run, FilterSettings(), dask_client)
+    coherent = sum(1 for r in pads.dataset(str(run / "annotations")).to_table().to_pylist() if r["coherent"])
+    assert annotated["rows_out"]["annotations"] > 50
+    assert coherent >= 0.5 * annotated["rows_out"]["annotations"]
+    assert filtered["rows_out"]["filtered"] >= 0.95 * coherent

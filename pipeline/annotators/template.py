@@ -19,7 +19,7 @@ from pipeline.teacher_prompt import ExampleContext, ItemFacts, TeacherAnswer
 
 TEMPLATE_VERSION = "template-v1"
 MAX_NAMED_ITEMS = 3
-MAX_TITLE_WORDS = 10
+MAX_TITLE_WORDS = 14
 # Evidence weights: a shared store or a specific shared category says more than a shared word.
 STORE_WEIGHT = 3.0
 CATEGORY_WEIGHT = 1.0  # per shared category level below the domain root
@@ -59,9 +59,18 @@ def title_keywords(item: ItemFacts) -> set[str]:
 
 
 def short_title(title: str) -> str:
-    """A title cut to its first words, as the rationale quotes it (a prefix of the real title)."""
+    """A title as the rationale quotes it: whole when short, else a prefix ending at a comma.
+
+    Always a prefix of the real title, so the filter and the judge recognise it.
+    """
     words = title.split()
-    return " ".join(words[:MAX_TITLE_WORDS]).rstrip(",;:-") if words else title
+    if len(words) <= MAX_TITLE_WORDS:
+        return title.strip()
+    cut = " ".join(words[:MAX_TITLE_WORDS])
+    comma = cut.rfind(",")
+    if comma >= len(" ".join(words[:4])):
+        cut = cut[:comma]
+    return cut.rstrip(",;:- ")
 
 
 @dataclass(frozen=True)
