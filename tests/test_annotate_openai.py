@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from annotation_data import make_run
 from openai_loopback import LoopbackOpenAI, Reply, data_of
 from pipeline.annotate import AnnotateSettings, register, run_annotate
+from pipeline.annotators.cache import AnswerCache
 from pipeline.annotators.limits import Budget, RateLimiter
 from pipeline.annotators.openai_chat import AnnotatorConfigError
 from pipeline.annotators.pricing import PriceTable
@@ -245,3 +246,18 @@ def test_cli_dry_run_and_help(tmp_path, dask_client, api_key):
     assert "3 row(s)" in result.output and "request(s) to send" in result.output
     bad = runner.invoke(app, ["annotate", "--run", str(run), "--splits", "dev"])
     assert bad.exit_code == 2 and "unknown split" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_rejected_key_stops_the_run_with_a_clear_error_and_keeps_earlier_answers(tmp_path, dask_client, api_key):
+    run = tmp_path / "run"
+    make_run(run, users=6)
+
+    def script(index, body):
+        return Reply(status=401, body={"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}) if index >= 2 else None
+
+    with LoopbackOpenAI(script) as server:
+        with pytest.raises(AnnotatorConfigError, match="HTTP 401: check OPENAI_API_KEY") as error:
+            run_annotate(run, _settings(server, concurrency=1), dask_client)
+    assert SECRET not in str(error.value)
+    with AnswerCache(run / "annotation_cache.sqlite") as cache:
+        assert cache.count() == 2

@@ -38,6 +38,7 @@ API_KEY_ENV = "OPENAI_API_KEY"
 # A local OpenAI-compatible server (vLLM, Ollama, llama.cpp) accepts any key; the SDK wants one.
 LOCAL_SERVER_KEY = "not-needed"
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+FATAL_STATUS = frozenset({401, 403, 404})  # bad key, no access, unknown model or endpoint
 MAX_BACKOFF_S = 60.0
 
 
@@ -192,6 +193,12 @@ class ChatSender:
             try:
                 completion = await self._create(client, request)
             except openai.APIStatusError as exc:
+                if exc.status_code in FATAL_STATUS:
+                    # Every other request would fail the same way: stop the run (answers so far stay cached).
+                    raise AnnotatorConfigError(
+                        f"the server refused the request with HTTP {exc.status_code}: check {API_KEY_ENV}, "
+                        f"the model name ({self.options.model!r}) and --base-url"
+                    ) from None
                 if self.response_format.get("type") == "json_schema" and _schema_unsupported(exc):
                     log.warning("the server does not support JSON-schema outputs; switching to JSON mode")
                     self.response_format = {"type": "json_object"}
