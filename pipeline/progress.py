@@ -31,12 +31,14 @@ def gather_with_progress(futures: Sequence[Future], description: str) -> list[An
 
     The first failing future raises its exception (with the worker's traceback chained).
     """
-    index = {f.key: i for i, f in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
     with make_progress() as progress:
         task = progress.add_task(description, total=len(futures))
+        # as_completed yields the very objects it was given; identity, not the task key,
+        # tells them apart (two futures of identical pure tasks share one key).
+        positions = {id(future): i for i, future in enumerate(futures)}
         for future in as_completed(futures):
-            results[index[future.key]] = future.result()
+            results[positions[id(future)]] = future.result()
             progress.advance(task)
     return results
 

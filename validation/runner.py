@@ -97,7 +97,8 @@ def suite_parameters(run: RunDir, settings: ValidateSettings) -> dict[str, Any]:
         "earliest_timestamp_ms": EARLIEST_PLAUSIBLE_TIMESTAMP_MS,
         # One day of slack for clock skew between the machine that wrote the data and this one.
         "latest_timestamp_ms": now_ms + 24 * 3600 * 1000,
-        "min_history": settings.min_history,
+        # With every prefix as a train target (official rules), the first one has no history.
+        "min_history": 0 if sequences_config.get("train_targets") == "all" else settings.min_history,
         # max_history 0 keeps whole histories (sequences stage): no upper bound then.
         "max_history": int(sequences_config.get("max_history", DEFAULT_MAX_HISTORY)) or UNBOUNDED_HISTORY,
         "num_candidates": 1 + int(sequences_config.get("num_negatives", DEFAULT_NUM_NEGATIVES)),
