@@ -34,7 +34,7 @@ import typer
 from distributed import Client
 from pydantic import Field
 
-from pipeline.annotators.context import contexts_from_rows, read_item_facts
+from pipeline.annotators.context import CONTEXT_COLUMNS, contexts_from_rows, read_item_facts
 from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
 from pipeline.config import StageSettings
 from pipeline.progress import gather_with_progress
@@ -189,7 +189,7 @@ def filter_rows(
 
 def _contexts_for(run_path: Path, annotations: pa.Table) -> dict[tuple[str, str, str], ExampleContext]:
     users = sorted(set(annotations.column("user_id").to_pylist()))
-    sequences = dataset(run_path / "sequences", "sequences").to_table(filter=pc.field("user_id").isin(users))
+    sequences = dataset(run_path / "sequences", "sequences").to_table(columns=CONTEXT_COLUMNS, filter=pc.field("user_id").isin(users))
     wanted = set(zip(*(annotations.column(c).to_pylist() for c in ("user_id", "split", "target_parent_asin")), strict=True))
     rows = [r for r in sequences.to_pylist() if (r["user_id"], r["split"], r["target"]["parent_asin"]) in wanted]
     asins = [item["parent_asin"] for row in rows for item in row["history"] or []]

@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from pipeline.annotators import template
 from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash
-from pipeline.annotators.context import contexts_from_rows, read_item_facts
+from pipeline.annotators.context import CONTEXT_COLUMNS, contexts_from_rows, read_item_facts
 from pipeline.annotators.limits import Budget
 from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, resolve_api_key, send_requests
 from pipeline.annotators.pricing import ModelPrice, PriceTable, estimate_tokens
@@ -243,7 +243,9 @@ def load_judge_cases(run_path: str, filtered_file: str, keys: set[tuple[str, str
     if not rows:
         return []
     users = sorted({r["user_id"] for r in rows})
-    sequences = dataset(Path(run_path) / "sequences", "sequences").to_table(filter=pc.field("user_id").isin(users)).to_pylist()
+    sequences = dataset(Path(run_path) / "sequences", "sequences").to_table(
+        columns=CONTEXT_COLUMNS, filter=pc.field("user_id").isin(users)
+    ).to_pylist()
     wanted = {(r["user_id"], r["split"], r["target_parent_asin"]) for r in rows}
     seq_rows = [s for s in sequences if (s["user_id"], s["split"], s["target"]["parent_asin"]) in wanted]
     catalog = read_item_facts(Path(run_path), [i["parent_asin"] for s in seq_rows for i in [*(s["history"] or []), s["target"]]])

@@ -115,10 +115,16 @@ class AnswerParseError(ValueError):
     """The model's text is not the JSON object the prompt asked for."""
 
 
+_UNTIDY_SPACE = re.compile(r"\s\s|[\t\n\r\f\v]|^\s|\s$")
+
+
 def _clip(text: str | None, limit: int) -> str | None:
+    """Whitespace collapsed to single spaces, cut to ``limit`` characters."""
     if text is None:
         return None
-    text = " ".join(str(text).split())
+    text = str(text)
+    if _UNTIDY_SPACE.search(text):  # most catalog text is already tidy: skip the split/join
+        text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 

@@ -46,14 +46,19 @@ CREATE TABLE IF NOT EXISTS batches (
 
 
 def request_hash(model: str, prompt_version: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-    """The cache key of one request: sha256 of its canonical JSON."""
-    canonical = json.dumps(
-        {"model": model, "prompt_version": prompt_version, "messages": messages, "params": params},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """The cache key of one request: sha256 over its length-prefixed parts.
+
+    The parts are the canonical JSON of (model, prompt version, generation parameters), then
+    each message's role and content; length prefixes make the encoding unambiguous without
+    serialising the (long) messages a second time.
+    """
+    header = json.dumps({"model": model, "prompt_version": prompt_version, "params": params}, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256()
+    for part in (header, *(f"{m['role']}\x00{m['content']}" for m in messages)):
+        data = part.encode()
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
