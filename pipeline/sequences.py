@@ -59,9 +59,9 @@ CHUNK_ELEMENTS = 4_000_000
 _SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
 _TRAIN, _VALIDATION, _TEST = (_SPLIT_CODE[s] for s in ("train", "validation", "test"))
 
-# SplitMix64 (Steele, Lea & Flood 2014): a stateless 64-bit mixer. Draw j of a stream with key
-# K is mix(mix(K) + (j + 1) * GAMMA), computable for millions of streams at once with numpy, unlike
-# one numpy Generator object per user (tens of microseconds each).
+# SplitMix64 (Steele, Lea & Flood 2014): a stateless 64-bit mixer. Step j of a stream with key
+# K is mix(mix(K) + (j + 1) * GAMMA), computable for millions of streams at once with numpy,
+# unlike one numpy Generator object per user (tens of microseconds each).
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
