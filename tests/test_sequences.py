@@ -355,10 +355,11 @@ def test_cli_help_and_bad_settings_are_one_line_errors(tricky_run):
     assert missing.returncode == 2 and "rrec ingest" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_cli_catalog_too_small_is_a_one_line_error(tmp_path):
+def test_a_catalog_too_small_stops_the_stage_before_writing(tmp_path, dask_client):
+    # The command turns this StageError into one line (see the missing-ingest case above).
     records = [review(f"u{u}", f"i{i}", START_MS + i * DAY_MS) for u in range(6) for i in range(6)]
     run = tmp_path / "run"
     ingest_by_hand(run, [write_jsonl(tmp_path / "Small.jsonl", records)])
-    result = subprocess.run([str(RRECT), "sequences", "--run", str(run), "--workers", "1"], capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "lower --num-negatives to at most 0" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(StageError, match="lower --num-negatives to at most 0"):
+        run_sequences(run, SequencesSettings(), dask_client)
+    assert not (run / "sequences").exists() and not list(run.glob(".tmp-*"))
