@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -88,6 +89,14 @@ def test_kv_cached_batched_scores_equal_full_forward_passes(tiny, candidate_batc
     scores = CandidateScorer(model, tokenizer, candidate_batch_size).score(prefix, titles)
     expected = [_naive_score(model, tokenizer, prefix, title) for title in titles]
     assert scores == pytest.approx(expected, abs=1e-4)
+
+
+def test_candidates_without_a_title_rank_last(tiny) -> None:
+    _, model, tokenizer = tiny
+    titles = ["Harbor Coffee Beans Pack 2", "", "Lakeside Green Tea Pack 1"]
+    scores = CandidateScorer(model, tokenizer, 2).score([1, 5, 6], titles)
+    assert math.isnan(scores[1]) and not math.isnan(scores[0]) and not math.isnan(scores[2])
+    assert target_rank(scores, 1) == 2
 
 
 def test_rationale_prefix_ends_at_the_generated_think_block(tiny) -> None:

@@ -14,6 +14,8 @@ For every row of the split (the test split by default):
    prefix is run once; its KV cache is repeated over a batch of candidates, which are then run
    together (right-padded), so a row costs one prefix pass plus one pass per candidate batch.
    The target's rank gives HR@1, HR@5 and NDCG@5, ties broken as :mod:`training.metrics` says.
+   A candidate without a title (an item without metadata) is ranked last: the model cannot
+   name it. The ID-based baselines can still rank such items; releases keep them rare.
 
 A rationale generation that never closes its think block is closed where its item block starts
 (or at its end), so the candidates are still scored after whatever rationale the model wrote.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,15 +149,22 @@ class CandidateScorer:
 
     @torch.no_grad()
     def score(self, prefix_ids: Sequence[int], titles: Sequence[str]) -> list[float]:
-        """Mean token log-probability of each title's answer after ``prefix_ids``."""
+        """Mean token log-probability of each title's answer after ``prefix_ids``.
+
+        A candidate without a title scores NaN (ranked last): a language model can only
+        recommend an item it can name.
+        """
         device = self.model.device
         prefix = self.model(input_ids=torch.tensor([list(prefix_ids)], device=device), use_cache=True)
         # The prefix's last position predicts every answer's first token.
         first_logprobs = prefix.logits[0, -1].float().log_softmax(-1)
-        scores: list[float] = []
-        for start in range(0, len(titles), self.batch_size):
-            answers = [self.answer_ids(title) for title in titles[start : start + self.batch_size]]
-            scores.extend(self._score_batch(prefix.cache, len(prefix_ids), first_logprobs, answers))
+        named = [i for i, title in enumerate(titles) if title.strip()]
+        scores = [math.nan] * len(titles)
+        for start in range(0, len(named), self.batch_size):
+            positions = named[start : start + self.batch_size]
+            answers = [self.answer_ids(titles[i]) for i in positions]
+            for i, value in zip(positions, self._score_batch(prefix.cache, len(prefix_ids), first_logprobs, answers)):
+                scores[i] = value
         return scores
 
     def _score_batch(self, cache: Any, prefix_length: int, first_logprobs: torch.Tensor, answers: list[list[int]]) -> list[float]:
