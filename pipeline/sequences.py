@@ -650,9 +650,8 @@ def build_partition(events_path: str, catalog_path: str, out_path: str, settings
     # store_schema=False and non-compliant list names: the file's own Parquet types (string,
     # list<item: ...>) are exactly SEQUENCES, so the dictionary encoding stays an encoding.
     # Dictionary pages may hold a whole catalog (the default 1 MiB limit would fall back to
-    # hashing plain strings).
-    # Statistics only where a reader filters (string min/max over 100 candidates a row would
-    # cost more than writing them).
+    # hashing plain strings). Statistics only where a reader filters: string min/max over 100
+    # candidates a row would cost more than writing them.
     with pq.ParquetWriter(
         out_path,
         ENCODED_SEQUENCES,
@@ -728,6 +727,8 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
             selection.counts["catalog_items"],
         )
         events = selection.events
+        if events.num_users == 0:
+            log.warning("no interaction survives dedupe and the %d-core: the sequences table is empty (lower --k?)", settings.k)
         check_catalog_size(len(selection.catalog_asins), int(np.diff(events.offsets).max(initial=0)), settings.num_negatives)
         items = read_table(run_dir.table("items"), "items", columns=["parent_asin", "title", "categories", "store"])
         catalog = Catalog.from_items(selection.catalog_asins, items)
