@@ -35,10 +35,10 @@ def free_port() -> int:
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
+    """Terminate workers before the scheduler (a worker whose scheduler is gone waits for it)."""
+    for process in reversed(processes):
         if process.poll() is None:
             process.terminate()
-    for process in processes:
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -62,7 +62,7 @@ def scheduler_address(tmp_path_factory) -> Iterator[str]:
         start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard")
         for index in range(2):
             start(
-                f"worker-{index}", "worker", address, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1",
+                f"worker-{index}", "worker", address, "--host", "127.0.0.1", "--no-nanny", "--nthreads", "1",
                 "--no-dashboard", "--local-directory", str(logs / f"worker-{index}"), "--name", f"worker-{index}",
             )
         with Client(address, timeout="60s") as client:
