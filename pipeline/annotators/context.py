@@ -12,6 +12,8 @@ the data only, so the outputs never depend on how many Dask workers run them.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +63,17 @@ def plan_partitions(
 CONTEXT_COLUMNS = ["user_id", "split", "history", "target"]
 
 
+@functools.lru_cache(maxsize=1)
+def _context_columns(file: str, mtime_ns: int, size: int) -> pa.Table:
+    # A part file holds many partitions and Parquet cannot read a row range of one row group:
+    # each worker process reads a file once and slices it for every partition it is given.
+    return pq.read_table(file, columns=CONTEXT_COLUMNS)
+
+
 def read_partition(spec: PartitionSpec) -> pa.Table:
     """The sequences rows of one partition (the columns a context needs)."""
-    table = pq.read_table(spec.file, columns=CONTEXT_COLUMNS)
+    stat = os.stat(spec.file)
+    table = _context_columns(spec.file, stat.st_mtime_ns, stat.st_size)
     return table.take(pa.array(spec.row_indices, type=pa.int64()))
 
 
