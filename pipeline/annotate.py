@@ -40,8 +40,8 @@ from pipeline.annotators.limits import Budget
 from pipeline.annotators.openai_batch import BatchOptions, run_batches
 from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, SendStats, resolve_api_key, send_requests
 from pipeline.annotators.pricing import ModelPrice, PriceTable, estimate_tokens
-from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, user_errors
-from pipeline.config import ConfigError, StageSettings, common, load_config, section
+from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
+from pipeline.config import ConfigError, StageSettings
 from pipeline.progress import gather_with_progress, make_progress
 from pipeline.schemas import ANNOTATIONS, SPLITS
 from pipeline.stage import RunDir
@@ -412,13 +412,10 @@ def register(app: typer.Typer) -> None:
         """
         from pipeline.cluster import dask_client
 
-        # Not cli_common.settings_for: its third parameter is named `model`, like our --model option.
-        loaded = load_config(config)
-        settings = section(loaded, STAGE, AnnotateSettings, {
-            "annotator": annotator, "model": model, "base_url": base_url, "concurrency": concurrency, "limit": limit,
-            "max_cost": max_cost, "dry_run": dry_run or None, "splits": splits,
-        })
-        cluster = common(loaded, {"workers": workers, "scheduler": scheduler})
+        settings, cluster = settings_for(
+            config, STAGE, AnnotateSettings, annotator=annotator, model=model, base_url=base_url, concurrency=concurrency,
+            limit=limit, max_cost=max_cost, dry_run=dry_run or None, splits=splits, workers=workers, scheduler=scheduler,
+        )
         with dask_client(cluster.workers, cluster.scheduler) as client:
             result = run_annotate(run, settings, client, force=force)
         if result.get("dry_run"):

@@ -33,7 +33,7 @@ log = logging.getLogger("rrec")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def settings_for(config_path: Path | None, name: str, model: type[S], **overrides: Any) -> tuple[S, CommonSettings]:
+def settings_for(config_path: Path | None, name: str, model: type[S], /, **overrides: Any) -> tuple[S, CommonSettings]:
     """Stage settings and common settings (seed, workers, scheduler) for one command."""
     config = load_config(config_path)
     common_keys = {k: overrides.pop(k) for k in ("workers", "scheduler", "seed") if k in overrides and k not in model.model_fields}

@@ -44,8 +44,8 @@ from pipeline.annotators.context import CONTEXT_COLUMNS, contexts_from_rows, rea
 from pipeline.annotators.limits import Budget
 from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, resolve_api_key, send_requests
 from pipeline.annotators.pricing import ModelPrice, PriceTable, estimate_tokens
-from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, user_errors
-from pipeline.config import ConfigError, StageSettings, common, load_config, section
+from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
+from pipeline.config import ConfigError, StageSettings
 from pipeline.filter import QUOTED, FilterSettings, matches_title
 from pipeline.progress import gather_with_progress, make_progress
 from pipeline.schemas import FILTERED
@@ -366,12 +366,10 @@ def register(app: typer.Typer) -> None:
         """
         from pipeline.cluster import dask_client
 
-        # Not cli_common.settings_for: its third parameter is named `model`, like our --model option.
-        loaded = load_config(config)
-        settings = section(loaded, STAGE, JudgeSettings, {
-            "sample": sample, "judge": judge, "model": model, "base_url": base_url, "concurrency": concurrency, "max_cost": max_cost,
-        })
-        cluster = common(loaded, {"workers": workers, "scheduler": scheduler})
+        settings, cluster = settings_for(
+            config, STAGE, JudgeSettings, sample=sample, judge=judge, model=model, base_url=base_url, concurrency=concurrency,
+            max_cost=max_cost, workers=workers, scheduler=scheduler,
+        )
         with dask_client(cluster.workers, cluster.scheduler) as client:
             entry = run_judge(run, settings, client, force=force)
         typer.echo(
