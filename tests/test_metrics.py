@@ -86,15 +86,17 @@ def test_generation_outcomes_partition_into_valid_hallucinated_missing() -> None
         judge_generation("Olive Oil", False, titles, target_index=1, catalog_keys=catalog),  # catalog item
         judge_generation("Moon Cheese", True, titles, target_index=1, catalog_keys=catalog),  # invented
         judge_generation(None, False, titles, target_index=1, catalog_keys=catalog),  # no item block
+        judge_generation(" ", True, titles, target_index=1, catalog_keys=catalog),  # empty item block
     ]
-    assert [o.hit for o in outcomes] == [True, False, False, False, False]
-    assert [o.hallucinated for o in outcomes] == [False, False, False, True, False]
+    assert [o.hit for o in outcomes] == [True, False, False, False, False, False]
+    assert [o.hallucinated for o in outcomes] == [False, False, False, True, False, False]
+    assert [o.has_item for o in outcomes] == [True, True, True, True, False, False]
     metrics = generation_metrics(outcomes)
-    assert metrics["gen_HR@1"] == pytest.approx(1 / 5)
-    assert metrics["valid_rate"] == pytest.approx(3 / 5)
-    assert metrics["hallucination_rate"] == pytest.approx(1 / 5)
-    assert metrics["in_candidates_rate"] == pytest.approx(2 / 5)
-    assert metrics["well_formed_rate"] == pytest.approx(3 / 5)
+    assert metrics["gen_HR@1"] == pytest.approx(1 / 6)
+    assert metrics["valid_rate"] == pytest.approx(3 / 6)
+    assert metrics["hallucination_rate"] == pytest.approx(1 / 6)
+    assert metrics["in_candidates_rate"] == pytest.approx(2 / 6)
+    assert metrics["well_formed_rate"] == pytest.approx(4 / 6)
 
 
 def test_a_title_shared_with_the_target_counts_as_naming_it() -> None:

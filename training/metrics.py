@@ -11,7 +11,7 @@ perfectly (optimistic ties) or never hitting (pessimistic ties).
 Generation: a generated title is mapped to a candidate by exact match, then by normalised title
 (:func:`normalise_title`). Each output falls in exactly one of three classes: *valid* (its item
 block names a real product: a candidate or a catalog item), *hallucinated* (its item block names
-no real product) or *missing* (no item block). Generative HR@1 counts outputs that name the
+no real product) or *missing* (no item block, or an empty one). Generative HR@1 counts outputs that name the
 target. When several candidates share the target's title, naming that title counts as naming
 the target: a text model cannot tell them apart.
 
@@ -132,7 +132,7 @@ def judge_generation(
     ``catalog_keys`` holds :func:`normalise_title` of every catalog title; without it only the
     candidates count as real products.
     """
-    if item is None:
+    if item is None or not item.strip():
         return GenerationOutcome(well_formed, False, False, False, False, None)
     matched = matching_candidates(item, candidate_titles)
     in_candidates = bool(matched)
