@@ -102,6 +102,18 @@ def popularity_scorer(counts: Mapping[str, int]) -> Scorer:
     return lambda row: [float(counts.get(c["parent_asin"], 0)) for c in row["candidates"]]
 
 
+def _ndcg_at_5(rows: Sequence[tuple[list[int], list[int]]], targets: Sequence[int]) -> Callable[[SasRec], float] | None:
+    """NDCG@5 of a SASRec model on indexed (history, candidates) rows; None without rows."""
+    if not rows:
+        return None
+
+    def validate(model: SasRec) -> float:
+        scores = score_many(model, [history for history, _ in rows], [candidates for _, candidates in rows])
+        return float(ranking_metrics([target_rank(s, t) for s, t in zip(scores, targets)])["NDCG@5"])
+
+    return validate
+
+
 def sasrec_scorer(
     sequences: Mapping[str, Sequence[str]],
     eval_rows: Sequence[Row],
@@ -128,15 +140,7 @@ def sasrec_scorer(
     def indexed(row: Row) -> tuple[list[int], list[int]]:
         return [vocabulary[e["parent_asin"]] for e in row["history"]], [vocabulary[c["parent_asin"]] for c in row["candidates"]]
 
-    validate = None
-    if validation_rows:
-        held_out = [indexed(row) for row in validation_rows]
-        targets = [int(row["target_index"]) for row in validation_rows]
-
-        def validate(model: SasRec) -> float:
-            scores = score_many(model, [h for h, _ in held_out], [c for _, c in held_out])
-            return float(ranking_metrics([target_rank(s, t) for s, t in zip(scores, targets)])["NDCG@5"])
-
+    validate = _ndcg_at_5([indexed(row) for row in validation_rows], [int(row["target_index"]) for row in validation_rows])
     model = train_sasrec([[vocabulary[item] for item in sequences[user]] for user in sorted(sequences)], len(vocabulary), config, validate)
 
     def score(row: Row) -> Sequence[float]:
