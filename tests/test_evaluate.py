@@ -14,6 +14,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from pipeline.config import load_config, section
 from pipeline.rationale_format import ITEM_CLOSE, ITEM_OPEN, THINK_CLOSE, THINK_OPEN
 from pipeline.schemas import FILTERED
 from training.eval_cli import register
@@ -117,6 +118,8 @@ def test_prompt_settings_follow_the_training_record_unless_overridden(tiny) -> N
     folder, _, _ = tiny
     assert prompt_settings_for(folder, EvalSettings()) == PromptSettings(**TRAINED_PROMPT)
     assert prompt_settings_for(folder, EvalSettings(num_candidates=0)).num_candidates == 0
+    # The config file's top-level seed does not replace the seed the model was trained with.
+    assert prompt_settings_for(folder, section(load_config(), "evaluate", EvalSettings)).seed == TRAINED_PROMPT["seed"]
 
 
 def test_evaluation_ranks_rows_by_candidate_likelihood(tiny, rows) -> None:

@@ -52,7 +52,7 @@ def evaluate_command(
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Longest generated answer.", min=1)] = None,
     history_k: Annotated[int | None, typer.Option("--history-k", help="History items in the prompt (default: as trained).", min=1)] = None,
     num_candidates: Annotated[int | None, typer.Option("--num-candidates", help="Candidates listed in the prompt (default: as trained).", min=0)] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the prompt's candidate draw (default: as trained).")] = None,
+    prompt_seed: Annotated[int | None, typer.Option("--prompt-seed", help="Seed of the prompt's candidate draw (default: as trained).")] = None,
     generations: Annotated[
         Path | None, typer.Option("--generations", help="Parquet file for the generations (default: OUTPUT.<variant>.generations.parquet).", dir_okay=False)
     ] = None,
@@ -82,7 +82,7 @@ def evaluate_command(
         max_new_tokens=max_new_tokens,
         history_k=history_k,
         num_candidates=num_candidates,
-        seed=seed,
+        prompt_seed=prompt_seed,
         generations=generations or output.with_name(f"{output.stem}.{chosen}.generations.parquet"),
     )
     metrics = evaluate(model, dataset, config, revision, infer_rationale=VARIANT_INFERS_RATIONALE[chosen], settings=settings)

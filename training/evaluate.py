@@ -83,7 +83,8 @@ class EvalSettings(StageSettings):
     max_new_tokens: int = Field(256, ge=1, description="Longest generated answer (rationale and item).")
     history_k: int | None = Field(None, ge=1, description="History items in the prompt (default: as trained).")
     num_candidates: int | None = Field(None, ge=0, description="Candidates listed in the prompt (default: as trained).")
-    seed: int | None = Field(None, description="Seed of the prompt's candidate draw (default: as trained).")
+    # Not named ``seed``: the config's top-level seed would fill it and override the trained one.
+    prompt_seed: int | None = Field(None, description="Seed of the prompt's candidate draw (default: as trained).")
     generations: Path | None = Field(None, description="Parquet file for the generations (none: not saved).")
 
 
@@ -111,11 +112,11 @@ def prompt_settings_for(model_dir: Path, settings: EvalSettings) -> PromptSettin
     from training.models import read_training_config
 
     trained = read_training_config(model_dir).get("settings", {})
+    explicit = {"history_k": settings.history_k, "num_candidates": settings.num_candidates, "seed": settings.prompt_seed}
     values = {}
-    for name in ("history_k", "num_candidates", "seed"):
-        explicit = getattr(settings, name)
-        if explicit is not None:
-            values[name] = explicit
+    for name, value in explicit.items():
+        if value is not None:
+            values[name] = value
         elif trained.get(name) is not None:
             values[name] = trained[name]
     return PromptSettings(**values)
