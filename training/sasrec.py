@@ -9,8 +9,9 @@ next item against one uniformly sampled negative per position, with Adam. As in 
 code, training is checked on held-out data every few epochs and the best model is kept
 (early stopping), so the epoch count is a ceiling rather than a setting to tune per dataset.
 
-No maintained SASRec package installs cleanly beside this stack (RecBole pins old numpy /
-torch versions), so the model lives here, small enough to read against the paper.
+The model lives here rather than in a dependency such as RecBole (a large framework with
+its own version pins, not tried beside torch 2.13 / transformers 5); it is small enough to
+read against the paper.
 """
 
 from __future__ import annotations
