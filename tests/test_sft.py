@@ -64,7 +64,7 @@ def test_rationale_variant_without_validation_rationales_evaluates_on_held_out_t
         settings = SFTSettings(**TINY_SFT, variant="B", max_steps=1, eval_steps=1, eval_holdout=4, early_stopping_patience=0)
         run_sft(str(release), "grocery", None, tmp_path / "sft", settings)
     record = json.loads((tmp_path / "sft" / "training_config.json").read_text())
-    assert record["rows"] == {"train": 12, "eval": 4, "eval_source": "train_holdout", "skipped_without_rationale": 0}
+    assert record["rows"] == {"train": 12, "eval": 4, "eval_source": "train_holdout", "skipped_without_rationale": 0, "skipped_without_title": 0}
     assert record["with_rationale"] is True
 
 

@@ -148,3 +148,24 @@ def test_bad_sources_are_one_line_cli_errors(registry, tmp_path):
     wrong_config = runner.invoke(app, [*base, "--dataset", str(registry), "--config", "office"])
     assert wrong_config.exit_code == 2 and "has no config 'office'" in wrong_config.output
     assert "Traceback" not in not_a_source.output + wrong_config.output
+
+
+def test_rows_whose_target_has_no_title_are_counted_and_untitled_items_show_their_id(registry):
+    """Items without metadata have a null title: such targets are skipped and counted, not a crash."""
+    train = load_split(str(registry), "grocery", "v1.0.0", "train")
+
+    def drop_first_title(row, index):
+        if index == 0:
+            row["target"] = {**row["target"], "title": None}
+        if index == 1 and row["history"]:
+            row["history"] = [{**row["history"][0], "title": None}, *row["history"][1:]]
+        return row
+
+    rows = train.map(drop_first_title, with_indices=True)
+    examples = to_chat_examples(rows, PromptSettings(num_candidates=0), with_rationale=True)
+    assert examples.skipped_without_title == 1
+    assert len(examples.dataset) == len(train) - 1 - examples.skipped_without_rationale
+    with pytest.raises(ValueError, match="without a title"):
+        build_completion(rows[0], with_rationale=False)
+    user_turn = build_messages(rows[1], PromptSettings(num_candidates=0), infer_rationale=True)[1]["content"]
+    assert f"untitled item {rows[1]['history'][0]['parent_asin']}" in user_turn and "None" not in user_turn

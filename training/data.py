@@ -123,6 +123,7 @@ class ChatExamples:
 
     dataset: datasets.Dataset
     skipped_without_rationale: int
+    skipped_without_title: int = 0
 
 
 def to_chat_examples(rows: datasets.Dataset, settings: PromptSettings, with_rationale: bool) -> ChatExamples:
@@ -130,11 +131,15 @@ def to_chat_examples(rows: datasets.Dataset, settings: PromptSettings, with_rati
 
     ``with_rationale`` selects the rationale-first prompt and target (variants A/B in training);
     otherwise the item-only prompt and target (variant C in training). Rows without a rationale
-    cannot be rationale-first targets: they are left out and counted, never silently.
+    cannot be rationale-first targets, nor rows whose target has no title (an item without
+    metadata): both are left out and counted, never silently.
     """
     prompts, completions, user_ids = [], [], []
-    skipped = 0
+    skipped = untitled = 0
     for row in rows:
+        if not row["target"].get("title"):
+            untitled += 1
+            continue
         if with_rationale and not row.get("rationale"):
             skipped += 1
             continue
@@ -143,5 +148,7 @@ def to_chat_examples(rows: datasets.Dataset, settings: PromptSettings, with_rati
         user_ids.append(row["user_id"])
     if skipped:
         log.warning("left out %d of %d rows that have no rationale", skipped, len(rows))
+    if untitled:
+        log.warning("left out %d of %d rows whose target has no title (no metadata)", untitled, len(rows))
     examples = datasets.Dataset.from_dict({"prompt": prompts, "completion": completions, "user_id": user_ids})
-    return ChatExamples(examples, skipped)
+    return ChatExamples(examples, skipped, untitled)

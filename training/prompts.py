@@ -72,15 +72,20 @@ def _format_rating(rating: float | None) -> str:
     return "" if rating is None else f" (rated {rating:g}/5)"
 
 
+def display_title(item: dict[str, Any]) -> str:
+    """An item's title, or its id for the items Amazon released without metadata."""
+    return item.get("title") or f"untitled item {item['parent_asin']}"
+
+
 def build_user_turn(row: dict[str, Any], settings: PromptSettings) -> str:
     """The user turn: last K history items (oldest first) and the candidate list, if any."""
     history = list(row["history"])[-settings.history_k :]
     lines = ["Purchase history, oldest first:"]
-    lines += [f"{index}. {event['title']}{_format_rating(event.get('rating'))}" for index, event in enumerate(history, 1)]
+    lines += [f"{index}. {display_title(event)}{_format_rating(event.get('rating'))}" for index, event in enumerate(history, 1)]
     candidates = select_candidates(row, settings)
     if candidates:
         lines += ["", "Candidates:"]
-        lines += [f"- {candidate['title']}" for candidate in candidates]
+        lines += [f"- {display_title(candidate)}" for candidate in candidates]
     lines += ["", "Which item will the user buy next?"]
     return "\n".join(lines)
 
@@ -109,9 +114,12 @@ def build_completion(row: dict[str, Any], with_rationale: bool) -> str:
     """The assistant turn of a training example: rationale first, or the item alone.
 
     Raises ``ValueError`` for a rationale target on a row without a rationale (validation and
-    test rows are released without one unless they were annotated).
+    test rows are released without one unless they were annotated), and for a target without
+    a title (an item released without metadata: there is nothing to name).
     """
     title = row["target"]["title"]
+    if not title:
+        raise ValueError(f"row of user {row['user_id']} has a target without a title ({row['target']['parent_asin']}); it cannot be a target")
     if not with_rationale:
         return render_item_only(title)
     rationale = row.get("rationale")

@@ -123,7 +123,7 @@ def _split_eval(
     if len(train_rows) <= settings.eval_holdout:
         raise ValueError(
             f"the validation split has no rationales and the train split has only {len(train_rows)} rows, "
-            f"not more than --eval-holdout {settings.eval_holdout}; lower --eval-holdout"
+            f"not more than eval_holdout={settings.eval_holdout}; lower `sft: eval_holdout` in the --settings file"
         )
     log.warning(
         "the validation split has no rationales: evaluating variant %s on %d held-out train rows instead",
@@ -283,6 +283,7 @@ def run_sft(
                 "eval": len(evaluation.dataset),
                 "eval_source": eval_source,
                 "skipped_without_rationale": train.skipped_without_rationale,
+                "skipped_without_title": train.skipped_without_title,
             },
             "eval_loss_before": eval_loss_before,
             "eval_loss_after": eval_loss_after,
