@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ def materialise(registry_path: Path, revision: str | None, cache_dir: Path | str
             raise ReleaseError(f"registry {registry_path} has no released version yet")
         revision = versions[-1]
     tag = version_tag(revision)
-    key = hashlib.sha1(str(Path(registry_path).resolve()).encode()).hexdigest()[:16]
+    # Keyed by the tag's commit too: a registry recreated at the same path with the same tag
+    # name must not be served from the old pull.
+    key = hashlib.sha1(f"{Path(registry_path).resolve()}@{registry.commit_of(tag)}".encode()).hexdigest()[:16]
     return pull_release(str(registry_path), tag, cache_root(cache_dir) / "releases" / key / tag)
 
 
@@ -55,9 +58,9 @@ def load_release(
     """
     import datasets
 
-    datasets_cache = str(cache_root(cache_dir) / "datasets") if cache_dir else None
     source = str(source)
     if not is_local_source(source):
+        datasets_cache = str(cache_root(cache_dir) / "datasets") if cache_dir else None
         return datasets.load_dataset(source, config, revision=revision, split=split, cache_dir=datasets_cache)
     path = Path(source).expanduser()
     if Registry(path).exists:
@@ -69,4 +72,8 @@ def load_release(
         if revision is not None and manifest.get("tag") != version_tag(revision):
             raise ReleaseError(f"{folder} holds release {manifest.get('tag')}, not {version_tag(revision)}; pull that version first")
     _check_config(folder, manifest, config)
+    # datasets keys a local folder's Arrow cache by path and file times only; two releases
+    # extracted within one second would share it. One cache per release content avoids that.
+    content_key = hashlib.sha1(json.dumps(manifest.get("files", manifest), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    datasets_cache = str(cache_root(cache_dir) / "datasets" / content_key)
     return datasets.load_dataset(str(folder), config, split=split, cache_dir=datasets_cache)
