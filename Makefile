@@ -21,7 +21,8 @@ demo: install
 	$(BIN)/rrec run --out $(DEMO_OUT) --config configs/demo.yaml
 
 test: install
-	$(BIN)/python -m pytest
+	# One BLAS/OpenMP thread per process: tests run torch and Dask side by side on few cores.
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python benchmarks/pipeline_bench.py --reviews 1000000
