@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import typer
 from distributed import Client
 from pydantic import BaseModel, Field, ValidationError
@@ -223,9 +224,12 @@ def sample_rank(seed: int, user_id: str, split: str, target: str) -> str:
     return hashlib.blake2b(f"{seed}|{user_id}|{split}|{target}".encode(), digest_size=12).hexdigest()
 
 
-def choose_sample(filtered_dir: Path, size: int, seed: int) -> set[tuple[str, str, str]]:
-    """The ``size`` keys of ``filtered`` with the smallest seeded hash."""
-    keys = dataset(filtered_dir, "filtered").to_table(columns=["user_id", "split", "target_parent_asin"])
+def choose_sample(filtered: Path, size: int, seed: int) -> set[tuple[str, str, str]]:
+    """The ``size`` keys with a rationale and the smallest seeded hash, of a ``filtered`` table
+    folder or of any Parquet file with its key and ``rationale`` columns (e.g. generations)."""
+    keys = pads.dataset(str(filtered), format="parquet", schema=FILTERED).to_table(
+        columns=["user_id", "split", "target_parent_asin"], filter=pc.field("rationale").is_valid() & (pc.field("rationale") != "")
+    )
     triples = zip(*(keys.column(c).to_pylist() for c in keys.column_names), strict=True)
     ranked = sorted(triples, key=lambda k: sample_rank(seed, *k))
     return set(ranked[:size])
@@ -293,19 +297,57 @@ def run_judge(run: Path | str | RunDir, settings: JudgeSettings, client: Client,
     keys = choose_sample(run.table("filtered"), settings.sample, settings.seed)
     futures = [client.submit(load_judge_cases, str(run.path), str(f), keys, pure=False) for f in parts(run.table("filtered"))]
     cases = [case for chunk in gather_with_progress(futures, "loading judge sample") for case in chunk]
-    extras: dict[str, Any] = {"judge": settings.judge_name, "prompt_version": config["prompt_version"]}
+    rows, extras = score_cases(cases, settings, run.path / CACHE_FILE)
+    with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
+        write_part(pa.Table.from_pylist(rows, schema=JUDGE), out.table_dir("judge"), 0, JUDGE)
+        out.record(rows_in=len(cases), rows_out={"judge": len(rows)}, **extras)
+    return run.require(STAGE)
+
+
+def judge_rationale_file(run: Path | str | RunDir, rationales: Path, output: Path, settings: JudgeSettings) -> dict[str, Any]:
+    """Score rationales written elsewhere (``rrec evaluate`` generations) against a run's sequences.
+
+    ``rationales`` is a Parquet file with the sequence key (user_id, split, target_parent_asin)
+    and ``rationale``; the run folder the release was built from supplies each row's history
+    and target. Writes the scores to ``output`` (Parquet) and their summary beside it (``.json``);
+    the run's own ``judge`` stage is left untouched. This is how the paper's Fig. 1 compares
+    the rationales of models with the dataset's.
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    run.require("sequences")
+    if not Path(rationales).is_file():
+        raise FileNotFoundError(f"rationale file {rationales} does not exist (write one with `rrec evaluate --generations FILE`)")
+    if settings.judge != HEURISTIC:
+        resolve_api_key(settings.base_url)
+    keys = choose_sample(Path(rationales), settings.sample, settings.seed)
+    cases = load_judge_cases(str(run.path), str(rationales), keys)
+    if len(cases) < len(keys):
+        log.warning("%d of %d sampled rationales have no matching row in %s/sequences and are not scored", len(keys) - len(cases), len(keys), run.path)
+    rows, extras = score_cases(cases, settings, run.path / CACHE_FILE)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=JUDGE), output)
+    summary = {"rationales": str(rationales), **extras, **_summary(rows), "sample_requested": settings.sample}
+    output.with_suffix(".json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def score_cases(cases: list[tuple[dict[str, Any], ExampleContext]], settings: JudgeSettings, cache_path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score (row, context) cases with the heuristic or the LLM judge; rows plus run statistics."""
+    extras: dict[str, Any] = {"judge": settings.judge_name, "prompt_version": settings.output_config()["prompt_version"]}
     if settings.judge == HEURISTIC:
         rows = [_row(row, *_heuristic(row, context)) for row, context in cases]
         extras.update(input_tokens=0, output_tokens=0, cost_usd=0.0, cache_hits=0, requests_sent=0,
                       note="heuristic stand-in judge (no LLM); see pipeline/judge.py for its rules")
     else:
         options = settings.chat_options()
+        prices = PriceTable(settings.prices)
         requests = []
         for row, context in cases:
             messages = judge_messages(row["rationale"], context, settings.max_prompt_history)
             requests.append(ChatRequest(request_hash(options.model, JUDGE_PROMPT_VERSION, messages, options.generation_params()),
                                         messages, estimate_tokens(messages)))
-        with AnswerCache(run.path / CACHE_FILE) as cache:
+        with AnswerCache(cache_path) as cache:
             cached = cache.get_many(r.request_hash for r in requests)
             to_send = list({r.request_hash: r for r in requests if r.request_hash not in cached}.values())
             with make_progress() as progress:
@@ -330,10 +372,7 @@ def run_judge(run: Path | str | RunDir, settings: JudgeSettings, client: Client,
             budget_exhausted=stats.budget_exhausted,
         )
     extras.update(_summary(rows), sample_requested=settings.sample, complete=len(rows) == len(cases))
-    with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
-        write_part(pa.Table.from_pylist(rows, schema=JUDGE), out.table_dir("judge"), 0, JUDGE)
-        out.record(rows_in=len(cases), rows_out={"judge": len(rows)}, **extras)
-    return run.require(STAGE)
+    return rows, extras
 
 
 def _heuristic(row: dict[str, Any], context: ExampleContext) -> tuple[int, str, str, str]:
@@ -358,11 +397,15 @@ def register(app: typer.Typer) -> None:
         base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible server URL for the judge.")] = None,
         concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Requests in flight at once.")] = None,
         max_cost: Annotated[float | None, typer.Option("--max-cost", min=0, help="Stop cleanly before this many USD (estimated).")] = None,
+        rationales: Annotated[Path | None, typer.Option("--rationales", help="Score this Parquet file of rationales (e.g. `rrec evaluate --generations`) instead of the run's filtered table.")] = None,
+        output: Annotated[Path | None, typer.Option("--output", help="With --rationales: where the scores go (Parquet; summary beside it as .json).")] = None,
     ) -> None:
         """Score a sample of kept rationales 0-3 (Self-Instruct scale): rrec judge --run DIR --sample N.
 
         The score distribution goes to manifest.json for the data card. Without --judge openai a
-        heuristic stand-in judge scores offline and says so in every row it writes.
+        heuristic stand-in judge scores offline and says so in every row it writes. With
+        --rationales FILE --output OUT it scores a model's generated rationales against the same
+        run's sequences instead (the paper's Fig. 1 comparison).
         """
         from pipeline.cluster import dask_client
 
@@ -370,8 +413,14 @@ def register(app: typer.Typer) -> None:
             config, STAGE, JudgeSettings, sample=sample, judge=judge, model=model, base_url=base_url, concurrency=concurrency,
             max_cost=max_cost, workers=workers, scheduler=scheduler,
         )
-        with dask_client(cluster.workers, cluster.scheduler) as client:
-            entry = run_judge(run, settings, client, force=force)
+        if rationales is not None:
+            if output is None:
+                raise ValueError("--rationales needs --output OUT.parquet for the scores")
+            entry = judge_rationale_file(run, rationales, output, settings)
+            typer.echo(f"scores in {output}, summary in {output.with_suffix('.json')}")
+        else:
+            with dask_client(cluster.workers, cluster.scheduler) as client:
+                entry = run_judge(run, settings, client, force=force)
         typer.echo(
             f"judged {entry['sample_size']} rationale(s) with {entry['judge']}: mean score {entry['mean_score']}, "
             f"distribution {entry['score_distribution']}"

@@ -11,7 +11,7 @@ from annotation_data import make_run
 from openai_loopback import LoopbackOpenAI, Reply
 from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.filter import FilterSettings, run_filter
-from pipeline.judge import JudgeSettings, heuristic_score, run_judge
+from pipeline.judge import JudgeSettings, heuristic_score, judge_rationale_file, run_judge
 from test_filter import CONTEXT, GOOD
 
 
@@ -102,3 +102,28 @@ def test_filter_and_judge_commands(filtered_run, dask_client):
     assert "judged 5 rationale(s) with heuristic" in judged.output
     missing = runner.invoke(app, ["judge", "--run", str(filtered_run.parent / "nothing"), "--scheduler", address])
     assert missing.exit_code == 2 and "rrec filter" in missing.output
+
+
+def test_judge_scores_a_file_of_generated_rationales_against_the_run(filtered_run, tmp_path):
+    """`rrec judge --rationales` scores a model's generations (paper Fig. 1) without touching the run's judge stage."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kept = pads.dataset(str(filtered_run / "filtered")).to_table().to_pylist()
+    generations = pa.Table.from_pylist(
+        [
+            {"user_id": r["user_id"], "split": r["split"], "target_parent_asin": r["target_parent_asin"], "rationale": r["rationale"], "item": "x"}
+            for r in kept[:6]
+        ]
+        + [{"user_id": kept[6]["user_id"], "split": kept[6]["split"], "target_parent_asin": kept[6]["target_parent_asin"], "rationale": None, "item": "x"}]
+    )
+    source = tmp_path / "generations.parquet"
+    pq.write_table(generations, source)
+    output = tmp_path / "scores.parquet"
+    summary = judge_rationale_file(filtered_run, source, output, JudgeSettings(sample=50))
+    scores = pq.read_table(output).to_pylist()
+    assert len(scores) == 6, "rows without a rationale (item-only variants) are not judged"
+    assert {(s["user_id"], s["target_parent_asin"]) for s in scores} == {(r["user_id"], r["target_parent_asin"]) for r in kept[:6]}
+    assert summary["sample_size"] == 6 and sum(summary["score_distribution"].values()) == 6
+    assert json.loads(output.with_suffix(".json").read_text())["judge"] == "heuristic"
+    assert not (filtered_run / "judge").exists(), "the run's own judge stage is untouched"
