@@ -65,13 +65,7 @@ def _main(
 
 def _register_all() -> None:
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # that part of the tool is not installed in this checkout
-            raise
-        module.register(app)
+        importlib.import_module(module_name).register(app)
 
 
 _register_all()
