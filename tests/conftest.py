@@ -26,3 +26,25 @@ def dask_client():
 
     with make_client(workers=2) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a small, shared CPU box, thread contention makes tiny models
+    many times slower than a single thread (measured 15x on the 2-core CI machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def isolated_caches(tmp_path, monkeypatch):
+    """Fresh release and `datasets` caches: `datasets` keys a local folder's cache by its name,
+    so two fixture releases tagged v1.0.0 would otherwise share cached rows."""
+    import datasets
+
+    monkeypatch.setenv("RREC_CACHE", str(tmp_path / "rrec-cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")

@@ -30,24 +30,7 @@ TINY = TinyModelSettings(vocab_size=400, hidden_size=32, num_layers=2, num_heads
 TRAINED_PROMPT = {"history_k": 3, "num_candidates": 5, "seed": 7}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a small, shared CPU box, thread contention makes tiny models
-    many times slower than a single thread (measured 15x on the 2-core CI machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def isolated_caches(tmp_path, monkeypatch):
-    """Fresh release and `datasets` caches: `datasets` keys a local folder's cache by its name,
-    so two fixture releases tagged v1.0.0 would otherwise share cached rows."""
-    import datasets
-
-    monkeypatch.setenv("RREC_CACHE", str(tmp_path / "rrec-cache"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
