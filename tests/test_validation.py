@@ -565,3 +565,11 @@ def test_cli_reports_a_missing_run_folder_in_one_line(tmp_path: Path, dask_clien
     assert result.exit_code == 2
     assert "rrec ingest" in result.output and "Traceback" not in result.output
 
+
+
+def test_validate_accepts_a_relative_run_folder(good_run, dask_client, monkeypatch):
+    """`rrec run --out demo-out` passes relative paths: Data Docs must still be written."""
+    monkeypatch.chdir(good_run.parent)
+    summary = run_validation(Path(good_run.name), dask_client, force=True)
+    assert summary["critical_failures"] == 0
+    assert (good_run / "validation" / "data_docs" / "index.html").exists()

@@ -493,7 +493,7 @@ def write_gx_reports(out_dir: Path, run_name: str, suites: dict[str, dict[str, A
         {
             "class_name": "SiteBuilder",
             "show_how_to_buttons": False,
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
     )
@@ -539,7 +539,7 @@ def run_validation(run: Path, client: Client, force: bool = False, settings: Val
     expectations and ``success`` is true when there are none (the release gate).
     """
     settings = settings or ValidateSettings()
-    run_dir = RunDir(run)
+    run_dir = RunDir(Path(run).resolve())  # Dask workers may run in another folder
     present = [t for t in TABLES if run_dir.table(t).is_dir()]
     if not present:
         raise StageError(f"run folder {run} has none of the tables {', '.join(TABLES)}; run `rrec ingest --run {run}` first")
