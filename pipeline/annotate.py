@@ -38,10 +38,10 @@ from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, req
 from pipeline.annotators.context import PartitionSpec, load_partition_contexts, plan_partitions
 from pipeline.annotators.limits import Budget
 from pipeline.annotators.openai_batch import BatchOptions, run_batches
-from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, SendStats, resolve_api_key, send_requests
-from pipeline.annotators.pricing import ModelPrice, PriceTable, estimate_tokens
+from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, SendStats, resolve_api_key, send_requests
+from pipeline.annotators.pricing import PriceTable, estimate_tokens
 from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
-from pipeline.config import ConfigError, StageSettings
+from pipeline.config import ConfigError
 from pipeline.progress import gather_with_progress, make_progress
 from pipeline.schemas import ANNOTATIONS, SPLITS
 from pipeline.stage import RunDir
@@ -63,30 +63,19 @@ MAX_STORED_RAW_CHARS = 4000
 DEFAULT_OPENAI_MODEL = "gpt-4o"
 
 
-class AnnotateSettings(StageSettings):
+class AnnotateSettings(ChatClientSettings):
     """Settings of ``rrec annotate`` (config section ``annotate``)."""
 
     annotator: Literal["template", "openai", "openai-batch"] = "template"
     model: str | None = Field(None, description="Model name; default gpt-4o (OpenAI) or the template version.")
-    base_url: str | None = None
-    concurrency: int = Field(16, ge=1)
     limit: int | None = Field(None, ge=0)
-    max_cost: float | None = Field(None, ge=0)
     dry_run: bool = False
     splits: list[str] = Field(default_factory=lambda: ["train"])
-    requests_per_minute: float | None = Field(500, gt=0)
-    tokens_per_minute: float | None = Field(200_000, gt=0)
     max_output_tokens: int = Field(600, ge=16)
     temperature: float = Field(0.0, ge=0, le=2)
-    request_timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(6, ge=0)
-    retry_base_s: float = Field(1.0, ge=0)
-    max_prompt_history: int = Field(20, ge=1)
     partition_rows: int = Field(2000, ge=1)
     batch_poll_interval_s: float = Field(30.0, gt=0)
     batch_wait_s: float = Field(24 * 3600.0, ge=0)
-    prices: dict[str, ModelPrice] = Field(default_factory=dict)
-    seed: int = 42
 
     @field_validator("splits", mode="before")
     @classmethod
@@ -109,21 +98,7 @@ class AnnotateSettings(StageSettings):
         return template.TEMPLATE_VERSION if self.annotator == "template" else PROMPT_VERSION
 
     def chat_options(self) -> ChatOptions:
-        return ChatOptions(
-            model=self.resolved_model,
-            prompt_version=PROMPT_VERSION,
-            response_format=STRUCTURED_RESPONSE_FORMAT,
-            max_tokens=self.max_output_tokens,
-            temperature=self.temperature,
-            seed=self.seed,
-            base_url=self.base_url,
-            concurrency=self.concurrency,
-            requests_per_minute=self.requests_per_minute,
-            tokens_per_minute=self.tokens_per_minute,
-            request_timeout_s=self.request_timeout_s,
-            max_retries=self.max_retries,
-            retry_base_s=self.retry_base_s,
-        )
+        return self.client_options(self.resolved_model, PROMPT_VERSION, STRUCTURED_RESPONSE_FORMAT, self.max_output_tokens, self.temperature)
 
     def output_config(self) -> dict[str, Any]:
         """The settings that change the output table (the stage fingerprint's config)."""

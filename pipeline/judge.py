@@ -43,10 +43,10 @@ from pipeline.annotators import template
 from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash
 from pipeline.annotators.context import CONTEXT_COLUMNS, contexts_from_rows, read_item_facts
 from pipeline.annotators.limits import Budget
-from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, resolve_api_key, send_requests
-from pipeline.annotators.pricing import ModelPrice, PriceTable, estimate_tokens
+from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, resolve_api_key, send_requests
+from pipeline.annotators.pricing import PriceTable, estimate_tokens
 from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
-from pipeline.config import ConfigError, StageSettings
+from pipeline.config import ConfigError
 from pipeline.filter import QUOTED, FilterSettings, matches_title
 from pipeline.progress import gather_with_progress, make_progress
 from pipeline.schemas import FILTERED
@@ -112,45 +112,20 @@ class JudgeAnswer(BaseModel):
     explanation: str
 
 
-class JudgeSettings(StageSettings):
+class JudgeSettings(ChatClientSettings):
     """Settings of ``rrec judge`` (config section ``judge``)."""
 
     judge: Literal["heuristic", "openai"] = HEURISTIC
     sample: int = Field(300, ge=1)
     model: str | None = None
-    base_url: str | None = None
-    concurrency: int = Field(16, ge=1)
-    max_cost: float | None = Field(None, ge=0)
-    requests_per_minute: float | None = Field(500, gt=0)
-    tokens_per_minute: float | None = Field(200_000, gt=0)
     max_output_tokens: int = Field(300, ge=16)
-    request_timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(6, ge=0)
-    retry_base_s: float = Field(1.0, ge=0)
-    max_prompt_history: int = Field(20, ge=1)
-    prices: dict[str, ModelPrice] = Field(default_factory=dict)
-    seed: int = 42
 
     @property
     def judge_name(self) -> str:
         return HEURISTIC if self.judge == HEURISTIC else (self.model or DEFAULT_JUDGE_MODEL)
 
     def chat_options(self) -> ChatOptions:
-        return ChatOptions(
-            model=self.judge_name,
-            prompt_version=JUDGE_PROMPT_VERSION,
-            response_format=JUDGE_RESPONSE_FORMAT,
-            max_tokens=self.max_output_tokens,
-            temperature=0.0,
-            seed=self.seed,
-            base_url=self.base_url,
-            concurrency=self.concurrency,
-            requests_per_minute=self.requests_per_minute,
-            tokens_per_minute=self.tokens_per_minute,
-            request_timeout_s=self.request_timeout_s,
-            max_retries=self.max_retries,
-            retry_base_s=self.retry_base_s,
-        )
+        return self.client_options(self.judge_name, JUDGE_PROMPT_VERSION, JUDGE_RESPONSE_FORMAT, self.max_output_tokens, 0.0)
 
     def output_config(self) -> dict[str, Any]:
         return {"judge": self.judge_name, "sample": self.sample, "seed": self.seed, "max_cost": self.max_cost,

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+from pydantic import Field
 
 from pipeline.annotators.cache import AnswerCache, CachedAnswer
 from pipeline.annotators.limits import Budget, RateLimiter
-from pipeline.annotators.pricing import PriceTable
+from pipeline.annotators.pricing import ModelPrice, PriceTable
+from pipeline.config import StageSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,40 @@ class ChatOptions:
     def generation_params(self) -> dict[str, Any]:
         """The parameters that change an answer (part of the cache key)."""
         return {"max_tokens": self.max_tokens, "temperature": self.temperature, "seed": self.seed}
+
+
+class ChatClientSettings(StageSettings):
+    """Settings every command that talks to an OpenAI-compatible server shares (annotate, judge)."""
+
+    base_url: str | None = None
+    concurrency: int = Field(16, ge=1)
+    max_cost: float | None = Field(None, ge=0)
+    requests_per_minute: float | None = Field(500, gt=0)
+    tokens_per_minute: float | None = Field(200_000, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    retry_base_s: float = Field(1.0, ge=0)
+    max_prompt_history: int = Field(20, ge=1)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    seed: int = 42
+
+    def client_options(self, model: str, prompt_version: str, response_format: dict[str, Any], max_tokens: int, temperature: float) -> ChatOptions:
+        """The request options of one command: its model and format plus the shared transport limits."""
+        return ChatOptions(
+            model=model,
+            prompt_version=prompt_version,
+            response_format=response_format,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=self.seed,
+            base_url=self.base_url,
+            concurrency=self.concurrency,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            request_timeout_s=self.request_timeout_s,
+            max_retries=self.max_retries,
+            retry_base_s=self.retry_base_s,
+        )
 
 
 @dataclass
