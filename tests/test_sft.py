@@ -98,3 +98,13 @@ def test_resume_without_checkpoints_is_a_clear_cli_error(release, tmp_path):
     )
     assert result.exit_code == 2
     assert "no checkpoint to resume from" in result.output
+
+
+@pytest.mark.slow
+def test_training_stops_early_when_validation_loss_stops_improving(release, tmp_path):
+    """A learning rate too small to move fp32 weights: validation loss never improves, so the
+    run stops after `early_stopping_patience` evaluations instead of running all its steps."""
+    settings = SFTSettings(**TINY_SFT, variant="A", max_steps=30, eval_steps=1, learning_rate=1e-12, early_stopping_patience=2, full=True)
+    result = run_sft(str(release), "grocery", "v1.0.0", tmp_path / "sft", settings)
+    assert result.global_step == 3, result  # step 1 sets the best loss, steps 2 and 3 do not improve it
+    assert result.best_checkpoint is not None and result.best_checkpoint.endswith("checkpoint-1")
