@@ -15,7 +15,6 @@ over byte ranges of plain files, streamed blocks of gzip files and row groups of
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import logging
@@ -54,7 +53,7 @@ from pipeline.readers import (
     raw_text,
 )
 from pipeline.schemas import INTERACTIONS, ITEMS, REJECTS
-from pipeline.stage import RunDir, StageError
+from pipeline.stage import RunDir, StageError, hash_stream
 from pipeline.tables import part_name, write_part
 
 if TYPE_CHECKING:
@@ -675,12 +674,9 @@ def ingest_parquet_row_groups(source: SourceFile, row_groups: list[int], first_r
 
 
 def content_hash(url: str) -> str:
-    """blake2b of a file's bytes (the same digest as ``pipeline.stage.hash_file`` for local files)."""
-    digest = hashlib.blake2b(digest_size=20)
+    """Content hash of a file's bytes (the same digest as ``pipeline.stage.hash_file`` for local files)."""
     with fsspec.open(url, "rb") as handle:
-        while chunk := handle.read(8 * MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hash_stream(handle)
 
 
 # -- the stage --------------------------------------------------------------------------------

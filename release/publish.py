@@ -20,7 +20,7 @@ from typing import Any, Literal
 from datacards.card import CardSettings, build_card
 from datacards.statistics import filter_summary
 from pipeline.config import StageSettings
-from pipeline.stage import code_version
+from pipeline.stage import HASH_ALGORITHM, code_version
 from release.changelog import CHANGELOG_NAME, diff_releases, render_changelog, render_section
 from release.checksums import MANIFEST_NAME, file_checksums
 from release.layout import DomainRelease, ReleaseError, load_domains, write_data, write_validation
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 # The ingest stage fingerprints its input files with pipeline.stage.hash_file.
-SOURCE_HASH = "blake2b-160"
+SOURCE_HASH = HASH_ALGORITHM
 
 
 class ReleaseSettings(StageSettings):

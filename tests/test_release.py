@@ -97,7 +97,7 @@ def test_release_has_the_design_layout_and_a_manifest_with_every_checksum(releas
     manifest = json.loads((released / "manifest.json").read_text())
     assert manifest["version"] == "1.0.0" and manifest["tag"] == "v1.0.0"
     assert manifest["code_version"].startswith("0.")
-    assert manifest["sources"]["grocery"] == {"domain": "Grocery_and_Gourmet_Food", "hash": "blake2b-160", "files": {"Grocery_and_Gourmet_Food.jsonl.gz": "abc123"}}
+    assert manifest["sources"]["grocery"] == {"domain": "Grocery_and_Gourmet_Food", "hash": "xxh3-128", "files": {"Grocery_and_Gourmet_Food.jsonl.gz": "abc123"}}
     assert manifest["config"]["stages"]["grocery"]["sequences"]["num_negatives"] == 4
     assert manifest["config"]["release"]["shard_rows"] == 10
     # 24 users: train keeps the 18 whose rationale passed, evaluation splits keep all 24.
