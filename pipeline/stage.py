@@ -104,6 +104,20 @@ def fingerprint_of(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def exclusive_lock(lock_file: Path, busy: Exception) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``lock_file``; raise ``busy`` at once if another process has it."""
+    with open(lock_file, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}")
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -213,18 +227,9 @@ class RunDir:
         _atomic_write_json(self.manifest_path, manifest)
 
     # -- running a stage ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StageError(f"another rrec process is writing to {self.path}; wait for it to finish") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return exclusive_lock(self.path / ".lock", StageError(f"another rrec process is writing to {self.path}; wait for it to finish"))
 
     def clean_temporaries(self) -> None:
         """Remove what killed runs left behind (temp folders never hold committed data)."""

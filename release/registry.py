@@ -8,7 +8,6 @@ is refused. The git command line does the work (``git`` must be on PATH).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import logging
@@ -17,10 +16,10 @@ import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.stage import exclusive_lock
 from release.checksums import MANIFEST_NAME
 from release.layout import ReleaseError
 
@@ -110,18 +109,10 @@ class Registry:
         self._git("init", "--quiet", "--initial-branch=main")
         (self.path / ".git" / _MARKER).write_text("created by rrec release\n", encoding="utf-8")
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         """Exclusive lock while publishing, so two releases cannot interleave their commits."""
-        with open(self.path / ".git" / "rrec-release.lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ReleaseError(f"another release is being published to {self.path}; wait for it to finish") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        busy = ReleaseError(f"another release is being published to {self.path}; wait for it to finish")
+        return exclusive_lock(self.path / ".git" / "rrec-release.lock", busy)
 
     def versions(self) -> list[str]:
         """Tags of published versions, oldest version first (semantic order)."""
