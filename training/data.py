@@ -16,7 +16,6 @@ where they came from, and turns rows into chat examples.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import datasets
 
 from release.checksums import read_manifest
-from release.loading import cache_root, load_release
+from release.loading import load_release
 from release.pull import is_local_source
 from release.registry import Registry, version_tag
 from training.prompts import PromptSettings, build_completion, build_messages
@@ -68,27 +67,10 @@ def resolve_source(dataset: str, config: str, revision: str | None) -> DatasetSo
     return DatasetSource(str(path), config, revision or read_manifest(path).get("tag"), "folder")
 
 
-def _content_cache(source: DatasetSource) -> Path | None:
-    """A cache folder per release content for local sources.
-
-    ``datasets`` recognises a local Parquet file by its path pattern and mtime only, and files
-    extracted from a registry carry their commit's time: two releases written in the same
-    second would share one Arrow cache and the second would silently read the first's rows.
-    Keying the cache by commit (registry) or manifest hash (folder) rules that out.
-    """
-    if source.kind == "hub":
-        return None
-    root = cache_root() / "training"
-    if source.kind == "registry":
-        return root / f"commit-{source.commit}"
-    manifest_hash = hashlib.sha256((Path(source.dataset) / "manifest.json").read_bytes()).hexdigest()[:20]
-    return root / f"manifest-{manifest_hash}"
-
-
 def load_resolved(source: DatasetSource, split: str, config: str | None = None) -> datasets.Dataset:
     """One split of the exact version ``source`` is pinned to (``config`` defaults to the source's)."""
     try:
-        return load_release(source.dataset, config or source.config, source.revision, split=split, cache_dir=_content_cache(source))
+        return load_release(source.dataset, config or source.config, source.revision, split=split)
     except ConnectionError as exc:
         raise ValueError(
             f"cannot reach {source.dataset} on the Hub ({exc}); check the network or HF_HUB_OFFLINE, or train on a "
