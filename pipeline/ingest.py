@@ -15,12 +15,14 @@ over byte ranges of plain files, streamed blocks of gzip files and row groups of
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import html
 import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -629,6 +631,24 @@ def _write_block(parsed: ParsedBlock, source: SourceFile, part: int, dirs: Table
     return BlockResult(part, source.kind, source.index, parsed.lines, parsed.table.num_rows, dict(reasons), keys)
 
 
+@contextlib.contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """Parse a block without the cyclic garbage collector.
+
+    The per-line path builds millions of small dicts and lists (metadata above all), which
+    makes the collector rescan every live object again and again: about a tenth of ingest's
+    CPU time, for no garbage (parsed records hold no reference cycles). Reference counting
+    still frees everything; the collector runs again after the block.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _parse_block(block: LineBlock, max_line_bytes: int) -> ParsedBlock:
     if block.source.kind == "reviews":
         return parse_review_block(block, max_line_bytes)
@@ -637,25 +657,30 @@ def _parse_block(block: LineBlock, max_line_bytes: int) -> ParsedBlock:
 
 def ingest_line_block(block: LineBlock, part: int, dirs: TableDirs, max_line_bytes: int) -> BlockResult:
     """Parse one streamed block (of a gzip file) and write its part files."""
-    return _write_block(_parse_block(block, max_line_bytes), block.source, part, dirs)
+    with _without_cyclic_gc():
+        parsed = _parse_block(block, max_line_bytes)
+    return _write_block(parsed, block.source, part, dirs)
 
 
 def ingest_plain_range(
-    source: SourceFile, nominal_start: int, nominal_end: int, newlines_before: int, part: int, dirs: TableDirs, block_size: int, max_line_bytes: int
+    source: SourceFile, nominal_start: int, nominal_end: int, newline_counts: list[int], part: int, dirs: TableDirs, block_size: int, max_line_bytes: int
 ) -> BlockResult:
     """Parse the lines that start in ``[nominal_start, nominal_end)`` of a plain JSONL file.
 
-    ``newlines_before`` is the number of newlines before ``nominal_start``, which numbers the
-    range's first line without reading what comes before it.
+    ``newline_counts`` are the numbers of newlines in the ranges before ``nominal_start``
+    (Dask passes them in as the counting tasks finish); their sum numbers the range's first line
+    without reading what comes before it.
     """
+    newlines_before = sum(newline_counts)
     start = plain_range_start(source.url, nominal_start, nominal_end)
     if start is None:
         parsed = [_parse_block(LineBlock(source, 1, b""), max_line_bytes)]
     else:
         # Skipping to the first line start passed exactly one newline, unless we were on one.
         first_line = 1 + newlines_before + (1 if start > nominal_start else 0)
-        blocks = cut_lines(plain_range_chunks(source.url, start, nominal_end), source, first_line, block_size, max_line_bytes)
-        parsed = [_parse_block(block, max_line_bytes) for block in blocks] or [_parse_block(LineBlock(source, first_line, b""), max_line_bytes)]
+        blocks = cut_lines(plain_range_chunks(source.url, start, nominal_end, max_line_bytes), source, first_line, block_size, max_line_bytes)
+        with _without_cyclic_gc():
+            parsed = [_parse_block(block, max_line_bytes) for block in blocks] or [_parse_block(LineBlock(source, first_line, b""), max_line_bytes)]
     return _write_block(_merge(parsed), source, part, dirs)
 
 
@@ -670,7 +695,9 @@ def ingest_parquet_row_groups(source: SourceFile, row_groups: list[int], first_r
         rejects = [(first_row + i, "unreadable_parquet", "") for i in range(rows)]
         empty = (INTERACTIONS if source.kind == "reviews" else ITEMS).empty_table()
         return _write_block(ParsedBlock(empty, _rejects_table(source, rejects), rows), source, part, dirs)
-    return _write_block(parse(table, source, first_row), source, part, dirs)
+    with _without_cyclic_gc():
+        parsed = parse(table, source, first_row)
+    return _write_block(parsed, source, part, dirs)
 
 
 def content_hash(url: str) -> str:
@@ -763,15 +790,14 @@ class _BlockRunner:
 def _submit_source(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, settings: IngestSettings, newline_counts: dict[tuple[str, int], Any]) -> None:
     """Queue the blocks of one file, in line order, each with the next part number."""
     if source.format == "jsonl":
-        starts = list(range(0, source.size, settings.block_size))
-        counts = runner.client.gather(newline_counts[(source.kind, source.index)]) if len(starts) > 1 else []
-        before = 0
-        for i, start in enumerate(starts):
+        # Range i waits only for the newline counts of ranges 0 .. i-1, so parsing starts
+        # while later ranges are still being counted.
+        counts = newline_counts.get((source.kind, source.index), [])
+        for i, start in enumerate(range(0, source.size, settings.block_size)):
             end = min(start + settings.block_size, source.size)
             runner.submit(
-                ingest_plain_range, source, start, end, before, runner.part(), dirs, settings.block_size, settings.max_line_bytes, source_bytes=end - start
+                ingest_plain_range, source, start, end, counts[:i], runner.part(), dirs, settings.block_size, settings.max_line_bytes, source_bytes=end - start
             )
-            before += counts[i] if i < len(counts) else 0
     elif source.format == "gzip":
         # One stream, cut here into bounded blocks that the workers parse in parallel.
         for block in gzip_blocks_ahead(source, settings.block_size, settings.max_line_bytes):

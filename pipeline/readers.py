@@ -24,6 +24,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import fsspec
 
@@ -248,7 +249,10 @@ def cut_lines(
 
     def emit() -> LineBlock:
         nonlocal parts, size, lines, block_first, set_aside
-        block = LineBlock(source, block_first, b"".join(parts), set_aside)
+        whole = parts[0].obj if len(parts) == 1 and isinstance(parts[0], memoryview) else None
+        # A block that is one whole chunk is that chunk, not a copy of it.
+        data = whole if isinstance(whole, bytes) and len(whole) == len(parts[0]) else b"".join(parts)
+        block = LineBlock(source, block_first, data, set_aside)
         block_first += lines
         parts, size, lines, set_aside = [], 0, 0, []
         return block
@@ -404,13 +408,21 @@ def plain_range_start(url: str, nominal_start: int, nominal_end: int) -> int | N
     return None
 
 
-def plain_range_chunks(url: str, start: int, nominal_end: int) -> Iterator[bytes]:
+def plain_range_chunks(url: str, start: int, nominal_end: int, max_line_bytes: int | None = None) -> Iterator[bytes]:
     """The bytes of the lines that start in ``[start, nominal_end)``, in chunks.
 
-    Reading goes past ``nominal_end`` only to finish the line in progress, chunk by chunk, so
-    :func:`cut_lines` can set an over-long last line aside without buffering it.
+    Reading goes past ``nominal_end`` only to finish the line in progress. When that last line
+    ends within ``max_line_bytes`` of ``nominal_end`` the whole range comes as one chunk from one
+    read (one copy of the bytes instead of a read per chunk plus a join); otherwise it comes
+    chunk by chunk, so :func:`cut_lines` can set an over-long last line aside without buffering it.
     """
     with fsspec.open(url, "rb") as handle:
+        if max_line_bytes is not None:
+            tail = _bytes_to_line_end(handle, nominal_end, max_line_bytes)
+            if tail is not None:
+                handle.seek(start)
+                yield handle.read(nominal_end + tail - start)
+                return
         handle.seek(start)
         position = start
         while position < nominal_end:
@@ -427,6 +439,26 @@ def plain_range_chunks(url: str, start: int, nominal_end: int) -> Iterator[bytes
                 yield chunk[: end + 1]
                 return
             yield chunk
+
+
+def _bytes_to_line_end(handle: Any, position: int, limit: int) -> int | None:
+    """How many bytes from ``position`` up to and including the next newline (or the end of
+    the file), or None when there are more than ``limit`` (the line in progress is over-long)."""
+    if position > 0:
+        handle.seek(position - 1)
+        if handle.read(1) == b"\n":
+            return 0
+    handle.seek(position)
+    seen = 0
+    while seen <= limit:
+        chunk = handle.read(min(READ_CHUNK, limit + 1 - seen))
+        if not chunk:
+            return seen
+        end = chunk.find(b"\n")
+        if end >= 0:
+            return seen + end + 1
+        seen += len(chunk)
+    return None
 
 
 def count_newlines(url: str, start: int, end: int) -> int:
