@@ -27,6 +27,7 @@ import hashlib
 import logging
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -53,9 +54,11 @@ log = logging.getLogger(__name__)
 
 STAGE = "sequences"
 # Per-user work is cut into chunks of about this many output list elements (history entries
-# plus candidates), which bounds a worker's memory whatever the partition size; a chunk is
-# one Parquet row group.
-CHUNK_ELEMENTS = 4_000_000
+# plus candidates), which bounds a worker's memory whatever the partition size (about 0.5 GB
+# above the catalog); a chunk is one Parquet row group. Each row group repeats the dictionary
+# pages of titles and ids (nearly the whole catalog), so larger chunks write less: 16M
+# elements write 1M interactions' rows about 15% faster and 15% smaller than 4M.
+CHUNK_ELEMENTS = 16_000_000
 _SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
 _TRAIN, _VALIDATION, _TEST = (_SPLIT_CODE[s] for s in ("train", "validation", "test"))
 
@@ -119,8 +122,38 @@ def stream_draws(keys: np.ndarray, count: int) -> np.ndarray:
     Each 64-bit mix yields two draws. The key is mixed before stepping, so streams of related
     keys (k, k + GAMMA, ...) do not run along each other shifted by one step.
     """
+    return _stream_mixes(keys, count).view(np.uint32)[:, :count]
+
+
+def stream_codes(keys: np.ndarray, count: int, n: int) -> np.ndarray:
+    """``_bounded(stream_draws(keys, count), n)`` as an int32 matrix, without the temporaries.
+
+    Draw ``2j`` of a stream is the low half of its ``j``-th mix and draw ``2j + 1`` the high
+    half (the little-endian view of :func:`stream_draws`).
+    """
+    mixes = _stream_mixes(keys, count)
+    codes = np.empty((len(keys), count), dtype=np.int32)
+    low = mixes & np.uint64(0xFFFFFFFF)
+    low *= np.uint64(n)
+    low >>= np.uint64(32)
+    codes[:, 0::2] = low
+    del low
+    mixes >>= np.uint64(32)
+    mixes *= np.uint64(n)
+    mixes >>= np.uint64(32)
+    codes[:, 1::2] = mixes[:, : count // 2]
+    return codes
+
+
+def _stream_mixes(keys: np.ndarray, count: int) -> np.ndarray:
+    """The first ``ceil(count / 2)`` 64-bit mixes of each stream, mixed in place."""
     steps = (np.arange(1, (count + 1) // 2 + 1, dtype=np.uint64) * _GAMMA)[None, :]
-    return _mix64(_mix64(keys)[:, None] + steps).view(np.uint32)[:, :count]
+    mixes = _mix64(keys)[:, None] + steps
+    for shift, multiplier in ((30, _MIX1), (27, _MIX2)):
+        mixes ^= mixes >> np.uint64(shift)
+        mixes *= multiplier
+    mixes ^= mixes >> np.uint64(31)
+    return mixes
 
 
 def _bounded(draws: np.ndarray, n: int) -> np.ndarray:
@@ -173,6 +206,30 @@ class UserEvents:
             }
         )
 
+    def save(self, path: Path) -> None:
+        """Write to ``path`` (Arrow IPC, uncompressed): the users with their event counts, and
+        the events. Unlike :meth:`to_table` no user id is repeated per event, and reading it
+        back is a memory map, not a parse."""
+        users = pa.table({"user_id": self.user_ids, "events": pa.array(np.diff(self.offsets), pa.int64())})
+        events = pa.table({"item": self.item, "rating": self.rating, "timestamp": self.timestamp})
+        for suffix, table in (("users", users), ("events", events)):
+            with pa.OSFile(f"{path}.{suffix}.arrow", "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+
+    @classmethod
+    def load(cls, path: str | Path) -> UserEvents:
+        """Read what :meth:`save` wrote."""
+        users, events = (pa.ipc.open_file(pa.memory_map(f"{path}.{suffix}.arrow")).read_all() for suffix in ("users", "events"))
+        offsets = np.zeros(users.num_rows + 1, dtype=np.int64)
+        np.cumsum(users.column("events").to_numpy(), out=offsets[1:])
+        return cls(
+            user_ids=users.column("user_id").combine_chunks(),
+            offsets=offsets,
+            item=events.column("item").to_numpy().astype(np.int32),
+            rating=events.column("rating").to_numpy().astype(np.float32),
+            timestamp=events.column("timestamp").to_numpy().astype(np.int64),
+        )
+
     @classmethod
     def from_table(cls, table: pa.Table) -> UserEvents:
         """Inverse of :meth:`to_table`; the rows of one user must be contiguous."""
@@ -203,22 +260,21 @@ class Selection:
 
 
 def read_interaction_keys(folder: Path) -> pa.Table:
-    """The columns of ``interactions`` the stage needs, ids as dictionaries.
-
-    Parquet stores the id columns dictionary-encoded: reading them as dictionaries skips
-    materialising and re-hashing millions of id strings.
-    """
-    parquet = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(dictionary_columns=["user_id", "parent_asin"]))
-    return pads.dataset(str(folder), format=parquet).to_table(
+    """The columns of ``interactions`` the stage needs."""
+    return pads.dataset(str(folder), format="parquet").to_table(
         columns=["user_id", "parent_asin", "timestamp", "rating", "src_file", "src_line"]
     )
 
 
 def _dense_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Integer codes of a string (or dictionary) column, numbered in sorted order of the values."""
-    if not pa.types.is_dictionary(column.type):
-        column = column.dictionary_encode()
-    encoded = pa.table({"v": column}).unify_dictionaries().column("v")
+    """Integer codes of a string (or dictionary) column, numbered in sorted order of the values.
+
+    One hash pass (``dictionary_encode`` over all chunks shares one dictionary) and a sort of
+    the distinct values; pyarrow releases the GIL, so users and items are coded in parallel.
+    """
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    encoded = pc.dictionary_encode(column)
     if encoded.num_chunks == 0:
         return np.zeros(0, dtype=np.int64), pa.array([], pa.string())
     dictionary = encoded.chunk(0).dictionary
@@ -227,6 +283,33 @@ def _dense_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     rank = np.empty(len(dictionary), dtype=np.int64)
     rank[by_value] = np.arange(len(dictionary))
     return rank[first_seen], dictionary.take(pa.array(by_value))
+
+
+def first_of_pairs(user_code: np.ndarray, item_code: np.ndarray, num_items: int) -> np.ndarray:
+    """Mask of the first occurrence of each (user, item) pair, for events already in
+    chronological order grouped by user (so the first is the earliest review).
+
+    Sorting by (item, position) puts the events of one pair next to each other, first one
+    first, because positions are grouped by user: one sort of a packed integer key, about twice
+    as fast as hashing the pairs. Falls back to hashing when the key does not fit 63 bits.
+    """
+    n = len(user_code)
+    first = np.ones(n, dtype=bool)
+    if n < 2:
+        return first
+    position_bits = int(n - 1).bit_length()
+    if max(num_items - 1, 1).bit_length() + position_bits > 63:
+        pair = user_code * max(num_items, 1) + item_code
+        return ~pd.Series(pair, copy=False).duplicated(keep="first").to_numpy()
+    # Sorting the packed keys themselves (not argsort) is about three times faster; the
+    # position comes back out of the low bits.
+    keys = np.sort((item_code.astype(np.int64) << np.int64(position_bits)) | np.arange(n, dtype=np.int64))
+    by_item = keys & np.int64((1 << position_bits) - 1)
+    keys >>= np.int64(position_bits)
+    user_sorted = user_code[by_item]
+    repeat = (keys[1:] == keys[:-1]) & (user_sorted[1:] == user_sorted[:-1])
+    first[by_item[1:][repeat]] = False
+    return first
 
 
 def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, int]:
@@ -239,20 +322,19 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray
     keep = np.ones(len(users), dtype=bool)
     if k <= 0 or len(users) == 0:
         return keep, 0
-    index = np.arange(len(users))
-    u, i = users, items
+    # Counts are updated by what each round drops instead of recounting every survivor: after
+    # the first round only a few events go, and no array is compacted.
+    user_count = np.bincount(users)
+    item_count = np.bincount(items)
     rounds = 0
     while True:
-        user_count = np.bincount(u)
-        item_count = np.bincount(i)
-        survives = (user_count[u] >= k) & (item_count[i] >= k)
-        if survives.all():
-            break
+        drop = np.flatnonzero(keep & ((user_count < k)[users] | (item_count < k)[items]))
+        if len(drop) == 0:
+            return keep, rounds
         rounds += 1
-        index, u, i = index[survives], u[survives], i[survives]
-    keep[:] = False
-    keep[index] = True
-    return keep, rounds
+        keep[drop] = False
+        user_count -= np.bincount(users[drop], minlength=len(user_count))
+        item_count -= np.bincount(items[drop], minlength=len(item_count))
 
 
 def chronological_order(user_code: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
@@ -280,36 +362,39 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
     """
     rows_in = interactions.num_rows
     rejects: dict[str, int] = {}
-    has_keys = pc.and_(
-        pc.and_(pc.is_valid(interactions["user_id"]), pc.is_valid(interactions["parent_asin"])),
-        pc.is_valid(interactions["timestamp"]),
-    )
-    table = interactions.filter(has_keys)
+    table = interactions
+    if any(table[name].null_count for name in ("user_id", "parent_asin", "timestamp")):
+        has_keys = pc.and_(
+            pc.and_(pc.is_valid(table["user_id"]), pc.is_valid(table["parent_asin"])),
+            pc.is_valid(table["timestamp"]),
+        )
+        table = table.filter(has_keys)
     rejects["missing_key"] = rows_in - table.num_rows
 
-    user_code, user_dictionary = _dense_codes(table["user_id"])
-    item_code, item_dictionary = _dense_codes(table["parent_asin"])
-    timestamp = table["timestamp"].to_numpy().astype(np.int64)
-    rating = pc.fill_null(table["rating"], float("nan")).to_numpy().astype(np.float32)
-    source = pc.fill_null(table["src_file"], 0).to_numpy().astype(np.int64) << np.int64(40)
-    source |= pc.fill_null(table["src_line"], 0).to_numpy().astype(np.int64)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Items are coded in a second thread while this one codes users and sorts by time.
+        items_coded = pool.submit(_dense_codes, table["parent_asin"])
+        user_code, user_dictionary = _dense_codes(table["user_id"])
+        timestamp = table["timestamp"].to_numpy().astype(np.int64)
+        rating = pc.fill_null(table["rating"], float("nan")).to_numpy().astype(np.float32)
+        source = pc.fill_null(table["src_file"], 0).to_numpy().astype(np.int64) << np.int64(40)
+        source |= pc.fill_null(table["src_line"], 0).to_numpy().astype(np.int64)
+        # Chronological per user, equal timestamps in source order (file, then line): the
+        # stable sort of the benchmark script over lines read in file order. Ingest writes rows
+        # in source order, so a stable sort on (user, timestamp) usually suffices.
+        by_source = None
+        if len(source) and not (source[1:] >= source[:-1]).all():
+            by_source = np.argsort(source, kind="stable")
+            user_code, timestamp, rating = user_code[by_source], timestamp[by_source], rating[by_source]
+        del source
+        order = chronological_order(user_code, timestamp)
+        user_code = user_code[order]
+        item_code, item_dictionary = items_coded.result()
     del table
+    item_code = item_code[order if by_source is None else by_source[order]]
 
-    # Chronological per user, equal timestamps in source order (file, then line): the stable
-    # sort of the benchmark script over lines read in file order. Ingest writes rows in
-    # source order, so a stable sort on (user, timestamp) usually suffices.
-    if len(source) and not (source[1:] >= source[:-1]).all():
-        by_source = np.argsort(source, kind="stable")
-        user_code, item_code, timestamp, rating = user_code[by_source], item_code[by_source], timestamp[by_source], rating[by_source]
-    del source
-    order = chronological_order(user_code, timestamp)
-    user_code, item_code = user_code[order], item_code[order]
-
-    # Repeated (user, item): keep the first in that order, i.e. the earliest review. A hash
-    # pass (pandas) rather than a third sort of every row.
-    pair = user_code * max(len(item_dictionary), 1) + item_code
-    first = ~pd.Series(pair, copy=False).duplicated(keep="first").to_numpy()
-    del pair
+    # Repeated (user, item): keep the first in that order, i.e. the earliest review.
+    first = first_of_pairs(user_code, item_code, len(item_dictionary))
     rejects["duplicate_pair"] = int(len(first) - first.sum())
     order, user_code, item_code = order[first], user_code[first], item_code[first]
 
@@ -375,21 +460,33 @@ class DistinctStrings:
     values: pa.Array
     codes: np.ndarray
 
+    def __post_init__(self) -> None:
+        self.has_nulls = bool((self.codes < 0).any())
+        # Distinct ids (parent_asin) code themselves: no lookup needed.
+        self.identity = not self.has_nulls and len(self.values) == len(self.codes) and bool((self.codes == np.arange(len(self.codes))).all())
+
     @classmethod
     def of(cls, column: pa.Array) -> DistinctStrings:
         encoded = column.dictionary_encode()
         return cls(encoded.dictionary, pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int32))
 
     def take(self, items: np.ndarray) -> pa.DictionaryArray:
-        """The strings of catalog ``items``, as a dictionary array over only the values used."""
-        value_codes = self.codes[items]
-        present = value_codes >= 0
-        used = np.zeros(len(self.values), dtype=bool)
-        used[value_codes[present]] = True
+        """The strings of catalog ``items``, as a dictionary array.
+
+        The dictionary holds only the values used, except when there are so many items that
+        nearly every value is used anyway (a chunk's candidate lists): then the whole set of
+        values, which saves finding the used ones.
+        """
+        value_codes = items.astype(np.int32, copy=False) if self.identity else self.codes[items]
+        present = value_codes >= 0 if self.has_nulls else None
+        mask = None if present is None or present.all() else ~present
+        if len(items) >= 8 * len(self.values):
+            return pa.DictionaryArray.from_arrays(pa.array(np.where(mask, 0, value_codes) if mask is not None else value_codes, pa.int32(), mask=mask), self.values)
+        used = np.bincount(value_codes[present] if present is not None else value_codes, minlength=len(self.values)) > 0
         # New position of each used value; the extra last entry serves the -1 (null) codes.
         remap = np.zeros(len(self.values) + 1, dtype=np.int32)
         remap[:-1] = np.cumsum(used, dtype=np.int64) - 1
-        indices = pa.array(remap[value_codes], pa.int32(), mask=None if present.all() else ~present)
+        indices = pa.array(remap[value_codes], pa.int32(), mask=mask)
         return pa.DictionaryArray.from_arrays(indices, self.values.take(pa.array(np.flatnonzero(used))))
 
 
@@ -452,29 +549,45 @@ def draw_negatives(row_keys: np.ndarray, row_user: np.ndarray, events: UserEvent
     result = np.empty((n_rows, num_negatives), dtype=np.int32)
     if n_rows == 0 or num_negatives == 0:
         return result
-    # (user, item) codes of every user's sequence, for vectorised membership tests.
-    event_user = np.repeat(np.arange(events.num_users, dtype=np.int64), np.diff(events.offsets))
+    # (user, item) codes of every user's sequence, for exact membership tests, and a 64-bit
+    # signature per user (bit ``item % 64`` of each of its items): a draw whose bit is clear
+    # in its user's signature is not in the sequence, which spares most draws the exact test.
+    lengths = np.diff(events.offsets)
+    event_user = np.repeat(np.arange(events.num_users, dtype=np.int64), lengths)
     sequence_pairs = event_user * catalog_size + events.item
+    signature = np.zeros(events.num_users, dtype=np.uint64)
+    if events.num_events:
+        bits = np.left_shift(np.uint64(1), (events.item & 63).astype(np.uint64))
+        has_events = lengths > 0
+        signature[has_events] = np.bitwise_or.reduceat(bits, events.offsets[:-1][has_events])
     pending = np.arange(n_rows)
     # Draw a little more than needed: about n^2/2N repeats and n*L/N sequence items are
     # expected among n draws from N items. Rows that fall short are redone with a longer
     # prefix of their stream.
-    longest = int(np.diff(events.offsets).max(initial=0))
+    longest = int(lengths.max(initial=0))
     expected_rejects = num_negatives * (num_negatives / (2 * catalog_size) + longest / catalog_size)
     width = num_negatives + 4 + math.ceil(2 * expected_rejects)
     while len(pending):
-        codes = _bounded(stream_draws(row_keys[pending], width), catalog_size)
-        pairs = row_user[pending, None].astype(np.int64) * catalog_size + codes
-        in_sequence = pd.Series(pairs.ravel(), copy=False).isin(sequence_pairs).to_numpy().reshape(codes.shape)
-        usable = ~(in_sequence | _repeats_in_row(codes))
-        taken = np.cumsum(usable, axis=1, dtype=np.int32)
-        done = taken[:, -1] >= num_negatives
-        chosen = usable & (taken <= num_negatives)
-        if done.all():
-            result[pending] = codes[chosen].reshape(-1, num_negatives)
-            break
-        result[pending[done]] = codes[done][chosen[done]].reshape(-1, num_negatives)
-        pending = pending[~done]
+        codes = stream_codes(row_keys[pending], width, catalog_size)
+        users = row_user[pending]
+        maybe = ((signature[users][:, None] >> (codes & 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
+        unusable = _repeats_in_row(codes)
+        suspects = np.flatnonzero(maybe)
+        if len(suspects):
+            pairs = users[suspects // width].astype(np.int64) * catalog_size + codes.reshape(-1)[suspects]
+            unusable.reshape(-1)[suspects] |= pd.Series(pairs, copy=False).isin(sequence_pairs).to_numpy()
+        # Rows whose first num_negatives draws are all usable take them as they are.
+        clean = ~unusable[:, :num_negatives].any(axis=1)
+        result[pending[clean]] = codes[clean, :num_negatives]
+        dirty = np.flatnonzero(~clean)
+        if len(dirty):
+            usable = ~unusable[dirty]
+            taken = np.cumsum(usable, axis=1, dtype=np.int32)
+            done = taken[:, -1] >= num_negatives
+            chosen = usable[done] & (taken[done] <= num_negatives)
+            result[pending[dirty[done]]] = codes[dirty[done]][chosen].reshape(-1, num_negatives)
+            dirty = dirty[~done]
+        pending = pending[dirty]
         width *= 2
     return result
 
@@ -505,13 +618,13 @@ def insert_targets(row_keys: np.ndarray, targets: np.ndarray, negatives: np.ndar
     n_rows, n_negatives = negatives.shape
     target_index = _bounded((_mix64(row_keys ^ _SHUFFLE_SALT) >> np.uint64(32)).astype(np.uint32), n_negatives + 1)
     column = np.arange(n_negatives + 1)[None, :]
-    source = np.clip(column - (column > target_index[:, None]), 0, max(n_negatives - 1, 0))
-    if n_negatives:
-        candidates = np.take_along_axis(negatives, source, axis=1)
-    else:
-        candidates = np.empty((n_rows, 1), dtype=np.int32)
+    before = column < target_index[:, None]
+    # Negatives before the target keep their column, those after it move one to the right.
+    candidates = np.empty((n_rows, n_negatives + 1), dtype=np.int32)
+    candidates[:, 1:] = negatives
+    candidates[:, :-1][before[:, :-1]] = negatives[before[:, :-1]]
     candidates[column == target_index[:, None]] = targets
-    return candidates.astype(np.int32), target_index.astype(np.int32)
+    return candidates, target_index.astype(np.int32)
 
 
 def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -644,7 +757,7 @@ def _load_catalog(catalog_path: str) -> Catalog:
 
 def build_partition(events_path: str, catalog_path: str, out_path: str, settings: SequencesSettings) -> dict[str, int]:
     """Dask task: read one partition of events, write its ``sequences`` part, return row counts."""
-    events = UserEvents.from_table(pq.read_table(events_path))
+    events = UserEvents.load(events_path)
     catalog = _load_catalog(catalog_path)
     rows_by_split = dict.fromkeys(SPLITS, 0)
     # store_schema=False and non-compliant list names: the file's own Parquet types (string,
@@ -743,8 +856,8 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
         table_dir = out.table_dir(STAGE)
         tasks = []
         for index, (start, stop) in enumerate(partition_bounds(events, settings.events_per_partition)):
-            events_path = scratch / f"events-{index:05d}.parquet"
-            pq.write_table(events.slice_users(start, stop).to_table(), events_path, compression="none")
+            events_path = scratch / f"events-{index:05d}"
+            events.slice_users(start, stop).save(events_path)
             tasks.append((str(events_path), str(catalog_path), str(table_dir / part_name(index))))
         counts, rejects = selection.counts, selection.rejects_by_reason
         del selection, events
