@@ -22,6 +22,7 @@ from typing import Any
 
 CACHE_FILE = "annotation_cache.sqlite"
 _LOOKUP_CHUNK = 500  # SQLite's bound-parameter limit is 999 on old builds
+_BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -86,8 +87,20 @@ class AnswerCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit, every put is durable before the next request goes.
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        # Switching to WAL needs a moment of exclusive access, and SQLite reports a busy
+        # database at once instead of waiting when another process holds it (a Dask worker
+        # opening the cache while the driver commits answers): retry until the timeout.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        while True:
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         # NORMAL is crash-safe for process kills in WAL mode (only power loss can drop a commit).
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)

@@ -17,15 +17,17 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 
 from pipeline.annotators.cache import AnswerCache, BatchRecord, CachedAnswer
 from pipeline.annotators.limits import Budget
 from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, SendStats, resolve_api_key
 from pipeline.annotators.pricing import PriceTable
 from pipeline.stage import StageError
+
+if TYPE_CHECKING:
+    import openai  # imported where used: it costs about a second at start-up
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,8 @@ def run_batches(
     work_dir: Path,
 ) -> tuple[dict[str, CachedAnswer], SendStats]:
     """Get answers for ``requests`` through the Batch API, resuming recorded batches."""
+    import openai
+
     stats = SendStats()
     answers: dict[str, CachedAnswer] = {}
     client = openai.OpenAI(

@@ -24,15 +24,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 from pydantic import Field
 
 from pipeline.annotators.cache import AnswerCache, CachedAnswer
 from pipeline.annotators.limits import Budget, RateLimiter
 from pipeline.annotators.pricing import ModelPrice, PriceTable
 from pipeline.config import StageSettings
+
+if TYPE_CHECKING:
+    import openai  # imported where used: it costs about a second at start-up
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,8 @@ def resolve_api_key(base_url: str | None) -> str:
 
 
 def make_async_client(options: ChatOptions) -> openai.AsyncOpenAI:
+    import openai
+
     return openai.AsyncOpenAI(
         api_key=resolve_api_key(options.base_url),
         base_url=options.base_url,
@@ -218,6 +222,8 @@ class ChatSender:
         return await client.chat.completions.create(**kwargs)
 
     async def _send_one(self, client: openai.AsyncOpenAI, request: ChatRequest) -> CachedAnswer | None:
+        import openai
+
         worst_case = self.prices.cost(self.options.model, request.estimated_input_tokens, self.options.max_tokens)
         if not self.budget.reserve(worst_case):
             self.stats.skipped_for_budget += 1
