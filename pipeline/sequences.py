@@ -69,6 +69,8 @@ _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _SHUFFLE_SALT = np.uint64(0x5F3C_1A2B_77E1_D00D)
+# Draws per block of rows in `draw_negatives` (the 64-bit mixes of a block take 4 bytes each).
+_DRAW_BLOCK_ELEMENTS = 2_000_000
 
 
 class SequencesSettings(StageSettings):
@@ -560,13 +562,28 @@ def draw_negatives(row_keys: np.ndarray, row_user: np.ndarray, events: UserEvent
         bits = np.left_shift(np.uint64(1), (events.item & 63).astype(np.uint64))
         has_events = lengths > 0
         signature[has_events] = np.bitwise_or.reduceat(bits, events.offsets[:-1][has_events])
-    pending = np.arange(n_rows)
     # Draw a little more than needed: about n^2/2N repeats and n*L/N sequence items are
     # expected among n draws from N items. Rows that fall short are redone with a longer
     # prefix of their stream.
     longest = int(lengths.max(initial=0))
     expected_rejects = num_negatives * (num_negatives / (2 * catalog_size) + longest / catalog_size)
-    width = num_negatives + 4 + math.ceil(2 * expected_rejects)
+    first_width = num_negatives + 4 + math.ceil(2 * expected_rejects)
+    # Rows go in blocks whose temporaries stay a few MiB: memory the allocator reuses from
+    # block to block instead of fresh pages the kernel must map and zero each time.
+    block_rows = max(1, _DRAW_BLOCK_ELEMENTS // first_width)
+    for block_start in range(0, n_rows, block_rows):
+        _draw_block(
+            np.arange(block_start, min(block_start + block_rows, n_rows)), first_width, row_keys, row_user, signature,
+            sequence_pairs, catalog_size, num_negatives, result,
+        )
+    return result
+
+
+def _draw_block(
+    pending: np.ndarray, width: int, row_keys: np.ndarray, row_user: np.ndarray, signature: np.ndarray,
+    sequence_pairs: np.ndarray, catalog_size: int, num_negatives: int, result: np.ndarray,
+) -> None:
+    """The negatives of rows ``pending`` into ``result`` (see :func:`draw_negatives`)."""
     while len(pending):
         codes = stream_codes(row_keys[pending], width, catalog_size)
         users = row_user[pending]
@@ -589,7 +606,6 @@ def draw_negatives(row_keys: np.ndarray, row_user: np.ndarray, events: UserEvent
             dirty = dirty[~done]
         pending = pending[dirty]
         width *= 2
-    return result
 
 
 def _repeats_in_row(codes: np.ndarray) -> np.ndarray:
@@ -826,10 +842,14 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
     log.info("building sequences of %s", run_dir.path)
 
     with run_dir.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
-        interactions = read_interaction_keys(run_dir.table("interactions"))
-        rows_in = interactions.num_rows
-        selection = select_interactions(interactions, settings)
-        del interactions
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # The item metadata is read while the interactions are selected.
+            items_read = pool.submit(read_table, run_dir.table("items"), "items", columns=["parent_asin", "title", "categories", "store"])
+            interactions = read_interaction_keys(run_dir.table("interactions"))
+            rows_in = interactions.num_rows
+            selection = select_interactions(interactions, settings)
+            del interactions
+            items = items_read.result()
         log.info(
             "%d interactions -> %d after dedupe and %d-core (%d rounds): %d users, %d items",
             rows_in,
@@ -843,7 +863,6 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
         if events.num_users == 0:
             log.warning("no interaction survives dedupe and the %d-core: the sequences table is empty (lower --k?)", settings.k)
         check_catalog_size(len(selection.catalog_asins), int(np.diff(events.offsets).max(initial=0)), settings.num_negatives)
-        items = read_table(run_dir.table("items"), "items", columns=["parent_asin", "title", "categories", "store"])
         catalog = Catalog.from_items(selection.catalog_asins, items)
         del items
 
@@ -854,14 +873,14 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
         catalog_path = scratch / "catalog.parquet"
         pq.write_table(catalog.to_table(), catalog_path)
         table_dir = out.table_dir(STAGE)
-        tasks = []
+        futures = []
         for index, (start, stop) in enumerate(partition_bounds(events, settings.events_per_partition)):
             events_path = scratch / f"events-{index:05d}"
             events.slice_users(start, stop).save(events_path)
-            tasks.append((str(events_path), str(catalog_path), str(table_dir / part_name(index))))
+            # Submitted as soon as its input is written: workers start while the rest is written.
+            futures.append(client.submit(build_partition, str(events_path), str(catalog_path), str(table_dir / part_name(index)), settings, pure=False))
         counts, rejects = selection.counts, selection.rejects_by_reason
         del selection, events
-        futures = [client.submit(build_partition, *task, settings, pure=False) for task in tasks]
         results = gather_with_progress(futures, "sequences")
         shutil.rmtree(scratch)
 
@@ -871,7 +890,7 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
             rows_out={STAGE: sum(rows_by_split.values())},
             rejects_by_reason=rejects,
             rows_by_split=rows_by_split,
-            partitions=len(tasks),
+            partitions=len(futures),
             items_without_metadata=catalog.without_metadata,
             **counts,
         )
