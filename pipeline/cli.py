@@ -7,6 +7,7 @@ command bodies, so ``rrec --help`` stays fast).
 from __future__ import annotations
 
 import importlib
+import multiprocessing
 import logging
 
 import typer
@@ -63,13 +64,25 @@ def _main(
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+_registered = False
+
+
 def _register_all() -> None:
+    global _registered
+    if _registered:
+        return
+    _registered = True
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
 
 
-_register_all()
+# A Dask worker process started by `multiprocessing` (spawn) re-imports the `rrec` script, and
+# so this module; it never runs a command, so it skips importing every command's module (about
+# a second of CPU per worker at every cluster start). Its tasks import what they use.
+if multiprocessing.parent_process() is None:
+    _register_all()
 
 
 def main() -> None:
+    _register_all()
     app()
