@@ -40,6 +40,13 @@ class Reply:
 Script = Callable[[int, dict[str, Any]], Reply | None]
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: 64 clients connecting at once overflow it,
+    # and the dropped connections wait for the client's SYN retransmit (1 s, then 3 s). API
+    # servers accept hundreds of connections at once.
+    request_queue_size = 512
+
+
 def messages_key(body: dict[str, Any]) -> str:
     """Identity of a chat request: a hash of its messages."""
     return hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).hexdigest()
@@ -97,7 +104,7 @@ class LoopbackOpenAI:
         self.batches: dict[str, dict[str, Any]] = {}
         self.batch_polls: dict[str, int] = {}
         self._ids = itertools.count(1)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -187,6 +194,9 @@ class LoopbackOpenAI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real API servers do
+            # TCP_NODELAY, as API servers set it: with Nagle's algorithm the body written after
+            # the headers waits for the client's delayed ACK, 40 ms added to every answer.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 return

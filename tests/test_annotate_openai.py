@@ -70,6 +70,18 @@ def test_retries_429_with_retry_after_500_and_timeouts_then_succeeds(tmp_path, d
     assert len(_rows(run)) == 6
 
 
+def test_a_2xx_body_that_is_not_a_completion_is_retried_not_stored(tmp_path, dask_client, api_key):
+    run = tmp_path / "run"
+    make_run(run, users=4)
+    # A proxy's HTML page and a JSON list, both with status 200: neither is an answer.
+    script = {0: Reply(raw="<html>502 Bad Gateway</html>"), 1: Reply(body=["not", "an", "object"])}
+    with LoopbackOpenAI(lambda index, body: script.get(index)) as server:
+        entry = run_annotate(run, _settings(server, concurrency=1), dask_client)
+    assert entry["errors"] == {"invalid_response": 2} and entry["retries"] == 2
+    assert entry["complete"] is True and entry["rows_out"]["annotations"] == 4
+    assert all(row["rationale"] for row in _rows(run))
+
+
 def test_requests_that_keep_failing_leave_the_run_incomplete_and_a_rerun_finishes_it(tmp_path, dask_client, api_key):
     run = tmp_path / "run"
     make_run(run, users=5)
