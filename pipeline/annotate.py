@@ -164,6 +164,9 @@ class PreparedPartition:
     keys: list[tuple[str, str, str]]
     requests: list[ChatRequest]
     cached: dict[str, CachedAnswer]
+    rows: list[dict[str, Any] | None]
+    """The annotation row of each cached answer, built on the worker; None where the answer
+    has yet to come (a cached rerun leaves the driver only the writing)."""
 
 
 def chat_request(context: ExampleContext, options: ChatOptions, max_history: int) -> ChatRequest:
@@ -176,15 +179,20 @@ def chat_request(context: ExampleContext, options: ChatOptions, max_history: int
     )
 
 
-def prepare_partition(run_path: str, spec: PartitionSpec, options: ChatOptions, max_history: int) -> PreparedPartition:
+def prepare_partition(run_path: str, spec: PartitionSpec, options: ChatOptions, max_history: int, annotator: str = "openai") -> PreparedPartition:
     """Build one partition's prompts and look them up in the run's cache (read only)."""
     contexts = load_partition_contexts(Path(run_path), spec)
     requests = [chat_request(context, options, max_history) for context in contexts]
     with AnswerCache(Path(run_path) / CACHE_FILE) as cache:
         cached = cache.get_many(r.request_hash for r in requests)
+    keys = [c.key for c in contexts]
+    rows = [
+        answer_row(key, request, cached[request.request_hash], annotator, options.model) if request.request_hash in cached else None
+        for key, request in zip(keys, requests, strict=True)
+    ]
     # Answered requests travel back without their messages: a cached rerun moves keys, not prompts.
     requests = [dataclasses.replace(r, messages=[]) if r.request_hash in cached else r for r in requests]
-    return PreparedPartition(spec.index, [c.key for c in contexts], requests, cached)
+    return PreparedPartition(spec.index, keys, requests, cached, rows)
 
 
 def answer_row(key: tuple[str, str, str], request: ChatRequest, answer: CachedAnswer, annotator: str, model: str) -> dict[str, Any]:
@@ -312,7 +320,7 @@ def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: C
     options = settings.chat_options()
     if not settings.dry_run:
         resolve_api_key(settings.base_url)  # fail before any work when the key is missing
-    futures = [client.submit(prepare_partition, run_path, spec, options, settings.max_prompt_history, pure=False) for spec in specs]
+    futures = [client.submit(prepare_partition, run_path, spec, options, settings.max_prompt_history, settings.annotator, pure=False) for spec in specs]
     if settings.dry_run:
         return _dry_run_report(settings, gather_with_progress(futures, "building prompts"), prices)
     with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
@@ -327,11 +335,11 @@ def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: C
         cost = 0.0
         for partition in prepared:
             rows = []
-            for key, request in zip(partition.keys, partition.requests, strict=True):
+            for key, request, row in zip(partition.keys, partition.requests, partition.rows, strict=True):
                 answer = partition.cached.get(request.request_hash) or answers.get(request.request_hash)
                 if answer is None:
                     continue
-                rows.append(answer_row(key, request, answer, settings.annotator, options.model))
+                rows.append(row or answer_row(key, request, answer, settings.annotator, options.model))
                 input_tokens += answer.input_tokens
                 output_tokens += answer.output_tokens
                 cost += answer.cost_usd
