@@ -103,10 +103,15 @@ RAW_REVIEW = pa.schema(
         ("verified_purchase", pa.bool_()),
     ]
 )
-"""The review fields ingest keeps, as the raw files hold them; all are required."""
+"""The review fields ingest keeps, as the raw files hold them."""
 
 REVIEW_KEYS = tuple(RAW_REVIEW.names)
-_REVIEW_IDS = ("asin", "parent_asin", "user_id")
+REQUIRED_REVIEW_KEYS = ("rating", "parent_asin", "user_id", "timestamp")
+"""What makes a review an interaction (what the benchmark scripts read): absent, null or an
+empty id rejects the line. The other kept fields (title, text, asin, helpful_vote,
+verified_purchase) may be absent or null and are kept as null, as the benchmark scripts keep
+such a review; a value of the wrong type still rejects the line."""
+_REVIEW_IDS = ("parent_asin", "user_id")
 _NO_PRICE = {"", "none", "null", "nan", "n/a", "na", "-", "\u2013", "\u2014"}
 
 _HTML_BREAK = r"(?i)<br\s*/?>"
@@ -189,14 +194,17 @@ def review_values(record: Any) -> tuple[Any, ...]:
     """The kept fields of one raw review, in :data:`RAW_REVIEW` order, validated.
 
     Raises ``RecordRejected(reason)`` naming the first problem in field order: ``not_an_object``,
-    ``missing_field:<name>`` (absent, null or an empty id), ``wrong_type:<name>``,
-    ``invalid_utf8:<name>``.
+    ``missing_field:<name>`` (a required field absent or null, or an empty id),
+    ``wrong_type:<name>``, ``invalid_utf8:<name>``. Optional fields absent or null are None.
     """
     if not isinstance(record, dict):
         raise RecordRejected("not_an_object")
     values: list[Any] = []
     for name in REVIEW_KEYS:
         value = record.get(name)
+        if value is None and name not in REQUIRED_REVIEW_KEYS:
+            values.append(None)
+            continue
         if value is None or (value == "" and name in _REVIEW_IDS):
             raise RecordRejected(f"missing_field:{name}")
         if name == "rating":
@@ -389,7 +397,7 @@ def _vouched_reviews(raw: pa.Table) -> np.ndarray | None:
 
     for name in REVIEW_KEYS:
         column = raw.column(name)
-        if column.null_count:
+        if column.null_count and name in REQUIRED_REVIEW_KEYS:
             require(pc.is_valid(column))
         if pa.types.is_string(column.type):
             try:
@@ -400,7 +408,7 @@ def _vouched_reviews(raw: pa.Table) -> np.ndarray | None:
                 require(pc.not_equal(column, ""))
     require(pc.is_finite(raw.column("rating")))
     votes = raw.column("helpful_vote")
-    require(pc.and_(pc.greater_equal(votes, INT32_MIN), pc.less_equal(votes, INT32_MAX)))
+    require(pc.fill_null(pc.and_(pc.greater_equal(votes, INT32_MIN), pc.less_equal(votes, INT32_MAX)), True))  # null: optional
     return vouched
 
 

@@ -87,6 +87,13 @@ def tricky_files(tmp_path_factory) -> list[Path]:
         for j in range(6):
             target = records if j % 2 else extra
             target.append(review(f"T{user_index:04d}", f"B{(user_index + j * 7) % 40:09d}", START_MS))
+    for n, record in enumerate(records[::9]):
+        # Optional fields absent or null: the official scripts keep these reviews, so must we.
+        key = ("title", "text", "asin", "helpful_vote", "verified_purchase")[n % 5]
+        if n % 2:
+            record[key] = None
+        else:
+            del record[key]
     first = write_jsonl(root / "reviews" / "Tricky_part1.jsonl", records)
     second = write_jsonl(root / "reviews" / "Tricky_part2.jsonl.gz", extra)
     return [first, second]
