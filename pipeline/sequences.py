@@ -572,9 +572,13 @@ def draw_negatives(row_keys: np.ndarray, row_user: np.ndarray, events: UserEvent
     # block to block instead of fresh pages the kernel must map and zero each time.
     block_rows = max(1, _DRAW_BLOCK_ELEMENTS // first_width)
     for block_start in range(0, n_rows, block_rows):
+        rows = np.arange(block_start, min(block_start + block_rows, n_rows))
+        # Only the sequences of the block's users (a range of them: rows come by user) enter
+        # the exact test's hash table.
+        users = row_user[rows]
+        first_event, last_event = events.offsets[users.min()], events.offsets[users.max() + 1]
         _draw_block(
-            np.arange(block_start, min(block_start + block_rows, n_rows)), first_width, row_keys, row_user, signature,
-            sequence_pairs, catalog_size, num_negatives, result,
+            rows, first_width, row_keys, row_user, signature, sequence_pairs[first_event:last_event], catalog_size, num_negatives, result,
         )
     return result
 
