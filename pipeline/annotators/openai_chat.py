@@ -2,8 +2,8 @@
 
 :func:`send_requests` sends a list of :class:`ChatRequest` from one asyncio event loop (see
 :mod:`pipeline.annotators.limits` for why that makes the limits run-wide). For each request it
-reserves the worst-case cost against the budget, waits for the rate limiter, and calls
-``chat.completions.create`` with structured outputs (a JSON schema); a server that rejects
+reserves the worst-case cost against the budget, waits for the rate limiter, and posts a chat
+completion with structured outputs (a JSON schema) through the SDK client; a server that rejects
 ``json_schema`` switches the rest of the run to JSON mode. 429, 408/409, 5xx, timeouts and
 connection errors are retried with exponential backoff and full jitter, honouring the server's
 ``Retry-After`` (a 429 pauses the whole run). Each answer is written to the cache as soon as it
