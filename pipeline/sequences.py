@@ -301,8 +301,7 @@ def first_of_pairs(user_code: np.ndarray, item_code: np.ndarray, num_items: int)
         return first
     position_bits = int(n - 1).bit_length()
     if max(num_items - 1, 1).bit_length() + position_bits > 63:
-        pair = user_code * max(num_items, 1) + item_code
-        return ~pd.Series(pair, copy=False).duplicated(keep="first").to_numpy()
+        return ~pd.DataFrame({"user": user_code, "item": item_code}).duplicated(keep="first").to_numpy()
     # Sorting the packed keys themselves (not argsort) is about three times faster; the
     # position comes back out of the low bits.
     keys = np.sort((item_code.astype(np.int64) << np.int64(position_bits)) | np.arange(n, dtype=np.int64))

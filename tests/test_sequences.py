@@ -18,14 +18,19 @@ from sequences_fixtures import DAY_MS, START_MS, ingest_by_hand, meta, review, t
 from pipeline.schemas import INTERACTIONS, SEQUENCES
 from pipeline.sequences import (
     Catalog,
+    DistinctStrings,
     SequencesSettings,
     UserEvents,
+    _bounded,
     build_sequence_rows,
     check_catalog_size,
     chronological_order,
     draw_negatives,
     example_positions,
+    first_of_pairs,
     kcore_mask,
+    stream_codes,
+    stream_draws,
     run_sequences,
     select_interactions,
     user_chunks,
@@ -137,7 +142,50 @@ def test_chronological_order_is_stable_with_packed_keys_and_with_the_lexsort_fal
         assert order.tolist() == np.lexsort((timestamps, users)).tolist()  # lexsort is stable
 
 
+def test_pair_dedupe_keeps_each_first_occurrence_with_the_sort_and_with_the_hash_fallback():
+    rng = np.random.default_rng(1)
+    users = np.sort(rng.integers(0, 300, 5000))  # grouped by user, as the stage passes them
+    items = rng.integers(0, 40, 5000)
+    seen: set[tuple[int, int]] = set()
+    expected = []
+    for pair in zip(users.tolist(), items.tolist()):
+        expected.append(pair not in seen)
+        seen.add(pair)
+    assert first_of_pairs(users, items, 40).tolist() == expected
+    # An item count too large to pack next to the positions takes the hashing path.
+    assert first_of_pairs(users, items, 2**62).tolist() == expected
+
+
 # -- per-partition part ------------------------------------------------------------------------
+
+
+def test_stream_codes_equal_the_bounded_draws_bit_for_bit():
+    # The fast form must not move a single candidate of an existing release.
+    keys = np.random.default_rng(2).integers(0, 2**63, 500).astype(np.uint64)
+    for count, n in ((1, 7), (103, 617_087), (104, 2**31 - 1), (37, 1)):
+        codes = stream_codes(keys, count, n)
+        assert codes.dtype == np.int32 and codes.shape == (500, count)
+        assert np.array_equal(codes, _bounded(stream_draws(keys, count), n))
+
+
+def test_distinct_strings_give_the_same_values_whether_the_dictionary_is_trimmed_or_whole():
+    titles = pa.array(["b", None, "a", "b", "c", None, "a"])
+    strings = DistinctStrings.of(titles)
+    sparse = np.array([0, 1, 3, 1])  # few items: the dictionary keeps only the values used
+    dense = np.random.default_rng(3).integers(0, len(titles), 200)  # many: the whole dictionary
+    for items in (sparse, dense):
+        assert strings.take(items).cast(pa.string()).to_pylist() == titles.take(pa.array(items)).to_pylist()
+    asins = DistinctStrings.of(pa.array(["A", "B", "C"]))
+    assert asins.identity and asins.take(np.array([2, 0, 2])).cast(pa.string()).to_pylist() == ["C", "A", "C"]
+
+
+def test_events_saved_for_a_task_load_back_unchanged(tmp_path):
+    events = events_of({"u1": [3, 1, 2], "u2": [5], "u3": [0, 4]})
+    events.save(tmp_path / "events-00000")
+    loaded = UserEvents.load(tmp_path / "events-00000")
+    assert loaded.user_ids.to_pylist() == events.user_ids.to_pylist()
+    for name in ("offsets", "item", "rating", "timestamp"):
+        assert np.array_equal(getattr(loaded, name), getattr(events, name)), name
 def events_of(sequences: dict[str, list[int]]) -> UserEvents:
     users = sorted(sequences)
     lengths = [len(sequences[u]) for u in users]
