@@ -196,22 +196,10 @@ class UserEvents:
             timestamp=self.timestamp[first:last],
         )
 
-    def to_table(self) -> pa.Table:
-        """One row per event (the user id repeated), the on-disk form of a partition."""
-        repeats = np.diff(self.offsets)
-        return pa.table(
-            {
-                "user_id": self.user_ids.take(pa.array(np.repeat(np.arange(self.num_users), repeats))),
-                "item": pa.array(self.item, pa.int32()),
-                "rating": pa.array(self.rating, pa.float32()),
-                "timestamp": pa.array(self.timestamp, pa.int64()),
-            }
-        )
-
     def save(self, path: Path) -> None:
-        """Write to ``path`` (Arrow IPC, uncompressed): the users with their event counts, and
-        the events. Unlike :meth:`to_table` no user id is repeated per event, and reading it
-        back is a memory map, not a parse."""
+        """Write to ``path`` (two Arrow IPC files, uncompressed): the users with their event
+        counts, and the events. No user id is repeated per event, and reading it back is a
+        memory map, not a parse: the hand-off from the driver to a partition task."""
         users = pa.table({"user_id": self.user_ids, "events": pa.array(np.diff(self.offsets), pa.int64())})
         events = pa.table({"item": self.item, "rating": self.rating, "timestamp": self.timestamp})
         for suffix, table in (("users", users), ("events", events)):
@@ -230,24 +218,6 @@ class UserEvents:
             item=events.column("item").to_numpy().astype(np.int32),
             rating=events.column("rating").to_numpy().astype(np.float32),
             timestamp=events.column("timestamp").to_numpy().astype(np.int64),
-        )
-
-    @classmethod
-    def from_table(cls, table: pa.Table) -> UserEvents:
-        """Inverse of :meth:`to_table`; the rows of one user must be contiguous."""
-        user_column = table.column("user_id").combine_chunks()
-        n = len(user_column)
-        if n == 0:
-            starts = np.zeros(0, dtype=np.int64)
-        else:
-            changed = pc.not_equal(user_column.slice(1), user_column.slice(0, n - 1))
-            starts = np.concatenate([[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1])
-        return cls(
-            user_ids=user_column.take(pa.array(starts, pa.int64())),
-            offsets=np.append(starts, n).astype(np.int64),
-            item=table.column("item").to_numpy().astype(np.int32),
-            rating=table.column("rating").to_numpy().astype(np.float32),
-            timestamp=table.column("timestamp").to_numpy().astype(np.int64),
         )
 
 
