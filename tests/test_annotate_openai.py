@@ -82,6 +82,18 @@ def test_a_2xx_body_that_is_not_a_completion_is_retried_not_stored(tmp_path, das
     assert all(row["rationale"] for row in _rows(run))
 
 
+def test_a_completion_of_an_odd_shape_is_kept_for_the_filter_not_a_crash(tmp_path, dask_client, api_key):
+    run = tmp_path / "run"
+    make_run(run, users=3)
+    odd = [{"choices": {"0": "a dict"}, "usage": ["a", "list"]}, {"choices": [], "usage": None}, {"choices": [{"message": "text"}]}]
+    with LoopbackOpenAI(lambda index, body: Reply(body=odd[index]) if index < 3 else None) as server:
+        entry = run_annotate(run, _settings(server, concurrency=1), dask_client)
+    assert entry["complete"] is True and entry["rows_out"]["annotations"] == 3 and entry["requests_sent"] == 3
+    assert all(row["rationale"] == "" and row["coherent"] is None for row in _rows(run))
+    filtered = run_filter(run, FilterSettings(), dask_client)
+    assert filtered["rows_out"] == {"filtered": 0, "filter_rejects": 3}
+
+
 def test_requests_that_keep_failing_leave_the_run_incomplete_and_a_rerun_finishes_it(tmp_path, dask_client, api_key):
     run = tmp_path / "run"
     make_run(run, users=5)

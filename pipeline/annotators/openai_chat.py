@@ -294,9 +294,12 @@ class ChatSender:
             attempt += 1
 
     def _record(self, request: ChatRequest, completion: dict[str, Any], reserved: float) -> CachedAnswer:
-        choices = completion.get("choices") or [{}]
-        message = (choices[0] if isinstance(choices[0], dict) else {}).get("message") or {}
-        usage = completion.get("usage") or {}
+        # Read defensively: whatever shape a server sends, a row with no usable text is kept
+        # (content None) for the filter to reject with its reason, never a crash.
+        choices = completion.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        message = first.get("message") if isinstance(first.get("message"), dict) else {}
+        usage = completion.get("usage") if isinstance(completion.get("usage"), dict) else {}
         input_tokens = _count(usage.get("prompt_tokens"), request.estimated_input_tokens)
         output_tokens = _count(usage.get("completion_tokens"), 0)
         cost = self.prices.cost(self.options.model, input_tokens, output_tokens)
