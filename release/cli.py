@@ -50,6 +50,10 @@ def register(app: typer.Typer) -> None:
         repo_id: Annotated[str | None, typer.Option("--repo-id", help="Hub dataset repository ORG/NAME for --push.")] = None,
         private: Annotated[bool | None, typer.Option("--private/--public", help="Create the Hub repository as private.")] = None,
         shard_rows: Annotated[int | None, typer.Option("--shard-rows", help="Rows per Parquet shard.", min=1)] = None,
+        max_memory_gb: Annotated[
+            float | None,
+            typer.Option("--max-memory-gb", help="Refuse a release whose rows would need more memory (GiB; default: the memory available now).", min=0.001),
+        ] = None,
         config: ConfigOpt = None,
     ) -> None:
         """Release validated run folders as one versioned dataset (a config per domain).
@@ -64,7 +68,10 @@ def register(app: typer.Typer) -> None:
         from release.publish import ReleaseSettings, release_runs
 
         run_dirs = collect_runs(runs, ctx)
-        settings, _ = settings_for(config, "release", ReleaseSettings, version=version, push=push, repo_id=repo_id, private=private, shard_rows=shard_rows)
+        settings, _ = settings_for(
+            config, "release", ReleaseSettings,
+            version=version, push=push, repo_id=repo_id, private=private, shard_rows=shard_rows, max_memory_gb=max_memory_gb,
+        )
         card_settings = section(load_config(config), "card", CardSettings)
         result = release_runs(run_dirs, registry, settings, card_settings)
         if result.status == "already_released":

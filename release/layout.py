@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipeline.progress import track
@@ -171,11 +172,32 @@ def check_validation(run: Path, summary: dict[str, Any]) -> None:
         )
 
 
-def load_domain(run: Path) -> DomainRelease:
+def release_memory_estimate(run: Path) -> int:
+    """Roughly the bytes a release of ``run`` holds in memory.
+
+    The builder reads the run's sequences with every candidate and history title as a plain
+    string and then joins them into a second copy: about two copies of rows x (candidates +
+    history) x (title + id + offsets). Read from metadata only: the row count of the Parquet
+    files, the stage's settings and the mean title length of the catalog.
+    """
+    run = Path(run)
+    config = (RunDir(run).entry("sequences") or {}).get("config", {})
+    candidates = int(config.get("num_negatives", 99)) + 1
+    history = int(config.get("max_history", 50)) or 50
+    rows = pads.dataset(str(run / "sequences"), format="parquet").count_rows()
+    titles = read_table(run / "items", "items", columns=["title"]).column("title")
+    title_bytes = (pc.mean(pc.binary_length(titles)).as_py() if len(titles) else None) or 0.0
+    per_row = candidates * (title_bytes + 18) + history * (title_bytes + 30)
+    return int(2 * rows * per_row)
+
+
+def load_domain(run: Path, memory_limit: int | None = None) -> DomainRelease:
     """Read one validated run folder into the tables it releases.
 
     Requires the stages ``ingest``, ``sequences`` and ``filter`` and a validation summary
-    without critical failures.
+    without critical failures. With ``memory_limit`` (bytes), a run whose release would need
+    more memory than that (:func:`release_memory_estimate`) is refused with a clear error
+    instead of the process being killed for memory halfway through.
     """
     run = Path(run)
     if not run.is_dir():
@@ -192,6 +214,13 @@ def load_domain(run: Path) -> DomainRelease:
     domain = ingest.get("domain")
     if not domain:
         raise ReleaseError(f"the ingest stage of {run} recorded no domain; rerun `rrec ingest --run {run} --domain NAME --force`")
+    if memory_limit is not None and (needed := release_memory_estimate(run)) > memory_limit:
+        raise ReleaseError(
+            f"releasing {run} would hold about {needed / 2**30:.1f} GiB of rows in memory, more than the "
+            f"{memory_limit / 2**30:.1f} GiB allowed (release.max_memory_gb, default: the memory available now); "
+            "release a sampled subset (`rrec sequences --sample-users N`, as the paper's datasets are) "
+            "or raise --max-memory-gb on a larger machine"
+        )
     splits, dropped = join_release_rows(read_table(run / "sequences", "sequences"), read_table(run / "filtered", "filtered"))
     items = referenced_items(splits, read_table(run / "items", "items"))
     log.info("%s: release rows %s, %d catalog items", domain, {s: t.num_rows for s, t in splits.items()}, items.num_rows)
@@ -206,11 +235,11 @@ def load_domain(run: Path) -> DomainRelease:
     )
 
 
-def load_domains(runs: list[Path]) -> list[DomainRelease]:
+def load_domains(runs: list[Path], memory_limit: int | None = None) -> list[DomainRelease]:
     """Every run folder as a :class:`DomainRelease`, refusing two runs of the same config."""
     if not runs:
         raise ReleaseError("no run folders given; pass at least one --runs DIR")
-    domains = [load_domain(run) for run in runs]
+    domains = [load_domain(run, memory_limit) for run in runs]
     seen: dict[str, str] = {}
     for run, domain in zip(runs, domains):
         if domain.config in seen:

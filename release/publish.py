@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
 from datacards.card import CardSettings, build_card
 from datacards.statistics import filter_summary
+
 from pipeline.config import StageSettings
 from pipeline.stage import HASH_ALGORITHM, code_version
 from release.changelog import CHANGELOG_NAME, diff_releases, render_changelog, render_section
@@ -41,6 +44,9 @@ class ReleaseSettings(StageSettings):
     push: bool = False
     repo_id: str | None = None
     private: bool = False
+    max_memory_gb: float | None = Field(
+        None, gt=0, description="refuse a release whose rows would need more memory than this (GiB); default: the memory available when it starts"
+    )
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,10 @@ def release_runs(runs: list[Path], registry_path: Path, settings: ReleaseSetting
     tag = version_tag(settings.version)
     if settings.push and not settings.repo_id:
         raise ReleaseError("--push needs --repo-id ORG/NAME (the Hub dataset repository to publish to)")
-    domains = load_domains([Path(run) for run in runs])
+    import psutil
+
+    memory_limit = int(settings.max_memory_gb * 2**30) if settings.max_memory_gb else psutil.virtual_memory().available
+    domains = load_domains([Path(run) for run in runs], memory_limit)
     registry = Registry(registry_path)
     registry.init()
     with registry.lock(), tempfile.TemporaryDirectory(prefix="rrec-release-") as tmp:

@@ -261,6 +261,18 @@ def test_two_runs_of_the_same_domain_are_refused(runs: list[Path], tmp_path: Pat
         release_runs([runs[0], twin], tmp_path / "registry", ReleaseSettings())
 
 
+def test_a_release_too_large_for_the_memory_allowed_is_refused_before_reading_it(runs: list[Path], tmp_path: Path) -> None:
+    from release.layout import release_memory_estimate
+
+    needed = release_memory_estimate(runs[0])
+    assert needed > 0
+    with pytest.raises(ReleaseError, match=r"would hold about .* GiB of rows in memory.*--sample-users"):
+        release_runs([runs[0]], tmp_path / "registry", ReleaseSettings(max_memory_gb=needed / 2 / 2**30))
+    assert not (tmp_path / "registry").exists()  # refused before anything was written
+    # With room for it, the same run is released.
+    assert release_runs([runs[0]], tmp_path / "registry", ReleaseSettings(max_memory_gb=2 * needed / 2**30)).status == "released"
+
+
 def test_a_run_validated_again_after_a_fix_can_be_released(tmp_path: Path) -> None:
     run = make_run(tmp_path / "runs", "Office_Products", critical_failures=1)
     with pytest.raises(ReleaseError, match="critical"):
