@@ -440,6 +440,24 @@ def _decode_line(line: bytes, max_line_bytes: int) -> Any:
         raise RecordRejected("invalid_json") from None
 
 
+@contextlib.contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """Run the per-row conversion of a block without the cyclic garbage collector.
+
+    The per-line path builds millions of small dicts and lists (metadata above all), which
+    makes the collector rescan every live object again and again: about a tenth of ingest's
+    CPU time, for no garbage (parsed records hold no reference cycles). Reference counting
+    still frees everything; the collector runs again after the block.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _parse_lines(block: LineBlock, max_line_bytes: int, fast: bool, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema) -> tuple[_Pieces, int]:
     data = block.data
     starts, ends = _line_bounds(data)
@@ -475,7 +493,8 @@ def _parse_lines(block: LineBlock, max_line_bytes: int, fast: bool, values: Call
         pieces.add_rows(_values_table(rows, schema), np.asarray(kept, dtype=np.int64))
 
     pieces = _Pieces()
-    _convert(0, len(starts), fast_path if fast else None, slow_path, pieces)
+    with _without_cyclic_gc():
+        _convert(0, len(starts), fast_path if fast else None, slow_path, pieces)
     for line, reason, raw in block.set_aside:
         pieces.rejects.append((line, reason, raw))
     return pieces, len(starts) + len(block.set_aside)
@@ -551,7 +570,8 @@ def _parse_rows(table: pa.Table, first_row: int, fast: FastPath | None, values: 
         pieces.add_rows(_values_table(rows, schema), np.asarray(kept, dtype=np.int64))
 
     pieces = _Pieces()
-    _convert(0, table.num_rows, fast, slow_path, pieces)
+    with _without_cyclic_gc():
+        _convert(0, table.num_rows, fast, slow_path, pieces)
     return pieces
 
 
@@ -639,24 +659,6 @@ def _write_block(parsed: ParsedBlock, source: SourceFile, part: int, dirs: Table
     return BlockResult(part, source.kind, source.index, parsed.lines, parsed.table.num_rows, dict(reasons), keys)
 
 
-@contextlib.contextmanager
-def _without_cyclic_gc() -> Iterator[None]:
-    """Parse a block without the cyclic garbage collector.
-
-    The per-line path builds millions of small dicts and lists (metadata above all), which
-    makes the collector rescan every live object again and again: about a tenth of ingest's
-    CPU time, for no garbage (parsed records hold no reference cycles). Reference counting
-    still frees everything; the collector runs again after the block.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _parse_block(block: LineBlock, max_line_bytes: int) -> ParsedBlock:
     if block.source.kind == "reviews":
         return parse_review_block(block, max_line_bytes)
@@ -665,21 +667,17 @@ def _parse_block(block: LineBlock, max_line_bytes: int) -> ParsedBlock:
 
 def ingest_line_block(block: LineBlock, part: int, dirs: TableDirs, max_line_bytes: int) -> BlockResult:
     """Parse one streamed block (of a gzip file) and write its part files."""
-    with _without_cyclic_gc():
-        parsed = _parse_block(block, max_line_bytes)
-    return _write_block(parsed, block.source, part, dirs)
+    return _write_block(_parse_block(block, max_line_bytes), block.source, part, dirs)
 
 
 def ingest_plain_range(
-    source: SourceFile, nominal_start: int, nominal_end: int, newline_counts: list[int], part: int, dirs: TableDirs, block_size: int, max_line_bytes: int
+    source: SourceFile, nominal_start: int, nominal_end: int, newlines_before: int, part: int, dirs: TableDirs, block_size: int, max_line_bytes: int
 ) -> BlockResult:
     """Parse the lines that start in ``[nominal_start, nominal_end)`` of a plain JSONL file.
 
-    ``newline_counts`` are the numbers of newlines in the ranges before ``nominal_start``
-    (Dask passes them in as the counting tasks finish); their sum numbers the range's first line
-    without reading what comes before it.
+    ``newlines_before`` is the number of newlines before ``nominal_start``, which numbers the
+    range's first line without reading what comes before it.
     """
-    newlines_before = sum(newline_counts)
     start = plain_range_start(source.url, nominal_start, nominal_end)
     if start is None:
         parsed = [_parse_block(LineBlock(source, 1, b""), max_line_bytes)]
@@ -687,8 +685,7 @@ def ingest_plain_range(
         # Skipping to the first line start passed exactly one newline, unless we were on one.
         first_line = 1 + newlines_before + (1 if start > nominal_start else 0)
         blocks = cut_lines(plain_range_chunks(source.url, start, nominal_end, max_line_bytes), source, first_line, block_size, max_line_bytes)
-        with _without_cyclic_gc():
-            parsed = [_parse_block(block, max_line_bytes) for block in blocks] or [_parse_block(LineBlock(source, first_line, b""), max_line_bytes)]
+        parsed = [_parse_block(block, max_line_bytes) for block in blocks] or [_parse_block(LineBlock(source, first_line, b""), max_line_bytes)]
     return _write_block(_merge(parsed), source, part, dirs)
 
 
@@ -703,9 +700,7 @@ def ingest_parquet_row_groups(source: SourceFile, row_groups: list[int], first_r
         rejects = [(first_row + i, "unreadable_parquet", "") for i in range(rows)]
         empty = (INTERACTIONS if source.kind == "reviews" else ITEMS).empty_table()
         return _write_block(ParsedBlock(empty, _rejects_table(source, rejects), rows), source, part, dirs)
-    with _without_cyclic_gc():
-        parsed = parse(table, source, first_row)
-    return _write_block(parsed, source, part, dirs)
+    return _write_block(parse(table, source, first_row), source, part, dirs)
 
 
 def content_hash(url: str) -> str:
@@ -798,13 +793,17 @@ class _BlockRunner:
 def _submit_source(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, settings: IngestSettings, newline_counts: dict[tuple[str, int], Any]) -> None:
     """Queue the blocks of one file, in line order, each with the next part number."""
     if source.format == "jsonl":
-        # Range i waits only for the newline counts of ranges 0 .. i-1, so parsing starts
-        # while later ranges are still being counted.
+        # Newlines before range i = before range i-1 + newlines in range i-1, added up here as
+        # the counting tasks (submitted first, cheap) finish: range i waits only for the counts
+        # before it, so parsing starts while later ranges are still being counted.
         counts = newline_counts.get((source.kind, source.index), [])
+        before = 0
         for i, start in enumerate(range(0, source.size, settings.block_size)):
             end = min(start + settings.block_size, source.size)
+            if i:
+                before += counts[i - 1].result()
             runner.submit(
-                ingest_plain_range, source, start, end, counts[:i], runner.part(), dirs, settings.block_size, settings.max_line_bytes, source_bytes=end - start
+                ingest_plain_range, source, start, end, before, runner.part(), dirs, settings.block_size, settings.max_line_bytes, source_bytes=end - start
             )
     elif source.format == "gzip":
         # One stream, cut here into bounded blocks that the workers parse in parallel.

@@ -408,7 +408,7 @@ def plain_range_start(url: str, nominal_start: int, nominal_end: int) -> int | N
     return None
 
 
-def plain_range_chunks(url: str, start: int, nominal_end: int, max_line_bytes: int | None = None) -> Iterator[bytes]:
+def plain_range_chunks(url: str, start: int, nominal_end: int, max_line_bytes: int) -> Iterator[bytes]:
     """The bytes of the lines that start in ``[start, nominal_end)``, in chunks.
 
     Reading goes past ``nominal_end`` only to finish the line in progress. When that last line
@@ -417,12 +417,11 @@ def plain_range_chunks(url: str, start: int, nominal_end: int, max_line_bytes: i
     chunk by chunk, so :func:`cut_lines` can set an over-long last line aside without buffering it.
     """
     with fsspec.open(url, "rb") as handle:
-        if max_line_bytes is not None:
-            tail = _bytes_to_line_end(handle, nominal_end, max_line_bytes)
-            if tail is not None:
-                handle.seek(start)
-                yield handle.read(nominal_end + tail - start)
-                return
+        tail = _bytes_to_line_end(handle, nominal_end, max_line_bytes)
+        if tail is not None:
+            handle.seek(start)
+            yield handle.read(nominal_end + tail - start)
+            return
         handle.seek(start)
         position = start
         while position < nominal_end:

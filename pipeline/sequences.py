@@ -452,7 +452,7 @@ class DistinctStrings:
         present = value_codes >= 0 if self.has_nulls else None
         mask = None if present is None or present.all() else ~present
         if len(items) >= 8 * len(self.values):
-            return pa.DictionaryArray.from_arrays(pa.array(np.where(mask, 0, value_codes) if mask is not None else value_codes, pa.int32(), mask=mask), self.values)
+            return pa.DictionaryArray.from_arrays(pa.array(value_codes, pa.int32(), mask=mask), self.values)
         used = np.bincount(value_codes[present] if present is not None else value_codes, minlength=len(self.values)) > 0
         # New position of each used value; the extra last entry serves the -1 (null) codes.
         remap = np.zeros(len(self.values) + 1, dtype=np.int32)

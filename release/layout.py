@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.progress import track
 from pipeline.schemas import ITEMS, RELEASE_ROW, SPLITS
+from pipeline.sequences import SequencesSettings
 from pipeline.stage import RunDir, StageError
 from pipeline.tables import read_table
 
@@ -182,8 +183,10 @@ def release_memory_estimate(run: Path) -> int:
     """
     run = Path(run)
     config = (RunDir(run).entry("sequences") or {}).get("config", {})
-    candidates = int(config.get("num_negatives", 99)) + 1
-    history = int(config.get("max_history", 50)) or 50
+    defaults = SequencesSettings()
+    candidates = int(config.get("num_negatives", defaults.num_negatives)) + 1
+    # max_history 0 keeps whole histories: count them at the default cap, as an estimate.
+    history = int(config.get("max_history", defaults.max_history)) or defaults.max_history
     rows = pads.dataset(str(run / "sequences"), format="parquet").count_rows()
     titles = read_table(run / "items", "items", columns=["title"]).column("title")
     title_bytes = (pc.mean(pc.binary_length(titles)).as_py() if len(titles) else None) or 0.0

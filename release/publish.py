@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
 from pydantic import Field
 
 from datacards.card import CardSettings, build_card
@@ -167,8 +168,6 @@ def release_runs(runs: list[Path], registry_path: Path, settings: ReleaseSetting
     tag = version_tag(settings.version)
     if settings.push and not settings.repo_id:
         raise ReleaseError("--push needs --repo-id ORG/NAME (the Hub dataset repository to publish to)")
-    import psutil
-
     memory_limit = int(settings.max_memory_gb * 2**30) if settings.max_memory_gb else psutil.virtual_memory().available
     domains = load_domains([Path(run) for run in runs], memory_limit)
     registry = Registry(registry_path)
