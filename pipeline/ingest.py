@@ -21,6 +21,7 @@ import html
 import json
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,10 @@ verified_purchase) may be absent or null and are kept as null, as the benchmark 
 such a review; a value of the wrong type still rejects the line."""
 _REVIEW_IDS = ("parent_asin", "user_id")
 _NO_PRICE = {"", "none", "null", "nan", "n/a", "na", "-", "\u2013", "\u2014"}
+
+_JSON_TEXT = json.JSONEncoder(ensure_ascii=False)
+"""How ``details`` is written: ``json.dumps(value, ensure_ascii=False)``, without building an
+encoder per call."""
 
 _HTML_BREAK = r"(?i)<br\s*/?>"
 _HTML_TAG = r"</?[A-Za-z][^<>]*>|<!--.*?-->"
@@ -272,9 +277,14 @@ def _details(value: Any) -> str | None:
     if not isinstance(value, dict):
         raise RecordRejected("wrong_type:details")
     try:
-        return json.dumps(value, ensure_ascii=False)
+        text = _JSON_TEXT.encode(value)
     except (TypeError, ValueError):
         raise RecordRejected("wrong_type:details") from None
+    try:
+        text.encode("utf-8")  # an escaped lone surrogate ("\ud800") decodes but is no UTF-8
+    except UnicodeEncodeError:
+        raise RecordRejected("invalid_utf8:details") from None
+    return text
 
 
 def _rating_number(value: Any) -> int | None:
@@ -458,7 +468,139 @@ def _without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _parse_lines(block: LineBlock, max_line_bytes: int, fast: bool, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema) -> tuple[_Pieces, int]:
+@dataclass(frozen=True)
+class FastReader:
+    """How pyarrow's JSON reader reads one kind of record in bulk.
+
+    ``schema`` is the explicit schema of the read (other fields are skipped); ``finish`` turns
+    the raw rows of lines ``lo..hi`` into rows of the output schema with a per-row mask of
+    those it vouches for (exactly what the per-line path would make of them), or returns None
+    when the slice as a whole cannot be checked.
+    """
+
+    schema: pa.Schema
+    finish: Callable[[pa.Table, LineSlice], "tuple[pa.Table, np.ndarray] | None"]
+
+
+@dataclass(frozen=True)
+class LineSlice:
+    """Lines ``lo..hi`` of a block: ``data[starts[i]:ends[i]]`` is line ``i``."""
+
+    data: bytes
+    starts: np.ndarray
+    ends: np.ndarray
+    lo: int
+    hi: int
+
+    def line(self, index: int) -> bytes:
+        """Line ``lo + index``, without its newline."""
+        return self.data[self.starts[self.lo + index] : self.ends[self.lo + index]]
+
+
+def _finish_reviews(raw: pa.Table, lines: LineSlice) -> tuple[pa.Table, np.ndarray] | None:
+    vouched = _vouched_reviews(raw)
+    return None if vouched is None else (raw, vouched)
+
+
+RAW_META = pa.schema(
+    [
+        ("parent_asin", pa.string()),
+        ("title", pa.string()),
+        ("main_category", pa.string()),
+        ("categories", pa.list_(pa.string())),
+        ("store", pa.string()),
+        ("price", pa.float64()),
+        ("average_rating", pa.float64()),
+        ("rating_number", pa.int64()),
+        ("features", pa.list_(pa.string())),
+        ("description", pa.list_(pa.string())),
+        # Only whether it is an object: its text is taken from the line (see _details_text).
+        ("details", pa.struct([])),
+    ]
+)
+"""The metadata fields ingest keeps, in the types of the raw files (the fast reader's schema);
+a field in another form (a string price or details, a string description) sends its slice
+line by line."""
+
+_JSON = json.JSONDecoder()
+_DETAILS_KEY = b'"details"'
+_KEY_VALUE_SEPARATOR = re.compile(rb"[ \t\r]*:[ \t\r]*")
+
+
+def _details_text(line: bytes) -> str | None:
+    """``details`` of a metadata line whose top-level ``details`` is an object, as
+    :func:`meta_values` writes it, decoding only that object where it can be found for sure.
+
+    Without a backslash in the line every key is spelled literally, so a line holding
+    ``"details"`` once holds it as the top-level key (a nested one would be a second
+    occurrence). Other lines are decoded whole.
+    """
+    key = line.find(_DETAILS_KEY)
+    if key >= 0 and b"\\" not in line and line.find(_DETAILS_KEY, key + 1) < 0:
+        separator = _KEY_VALUE_SEPARATOR.match(line, key + len(_DETAILS_KEY))
+        if separator:
+            return _details(_JSON.raw_decode(line[separator.end() :].decode("utf-8"))[0])
+    return _details(json.loads(line.decode("utf-8", "surrogateescape"))["details"])
+
+
+def _finish_meta(raw: pa.Table, lines: LineSlice) -> tuple[pa.Table, np.ndarray] | None:
+    """``items`` rows of a fast-read metadata slice, vouched where they equal :func:`meta_values`."""
+    columns = {name: raw.column(name).combine_chunks() for name in RAW_META.names}
+    vouched = np.ones(raw.num_rows, bool)
+
+    def require(mask: pa.Array) -> None:
+        nonlocal vouched
+        vouched &= pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+
+    for name, column in columns.items():
+        if pa.types.is_string(column.type) or pa.types.is_list(column.type):
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid:
+                return None
+        if pa.types.is_list(column.type):
+            values = column.flatten()
+            if values.null_count:  # a null in a list rejects the record (wrong_type)
+                vouched[pc.list_parent_indices(column).filter(values.is_null()).to_numpy()] = False
+    parent_asin = columns["parent_asin"]
+    require(pc.and_(parent_asin.is_valid(), pc.not_equal(parent_asin, "")))
+    for name in ("price", "average_rating"):
+        require(pc.fill_null(pc.is_finite(columns[name]), True))
+    rating_number = columns["rating_number"]
+    require(pc.fill_null(pc.and_(pc.greater_equal(rating_number, INT32_MIN), pc.less_equal(rating_number, INT32_MAX)), True))
+
+    details: list[str | None] = [None] * raw.num_rows
+    for index in np.flatnonzero(vouched & columns["details"].is_valid().to_numpy(zero_copy_only=False)).tolist():
+        try:
+            details[index] = _details_text(lines.line(index))
+        except (RecordRejected, UnicodeDecodeError, ValueError, KeyError):
+            vouched[index] = False  # the per-line path gives its reason
+    description = pc.binary_join(columns["description"], "\n")
+    no_list = pa.scalar([], pa.list_(pa.string()))
+    table = pa.table(
+        {
+            "parent_asin": parent_asin,
+            "title": columns["title"],
+            "main_category": columns["main_category"],
+            "categories": pc.fill_null(columns["categories"], no_list),
+            "store": columns["store"],
+            "price": columns["price"],
+            "average_rating": pc.cast(columns["average_rating"], pa.float32(), safe=False),
+            "rating_number": pc.cast(rating_number, pa.int32(), safe=False),
+            "features": pc.fill_null(columns["features"], no_list),
+            "description": pc.if_else(pc.equal(description, ""), pa.scalar(None, pa.string()), description),
+            "details": pa.array(details, pa.string()),
+        },
+        schema=ITEMS,
+    )
+    return table, vouched
+
+
+REVIEW_READER = FastReader(RAW_REVIEW, _finish_reviews)
+META_READER = FastReader(RAW_META, _finish_meta)
+
+
+def _parse_lines(block: LineBlock, max_line_bytes: int, reader: FastReader | None, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema) -> tuple[_Pieces, int]:
     data = block.data
     starts, ends = _line_bounds(data)
     buffer = pa.py_buffer(data)
@@ -466,6 +608,7 @@ def _parse_lines(block: LineBlock, max_line_bytes: int, fast: bool, values: Call
     lengths = ends - starts
 
     def fast_path(lo: int, hi: int) -> tuple[pa.Table, np.ndarray] | None:
+        assert reader is not None
         # Each line must start with "{": then one row per line means rows and lines match up.
         if not (first_bytes[lo:hi] == ord("{")).all():
             return None
@@ -474,12 +617,15 @@ def _parse_lines(block: LineBlock, max_line_bytes: int, fast: bool, values: Call
             raw = pajson.read_json(
                 pa.BufferReader(buffer.slice(begin, end - begin)),
                 read_options=pajson.ReadOptions(use_threads=False, block_size=max(end - begin + 1, 1 << 16)),
-                parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+                parse_options=pajson.ParseOptions(explicit_schema=reader.schema, unexpected_field_behavior="ignore"),
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        vouched = _vouched_reviews(raw) if raw.num_rows == hi - lo else None
-        return None if vouched is None else (raw, vouched & (lengths[lo:hi] <= max_line_bytes))
+        finished = reader.finish(raw, LineSlice(data, starts, ends, lo, hi)) if raw.num_rows == hi - lo else None
+        if finished is None:
+            return None
+        table, vouched = finished
+        return table, vouched & (lengths[lo:hi] <= max_line_bytes)
 
     def slow_path(indexes: np.ndarray, pieces: _Pieces) -> None:
         rows, kept = [], []
@@ -494,7 +640,7 @@ def _parse_lines(block: LineBlock, max_line_bytes: int, fast: bool, values: Call
 
     pieces = _Pieces()
     with _without_cyclic_gc():
-        _convert(0, len(starts), fast_path if fast else None, slow_path, pieces)
+        _convert(0, len(starts), fast_path if reader else None, slow_path, pieces)
     for line, reason, raw in block.set_aside:
         pieces.rejects.append((line, reason, raw))
     return pieces, len(starts) + len(block.set_aside)
@@ -542,14 +688,14 @@ def _items(pieces: _Pieces, first_line: int) -> tuple[pa.Table, np.ndarray]:
 
 def parse_review_block(block: LineBlock, max_line_bytes: int) -> ParsedBlock:
     """Review lines of one block as ``interactions`` rows and ``rejects`` rows."""
-    pieces, lines = _parse_lines(block, max_line_bytes, True, review_values, RAW_REVIEW)
+    pieces, lines = _parse_lines(block, max_line_bytes, REVIEW_READER, review_values, RAW_REVIEW)
     table, kept = _interactions(pieces, block.source, block.first_line)
     return ParsedBlock(table, _rejects_table(block.source, pieces.rejects), lines, kept)
 
 
 def parse_meta_block(block: LineBlock, max_line_bytes: int) -> ParsedBlock:
     """Metadata lines of one block as ``items`` rows (duplicates not yet removed) and rejects."""
-    pieces, lines = _parse_lines(block, max_line_bytes, False, meta_values, ITEMS)
+    pieces, lines = _parse_lines(block, max_line_bytes, META_READER, meta_values, ITEMS)
     table, kept = _items(pieces, block.first_line)
     return ParsedBlock(table, _rejects_table(block.source, pieces.rejects), lines, kept)
 

@@ -8,14 +8,19 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from pipeline.ingest import (
+    META_READER,
     IngestSettings,
+    LineSlice,
+    RecordRejected,
     meta_values,
     parse_meta_block,
     parse_review_block,
@@ -234,6 +239,83 @@ def test_metadata_is_normalised_from_raw_and_hub_conversion_forms():
     }
     assert parsed.table.column("features").to_pylist() == [["Fresh", "Organic"], []]
     assert parsed.table.column("description").to_pylist() == ["Line one.\nLine two.", None]
+
+
+def meta_corpus() -> tuple[list[bytes], dict[int, str]]:
+    """Metadata lines in every form the fast reader meets, with the lines json.loads rejects."""
+    nested_details = {"Brand": "Caf\u00e9 \u2615", "Size": {"oz": 12, "ml": 355.0}, "Tags": ["a", "b"], "Empty": None, "Price": 1.50}
+    odd = [
+        meta(1000, details=nested_details),
+        meta(1001, title='The "best" filters \\ mugs', details={"Brand": "Quote\"d"}),  # backslashes: decoded whole
+        meta(1002, categories=["Grocery", "details"]),  # "details" as a value, not a key
+        meta(1003, images=[{"details": {"x": 1}}]),  # a nested "details" key before the real one
+        without(meta(1004, images=[{"details": {"x": 1}}]), "details"),  # only a nested one
+        meta(1005, details=None),
+        without(meta(1006), "details"),
+        meta(1007, details={}),
+        meta(1008, description=[], features=None, categories=None, price=None, average_rating=None, rating_number=None),
+        meta(1009, description=[""], title=None, store=None, main_category=None),
+        meta(1010, price=7, average_rating=4),
+        meta(1011, details={"Brand": "Ã©tÃ©", "Emoji": "\U0001f600"}),
+    ]
+    lines = [json.dumps(r, ensure_ascii=i % 2 == 0).encode() for i, r in enumerate([meta(i) for i in range(400)] + odd)]
+    lines.append(json.dumps(meta(1012, details={"A": 1}), separators=(",", ":")).encode())  # compact
+    lines.append(json.dumps(meta(1013)).replace('"details": {', '"details"  :  {').encode())
+    # The top-level key spelled with an escape, a nested one spelled plainly: found by decoding.
+    lines.append(json.dumps(meta(1014, images=[{"details": {"x": 1}}])).replace('"details": {"Brand"', '"det\\u0061ils": {"Brand"').encode())
+    rejected = {
+        len(lines) + 1: (json.dumps(meta(1020, categories=["ok", None])).encode(), "wrong_type:categories"),
+        len(lines) + 2: (json.dumps(meta(1021, details={"Brand": "bad \udc80"})).encode(), "invalid_utf8:details"),
+        len(lines) + 3: (json.dumps(meta(1022, parent_asin="")).encode(), "missing_field:parent_asin"),
+        len(lines) + 4: (json.dumps(meta(1023, rating_number=2**40)).encode(), "wrong_type:rating_number"),
+        len(lines) + 5: (json.dumps(meta(1024, title="x")).encode().replace(b'"x"', b'"bad \xff"'), "invalid_utf8:title"),
+    }
+    lines.extend(content for content, _ in rejected.values())
+    lines.extend(json.dumps(meta(i)).encode() for i in range(2000, 2400))
+    # Forms the fast reader cannot hold (Hub strings, a float count): their slices go line by line.
+    lines.append(json.dumps(meta(1030, details=json.dumps({"Brand": "Hub"}), price="$4.99")).encode())
+    lines.append(json.dumps(meta(1031, rating_number=12.0, description="one string")).encode())
+    return lines, {line: reason for line, (_, reason) in rejected.items()}
+
+
+def test_metadata_fast_path_equals_the_per_line_path():
+    lines, expected_rejects = meta_corpus()
+    parsed = parse_meta_block(LineBlock(source("meta"), 1, b"\n".join(lines) + b"\n"), MAX_LINE)
+
+    # The reference: each line through json.loads and meta_values, the documented semantics.
+    reference, reasons = [], {}
+    for number, line in enumerate(lines, start=1):
+        try:
+            reference.append(dict(zip(ITEMS.names, meta_values(json.loads(line.decode("utf-8", "surrogateescape"))))))
+        except RecordRejected as bad:
+            reasons[number] = bad.reason
+    assert reasons == expected_rejects
+    assert {r["line"]: r["reason"] for r in parsed.rejects.to_pylist()} == expected_rejects
+    assert parsed.table.to_pylist() == pa.Table.from_pylist(reference, schema=ITEMS).to_pylist()
+    assert parsed.table.num_rows + parsed.rejects.num_rows == len(lines)
+    by_asin = {row["parent_asin"]: row for row in parsed.table.to_pylist()}
+    assert json.loads(by_asin["P000001000"]["details"]) == {"Brand": "Caf\u00e9 \u2615", "Size": {"oz": 12, "ml": 355.0}, "Tags": ["a", "b"], "Empty": None, "Price": 1.5}
+    assert by_asin["P000001003"]["details"] == json.dumps(meta(0)["details"], ensure_ascii=False)
+    assert by_asin["P000001014"]["details"] == by_asin["P000001003"]["details"]
+    assert by_asin["P000001004"]["details"] is None and by_asin["P000001007"]["details"] == "{}"
+    assert json.loads(by_asin["P000001030"]["details"]) == {"Brand": "Hub"} and by_asin["P000001030"]["price"] == 4.99
+
+
+def test_the_bulk_metadata_reader_vouches_for_every_record_but_the_defective():
+    # Records in the raw files' own form need no line-by-line decoding; the defects it can read
+    # it leaves to that path (invalid UTF-8, even escaped, fails the bulk read of its slice).
+    corpus, rejects = meta_corpus()
+    numbered = [(number, line) for number, line in enumerate(corpus[:-2], start=1) if not rejects.get(number, "").startswith("invalid_utf8")]
+    lines = [line for _, line in numbered]
+    data = b"\n".join(lines) + b"\n"
+    raw = pajson.read_json(pa.BufferReader(data), parse_options=pajson.ParseOptions(explicit_schema=META_READER.schema, unexpected_field_behavior="ignore"))
+    starts = np.array([0, *np.cumsum([len(line) + 1 for line in lines])[:-1]])
+    table, vouched = META_READER.finish(raw, LineSlice(data, starts, starts + [len(line) for line in lines], 0, len(lines)))
+
+    defective = [number in rejects for number, _ in numbered]
+    assert vouched.tolist() == [not bad for bad in defective] and sum(defective) == 3
+    kept = [line for line, ok in zip(lines, vouched) if ok]
+    assert table.filter(pa.array(vouched)).to_pylist() == [dict(zip(ITEMS.names, meta_values(json.loads(line)))) for line in kept]
 
 
 def test_cut_lines_numbers_lines_bounds_blocks_and_sets_long_lines_aside():
