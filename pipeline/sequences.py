@@ -238,23 +238,35 @@ def read_interaction_keys(folder: Path) -> pa.Table:
     )
 
 
-def _dense_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Integer codes of a string (or dictionary) column, numbered in sorted order of the values.
-
-    One hash pass (``dictionary_encode`` over all chunks shares one dictionary) and a sort of
-    the distinct values; pyarrow releases the GIL, so users and items are coded in parallel.
-    """
+def _first_seen_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Integer codes of a string (or dictionary) column, numbered in order of first appearance,
+    and the distinct values: one hash pass (``dictionary_encode`` over all chunks shares one
+    dictionary). pyarrow releases the GIL, so users and items are coded in parallel."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     encoded = pc.dictionary_encode(column)
     if encoded.num_chunks == 0:
         return np.zeros(0, dtype=np.int64), pa.array([], pa.string())
-    dictionary = encoded.chunk(0).dictionary
-    first_seen = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks]).astype(np.int64)
-    by_value = pc.sort_indices(dictionary).to_numpy()
-    rank = np.empty(len(dictionary), dtype=np.int64)
-    rank[by_value] = np.arange(len(dictionary))
-    return rank[first_seen], dictionary.take(pa.array(by_value))
+    codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks]).astype(np.int64)
+    return codes, encoded.chunk(0).dictionary
+
+
+def _value_ranks(values: pa.Array) -> np.ndarray:
+    """The rank of each value in sorted order."""
+    by_value = pc.sort_indices(values).to_numpy()
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[by_value] = np.arange(len(values))
+    return rank
+
+
+def _dense_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Integer codes of a string (or dictionary) column, numbered in sorted order of the values,
+    and the sorted distinct values."""
+    codes, values = _first_seen_codes(column)
+    rank = _value_ranks(values)
+    by_value = np.empty_like(rank)
+    by_value[rank] = np.arange(len(rank))
+    return rank[codes], values.take(pa.array(by_value))
 
 
 def first_of_pairs(user_code: np.ndarray, item_code: np.ndarray, num_items: int) -> np.ndarray:
@@ -324,6 +336,13 @@ def chronological_order(user_code: np.ndarray, timestamp: np.ndarray) -> np.ndar
     return np.lexsort((timestamp, user_code))
 
 
+def _ordered_first_pairs(rows: np.ndarray, user_code: np.ndarray, item_code: np.ndarray, timestamp: np.ndarray, num_items: int) -> np.ndarray:
+    """Positions ``rows`` (all the events of some users) in chronological order per user,
+    without the later events of a repeated (user, item) pair."""
+    order = rows[chronological_order(user_code[rows], timestamp[rows])]
+    return order[first_of_pairs(user_code[order], item_code[order], num_items)]
+
+
 def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> Selection:
     """Dedupe, k-core, user sampling and chronological ordering of the ``interactions`` table.
 
@@ -342,32 +361,37 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
         table = table.filter(has_keys)
     rejects["missing_key"] = rows_in - table.num_rows
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Items are coded in a second thread while this one codes users and sorts by time.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # Items are coded in a second thread while this one codes users. Users are numbered in
+        # order of appearance; their sorted order, which the output follows, is found while the
+        # events are put in order.
         items_coded = pool.submit(_dense_codes, table["parent_asin"])
-        user_code, user_dictionary = _dense_codes(table["user_id"])
+        user_code, user_values = _first_seen_codes(table["user_id"])
+        user_ranks = pool.submit(_value_ranks, user_values)
         timestamp = table["timestamp"].to_numpy().astype(np.int64)
         rating = pc.fill_null(table["rating"], float("nan")).to_numpy().astype(np.float32)
-        source = pc.fill_null(table["src_file"], 0).to_numpy().astype(np.int64) << np.int64(40)
-        source |= pc.fill_null(table["src_line"], 0).to_numpy().astype(np.int64)
+        source_file = pc.fill_null(table["src_file"], 0).to_numpy()
+        source_line = pc.fill_null(table["src_line"], 0).to_numpy()
+        item_code, item_dictionary = items_coded.result()
+        del table
         # Chronological per user, equal timestamps in source order (file, then line): the
         # stable sort of the benchmark script over lines read in file order. Ingest writes rows
         # in source order, so a stable sort on (user, timestamp) usually suffices.
-        by_source = None
-        if len(source) and not (source[1:] >= source[:-1]).all():
-            by_source = np.argsort(source, kind="stable")
-            user_code, timestamp, rating = user_code[by_source], timestamp[by_source], rating[by_source]
-        del source
-        order = chronological_order(user_code, timestamp)
-        user_code = user_code[order]
-        item_code, item_dictionary = items_coded.result()
-    del table
-    item_code = item_code[order if by_source is None else by_source[order]]
-
-    # Repeated (user, item): keep the first in that order, i.e. the earliest review.
-    first = first_of_pairs(user_code, item_code, len(item_dictionary))
-    rejects["duplicate_pair"] = int(len(first) - first.sum())
-    order, user_code, item_code = order[first], user_code[first], item_code[first]
+        next_file = source_file[1:] > source_file[:-1]
+        if not ((next_file | (source_file[1:] == source_file[:-1])) & (next_file | (source_line[1:] >= source_line[:-1]))).all():
+            by_source = np.lexsort((source_line, source_file))
+            user_code, item_code, timestamp, rating = user_code[by_source], item_code[by_source], timestamp[by_source], rating[by_source]
+        del source_file, source_line, next_file
+        # Repeated (user, item): keep the first in that order, i.e. the earliest review. A pair
+        # never spans two users, so each half of the users is ordered and deduped on its own,
+        # the two halves in parallel.
+        in_first_half = user_code < (len(user_values) + 1) // 2
+        second_half = pool.submit(_ordered_first_pairs, np.flatnonzero(~in_first_half), user_code, item_code, timestamp, len(item_dictionary))
+        order = np.concatenate([_ordered_first_pairs(np.flatnonzero(in_first_half), user_code, item_code, timestamp, len(item_dictionary)), second_half.result()])
+        del in_first_half
+        rank = user_ranks.result()
+    rejects["duplicate_pair"] = int(len(user_code) - len(order))
+    user_code, item_code = user_code[order], item_code[order]
 
     counts: dict[str, Any] = {
         "users_before_kcore": int(np.count_nonzero(np.bincount(user_code))),
@@ -377,7 +401,7 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
     rejects["kcore"] = int(len(keep) - keep.sum())
     order, user_code, item_code = order[keep], user_code[keep], item_code[keep]
     item_present = np.bincount(item_code, minlength=len(item_dictionary)) > 0
-    kept_users = np.flatnonzero(np.bincount(user_code, minlength=len(user_dictionary)))
+    kept_users = np.flatnonzero(np.bincount(user_code, minlength=len(user_values)))
     catalog_items = np.flatnonzero(item_present)
     counts.update(
         kcore_rounds=rounds,
@@ -387,11 +411,11 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
     )
 
     if settings.sample_users is not None and settings.sample_users < len(kept_users):
-        keys = user_stream_keys(settings.seed, user_dictionary.take(pa.array(kept_users)).to_pylist())
+        keys = user_stream_keys(settings.seed, user_values.take(pa.array(kept_users)).to_pylist())
         # The N users with the smallest keys: a uniform sample that grows by adding users as
         # N grows, and that does not depend on the order of the input.
-        chosen = np.zeros(len(user_dictionary), dtype=bool)
-        chosen[kept_users[np.lexsort((kept_users, keys))[: settings.sample_users]]] = True
+        chosen = np.zeros(len(user_values), dtype=bool)
+        chosen[kept_users[np.lexsort((rank[kept_users], keys))[: settings.sample_users]]] = True
         sampled = chosen[user_code]
         rejects["not_sampled"] = int(len(sampled) - sampled.sum())
         order, user_code, item_code = order[sampled], user_code[sampled], item_code[sampled]
@@ -400,11 +424,19 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
 
     # Catalog codes: rank among the k-core items in parent_asin order (item codes are sorted).
     catalog_code = np.cumsum(item_present, dtype=np.int64).astype(np.int32) - 1
+    # Each user's events are one run; the runs go in user_id order.
     starts = np.flatnonzero(np.diff(user_code, prepend=-1)) if len(user_code) else np.zeros(0, dtype=np.int64)
+    run_users = user_code[starts]
+    by_user_id = np.argsort(rank[run_users])
+    lengths = np.diff(np.append(starts, len(user_code)))[by_user_id]
+    in_user_order, _ = _ranges(starts[by_user_id], starts[by_user_id] + lengths)
+    order = order[in_user_order]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
     events = UserEvents(
-        user_ids=user_dictionary.take(pa.array(user_code[starts])),
-        offsets=np.append(starts, len(user_code)).astype(np.int64),
-        item=catalog_code[item_code],
+        user_ids=user_values.take(pa.array(run_users[by_user_id])),
+        offsets=offsets,
+        item=catalog_code[item_code[in_user_order]],
         rating=rating[order],
         timestamp=timestamp[order],
     )

@@ -94,6 +94,27 @@ def test_dedupe_keeps_earliest_review_and_ties_keep_source_order_across_files():
     assert kept_c == 1000
 
 
+@pytest.mark.parametrize("layout", ["grouped by user", "interleaved"])
+def test_users_come_out_in_user_id_order_whatever_order_they_appear_in(layout):
+    # Users are numbered as they appear and ordered and deduped in two halves in parallel; the
+    # result must be the same as for the same reviews listed user by user in user_id order.
+    rng = np.random.default_rng(5)
+    names = [f"user{n:03d}" for n in rng.permutation(60)]
+    reviews = [(name, f"i{rng.integers(0, 12)}", int(rng.integers(0, 5)) * 1000) for name in names for _ in range(rng.integers(1, 9))]
+    if layout == "interleaved":
+        reviews = [reviews[i] for i in rng.permutation(len(reviews))]
+    rows = [(user, item, time, 0, line) for line, (user, item, time) in enumerate(reviews, start=1)]
+    selection = select_interactions(interactions_table(rows), SequencesSettings(k=0))
+
+    users = selection.events.user_ids.to_pylist()
+    assert users == sorted(set(names))
+    for user in users:  # each user's reviews in time order, ties in line order, first of each item kept
+        mine = sorted((time, line, item) for (who, item, time, _, line) in rows if who == user)
+        expected = list(dict.fromkeys(item for _, _, item in mine))
+        assert sequence_of(selection, user) == expected
+    assert selection.rejects_by_reason["duplicate_pair"] == len(rows) - selection.counts["interactions_out"]
+
+
 def test_rows_without_user_item_or_timestamp_are_counted_rejects():
     table = interactions_table([("u", "a", 1, 0, 1), ("u", "b", 2, 0, 2), ("v", "a", 3, 0, 3)])
     table = table.set_column(0, "user_id", pa.array(["u", None, "v"]))
