@@ -806,6 +806,11 @@ def build_partition(events_path: str, catalog_path: str, out_path: str, settings
     return rows_by_split
 
 
+def warm_up() -> None:
+    """Dask task that does nothing: unpickling it imports this module (and numpy, pandas,
+    pyarrow.parquet) on a worker while the driver still selects, not when partitions are due."""
+
+
 def partition_bounds(events: UserEvents, events_per_partition: int) -> list[tuple[int, int]]:
     """User ranges of about ``events_per_partition`` interactions each (never splitting a user)."""
     if events.num_users == 0:
@@ -847,6 +852,7 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
     log.info("building sequences of %s", run_dir.path)
 
     with run_dir.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
+        warming = [client.submit(warm_up, pure=False, workers=[address]) for address in client.scheduler_info()["workers"]]
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The item metadata is read while the interactions are selected.
             items_read = pool.submit(read_table, run_dir.table("items"), "items", columns=["parent_asin", "title", "categories", "store"])
@@ -887,6 +893,7 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
         counts, rejects = selection.counts, selection.rejects_by_reason
         del selection, events
         results = gather_with_progress(futures, "sequences")
+        del warming
         shutil.rmtree(scratch)
 
         rows_by_split = {split: sum(result[split] for result in results) for split in SPLITS}

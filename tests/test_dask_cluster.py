@@ -104,3 +104,20 @@ def test_stages_on_an_existing_cluster_equal_the_local_cluster_output(scheduler_
         assert content(remote, table) == content(local, table), table
     assert RunDir(remote).entry("sequences")["outputs"] == RunDir(local).entry("sequences")["outputs"]
     assert RunDir(remote).entry("sequences")["partitions"] > 2
+
+
+def _allocator_environment() -> dict[str, str | None]:
+    import os
+
+    return {name: os.environ.get(name) for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MIMALLOC_PURGE_DELAY")}
+
+
+def test_local_workers_keep_freed_memory_for_the_next_task(dask_client):
+    # Without these, every large temporary of a task is fresh memory from the kernel (see
+    # pipeline/cluster.py): the settings must reach the spawned worker processes.
+    from pipeline.cluster import WORKER_MALLOC_ENVIRON
+
+    expected = {key.rsplit(".", 1)[1]: str(value) for key, value in WORKER_MALLOC_ENVIRON.items()}
+    assert set(expected) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MIMALLOC_PURGE_DELAY"}
+    for environment in dask_client.run(_allocator_environment).values():
+        assert environment == expected
