@@ -3,7 +3,9 @@
     python benchmarks/pipeline_bench.py --reviews 1000000
 
 1. generates one synthetic domain of about N reviews with `rrec sample` (cached in --workdir);
-2. runs `rrec ingest` then `rrec sequences` (each a fresh process, LocalCluster of --workers);
+2. runs ingest then sequences as a user runs them: `rrec run --until sequences` (one process,
+   one LocalCluster of --workers for both stages; the stage times come from its manifest), or
+   with --separate-commands `rrec ingest` then `rrec sequences` (a process and a cluster each);
 3. runs the single-process pure-Python baseline (`benchmarks/official_baseline.py`: the logic
    of kcore_filtering.py + last_out_split.py) in a fresh process;
 4. measures the wall time and the peak resident memory of each (the sum over the process tree,
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--gzip", action="store_true", help="generate .jsonl.gz input instead of .jsonl")
     parser.add_argument("--output", type=Path, default=None, help="JSON record of the run (default: WORKDIR/result-N.json)")
+    parser.add_argument("--separate-commands", action="store_true", help="time `rrec ingest` and `rrec sequences` as two commands")
     parser.add_argument("--baseline-only-digest", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     train_targets = args.train_targets
@@ -176,19 +179,35 @@ def main(argv: list[str] | None = None) -> int:
         report = generate_domain(data, DOMAIN, SampleSettings(users=users_for_reviews(args.reviews), gzip=args.gzip))
         print(f"  {report.reviews:,} reviews, {report.items:,} items", flush=True)
     n_lines = sum(1 for _ in open(reviews, "rb")) if not args.gzip else None
-    run = args.workdir / f"run-{args.reviews}"
     rrec = str(Path(sys.executable).with_name("rrec"))
-    common = ["--workers", str(args.workers), "--force"]
-    print("pipeline: ingest ...", flush=True)
-    ingest = measure([rrec, "--log-level", "WARNING", "ingest", "--run", str(run), "--reviews", str(reviews), "--meta", str(meta), *common], args.workdir / "ingest.log")
-    print(f"  {ingest}", flush=True)
-    print("pipeline: sequences ...", flush=True)
-    sequences = measure(
-        [rrec, "--log-level", "WARNING", "sequences", "--run", str(run), "--k", str(args.k), "--train-targets", train_targets,
-         "--max-history", str(args.max_history), "--num-negatives", str(args.num_negatives), *common],
-        args.workdir / "sequences.log",
-    )
-    print(f"  {sequences}", flush=True)
+    sequences_options = ["--k", str(args.k), "--train-targets", train_targets, "--max-history", str(args.max_history), "--num-negatives", str(args.num_negatives)]
+    if args.separate_commands:
+        run = args.workdir / f"run-{args.reviews}"
+        common = ["--workers", str(args.workers), "--force"]
+        print("pipeline: rrec ingest ...", flush=True)
+        ingest = measure([rrec, "--log-level", "WARNING", "ingest", "--run", str(run), "--reviews", str(reviews), "--meta", str(meta), *common], args.workdir / "ingest.log")
+        print(f"  {ingest}", flush=True)
+        print("pipeline: rrec sequences ...", flush=True)
+        sequences = measure([rrec, "--log-level", "WARNING", "sequences", "--run", str(run), *sequences_options, *common], args.workdir / "sequences.log")
+        print(f"  {sequences}", flush=True)
+        commands = [ingest, sequences]
+        stages = {"ingest": ingest.wall_s, "sequences": sequences.wall_s}
+    else:
+        out = args.workdir / f"out-{args.reviews}"
+        run = out / "runs" / DOMAIN
+        config = args.workdir / f"bench-{args.reviews}.yaml"
+        config.write_text(json.dumps({  # YAML is a superset of JSON
+            "workers": args.workers,
+            "run": {"inputs": {DOMAIN: {"reviews": [str(reviews)], "meta": [str(meta)]}}},
+            "sequences": {"k": args.k, "train_targets": train_targets, "max_history": args.max_history, "num_negatives": args.num_negatives},
+        }))
+        print("pipeline: rrec run --until sequences ...", flush=True)
+        whole = measure([rrec, "--log-level", "WARNING", "run", "--out", str(out), "--config", str(config), "--until", "sequences", "--force"], args.workdir / "pipeline.log")
+        print(f"  {whole}", flush=True)
+        commands = [whole]
+        if whole.returncode == 0:
+            manifest = json.loads((run / "manifest.json").read_text())
+            stages = {name: manifest["stages"][name]["wall_time_s"] for name in ("ingest", "sequences")}
     print("baseline (official scripts' logic, one process) ...", flush=True)
     digest_file = args.workdir / "baseline-digest.json"
     baseline = measure(
@@ -197,13 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         digest_file,
     )
     print(f"  {baseline}", flush=True)
-    if any(m.returncode != 0 for m in (ingest, sequences, baseline)):
+    if any(m.returncode != 0 for m in (*commands, baseline)):
         return 2
     expected = json.loads(digest_file.read_text().strip().splitlines()[-1])
     got = pipeline_digest(run)
     equal = expected["digests"] == got["digests"] and expected["counts"] == got["counts"]
-    pipeline_wall = ingest.wall_s + sequences.wall_s
-    pipeline_rss = max(ingest.peak_rss_mb, sequences.peak_rss_mb)
+    pipeline_wall = sum(m.wall_s for m in commands)
+    pipeline_rss = max(m.peak_rss_mb for m in commands)
     record = {
         "reviews_requested": args.reviews,
         "review_lines": n_lines,
@@ -213,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         "max_history": args.max_history,
         "workers": args.workers,
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}",
-        "pipeline": {"ingest": asdict(ingest), "sequences": asdict(sequences), "wall_s": round(pipeline_wall, 2), "peak_rss_mb": pipeline_rss},
+        "pipeline": {
+            "commands": "rrec ingest; rrec sequences" if args.separate_commands else "rrec run --until sequences",
+            "stage_wall_s": stages,
+            "wall_s": round(pipeline_wall, 2),
+            "peak_rss_mb": pipeline_rss,
+        },
         "baseline": asdict(baseline),
         "speedup": round(baseline.wall_s / pipeline_wall, 2),
         "rss_ratio": round(pipeline_rss / baseline.peak_rss_mb, 2),
@@ -226,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     output.write_text(json.dumps(record, indent=2))
     print()
     print("| | wall (s) | peak RSS (MB) |\n|---|---|---|")
-    print(f"| pipeline ingest | {ingest.wall_s} | {ingest.peak_rss_mb} |")
-    print(f"| pipeline sequences | {sequences.wall_s} | {sequences.peak_rss_mb} |")
-    print(f"| pipeline total | {pipeline_wall:.2f} | {pipeline_rss} |")
+    for name, seconds in stages.items():
+        print(f"| pipeline {name} | {seconds} | |")
+    print(f"| pipeline total ({record['pipeline']['commands']}) | {pipeline_wall:.2f} | {pipeline_rss} |")
     print(f"| baseline (official logic) | {baseline.wall_s} | {baseline.peak_rss_mb} |")
     print(f"speedup {record['speedup']}x, RSS ratio {record['rss_ratio']}, outputs equal: {equal}; record: {output}")
     return 0 if equal else 1

@@ -81,3 +81,23 @@ def test_the_release_of_the_chain_loads_every_config_and_split(chain: dict) -> N
     # The registry's working tree is the latest version: plain load_dataset works on it too.
     latest = datasets.load_dataset(str(registry), "office", split="test", cache_dir=str(chain["cache"] / "plain"))
     assert len(latest) == manifest["row_counts"]["office"]["test"]
+
+
+def test_until_stops_after_the_named_stage_of_every_domain_without_a_release(tmp_path, dask_client) -> None:
+    from pipeline.cli import app
+
+    config = tmp_path / "chain.yaml"
+    config.write_text(yaml.safe_dump({**SMALL_CHAIN, "annotate": {"annotator": "openai"}}))  # never reached: needs no key
+    command = ["run", "--out", str(tmp_path / "out"), "--config", str(config), "--scheduler", dask_client.scheduler.address, "--until", "sequences"]
+    result = runner.invoke(app, command)
+
+    assert result.exit_code == 0, result.output
+    assert "Stopped after sequences" in result.output
+    for domain in SMALL_CHAIN["sample"]["domains"]:
+        manifest = json.loads((tmp_path / "out" / "runs" / domain / "manifest.json").read_text())
+        assert set(manifest["stages"]) == {"ingest", "sequences"}
+        assert manifest["stages"]["sequences"]["rows_out"]["sequences"] > 0
+    assert not (tmp_path / "out" / "registry").exists()
+
+    wrong = runner.invoke(app, [*command[:-1], "publish"])
+    assert wrong.exit_code != 0 and "--until" in wrong.output and "sequences" in wrong.output
