@@ -9,8 +9,8 @@
 3. runs the single-process pure-Python baseline (`benchmarks/official_baseline.py`: the logic
    of kcore_filtering.py + last_out_split.py) in a fresh process;
 4. measures the wall time and the peak resident memory of each (the sum over the process tree,
-   Dask workers included, sampled every 50 ms);
-   (each command starts with its input files read once into the page cache, untimed);
+   Dask workers included, sampled every 50 ms); each command starts with its input files read
+   once into the page cache, untimed;
 5. checks that both produce the same leave-one-out examples (the pipeline also draws 99
    negatives per row, joins item metadata and writes Parquet; the baseline does none of that): an order-independent digest over
    (split, user, target, history) of every test and validation row, and of the train rows the
