@@ -84,11 +84,11 @@ class SequencesSettings(StageSettings):
     num_negatives: int = Field(99, ge=0, description="negatives per candidate set (plus the target)")
     sample_users: int | None = Field(None, ge=1, description="keep a seeded sample of N users after k-core")
     seed: int = 42
-    events_per_partition: int = Field(
-        1_000_000,
+    events_per_partition: int | None = Field(
+        None,
         ge=1,
-        description="interactions per Dask partition (output layout only, never its content); a partition of fewer than "
-        "about 1.5M interactions is one Parquet row group",
+        description="interactions per Dask partition (output layout only, never its content); default: an eighth of "
+        "the interactions, at most 1,000,000",
     )
 
 
@@ -814,6 +814,17 @@ def warm_up() -> None:
     pyarrow.parquet) on a worker while the driver still selects, not when partitions are due."""
 
 
+MAX_DEFAULT_PARTITION = 1_000_000
+MIN_DEFAULT_PARTITIONS = 8
+
+
+def default_partition_size(num_events: int) -> int:
+    """Interactions per partition when none is set: large partitions write fewer copies of the
+    catalog's dictionary pages (one per row group, see :data:`CHUNK_ELEMENTS`), and at least
+    eight of them keep the workers of a small cluster busy on mid-sized data."""
+    return max(1, min(MAX_DEFAULT_PARTITION, math.ceil(num_events / MIN_DEFAULT_PARTITIONS)))
+
+
 def partition_bounds(events: UserEvents, events_per_partition: int) -> list[tuple[int, int]]:
     """User ranges of about ``events_per_partition`` interactions each (never splitting a user)."""
     if events.num_users == 0:
@@ -888,7 +899,8 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
         pq.write_table(catalog.to_table(), catalog_path)
         table_dir = out.table_dir(STAGE)
         futures = []
-        for index, (start, stop) in enumerate(partition_bounds(events, settings.events_per_partition)):
+        per_partition = settings.events_per_partition or default_partition_size(events.num_events)
+        for index, (start, stop) in enumerate(partition_bounds(events, per_partition)):
             events_path = scratch / f"events-{index:05d}"
             events.slice_users(start, stop).save(events_path)
             # Submitted as soon as its input is written: workers start while the rest is written.
@@ -936,7 +948,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int | None, typer.Option("--seed", help="Seed of user sampling and negatives (default 42).")] = None,
         events_per_partition: Annotated[
             int | None,
-            typer.Option("--events-per-partition", help="Interactions per Dask partition (layout only; default 1,000,000).", min=1),
+            typer.Option("--events-per-partition", help="Interactions per Dask partition (layout only; default: an eighth of them, at most 1,000,000).", min=1),
         ] = None,
         config: ConfigOpt = None,
         workers: WorkersOpt = None,

@@ -25,10 +25,12 @@ from pipeline.sequences import (
     build_sequence_rows,
     check_catalog_size,
     chronological_order,
+    default_partition_size,
     draw_negatives,
     example_positions,
     first_of_pairs,
     kcore_mask,
+    partition_bounds,
     stream_codes,
     stream_draws,
     run_sequences,
@@ -113,6 +115,20 @@ def test_users_come_out_in_user_id_order_whatever_order_they_appear_in(layout):
         expected = list(dict.fromkeys(item for _, _, item in mine))
         assert sequence_of(selection, user) == expected
     assert selection.rejects_by_reason["duplicate_pair"] == len(rows) - selection.counts["interactions_out"]
+
+
+def test_default_partitions_number_at_least_eight_and_hold_at_most_a_million_interactions():
+    # Few large partitions write few copies of the catalog's dictionary pages; at least eight
+    # keep a small cluster's workers busy on mid-sized data (one partition would use one worker).
+    def partitions(num_users: int, events_each: int) -> int:
+        offsets = np.arange(num_users + 1, dtype=np.int64) * events_each
+        events = UserEvents(pa.array([f"u{i}" for i in range(num_users)]), offsets, np.zeros(offsets[-1], np.int32), np.zeros(offsets[-1], np.float32), np.zeros(offsets[-1], np.int64))
+        return len(partition_bounds(events, default_partition_size(events.num_events)))
+
+    assert partitions(80_000, 11) == 8  # 880k interactions: 8 partitions, not 1
+    assert partitions(1_200_000, 10) == 12  # 12M: 1M each
+    assert partitions(3, 1) == 3  # never an empty partition, never a split user
+    assert default_partition_size(0) == 1
 
 
 def test_rows_without_user_item_or_timestamp_are_counted_rejects():
