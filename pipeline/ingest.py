@@ -502,22 +502,14 @@ def _finish_reviews(raw: pa.Table, lines: LineSlice) -> tuple[pa.Table, np.ndarr
     return None if vouched is None else (raw, vouched)
 
 
-RAW_META = pa.schema(
-    [
-        ("parent_asin", pa.string()),
-        ("title", pa.string()),
-        ("main_category", pa.string()),
-        ("categories", pa.list_(pa.string())),
-        ("store", pa.string()),
-        ("price", pa.float64()),
-        ("average_rating", pa.float64()),
-        ("rating_number", pa.int64()),
-        ("features", pa.list_(pa.string())),
-        ("description", pa.list_(pa.string())),
-        # Only whether it is an object: its text is taken from the line (see _details_text).
-        ("details", pa.struct([])),
-    ]
-)
+_RAW_META_TYPES = {
+    "average_rating": pa.float64(),
+    "rating_number": pa.int64(),
+    "description": pa.list_(pa.string()),
+    # Only whether it is an object: its text is taken from the line (see _details_text).
+    "details": pa.struct([]),
+}
+RAW_META = pa.schema([field.with_type(_RAW_META_TYPES.get(field.name, field.type)) for field in ITEMS])
 """The metadata fields ingest keeps, in the types of the raw files (the fast reader's schema);
 a field in another form (a string price or details, a string description) sends its slice
 line by line."""
