@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {report.reviews:,} reviews, {report.items:,} items", flush=True)
     n_lines = sum(1 for _ in open(reviews, "rb")) if not args.gzip else None
     rrec = str(Path(sys.executable).with_name("rrec"))
-    sequences_options = ["--k", str(args.k), "--train-targets", train_targets, "--max-history", str(args.max_history), "--num-negatives", str(args.num_negatives)]
+    sequences_settings = {"k": args.k, "train_targets": train_targets, "max_history": args.max_history, "num_negatives": args.num_negatives}
     if args.separate_commands:
         run = args.workdir / f"run-{args.reviews}"
         common = ["--workers", str(args.workers), "--force"]
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         ingest = measure([rrec, "--log-level", "WARNING", "ingest", "--run", str(run), "--reviews", str(reviews), "--meta", str(meta), *common], args.workdir / "ingest.log")
         print(f"  {ingest}", flush=True)
         print("pipeline: rrec sequences ...", flush=True)
-        sequences = measure([rrec, "--log-level", "WARNING", "sequences", "--run", str(run), *sequences_options, *common], args.workdir / "sequences.log")
+        options = [part for name, value in sequences_settings.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+        sequences = measure([rrec, "--log-level", "WARNING", "sequences", "--run", str(run), *options, *common], args.workdir / "sequences.log")
         print(f"  {sequences}", flush=True)
         commands = [ingest, sequences]
         stages = {"ingest": ingest.wall_s, "sequences": sequences.wall_s}
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(json.dumps({  # YAML is a superset of JSON
             "workers": args.workers,
             "run": {"inputs": {DOMAIN: {"reviews": [str(reviews)], "meta": [str(meta)]}}},
-            "sequences": {"k": args.k, "train_targets": train_targets, "max_history": args.max_history, "num_negatives": args.num_negatives},
+            "sequences": sequences_settings,
         }))
         print("pipeline: rrec run --until sequences ...", flush=True)
         warm_page_cache(reviews, meta)

@@ -254,21 +254,19 @@ def _first_seen_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return codes, encoded.chunk(0).dictionary
 
 
-def _value_ranks(values: pa.Array) -> np.ndarray:
-    """The rank of each value in sorted order."""
+def _sorted_order(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the values in sorted order, and the rank of each value (its inverse)."""
     by_value = pc.sort_indices(values).to_numpy()
     rank = np.empty(len(values), dtype=np.int64)
     rank[by_value] = np.arange(len(values))
-    return rank
+    return by_value, rank
 
 
 def _dense_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Integer codes of a string (or dictionary) column, numbered in sorted order of the values,
     and the sorted distinct values."""
     codes, values = _first_seen_codes(column)
-    rank = _value_ranks(values)
-    by_value = np.empty_like(rank)
-    by_value[rank] = np.arange(len(rank))
+    by_value, rank = _sorted_order(values)
     return rank[codes], values.take(pa.array(by_value))
 
 
@@ -370,7 +368,7 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
         # events are put in order.
         items_coded = pool.submit(_dense_codes, table["parent_asin"])
         user_code, user_values = _first_seen_codes(table["user_id"])
-        user_ranks = pool.submit(_value_ranks, user_values)
+        user_order = pool.submit(_sorted_order, user_values)
         timestamp = table["timestamp"].to_numpy().astype(np.int64)
         rating = pc.fill_null(table["rating"], float("nan")).to_numpy().astype(np.float32)
         source_file = pc.fill_null(table["src_file"], 0).to_numpy()
@@ -392,7 +390,7 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
         second_half = pool.submit(_ordered_first_pairs, np.flatnonzero(~in_first_half), user_code, item_code, timestamp, len(item_dictionary))
         order = np.concatenate([_ordered_first_pairs(np.flatnonzero(in_first_half), user_code, item_code, timestamp, len(item_dictionary)), second_half.result()])
         del in_first_half
-        rank = user_ranks.result()
+        rank = user_order.result()[1]
     rejects["duplicate_pair"] = int(len(user_code) - len(order))
     user_code, item_code = user_code[order], item_code[order]
 
@@ -432,7 +430,8 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
     run_users = user_code[starts]
     by_user_id = np.argsort(rank[run_users])
     lengths = np.diff(np.append(starts, len(user_code)))[by_user_id]
-    in_user_order, _ = _ranges(starts[by_user_id], starts[by_user_id] + lengths)
+    run_starts = starts[by_user_id]
+    in_user_order, _ = _ranges(run_starts, run_starts + lengths)
     order = order[in_user_order]
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
