@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test bench clean
+.PHONY: install lint demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/rrec run --out $(DEMO_OUT) --config configs/demo.yaml
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
 	# One BLAS/OpenMP thread per process: tests run torch and Dask side by side on few cores.
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 

@@ -33,7 +33,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from annotation_data import make_run  # noqa: E402  (test data generator lives with the tests)
-
 from openai_loopback import default_teacher_answer  # noqa: E402
 
 from pipeline.annotate import AnnotateSettings, prepare_partition, run_annotate  # noqa: E402
@@ -44,8 +43,14 @@ from pipeline.cluster import dask_client  # noqa: E402
 
 def _settings(base_url: str, concurrency: int) -> AnnotateSettings:
     # Limits off: the benchmark measures the client, not a rate plan.
-    return AnnotateSettings(annotator="openai", base_url=base_url, concurrency=concurrency, requests_per_minute=None,
-                            tokens_per_minute=None, partition_rows=1000)
+    return AnnotateSettings(
+        annotator="openai",
+        base_url=base_url,
+        concurrency=concurrency,
+        requests_per_minute=None,
+        tokens_per_minute=None,
+        partition_rows=1000,
+    )
 
 
 @contextlib.contextmanager
@@ -53,7 +58,10 @@ def loopback_server(latency_s: float) -> Iterator[str]:
     """The loopback server in its own process (a remote server does not share our GIL)."""
     process = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "openai_loopback.py"), str(latency_s)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         yield process.stdout.readline().strip()
@@ -93,7 +101,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     figures: dict[str, object] = {
         "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} logical cores, "
-                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}",
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}",
         "latency_s": args.latency,
         "concurrency": args.concurrency,
     }

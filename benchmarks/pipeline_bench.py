@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating ~{args.reviews:,} reviews into {data} ...", flush=True)
         report = generate_domain(data, DOMAIN, SampleSettings(users=users_for_reviews(args.reviews), gzip=args.gzip))
         print(f"  {report.reviews:,} reviews, {report.items:,} items", flush=True)
-    n_lines = sum(1 for _ in open(reviews, "rb")) if not args.gzip else None
+    n_lines = None
+    if not args.gzip:
+        with open(reviews, "rb") as handle:
+            n_lines = sum(1 for _ in handle)
     rrec = str(Path(sys.executable).with_name("rrec"))
     sequences_settings = {"k": args.k, "train_targets": train_targets, "max_history": args.max_history, "num_negatives": args.num_negatives}
     if args.separate_commands:
@@ -196,11 +199,16 @@ def main(argv: list[str] | None = None) -> int:
         common = ["--workers", str(args.workers), "--force"]
         print("pipeline: rrec ingest ...", flush=True)
         warm_page_cache(reviews, meta)
-        ingest = measure([rrec, "--log-level", "WARNING", "ingest", "--run", str(run), "--reviews", str(reviews), "--meta", str(meta), *common], args.workdir / "ingest.log")
+        ingest = measure(
+            [rrec, "--log-level", "WARNING", "ingest", "--run", str(run), "--reviews", str(reviews), "--meta", str(meta), *common],
+            args.workdir / "ingest.log",
+        )
         print(f"  {ingest}", flush=True)
         print("pipeline: rrec sequences ...", flush=True)
         options = [part for name, value in sequences_settings.items() for part in (f"--{name.replace('_', '-')}", str(value))]
-        sequences = measure([rrec, "--log-level", "WARNING", "sequences", "--run", str(run), *options, *common], args.workdir / "sequences.log")
+        sequences = measure(
+            [rrec, "--log-level", "WARNING", "sequences", "--run", str(run), *options, *common], args.workdir / "sequences.log"
+        )
         print(f"  {sequences}", flush=True)
         commands = [ingest, sequences]
         stages = {"ingest": ingest.wall_s, "sequences": sequences.wall_s}
@@ -208,14 +216,21 @@ def main(argv: list[str] | None = None) -> int:
         out = args.workdir / f"out-{args.reviews}"
         run = out / "runs" / DOMAIN
         config = args.workdir / f"bench-{args.reviews}.yaml"
-        config.write_text(json.dumps({  # YAML is a superset of JSON
-            "workers": args.workers,
-            "run": {"inputs": {DOMAIN: {"reviews": [str(reviews)], "meta": [str(meta)]}}},
-            "sequences": sequences_settings,
-        }))
+        config.write_text(
+            json.dumps(
+                {  # YAML is a superset of JSON
+                    "workers": args.workers,
+                    "run": {"inputs": {DOMAIN: {"reviews": [str(reviews)], "meta": [str(meta)]}}},
+                    "sequences": sequences_settings,
+                }
+            )
+        )
         print("pipeline: rrec run --until sequences ...", flush=True)
         warm_page_cache(reviews, meta)
-        whole = measure([rrec, "--log-level", "WARNING", "run", "--out", str(out), "--config", str(config), "--until", "sequences", "--force"], args.workdir / "pipeline.log")
+        whole = measure(
+            [rrec, "--log-level", "WARNING", "run", "--out", str(out), "--config", str(config), "--until", "sequences", "--force"],
+            args.workdir / "pipeline.log",
+        )
         print(f"  {whole}", flush=True)
         commands = [whole]
         if whole.returncode == 0:
@@ -225,8 +240,20 @@ def main(argv: list[str] | None = None) -> int:
     digest_file = args.workdir / "baseline-digest.json"
     warm_page_cache(reviews)
     baseline = measure(
-        [sys.executable, str(Path(__file__).resolve()), "--reviews", str(args.reviews), "--k", str(args.k), "--max-history", str(args.max_history),
-         "--train-targets", train_targets, "--baseline-only-digest", str(reviews)],
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--reviews",
+            str(args.reviews),
+            "--k",
+            str(args.k),
+            "--max-history",
+            str(args.max_history),
+            "--train-targets",
+            train_targets,
+            "--baseline-only-digest",
+            str(reviews),
+        ],
         digest_file,
     )
     print(f"  {baseline}", flush=True)

@@ -20,11 +20,11 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from core.config import StageSettings
+from core.schemas import ITEMS, RELEASE_ROW
+from core.stage import code_version
 from datacards.figures import render_figures
 from datacards.statistics import DomainStatistics, domain_statistics
-from pipeline.config import StageSettings
-from pipeline.schemas import ITEMS, RELEASE_ROW
-from pipeline.stage import code_version
 from release.layout import ITEMS_SPLIT, DomainRelease
 from release.registry import version_tag
 
@@ -79,7 +79,15 @@ class FieldRow:
 
 def size_category(rows: int) -> str:
     """The Hub's ``size_categories`` bucket of a row count."""
-    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    bounds = [
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+        (100_000_000, "10M<n<100M"),
+        (1_000_000_000, "100M<n<1B"),
+    ]
     for bound, label in bounds:
         if rows < bound:
             return label
@@ -92,7 +100,9 @@ def _download_size(folder: Path) -> int | None:
 
 
 def _dataset_info(config: str, features: datasets.Features, tables: dict[str, pa.Table], data_dir: Path) -> DatasetInfo:
-    splits = SplitDict({split: SplitInfo(name=split, num_bytes=table.nbytes, num_examples=table.num_rows) for split, table in tables.items()})
+    splits = SplitDict(
+        {split: SplitInfo(name=split, num_bytes=table.nbytes, num_examples=table.num_rows) for split, table in tables.items()}
+    )
     return DatasetInfo(
         features=features,
         config_name=config,
@@ -158,7 +168,7 @@ def example_record(domain: DomainRelease) -> str:
     for key in ("history", "candidates"):
         values = record[key]
         if len(values) > EXAMPLE_LIST_ITEMS:
-            record[key] = values[:EXAMPLE_LIST_ITEMS] + [f"... {len(values) - EXAMPLE_LIST_ITEMS} more"]
+            record[key] = [*values[:EXAMPLE_LIST_ITEMS], f"... {len(values) - EXAMPLE_LIST_ITEMS} more"]
     return json.dumps(record, indent=2, ensure_ascii=False)
 
 

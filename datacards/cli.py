@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli_common import ConfigOpt, settings_for, user_errors
+from core.cli_common import ConfigOpt, settings_for, user_errors
 from release.cli import MANY_VALUES, RunsOpt, collect_runs
 
 

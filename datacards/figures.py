@@ -8,9 +8,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
 
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt
 
-from datacards.statistics import DomainStatistics  # noqa: E402
+from datacards.statistics import DomainStatistics
 
 FIGURES_DIR = "figures"
 TOP_CATEGORIES = 15
@@ -54,10 +54,28 @@ def render_figures(stats: DomainStatistics, release_dir: Path) -> dict[str, str]
     """Write the four figures of one config; returns ``{kind: path relative to the release}``."""
     folder = Path(release_dir) / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    names = {kind: f"{FIGURES_DIR}/{stats.config}_{kind}.png" for kind in ("history_length", "items_per_category", "rationale_length", "filter_reasons")}
+    names = {
+        kind: f"{FIGURES_DIR}/{stats.config}_{kind}.png"
+        for kind in ("history_length", "items_per_category", "rationale_length", "filter_reasons")
+    }
     root = Path(release_dir)
-    _histogram(stats.history_length.values, f"{stats.config}: history length per user", "items in history (test row)", root / names["history_length"])
-    _bars(stats.items_per_category[:TOP_CATEGORIES], f"{stats.config}: catalog items per category (top {TOP_CATEGORIES})", "items", root / names["items_per_category"])
+    _histogram(
+        stats.history_length.values,
+        f"{stats.config}: history length per user",
+        "items in history (test row)",
+        root / names["history_length"],
+    )
+    _bars(
+        stats.items_per_category[:TOP_CATEGORIES],
+        f"{stats.config}: catalog items per category (top {TOP_CATEGORIES})",
+        "items",
+        root / names["items_per_category"],
+    )
     _histogram(stats.rationale_words.values, f"{stats.config}: rationale length (train)", "words", root / names["rationale_length"])
-    _bars(list(stats.filter_reasons.items()), f"{stats.config}: self-filter rejects by reason", "rationales rejected", root / names["filter_reasons"])
+    _bars(
+        list(stats.filter_reasons.items()),
+        f"{stats.config}: self-filter rejects by reason",
+        "rationales rejected",
+        root / names["filter_reasons"],
+    )
     return names

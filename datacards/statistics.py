@@ -121,8 +121,7 @@ def domain_statistics(domain: DomainRelease) -> DomainStatistics:
     history_lengths = pc.list_value_length(history_rows["history"]).to_pylist()
     rationales = [r for r in domain.splits["train"]["rationale"].to_pylist() if r]
     categories = Counter(
-        category_of(cats, main)
-        for cats, main in zip(domain.items["categories"].to_pylist(), domain.items["main_category"].to_pylist())
+        category_of(cats, main) for cats, main in zip(domain.items["categories"].to_pylist(), domain.items["main_category"].to_pylist())
     )
     annotated, passed, rate, reasons = filter_summary(domain.stages.get("filter"))
     ingest = domain.stages.get("ingest") or {}

@@ -1,3 +1,5 @@
 """rationale-rec data pipeline: sample, ingest, sequences, annotate, filter, judge, run."""
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

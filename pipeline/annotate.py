@@ -33,6 +33,12 @@ import typer
 from distributed import Client
 from pydantic import Field, field_validator
 
+from core.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
+from core.config import ConfigError
+from core.progress import gather_with_progress, make_progress
+from core.schemas import ANNOTATIONS, SPLITS
+from core.stage import RunDir
+from core.tables import write_part
 from pipeline.annotators import template
 from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash
 from pipeline.annotators.context import PartitionSpec, load_partition_contexts, plan_partitions
@@ -40,12 +46,6 @@ from pipeline.annotators.limits import Budget
 from pipeline.annotators.openai_batch import BatchOptions, run_batches
 from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, SendStats, resolve_api_key, send_requests
 from pipeline.annotators.pricing import PriceTable, estimate_tokens
-from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
-from pipeline.config import ConfigError
-from pipeline.progress import gather_with_progress, make_progress
-from pipeline.schemas import ANNOTATIONS, SPLITS
-from pipeline.stage import RunDir
-from pipeline.tables import write_part
 from pipeline.teacher_prompt import (
     PROMPT_VERSION,
     STRUCTURED_RESPONSE_FORMAT,
@@ -98,7 +98,9 @@ class AnnotateSettings(ChatClientSettings):
         return template.TEMPLATE_VERSION if self.annotator == "template" else PROMPT_VERSION
 
     def chat_options(self) -> ChatOptions:
-        return self.client_options(self.resolved_model, PROMPT_VERSION, STRUCTURED_RESPONSE_FORMAT, self.max_output_tokens, self.temperature)
+        return self.client_options(
+            self.resolved_model, PROMPT_VERSION, STRUCTURED_RESPONSE_FORMAT, self.max_output_tokens, self.temperature
+        )
 
     def output_config(self) -> dict[str, Any]:
         """The settings that change the output table (the stage fingerprint's config)."""
@@ -179,7 +181,9 @@ def chat_request(context: ExampleContext, options: ChatOptions, max_history: int
     )
 
 
-def prepare_partition(run_path: str, spec: PartitionSpec, options: ChatOptions, max_history: int, annotator: str = "openai") -> PreparedPartition:
+def prepare_partition(
+    run_path: str, spec: PartitionSpec, options: ChatOptions, max_history: int, annotator: str = "openai"
+) -> PreparedPartition:
     """Build one partition's prompts and look them up in the run's cache (read only)."""
     contexts = load_partition_contexts(Path(run_path), spec)
     requests = [chat_request(context, options, max_history) for context in contexts]
@@ -300,10 +304,22 @@ def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: C
 
     if settings.annotator == "template":
         if settings.dry_run:
-            return {"dry_run": True, "annotator": "template", "model": settings.resolved_model, "rows": rows_in,
-                    "cached_rows": 0, "requests_to_send": 0, "estimated_input_tokens": 0, "max_output_tokens": 0, "max_cost_usd": 0.0}
+            return {
+                "dry_run": True,
+                "annotator": "template",
+                "model": settings.resolved_model,
+                "rows": rows_in,
+                "cached_rows": 0,
+                "requests_to_send": 0,
+                "estimated_input_tokens": 0,
+                "max_output_tokens": 0,
+                "max_cost_usd": 0.0,
+            }
         with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
-            futures = [client.submit(annotate_partition_with_template, run_path, spec, settings.seed, settings.max_prompt_history, pure=False) for spec in specs]
+            futures = [
+                client.submit(annotate_partition_with_template, run_path, spec, settings.seed, settings.max_prompt_history, pure=False)
+                for spec in specs
+            ]
             folder = out.table_dir("annotations")
             tables = gather_with_progress(futures, "annotating (template)")
             for spec, table in zip(specs, tables, strict=True):
@@ -311,16 +327,26 @@ def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: C
             out.record(
                 rows_in=rows_in,
                 rows_out={"annotations": sum(t.num_rows for t in tables)},
-                annotator="template", model=settings.resolved_model, prompt_version=settings.prompt_version,
-                splits=sorted(settings.splits), input_tokens=0, output_tokens=0, cost_usd=0.0,
-                cache_hits=0, requests_sent=0, complete=True,
+                annotator="template",
+                model=settings.resolved_model,
+                prompt_version=settings.prompt_version,
+                splits=sorted(settings.splits),
+                input_tokens=0,
+                output_tokens=0,
+                cost_usd=0.0,
+                cache_hits=0,
+                requests_sent=0,
+                complete=True,
             )
         return run.require(STAGE)
 
     options = settings.chat_options()
     if not settings.dry_run:
         resolve_api_key(settings.base_url)  # fail before any work when the key is missing
-    futures = [client.submit(prepare_partition, run_path, spec, options, settings.max_prompt_history, settings.annotator, pure=False) for spec in specs]
+    futures = [
+        client.submit(prepare_partition, run_path, spec, options, settings.max_prompt_history, settings.annotator, pure=False)
+        for spec in specs
+    ]
     if settings.dry_run:
         return _dry_run_report(settings, gather_with_progress(futures, "building prompts"), prices)
     with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
@@ -349,18 +375,31 @@ def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: C
         out.record(
             rows_in=rows_in,
             rows_out={"annotations": rows_out},
-            annotator=settings.annotator, model=options.model, prompt_version=PROMPT_VERSION,
-            splits=sorted(settings.splits), input_tokens=input_tokens, output_tokens=output_tokens,
-            cost_usd=round(cost, 6), cost_usd_this_run=round(stats.cost_usd, 6), cache_hits=cache_hits,
-            requests_sent=stats.requests_sent, retries=stats.retries, failed_requests=stats.failed,
-            errors=dict(stats.errors), budget_exhausted=stats.budget_exhausted, max_cost=settings.max_cost,
-            json_mode_fallback=stats.used_json_mode_fallback, send_wall_s=round(stats.send_wall_s, 3),
-            rows_pending=pending, complete=pending == 0,
+            annotator=settings.annotator,
+            model=options.model,
+            prompt_version=PROMPT_VERSION,
+            splits=sorted(settings.splits),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=round(cost, 6),
+            cost_usd_this_run=round(stats.cost_usd, 6),
+            cache_hits=cache_hits,
+            requests_sent=stats.requests_sent,
+            retries=stats.retries,
+            failed_requests=stats.failed,
+            errors=dict(stats.errors),
+            budget_exhausted=stats.budget_exhausted,
+            max_cost=settings.max_cost,
+            json_mode_fallback=stats.used_json_mode_fallback,
+            send_wall_s=round(stats.send_wall_s, 3),
+            rows_pending=pending,
+            complete=pending == 0,
         )
     if pending:
         log.warning(
             "annotate: %d row(s) not annotated (%s); rerun to continue, cached answers are not requested again",
-            pending, "budget reached" if stats.budget_exhausted else f"{stats.failed} request(s) failed",
+            pending,
+            "budget reached" if stats.budget_exhausted else f"{stats.failed} request(s) failed",
         )
     return run.require(STAGE)
 
@@ -379,13 +418,22 @@ def register(app: typer.Typer) -> None:
         workers: WorkersOpt = None,
         scheduler: SchedulerOpt = None,
         force: ForceOpt = False,
-        annotator: Annotated[str | None, typer.Option("--annotator", help="template (offline, default), openai, or openai-batch (Batch API, half price).")] = None,
+        annotator: Annotated[
+            str | None, typer.Option("--annotator", help="template (offline, default), openai, or openai-batch (Batch API, half price).")
+        ] = None,
         model: Annotated[str | None, typer.Option("--model", help="Model name (default gpt-4o for the OpenAI annotators).")] = None,
-        base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible server URL (vLLM, Ollama, llama.cpp), e.g. http://localhost:8000/v1.")] = None,
+        base_url: Annotated[
+            str | None,
+            typer.Option("--base-url", help="OpenAI-compatible server URL (vLLM, Ollama, llama.cpp), e.g. http://localhost:8000/v1."),
+        ] = None,
         concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Requests in flight at once (whole run).")] = None,
         limit: Annotated[int | None, typer.Option("--limit", min=0, help="Annotate only the first N selected rows.")] = None,
-        max_cost: Annotated[float | None, typer.Option("--max-cost", min=0, help="Stop cleanly once this many USD (estimated) would be exceeded.")] = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print rows, tokens and cost it would spend; send and write nothing.")] = False,
+        max_cost: Annotated[
+            float | None, typer.Option("--max-cost", min=0, help="Stop cleanly once this many USD (estimated) would be exceeded.")
+        ] = None,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Print rows, tokens and cost it would spend; send and write nothing.")
+        ] = False,
         splits: Annotated[str | None, typer.Option("--splits", help="Comma-separated splits to annotate (default: train).")] = None,
     ) -> None:
         """Write a rationale for every (history, next item) example: rrec annotate --run DIR.
@@ -396,8 +444,19 @@ def register(app: typer.Typer) -> None:
         from pipeline.cluster import dask_client
 
         settings, cluster = settings_for(
-            config, STAGE, AnnotateSettings, annotator=annotator, model=model, base_url=base_url, concurrency=concurrency,
-            limit=limit, max_cost=max_cost, dry_run=dry_run or None, splits=splits, workers=workers, scheduler=scheduler,
+            config,
+            STAGE,
+            AnnotateSettings,
+            annotator=annotator,
+            model=model,
+            base_url=base_url,
+            concurrency=concurrency,
+            limit=limit,
+            max_cost=max_cost,
+            dry_run=dry_run or None,
+            splits=splits,
+            workers=workers,
+            scheduler=scheduler,
         )
         with dask_client(cluster.workers, cluster.scheduler) as client:
             result = run_annotate(run, settings, client, force=force)

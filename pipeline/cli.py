@@ -7,8 +7,8 @@ command bodies, so ``rrec --help`` stays fast).
 from __future__ import annotations
 
 import importlib
-import multiprocessing
 import logging
+import multiprocessing
 
 import typer
 from rich.logging import RichHandler

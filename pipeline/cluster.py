@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import dask
 from distributed import Client, LocalCluster
 
-from pipeline.stage import StageError
+from core.stage import StageError
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,17 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         return
     n_workers = workers or default_workers()
     log.info("starting a local Dask cluster with %d worker process(es)", n_workers)
-    with dask.config.set(WORKER_MALLOC_ENVIRON), LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        # A random port: the HTTP server starts even with the dashboard off, and a fixed port
-        # clashes between concurrent runs ("Port 8787 is already in use").
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
+    with (
+        dask.config.set(WORKER_MALLOC_ENVIRON),
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            # A random port: the HTTP server starts even with the dashboard off, and a fixed port
+            # clashes between concurrent runs ("Port 8787 is already in use").
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client

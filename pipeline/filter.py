@@ -34,22 +34,33 @@ import typer
 from distributed import Client
 from pydantic import Field
 
+from core.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
+from core.config import StageSettings
+from core.progress import gather_with_progress
+from core.schemas import ANNOTATIONS, FILTER_REJECTS, FILTERED
+from core.stage import RunDir
+from core.tables import dataset, parts, write_part
 from pipeline.annotators.context import CONTEXT_COLUMNS, contexts_from_rows, read_item_facts
-from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
-from pipeline.config import StageSettings
-from pipeline.progress import gather_with_progress
-from pipeline.schemas import ANNOTATIONS, FILTER_REJECTS, FILTERED
-from pipeline.stage import RunDir
-from pipeline.tables import dataset, parts, write_part
 from pipeline.teacher_prompt import ExampleContext
 
 log = logging.getLogger(__name__)
 
 STAGE = "filter"
 REASONS = (
-    "unparsable_output", "refusal", "annotator_incoherent", "empty_rationale", "too_short", "too_long",
-    "contains_email", "contains_url", "contains_phone", "leaks_target_asin", "not_english",
-    "unknown_product", "not_grounded", "unknown_example",
+    "unparsable_output",
+    "refusal",
+    "annotator_incoherent",
+    "empty_rationale",
+    "too_short",
+    "too_long",
+    "contains_email",
+    "contains_url",
+    "contains_phone",
+    "leaks_target_asin",
+    "not_english",
+    "unknown_product",
+    "not_grounded",
+    "unknown_example",
 )
 
 REFUSAL = re.compile(
@@ -64,10 +75,81 @@ QUOTED = re.compile(r"[\"“”]([^\"“”]{3,200})[\"“”]")
 LETTERS = re.compile(r"[^\W\d_]+")
 NORMALISE = re.compile(r"[^a-z0-9]+")
 ENGLISH_FUNCTION_WORDS = frozenset(
-    """the a an and or but of to in on at for with from by as is are was were be been it its this
-    that these those they them their he she his her so both also than more most same which who
-    has have had not no can will would should could into like because since while then there
-    here all any each other such only very just same before after""".split()
+    [
+        "the",
+        "a",
+        "an",
+        "and",
+        "or",
+        "but",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "from",
+        "by",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "they",
+        "them",
+        "their",
+        "he",
+        "she",
+        "his",
+        "her",
+        "so",
+        "both",
+        "also",
+        "than",
+        "more",
+        "most",
+        "same",
+        "which",
+        "who",
+        "has",
+        "have",
+        "had",
+        "not",
+        "no",
+        "can",
+        "will",
+        "would",
+        "should",
+        "could",
+        "into",
+        "like",
+        "because",
+        "since",
+        "while",
+        "then",
+        "there",
+        "here",
+        "all",
+        "any",
+        "each",
+        "other",
+        "such",
+        "only",
+        "very",
+        "just",
+        "same",
+        "before",
+        "after",
+    ]
 )
 
 

@@ -39,9 +39,13 @@ import pyarrow.parquet as pq
 import typer
 from pydantic import Field, field_validator
 
-from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
-from pipeline.config import StageSettings
+from core.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
+from core.config import StageSettings
+from core.schemas import INTERACTIONS, ITEMS, REJECTS
+from core.stage import RunDir, StageError, hash_stream
+from core.tables import part_name, write_part
 from pipeline.readers import (
+    RAW_CHARS,
     InputError,
     LineBlock,
     SourceFile,
@@ -52,12 +56,8 @@ from pipeline.readers import (
     gzip_blocks_ahead,
     plain_range_chunks,
     plain_range_start,
-    RAW_CHARS,
     raw_text,
 )
-from pipeline.schemas import INTERACTIONS, ITEMS, REJECTS
-from pipeline.stage import RunDir, StageError, hash_stream
-from pipeline.tables import part_name, write_part
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -479,7 +479,7 @@ class FastReader:
     """
 
     schema: pa.Schema
-    finish: Callable[[pa.Table, LineSlice], "tuple[pa.Table, np.ndarray] | None"]
+    finish: Callable[[pa.Table, LineSlice], tuple[pa.Table, np.ndarray] | None]
 
 
 @dataclass(frozen=True)
@@ -544,7 +544,7 @@ def _finish_meta(raw: pa.Table, lines: LineSlice) -> tuple[pa.Table, np.ndarray]
         nonlocal vouched
         vouched &= pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
 
-    for name, column in columns.items():
+    for column in columns.values():
         if pa.types.is_string(column.type) or pa.types.is_list(column.type):
             try:
                 column.validate(full=True)
@@ -592,7 +592,9 @@ REVIEW_READER = FastReader(RAW_REVIEW, _finish_reviews)
 META_READER = FastReader(RAW_META, _finish_meta)
 
 
-def _parse_lines(block: LineBlock, max_line_bytes: int, reader: FastReader | None, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema) -> tuple[_Pieces, int]:
+def _parse_lines(
+    block: LineBlock, max_line_bytes: int, reader: FastReader | None, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema
+) -> tuple[_Pieces, int]:
     data = block.data
     starts, ends = _line_bounds(data)
     buffer = pa.py_buffer(data)
@@ -696,7 +698,9 @@ def _row_raw(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, default=str)[:RAW_CHARS]
 
 
-def _parse_rows(table: pa.Table, first_row: int, fast: FastPath | None, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema) -> _Pieces:
+def _parse_rows(
+    table: pa.Table, first_row: int, fast: FastPath | None, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema
+) -> _Pieces:
     def slow_path(indexes: np.ndarray, pieces: _Pieces) -> None:
         rows, kept = [], []
         for index, record in zip(indexes.tolist(), table.take(pa.array(indexes)).to_pylist()):
@@ -809,7 +813,14 @@ def ingest_line_block(block: LineBlock, part: int, dirs: TableDirs, max_line_byt
 
 
 def ingest_plain_range(
-    source: SourceFile, nominal_start: int, nominal_end: int, newlines_before: int, part: int, dirs: TableDirs, block_size: int, max_line_bytes: int
+    source: SourceFile,
+    nominal_start: int,
+    nominal_end: int,
+    newlines_before: int,
+    part: int,
+    dirs: TableDirs,
+    block_size: int,
+    max_line_bytes: int,
 ) -> BlockResult:
     """Parse the lines that start in ``[nominal_start, nominal_end)`` of a plain JSONL file.
 
@@ -822,12 +833,18 @@ def ingest_plain_range(
     else:
         # Skipping to the first line start passed exactly one newline, unless we were on one.
         first_line = 1 + newlines_before + (1 if start > nominal_start else 0)
-        blocks = cut_lines(plain_range_chunks(source.url, start, nominal_end, max_line_bytes), source, first_line, block_size, max_line_bytes)
-        parsed = [_parse_block(block, max_line_bytes) for block in blocks] or [_parse_block(LineBlock(source, first_line, b""), max_line_bytes)]
+        blocks = cut_lines(
+            plain_range_chunks(source.url, start, nominal_end, max_line_bytes), source, first_line, block_size, max_line_bytes
+        )
+        parsed = [_parse_block(block, max_line_bytes) for block in blocks] or [
+            _parse_block(LineBlock(source, first_line, b""), max_line_bytes)
+        ]
     return _write_block(_merge(parsed), source, part, dirs)
 
 
-def ingest_parquet_row_groups(source: SourceFile, row_groups: list[int], first_row: int, rows: int, part: int, dirs: TableDirs) -> BlockResult:
+def ingest_parquet_row_groups(
+    source: SourceFile, row_groups: list[int], first_row: int, rows: int, part: int, dirs: TableDirs
+) -> BlockResult:
     """Parse row groups of a Parquet file (rows numbered from ``first_row``) and write them."""
     parse = parse_review_rows if source.kind == "reviews" else parse_meta_rows
     try:
@@ -842,7 +859,7 @@ def ingest_parquet_row_groups(source: SourceFile, row_groups: list[int], first_r
 
 
 def content_hash(url: str) -> str:
-    """Content hash of a file's bytes (the same digest as ``pipeline.stage.hash_file`` for local files)."""
+    """Content hash of a file's bytes (the same digest as ``core.stage.hash_file`` for local files)."""
     with fsspec.open(url, "rb") as handle:
         return hash_stream(handle)
 
@@ -928,7 +945,9 @@ class _BlockRunner:
         return sorted(self.results, key=lambda result: result.part)
 
 
-def _submit_source(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, settings: IngestSettings, newline_counts: dict[tuple[str, int], Any]) -> None:
+def _submit_source(
+    runner: _BlockRunner, source: SourceFile, dirs: TableDirs, settings: IngestSettings, newline_counts: dict[tuple[str, int], Any]
+) -> None:
     """Queue the blocks of one file, in line order, each with the next part number."""
     if source.format == "jsonl":
         # Newlines before range i = before range i-1 + newlines in range i-1, added up here as
@@ -941,7 +960,16 @@ def _submit_source(runner: _BlockRunner, source: SourceFile, dirs: TableDirs, se
             if i:
                 before += counts[i - 1].result()
             runner.submit(
-                ingest_plain_range, source, start, end, before, runner.part(), dirs, settings.block_size, settings.max_line_bytes, source_bytes=end - start
+                ingest_plain_range,
+                source,
+                start,
+                end,
+                before,
+                runner.part(),
+                dirs,
+                settings.block_size,
+                settings.max_line_bytes,
+                source_bytes=end - start,
             )
     elif source.format == "gzip":
         # One stream, cut here into bounded blocks that the workers parse in parallel.
@@ -991,7 +1019,12 @@ def _drop_duplicate_items(results: list[BlockResult], items_dir: Path, rejects_d
     if not keyed:
         return Counter()
     keys = pa.concat_tables(
-        [r.item_keys.append_column("part", pa.array(np.full(r.item_keys.num_rows, r.part, np.int64))).append_column("row", pa.array(np.arange(r.item_keys.num_rows))) for r in keyed]
+        [
+            r.item_keys.append_column("part", pa.array(np.full(r.item_keys.num_rows, r.part, np.int64))).append_column(
+                "row", pa.array(np.arange(r.item_keys.num_rows))
+            )
+            for r in keyed
+        ]
     ).to_pandas()
     duplicates = keys[keys.duplicated("parent_asin", keep="first")]
     by_source = {r.part: r.source_index for r in keyed}
@@ -1040,7 +1073,9 @@ def ingest_is_current(run: Path, settings: IngestSettings, sources: IngestSource
     return RunDir(run).is_current(STAGE, ingest_fingerprint(run, settings, sources))
 
 
-def run_ingest(run: Path, settings: IngestSettings, client: Client, force: bool = False, sources: IngestSources | None = None) -> dict[str, Any]:
+def run_ingest(
+    run: Path, settings: IngestSettings, client: Client, force: bool = False, sources: IngestSources | None = None
+) -> dict[str, Any]:
     """Ingest review and metadata files into the run folder ``run``; returns the manifest entry.
 
     ``client`` is a ``distributed.Client``; its workers must see the run folder and the input
@@ -1050,7 +1085,7 @@ def run_ingest(run: Path, settings: IngestSettings, client: Client, force: bool 
     returned entry then has ``skipped: True`` (a key of the return value only, not of the
     manifest).
     """
-    from pipeline.progress import make_progress
+    from core.progress import make_progress
 
     sources = sources or resolve_sources(settings)
     run_dir = RunDir(run)
@@ -1067,7 +1102,10 @@ def run_ingest(run: Path, settings: IngestSettings, client: Client, force: bool 
         dirs = {"reviews": TableDirs(str(interactions_dir), str(rejects_dir)), "meta": TableDirs(str(items_dir), str(rejects_dir))}
         newline_counts = {
             # Newlines per byte range number the lines of the ranges after it (all but the last).
-            (s.kind, s.index): [client.submit(count_newlines, s.url, start, start + settings.block_size, pure=False) for start in range(0, s.size, settings.block_size)[:-1]]
+            (s.kind, s.index): [
+                client.submit(count_newlines, s.url, start, start + settings.block_size, pure=False)
+                for start in range(0, s.size, settings.block_size)[:-1]
+            ]
             for s in every
             if s.format == "jsonl"
         }
@@ -1098,7 +1136,12 @@ def _record(out: Any, results: list[BlockResult], duplicates: Counter[int], sour
         reasons["duplicate_parent_asin"] += count
         per_source[("meta", index)].update({"kept": -count, "rejected": count})
     files = [
-        {"kind": s.kind, "file": s.name, "format": s.format, **{k: per_source.get((s.kind, s.index), Counter())[k] for k in ("lines", "kept", "rejected")}}
+        {
+            "kind": s.kind,
+            "file": s.name,
+            "format": s.format,
+            **{k: per_source.get((s.kind, s.index), Counter())[k] for k in ("lines", "kept", "rejected")},
+        }
         for s in sources.reviews + sources.meta
     ]
     lines = {kind: sum(f["lines"] for f in files if f["kind"] == kind) for kind in ("reviews", "meta")}
@@ -1119,6 +1162,7 @@ def _record(out: Any, results: list[BlockResult], duplicates: Counter[int], sour
 
 def register(app: typer.Typer) -> None:
     """Add ``rrec ingest`` to the ``rrec`` app."""
+
     @app.command("ingest")
     @user_errors
     def ingest_command(
@@ -1129,8 +1173,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         meta: Annotated[list[str] | None, typer.Option("--meta", help="Item metadata file(s), named like --reviews.")] = None,
         domain: Annotated[str | None, typer.Option("--domain", help="Domain name (default: from the file names).")] = None,
-        block_size: Annotated[int | None, typer.Option("--block-size", help="Bytes of decompressed text per parallel block (default 64 MiB).", min=1024)] = None,
-        max_line_bytes: Annotated[int | None, typer.Option("--max-line-bytes", help="Longer lines are rejected (default 1 MiB).", min=64)] = None,
+        block_size: Annotated[
+            int | None, typer.Option("--block-size", help="Bytes of decompressed text per parallel block (default 64 MiB).", min=1024)
+        ] = None,
+        max_line_bytes: Annotated[
+            int | None, typer.Option("--max-line-bytes", help="Longer lines are rejected (default 1 MiB).", min=64)
+        ] = None,
         hub_repo: Annotated[str | None, typer.Option("--hub-repo", help="Dataset repo that hub:<Domain> reads.")] = None,
         config: ConfigOpt = None,
         workers: WorkersOpt = None,
@@ -1145,9 +1193,17 @@ def register(app: typer.Typer) -> None:
         from pipeline.cluster import dask_client
 
         settings, common = settings_for(
-            config, STAGE, IngestSettings,
-            reviews=reviews or None, meta=meta or None, domain=domain, block_size=block_size,
-            max_line_bytes=max_line_bytes, hub_repo=hub_repo, workers=workers, scheduler=scheduler,
+            config,
+            STAGE,
+            IngestSettings,
+            reviews=reviews or None,
+            meta=meta or None,
+            domain=domain,
+            block_size=block_size,
+            max_line_bytes=max_line_bytes,
+            hub_repo=hub_repo,
+            workers=workers,
+            scheduler=scheduler,
         )
         sources = resolve_sources(settings)
         if not force and ingest_is_current(run, settings, sources):
@@ -1163,5 +1219,7 @@ def register(app: typer.Typer) -> None:
             + (" (up to date, not rerun; --force reruns)" if entry["skipped"] else "")
         )
         if entry["rejects_by_reason"]:
-            reasons = ", ".join(f"{reason} {count:,}" for reason, count in sorted(entry["rejects_by_reason"].items(), key=lambda kv: -kv[1]))
+            reasons = ", ".join(
+                f"{reason} {count:,}" for reason, count in sorted(entry["rejects_by_reason"].items(), key=lambda kv: -kv[1])
+            )
             typer.echo(f"rejects by reason: {reasons} (rows in {Path(run) / 'rejects'})")

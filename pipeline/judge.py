@@ -39,19 +39,19 @@ import typer
 from distributed import Client
 from pydantic import BaseModel, Field, ValidationError
 
+from core.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
+from core.config import ConfigError
+from core.progress import gather_with_progress, make_progress
+from core.schemas import FILTERED
+from core.stage import RunDir
+from core.tables import dataset, parts, write_part
 from pipeline.annotators import template
 from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash
 from pipeline.annotators.context import CONTEXT_COLUMNS, contexts_from_rows, read_item_facts
 from pipeline.annotators.limits import Budget
 from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, resolve_api_key, send_requests
 from pipeline.annotators.pricing import PriceTable, estimate_tokens
-from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
-from pipeline.config import ConfigError
 from pipeline.filter import QUOTED, FilterSettings, matches_title
-from pipeline.progress import gather_with_progress, make_progress
-from pipeline.schemas import FILTERED
-from pipeline.stage import RunDir
-from pipeline.tables import dataset, parts, write_part
 from pipeline.teacher_prompt import AnswerParseError, ExampleContext, context_payload, data_block
 
 log = logging.getLogger(__name__)
@@ -128,9 +128,14 @@ class JudgeSettings(ChatClientSettings):
         return self.client_options(self.judge_name, JUDGE_PROMPT_VERSION, JUDGE_RESPONSE_FORMAT, self.max_output_tokens, 0.0)
 
     def output_config(self) -> dict[str, Any]:
-        return {"judge": self.judge_name, "sample": self.sample, "seed": self.seed, "max_cost": self.max_cost,
-                "prompt_version": JUDGE_PROMPT_VERSION if self.judge != HEURISTIC else HEURISTIC,
-                "max_prompt_history": self.max_prompt_history}
+        return {
+            "judge": self.judge_name,
+            "sample": self.sample,
+            "seed": self.seed,
+            "max_cost": self.max_cost,
+            "prompt_version": JUDGE_PROMPT_VERSION if self.judge != HEURISTIC else HEURISTIC,
+            "max_prompt_history": self.max_prompt_history,
+        }
 
 
 # -- scoring (pure functions) -------------------------------------------------------------
@@ -216,28 +221,48 @@ def choose_sample(filtered: Path, size: int, seed: int) -> set[tuple[str, str, s
 def load_judge_cases(run_path: str, filtered_file: str, keys: set[tuple[str, str, str]]) -> list[tuple[dict[str, Any], ExampleContext]]:
     """The sampled filtered rows of one part file with their example contexts, in file order."""
     rows = [
-        r for r in pads.dataset(filtered_file, format="parquet", schema=FILTERED).to_table().to_pylist()
+        r
+        for r in pads.dataset(filtered_file, format="parquet", schema=FILTERED).to_table().to_pylist()
         if (r["user_id"], r["split"], r["target_parent_asin"]) in keys
     ]
     if not rows:
         return []
     users = sorted({r["user_id"] for r in rows})
-    sequences = dataset(Path(run_path) / "sequences", "sequences").to_table(
-        columns=CONTEXT_COLUMNS, filter=pc.field("user_id").isin(users)
-    ).to_pylist()
+    sequences = (
+        dataset(Path(run_path) / "sequences", "sequences")
+        .to_table(columns=CONTEXT_COLUMNS, filter=pc.field("user_id").isin(users))
+        .to_pylist()
+    )
     wanted = {(r["user_id"], r["split"], r["target_parent_asin"]) for r in rows}
     seq_rows = [s for s in sequences if (s["user_id"], s["split"], s["target"]["parent_asin"]) in wanted]
     catalog = read_item_facts(Path(run_path), [i["parent_asin"] for s in seq_rows for i in [*(s["history"] or []), s["target"]]])
     contexts = {c.key: c for c in contexts_from_rows(seq_rows, catalog, {})}
-    return [(r, contexts[(r["user_id"], r["split"], r["target_parent_asin"])]) for r in rows if (r["user_id"], r["split"], r["target_parent_asin"]) in contexts]
+    return [
+        (r, contexts[(r["user_id"], r["split"], r["target_parent_asin"])])
+        for r in rows
+        if (r["user_id"], r["split"], r["target_parent_asin"]) in contexts
+    ]
 
 
-def _row(case: dict[str, Any], score: int | None, judge: str, explanation: str, prompt_version: str,
-         answer: CachedAnswer | None = None, hash_: str | None = None) -> dict[str, Any]:
+def _row(
+    case: dict[str, Any],
+    score: int | None,
+    judge: str,
+    explanation: str,
+    prompt_version: str,
+    answer: CachedAnswer | None = None,
+    hash_: str | None = None,
+) -> dict[str, Any]:
     return {
-        "user_id": case["user_id"], "split": case["split"], "target_parent_asin": case["target_parent_asin"],
-        "score": score, "judge": judge, "explanation": explanation, "prompt_version": prompt_version,
-        "input_tokens": answer.input_tokens if answer else 0, "output_tokens": answer.output_tokens if answer else 0,
+        "user_id": case["user_id"],
+        "split": case["split"],
+        "target_parent_asin": case["target_parent_asin"],
+        "score": score,
+        "judge": judge,
+        "explanation": explanation,
+        "prompt_version": prompt_version,
+        "input_tokens": answer.input_tokens if answer else 0,
+        "output_tokens": answer.output_tokens if answer else 0,
         "request_hash": hash_,
     }
 
@@ -297,7 +322,12 @@ def judge_rationale_file(run: Path | str | RunDir, rationales: Path, output: Pat
     keys = choose_sample(Path(rationales), settings.sample, settings.seed)
     cases = load_judge_cases(str(run.path), str(rationales), keys)
     if len(cases) < len(keys):
-        log.warning("%d of %d sampled rationales have no matching row in %s/sequences and are not scored", len(keys) - len(cases), len(keys), run.path)
+        log.warning(
+            "%d of %d sampled rationales have no matching row in %s/sequences and are not scored",
+            len(keys) - len(cases),
+            len(keys),
+            run.path,
+        )
     rows, extras = score_cases(cases, settings, run.path / CACHE_FILE)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -307,28 +337,42 @@ def judge_rationale_file(run: Path | str | RunDir, rationales: Path, output: Pat
     return summary
 
 
-def score_cases(cases: list[tuple[dict[str, Any], ExampleContext]], settings: JudgeSettings, cache_path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def score_cases(
+    cases: list[tuple[dict[str, Any], ExampleContext]], settings: JudgeSettings, cache_path: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score (row, context) cases with the heuristic or the LLM judge; rows plus run statistics."""
     extras: dict[str, Any] = {"judge": settings.judge_name, "prompt_version": settings.output_config()["prompt_version"]}
     if settings.judge == HEURISTIC:
         rows = [_row(row, *_heuristic(row, context)) for row, context in cases]
-        extras.update(input_tokens=0, output_tokens=0, cost_usd=0.0, cache_hits=0, requests_sent=0,
-                      note="heuristic stand-in judge (no LLM); see pipeline/judge.py for its rules")
+        extras.update(
+            input_tokens=0,
+            output_tokens=0,
+            cost_usd=0.0,
+            cache_hits=0,
+            requests_sent=0,
+            note="heuristic stand-in judge (no LLM); see pipeline/judge.py for its rules",
+        )
     else:
         options = settings.chat_options()
         prices = PriceTable(settings.prices)
         requests = []
         for row, context in cases:
             messages = judge_messages(row["rationale"], context, settings.max_prompt_history)
-            requests.append(ChatRequest(request_hash(options.model, JUDGE_PROMPT_VERSION, messages, options.generation_params()),
-                                        messages, estimate_tokens(messages)))
+            requests.append(
+                ChatRequest(
+                    request_hash(options.model, JUDGE_PROMPT_VERSION, messages, options.generation_params()),
+                    messages,
+                    estimate_tokens(messages),
+                )
+            )
         with AnswerCache(cache_path) as cache:
             cached = cache.get_many(r.request_hash for r in requests)
             to_send = list({r.request_hash: r for r in requests if r.request_hash not in cached}.values())
             with make_progress() as progress:
                 task = progress.add_task(f"judging with {options.model}", total=len(to_send))
-                answers, stats = send_requests(to_send, options, cache, prices, Budget(settings.max_cost),
-                                               on_answer=functools.partial(progress.advance, task))
+                answers, stats = send_requests(
+                    to_send, options, cache, prices, Budget(settings.max_cost), on_answer=functools.partial(progress.advance, task)
+                )
         rows = []
         for (row, _), request in zip(cases, requests, strict=True):
             answer = cached.get(request.request_hash) or answers.get(request.request_hash)
@@ -340,10 +384,19 @@ def score_cases(cases: list[tuple[dict[str, Any], ExampleContext]], settings: Ju
             except AnswerParseError as exc:
                 rows.append(_row(row, None, options.model, str(exc), JUDGE_PROMPT_VERSION, answer, request.request_hash))
         extras.update(
-            input_tokens=sum(r["input_tokens"] for r in rows), output_tokens=sum(r["output_tokens"] for r in rows),
-            cost_usd=round(sum((cached.get(r.request_hash) or answers[r.request_hash]).cost_usd
-                               for r in requests if r.request_hash in cached or r.request_hash in answers), 6),
-            cache_hits=len(cached), requests_sent=stats.requests_sent, failed_requests=stats.failed,
+            input_tokens=sum(r["input_tokens"] for r in rows),
+            output_tokens=sum(r["output_tokens"] for r in rows),
+            cost_usd=round(
+                sum(
+                    (cached.get(r.request_hash) or answers[r.request_hash]).cost_usd
+                    for r in requests
+                    if r.request_hash in cached or r.request_hash in answers
+                ),
+                6,
+            ),
+            cache_hits=len(cached),
+            requests_sent=stats.requests_sent,
+            failed_requests=stats.failed,
             budget_exhausted=stats.budget_exhausted,
         )
     extras.update(_summary(rows), sample_requested=settings.sample, complete=len(rows) == len(cases))
@@ -366,14 +419,24 @@ def register(app: typer.Typer) -> None:
         workers: WorkersOpt = None,
         scheduler: SchedulerOpt = None,
         force: ForceOpt = False,
-        sample: Annotated[int | None, typer.Option("--sample", min=1, help="How many kept rationales to score (default 300, as in the paper).")] = None,
+        sample: Annotated[
+            int | None, typer.Option("--sample", min=1, help="How many kept rationales to score (default 300, as in the paper).")
+        ] = None,
         judge: Annotated[str | None, typer.Option("--judge", help="heuristic (offline stand-in, default) or openai (LLM judge).")] = None,
         model: Annotated[str | None, typer.Option("--model", help="Judge model for --judge openai (default gpt-4o).")] = None,
         base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible server URL for the judge.")] = None,
         concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Requests in flight at once.")] = None,
         max_cost: Annotated[float | None, typer.Option("--max-cost", min=0, help="Stop cleanly before this many USD (estimated).")] = None,
-        rationales: Annotated[Path | None, typer.Option("--rationales", help="Score this Parquet file of rationales (e.g. `rrec evaluate --generations`) instead of the run's filtered table.")] = None,
-        output: Annotated[Path | None, typer.Option("--output", help="With --rationales: where the scores go (Parquet; summary beside it as .json).")] = None,
+        rationales: Annotated[
+            Path | None,
+            typer.Option(
+                "--rationales",
+                help="Score this Parquet file of rationales (e.g. `rrec evaluate --generations`) instead of the run's filtered table.",
+            ),
+        ] = None,
+        output: Annotated[
+            Path | None, typer.Option("--output", help="With --rationales: where the scores go (Parquet; summary beside it as .json).")
+        ] = None,
     ) -> None:
         """Score a sample of kept rationales 0-3 (Self-Instruct scale): rrec judge --run DIR --sample N.
 
@@ -385,8 +448,17 @@ def register(app: typer.Typer) -> None:
         from pipeline.cluster import dask_client
 
         settings, cluster = settings_for(
-            config, STAGE, JudgeSettings, sample=sample, judge=judge, model=model, base_url=base_url, concurrency=concurrency,
-            max_cost=max_cost, workers=workers, scheduler=scheduler,
+            config,
+            STAGE,
+            JudgeSettings,
+            sample=sample,
+            judge=judge,
+            model=model,
+            base_url=base_url,
+            concurrency=concurrency,
+            max_cost=max_cost,
+            workers=workers,
+            scheduler=scheduler,
         )
         if rationales is not None:
             if output is None:

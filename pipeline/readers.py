@@ -135,7 +135,9 @@ def _hub_download(domain: str, kind: str, repo: str) -> tuple[str, str]:
         status = getattr(getattr(exc, "response", None), "status_code", "?")
         raise InputError(f"cannot fetch {name}: the Hub answered HTTP {status}; retry later or pass a local copy") from None
     except OSError as exc:
-        raise InputError(f"cannot fetch {name}: {type(exc).__name__} ({exc.strerror or 'network error'}); check the network or pass a local copy") from None
+        raise InputError(
+            f"cannot fetch {name}: {type(exc).__name__} ({exc.strerror or 'network error'}); check the network or pass a local copy"
+        ) from None
 
 
 def _sniff_format(url: str) -> str:
@@ -145,14 +147,16 @@ def _sniff_format(url: str) -> str:
         if head.startswith(magic):
             if fmt in ("gzip", "parquet"):
                 return fmt
-            raise InputError(f"{url} is {fmt}-compressed; ingest reads plain or gzip JSONL and Parquet: decompress it or recompress with gzip")
+            raise InputError(
+                f"{url} is {fmt}-compressed; ingest reads plain or gzip JSONL and Parquet: decompress it or recompress with gzip"
+            )
     return "jsonl"
 
 
 def _expand_one(pattern: str, kind: str, hub_repo: str) -> list[tuple[str, str]]:
     """(report name, url) of every file one named input stands for (a folder: the files in it)."""
     if pattern.startswith(HUB_PREFIX):
-        return [_hub_download(pattern[len(HUB_PREFIX):], kind, hub_repo)]
+        return [_hub_download(pattern[len(HUB_PREFIX) :], kind, hub_repo)]
     if "://" in pattern:
         fs, path = fsspec.core.url_to_fs(pattern)
         paths = fs.glob(path) if _GLOB_CHARS.search(path) else ([path] if fs.exists(path) else [])
@@ -217,7 +221,7 @@ def domain_from_name(name: str) -> str:
         stem = path.rsplit("/", 2)[-2]
     for prefix in ("raw_review_", "raw_meta_", "meta_"):
         if stem.startswith(prefix):
-            stem = stem[len(prefix):]
+            stem = stem[len(prefix) :]
     return stem
 
 

@@ -17,8 +17,8 @@ from typing import Annotated, Any
 import typer
 from pydantic import Field
 
-from pipeline.cli_common import ConfigOpt, ForceOpt, SchedulerOpt, WorkersOpt, user_errors
-from pipeline.config import StageSettings
+from core.cli_common import ConfigOpt, ForceOpt, SchedulerOpt, WorkersOpt, user_errors
+from core.config import StageSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ChainResult:
 def _domain_inputs(out: Path, config: dict[str, Any], settings: RunSettings) -> dict[str, DomainInputs]:
     if settings.inputs:
         return dict(settings.inputs)
-    from pipeline.config import section
+    from core.config import section
     from pipeline.sample import SampleSettings, generate_domains
 
     sample = section(config, "sample", SampleSettings)
@@ -70,12 +70,19 @@ def _domain_inputs(out: Path, config: dict[str, Any], settings: RunSettings) -> 
 
 
 def run_domain(
-    run: Path, domain: str, inputs: DomainInputs, config: dict[str, Any], settings: RunSettings, client: Any, force: bool, until: str = "release"
+    run: Path,
+    domain: str,
+    inputs: DomainInputs,
+    config: dict[str, Any],
+    settings: RunSettings,
+    client: Any,
+    force: bool,
+    until: str = "release",
 ) -> None:
     """Every per-domain stage, in order, into run folder ``run``; the last one is ``until``
     (``release``, not a per-domain stage, runs them all)."""
+    from core.config import section
     from pipeline.annotate import AnnotateSettings, run_annotate
-    from pipeline.config import section
     from pipeline.filter import FilterSettings, run_filter
     from pipeline.ingest import IngestSettings, run_ingest
     from pipeline.judge import JudgeSettings, run_judge
@@ -88,7 +95,12 @@ def run_domain(
         log.info("[%s] validation: %d critical failure(s)", domain, summary["critical_failures"])
 
     stages = {
-        "ingest": lambda: run_ingest(run, section(config, "ingest", IngestSettings, {"reviews": inputs.reviews, "meta": inputs.meta, "domain": domain}), client, force),
+        "ingest": lambda: run_ingest(
+            run,
+            section(config, "ingest", IngestSettings, {"reviews": inputs.reviews, "meta": inputs.meta, "domain": domain}),
+            client,
+            force,
+        ),
         "sequences": lambda: run_sequences(run, section(config, "sequences", SequencesSettings), client, force),
         "annotate": lambda: run_annotate(run, section(config, "annotate", AnnotateSettings), client, force),
         "filter": lambda: run_filter(run, section(config, "filter", FilterSettings), client, force),
@@ -103,7 +115,9 @@ def run_domain(
             return
 
 
-def run_chain(out: Path, config_path: Path | None, client: Any, force: bool = False, version: str | None = None, until: str = "release") -> ChainResult:
+def run_chain(
+    out: Path, config_path: Path | None, client: Any, force: bool = False, version: str | None = None, until: str = "release"
+) -> ChainResult:
     """Run the whole chain into ``out`` (``out/runs/<Domain>/``, ``out/registry/``) on ``client``.
 
     The release version comes from the ``release`` section of the config (default ``1.0.0``)
@@ -113,7 +127,7 @@ def run_chain(out: Path, config_path: Path | None, client: Any, force: bool = Fa
     """
     if until not in CHAIN_STAGES:
         raise ValueError(f"until must be one of {', '.join(CHAIN_STAGES)}, not {until!r}")
-    from pipeline.config import load_config, section
+    from core.config import load_config, section
 
     out = Path(out)
     config = load_config(config_path)
@@ -141,15 +155,21 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     @user_errors
     def run_command(
-        out: Annotated[Path, typer.Option("--out", help="Output folder: run folders in OUT/runs/<Domain>/, the release registry in OUT/registry/.")],
+        out: Annotated[
+            Path, typer.Option("--out", help="Output folder: run folders in OUT/runs/<Domain>/, the release registry in OUT/registry/.")
+        ],
         config: ConfigOpt = None,
-        version: Annotated[str | None, typer.Option("--version", help="Release version X.Y.Z (default: release.version of the config, else 1.0.0).")] = None,
+        version: Annotated[
+            str | None, typer.Option("--version", help="Release version X.Y.Z (default: release.version of the config, else 1.0.0).")
+        ] = None,
         workers: WorkersOpt = None,
         scheduler: SchedulerOpt = None,
         force: ForceOpt = False,
         until: Annotated[
             str,
-            typer.Option("--until", help=f"Stop after this stage of every domain ({', '.join(CHAIN_STAGES)}); no release before 'release'."),
+            typer.Option(
+                "--until", help=f"Stop after this stage of every domain ({', '.join(CHAIN_STAGES)}); no release before 'release'."
+            ),
         ] = "release",
     ) -> None:
         """Run the whole chain and release every domain as one versioned local dataset.
@@ -159,8 +179,8 @@ def register(app: typer.Typer) -> None:
         OUT/registry). Finished stages are skipped on a rerun; --force reruns them. --until
         stops earlier, e.g. `--until sequences` builds only the leave-one-out sequences.
         """
+        from core.config import common, load_config
         from pipeline.cluster import dask_client
-        from pipeline.config import common, load_config
 
         if until not in CHAIN_STAGES:
             raise typer.BadParameter(f"choose one of {', '.join(CHAIN_STAGES)}", param_hint="--until")

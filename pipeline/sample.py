@@ -35,9 +35,9 @@ from typing import IO, Annotated, Any
 import typer
 from pydantic import Field
 
-from pipeline.cli_common import ConfigOpt, settings_for, user_errors
-from pipeline.config import StageSettings
-from pipeline.progress import make_progress
+from core.cli_common import ConfigOpt, settings_for, user_errors
+from core.config import StageSettings
+from core.progress import make_progress
 
 log = logging.getLogger(__name__)
 
@@ -91,32 +91,203 @@ _G = ("Grocery & Gourmet Food",)
 GROCERY = DomainVocab(
     main_category="Grocery",
     families=(
-        Family("coffee", (*_G, "Beverages", "Coffee, Tea & Cocoa", "Coffee", "Ground Coffee"), ("Ground Coffee", "Whole Bean Coffee", "Espresso Roast"), ("medium roast", "100% arabica", "rich aroma", "fair trade", "low acidity"), (7, 24), ("coffee_filters", "creamer", "sweetener")),
-        Family("coffee_filters", (*_G, "Beverages", "Coffee, Tea & Cocoa", "Coffee", "Coffee Filters"), ("Coffee Filters", "Cone Filters"), ("unbleached", "compostable", "fits 8-12 cup makers"), (3, 9), ("coffee", "creamer")),
-        Family("creamer", (*_G, "Dairy, Cheese & Eggs", "Milk & Cream", "Coffee Creamer"), ("Coffee Creamer", "Oat Milk Creamer"), ("vanilla flavor", "dairy free", "shelf stable"), (3, 11), ("coffee", "sweetener")),
-        Family("sweetener", (*_G, "Cooking & Baking", "Sugars & Sweeteners", "Sugar Substitutes"), ("Stevia Sweetener", "Monk Fruit Sweetener"), ("zero calorie", "keto friendly", "no aftertaste"), (5, 14), ("tea", "coffee")),
-        Family("tea", (*_G, "Beverages", "Coffee, Tea & Cocoa", "Tea", "Green Tea"), ("Green Tea Bags", "Herbal Tea", "Earl Grey Tea"), ("organic", "caffeine free", "individually wrapped"), (4, 15), ("honey", "sweetener")),
-        Family("honey", (*_G, "Breakfast Foods", "Honey & Syrups", "Honey"), ("Raw Honey", "Manuka Honey", "Clover Honey"), ("unfiltered", "squeeze bottle", "pure"), (6, 28), ("tea", "oatmeal")),
-        Family("pasta", (*_G, "Pantry Staples", "Pasta & Noodles", "Dry Pasta"), ("Spaghetti", "Penne Rigate", "Fusilli"), ("bronze cut", "durum wheat", "imported from Italy"), (2, 9), ("pasta_sauce", "parmesan")),
-        Family("pasta_sauce", (*_G, "Pantry Staples", "Canned & Jarred Food", "Pasta Sauces"), ("Marinara Sauce", "Tomato Basil Sauce", "Arrabbiata Sauce"), ("no sugar added", "slow simmered", "San Marzano tomatoes"), (4, 12), ("parmesan", "olive_oil")),
-        Family("parmesan", (*_G, "Dairy, Cheese & Eggs", "Cheese", "Parmesan"), ("Grated Parmesan", "Parmigiano Reggiano"), ("aged 24 months", "shelf stable", "resealable"), (5, 18), ("pasta", "olive_oil")),
-        Family("olive_oil", (*_G, "Pantry Staples", "Cooking Oils", "Olive Oil"), ("Extra Virgin Olive Oil", "Olive Oil Spray"), ("cold pressed", "single origin", "dark glass bottle"), (8, 30), ("spices", "pasta")),
-        Family("spices", (*_G, "Pantry Staples", "Herbs, Spices & Seasonings", "Mixed Spices"), ("Italian Seasoning", "Smoked Paprika", "Garlic Powder"), ("non GMO", "salt free", "grinder top"), (3, 12), ("olive_oil", "hot_sauce")),
-        Family("hot_sauce", (*_G, "Pantry Staples", "Condiments & Salad Dressings", "Hot Sauce"), ("Hot Sauce", "Sriracha", "Chili Crisp"), ("extra hot", "small batch", "fermented peppers"), (4, 13), ("chips", "salsa")),
-        Family("chips", (*_G, "Snack Foods", "Chips & Crisps", "Tortilla Chips"), ("Tortilla Chips", "Kettle Potato Chips", "Veggie Chips"), ("sea salt", "gluten free", "family size"), (3, 10), ("salsa", "hot_sauce")),
-        Family("salsa", (*_G, "Pantry Staples", "Condiments & Salad Dressings", "Salsa"), ("Chunky Salsa", "Salsa Verde"), ("medium heat", "fire roasted", "no preservatives"), (3, 9), ("chips",)),
-        Family("flour", (*_G, "Cooking & Baking", "Flours & Meals", "All-Purpose Flour"), ("All-Purpose Flour", "Almond Flour", "Bread Flour"), ("unbleached", "stone ground", "5 lb bag"), (4, 16), ("chocolate_chips", "vanilla")),
-        Family("chocolate_chips", (*_G, "Cooking & Baking", "Baking Chocolates", "Chocolate Chips"), ("Semi-Sweet Chocolate Chips", "Dark Chocolate Chunks"), ("fair trade cocoa", "dairy free", "72% cacao"), (4, 14), ("vanilla", "flour")),
-        Family("vanilla", (*_G, "Cooking & Baking", "Extracts & Flavoring", "Vanilla Extract"), ("Pure Vanilla Extract", "Vanilla Bean Paste"), ("Madagascar bourbon", "alcohol free", "4 fl oz"), (6, 25), ("flour", "chocolate_chips")),
-        Family("oatmeal", (*_G, "Breakfast Foods", "Cereals", "Oatmeal"), ("Rolled Oats", "Instant Oatmeal", "Steel Cut Oats"), ("whole grain", "high fiber", "no added sugar"), (3, 12), ("honey", "nuts")),
-        Family("nuts", (*_G, "Snack Foods", "Nuts & Seeds", "Mixed Nuts"), ("Roasted Almonds", "Mixed Nuts", "Cashews"), ("lightly salted", "resealable bag", "protein rich"), (6, 22), ("protein_bars", "oatmeal")),
-        Family("protein_bars", (*_G, "Snack Foods", "Bars", "Protein Bars"), ("Protein Bars", "Nut Butter Bars"), ("20g protein", "low sugar", "gluten free"), (12, 30), ("nuts", "sparkling_water")),
-        Family("sparkling_water", (*_G, "Beverages", "Bottled Beverages, Water & Drink Mixes", "Sparkling Water"), ("Sparkling Water", "Flavored Seltzer"), ("zero calories", "natural lime flavor", "12 pack cans"), (5, 16), ("protein_bars", "chips")),
+        Family(
+            "coffee",
+            (*_G, "Beverages", "Coffee, Tea & Cocoa", "Coffee", "Ground Coffee"),
+            ("Ground Coffee", "Whole Bean Coffee", "Espresso Roast"),
+            ("medium roast", "100% arabica", "rich aroma", "fair trade", "low acidity"),
+            (7, 24),
+            ("coffee_filters", "creamer", "sweetener"),
+        ),
+        Family(
+            "coffee_filters",
+            (*_G, "Beverages", "Coffee, Tea & Cocoa", "Coffee", "Coffee Filters"),
+            ("Coffee Filters", "Cone Filters"),
+            ("unbleached", "compostable", "fits 8-12 cup makers"),
+            (3, 9),
+            ("coffee", "creamer"),
+        ),
+        Family(
+            "creamer",
+            (*_G, "Dairy, Cheese & Eggs", "Milk & Cream", "Coffee Creamer"),
+            ("Coffee Creamer", "Oat Milk Creamer"),
+            ("vanilla flavor", "dairy free", "shelf stable"),
+            (3, 11),
+            ("coffee", "sweetener"),
+        ),
+        Family(
+            "sweetener",
+            (*_G, "Cooking & Baking", "Sugars & Sweeteners", "Sugar Substitutes"),
+            ("Stevia Sweetener", "Monk Fruit Sweetener"),
+            ("zero calorie", "keto friendly", "no aftertaste"),
+            (5, 14),
+            ("tea", "coffee"),
+        ),
+        Family(
+            "tea",
+            (*_G, "Beverages", "Coffee, Tea & Cocoa", "Tea", "Green Tea"),
+            ("Green Tea Bags", "Herbal Tea", "Earl Grey Tea"),
+            ("organic", "caffeine free", "individually wrapped"),
+            (4, 15),
+            ("honey", "sweetener"),
+        ),
+        Family(
+            "honey",
+            (*_G, "Breakfast Foods", "Honey & Syrups", "Honey"),
+            ("Raw Honey", "Manuka Honey", "Clover Honey"),
+            ("unfiltered", "squeeze bottle", "pure"),
+            (6, 28),
+            ("tea", "oatmeal"),
+        ),
+        Family(
+            "pasta",
+            (*_G, "Pantry Staples", "Pasta & Noodles", "Dry Pasta"),
+            ("Spaghetti", "Penne Rigate", "Fusilli"),
+            ("bronze cut", "durum wheat", "imported from Italy"),
+            (2, 9),
+            ("pasta_sauce", "parmesan"),
+        ),
+        Family(
+            "pasta_sauce",
+            (*_G, "Pantry Staples", "Canned & Jarred Food", "Pasta Sauces"),
+            ("Marinara Sauce", "Tomato Basil Sauce", "Arrabbiata Sauce"),
+            ("no sugar added", "slow simmered", "San Marzano tomatoes"),
+            (4, 12),
+            ("parmesan", "olive_oil"),
+        ),
+        Family(
+            "parmesan",
+            (*_G, "Dairy, Cheese & Eggs", "Cheese", "Parmesan"),
+            ("Grated Parmesan", "Parmigiano Reggiano"),
+            ("aged 24 months", "shelf stable", "resealable"),
+            (5, 18),
+            ("pasta", "olive_oil"),
+        ),
+        Family(
+            "olive_oil",
+            (*_G, "Pantry Staples", "Cooking Oils", "Olive Oil"),
+            ("Extra Virgin Olive Oil", "Olive Oil Spray"),
+            ("cold pressed", "single origin", "dark glass bottle"),
+            (8, 30),
+            ("spices", "pasta"),
+        ),
+        Family(
+            "spices",
+            (*_G, "Pantry Staples", "Herbs, Spices & Seasonings", "Mixed Spices"),
+            ("Italian Seasoning", "Smoked Paprika", "Garlic Powder"),
+            ("non GMO", "salt free", "grinder top"),
+            (3, 12),
+            ("olive_oil", "hot_sauce"),
+        ),
+        Family(
+            "hot_sauce",
+            (*_G, "Pantry Staples", "Condiments & Salad Dressings", "Hot Sauce"),
+            ("Hot Sauce", "Sriracha", "Chili Crisp"),
+            ("extra hot", "small batch", "fermented peppers"),
+            (4, 13),
+            ("chips", "salsa"),
+        ),
+        Family(
+            "chips",
+            (*_G, "Snack Foods", "Chips & Crisps", "Tortilla Chips"),
+            ("Tortilla Chips", "Kettle Potato Chips", "Veggie Chips"),
+            ("sea salt", "gluten free", "family size"),
+            (3, 10),
+            ("salsa", "hot_sauce"),
+        ),
+        Family(
+            "salsa",
+            (*_G, "Pantry Staples", "Condiments & Salad Dressings", "Salsa"),
+            ("Chunky Salsa", "Salsa Verde"),
+            ("medium heat", "fire roasted", "no preservatives"),
+            (3, 9),
+            ("chips",),
+        ),
+        Family(
+            "flour",
+            (*_G, "Cooking & Baking", "Flours & Meals", "All-Purpose Flour"),
+            ("All-Purpose Flour", "Almond Flour", "Bread Flour"),
+            ("unbleached", "stone ground", "5 lb bag"),
+            (4, 16),
+            ("chocolate_chips", "vanilla"),
+        ),
+        Family(
+            "chocolate_chips",
+            (*_G, "Cooking & Baking", "Baking Chocolates", "Chocolate Chips"),
+            ("Semi-Sweet Chocolate Chips", "Dark Chocolate Chunks"),
+            ("fair trade cocoa", "dairy free", "72% cacao"),
+            (4, 14),
+            ("vanilla", "flour"),
+        ),
+        Family(
+            "vanilla",
+            (*_G, "Cooking & Baking", "Extracts & Flavoring", "Vanilla Extract"),
+            ("Pure Vanilla Extract", "Vanilla Bean Paste"),
+            ("Madagascar bourbon", "alcohol free", "4 fl oz"),
+            (6, 25),
+            ("flour", "chocolate_chips"),
+        ),
+        Family(
+            "oatmeal",
+            (*_G, "Breakfast Foods", "Cereals", "Oatmeal"),
+            ("Rolled Oats", "Instant Oatmeal", "Steel Cut Oats"),
+            ("whole grain", "high fiber", "no added sugar"),
+            (3, 12),
+            ("honey", "nuts"),
+        ),
+        Family(
+            "nuts",
+            (*_G, "Snack Foods", "Nuts & Seeds", "Mixed Nuts"),
+            ("Roasted Almonds", "Mixed Nuts", "Cashews"),
+            ("lightly salted", "resealable bag", "protein rich"),
+            (6, 22),
+            ("protein_bars", "oatmeal"),
+        ),
+        Family(
+            "protein_bars",
+            (*_G, "Snack Foods", "Bars", "Protein Bars"),
+            ("Protein Bars", "Nut Butter Bars"),
+            ("20g protein", "low sugar", "gluten free"),
+            (12, 30),
+            ("nuts", "sparkling_water"),
+        ),
+        Family(
+            "sparkling_water",
+            (*_G, "Beverages", "Bottled Beverages, Water & Drink Mixes", "Sparkling Water"),
+            ("Sparkling Water", "Flavored Seltzer"),
+            ("zero calories", "natural lime flavor", "12 pack cans"),
+            (5, 16),
+            ("protein_bars", "chips"),
+        ),
     ),
-    brands=("Harvest Lane", "Blue Mesa", "Old Orchard Pantry", "Casa Verde", "Northwind Roasters", "Golden Hive", "Pacific Pantry", "Little Acre", "Mountain Peak Foods", "Bella Tavola", "Sunny Fields", "True Grain", "Red Ember", "Coastal Kitchen", "Wild Meadow", "Urban Spoon"),
+    brands=(
+        "Harvest Lane",
+        "Blue Mesa",
+        "Old Orchard Pantry",
+        "Casa Verde",
+        "Northwind Roasters",
+        "Golden Hive",
+        "Pacific Pantry",
+        "Little Acre",
+        "Mountain Peak Foods",
+        "Bella Tavola",
+        "Sunny Fields",
+        "True Grain",
+        "Red Ember",
+        "Coastal Kitchen",
+        "Wild Meadow",
+        "Urban Spoon",
+    ),
     adjectives=("Organic", "Premium", "Classic", "Artisan", "Everyday", "Gourmet", "Natural", "Family Size", "Original", "Bold"),
     sizes=("8 oz", "12 oz", "16 oz", "24 oz", "2 lb", "Pack of 2", "Pack of 6", "32 oz"),
-    praise=("tastes great", "is fresh and flavorful", "is my new pantry staple", "arrived well packed", "is a great value for the price", "is loved by the whole family"),
+    praise=(
+        "tastes great",
+        "is fresh and flavorful",
+        "is my new pantry staple",
+        "arrived well packed",
+        "is a great value for the price",
+        "is loved by the whole family",
+    ),
     complaints=("arrived stale", "is too salty for me", "came in a damaged package", "tastes bland", "is not worth the price"),
 )
 
@@ -124,31 +295,192 @@ _O = ("Office Products",)
 OFFICE = DomainVocab(
     main_category="Office Products",
     families=(
-        Family("printer_paper", (*_O, "Office & School Supplies", "Paper", "Copy & Multipurpose Paper"), ("Copy Paper", "Multipurpose Printer Paper"), ("8.5 x 11 inches", "92 bright", "20 lb", "500 sheets per ream"), (6, 45), ("ink", "stapler")),
-        Family("ink", (*_O, "Office Electronics", "Printers & Accessories", "Ink Cartridges"), ("Ink Cartridge", "Toner Cartridge", "Ink Combo Pack"), ("high yield", "black and tri-color", "compatible replacement"), (15, 60), ("printer_paper", "labels")),
-        Family("stapler", (*_O, "Office & School Supplies", "Desk Accessories", "Staplers"), ("Desktop Stapler", "Electric Stapler"), ("20 sheet capacity", "jam free", "includes staples"), (8, 35), ("staples", "file_folders")),
-        Family("staples", (*_O, "Office & School Supplies", "Desk Accessories", "Staples"), ("Standard Staples", "Heavy Duty Staples"), ("5000 count", "1/4 inch leg", "chisel point"), (2, 9), ("stapler",)),
-        Family("notebooks", (*_O, "Office & School Supplies", "Paper", "Notebooks & Writing Pads"), ("Spiral Notebook", "Composition Notebook", "Dotted Journal"), ("college ruled", "120 sheets", "perforated pages"), (4, 18), ("gel_pens", "highlighters")),
-        Family("gel_pens", (*_O, "Office & School Supplies", "Writing & Correction Supplies", "Gel Pens"), ("Gel Pens", "Retractable Gel Pens", "Fine Point Pens"), ("0.7 mm", "quick drying", "assorted colors"), (5, 20), ("notebooks", "highlighters")),
-        Family("highlighters", (*_O, "Office & School Supplies", "Writing & Correction Supplies", "Highlighters"), ("Highlighters", "Pastel Highlighters"), ("chisel tip", "smear guard", "12 count"), (4, 14), ("sticky_notes", "notebooks")),
-        Family("sticky_notes", (*_O, "Office & School Supplies", "Paper", "Sticky Notes"), ("Sticky Notes", "Page Flags"), ("3 x 3 inches", "super sticky", "recyclable"), (3, 15), ("highlighters", "desk_organizer")),
-        Family("file_folders", (*_O, "Office & School Supplies", "Filing Products", "File Folders"), ("File Folders", "Hanging File Folders"), ("letter size", "1/3 cut tabs", "100 per box"), (8, 30), ("labels", "file_box")),
-        Family("labels", (*_O, "Office & School Supplies", "Labels, Indexes & Stamps", "Labels"), ("Address Labels", "File Folder Labels", "Shipping Labels"), ("laser and inkjet", "permanent adhesive", "1 x 2-5/8 inches"), (7, 28), ("label_tape", "envelopes")),
-        Family("label_tape", (*_O, "Office Electronics", "Label Makers", "Label Tapes"), ("Label Maker Tape", "Laminated Label Tape"), ("black on white", "12 mm", "water resistant"), (9, 25), ("labels",)),
-        Family("file_box", (*_O, "Office & School Supplies", "Filing Products", "File Boxes"), ("File Storage Box", "Portable File Box"), ("stackable", "lift-off lid", "letter and legal"), (15, 45), ("file_folders",)),
-        Family("envelopes", (*_O, "Office & School Supplies", "Envelopes & Mailing Supplies", "Envelopes"), ("Security Envelopes", "Padded Mailers"), ("self seal", "#10 size", "tinted interior"), (8, 30), ("labels", "packing_tape")),
-        Family("packing_tape", (*_O, "Office & School Supplies", "Tape, Adhesives & Fasteners", "Packing Tape"), ("Packing Tape", "Tape Gun Refill"), ("1.88 inch x 55 yards", "heavy duty", "clear"), (6, 22), ("envelopes",)),
-        Family("whiteboard", (*_O, "Office & School Supplies", "Presentation Supplies", "Dry Erase Boards"), ("Dry Erase Board", "Magnetic Whiteboard"), ("aluminum frame", "36 x 24 inches", "ghost resistant"), (20, 80), ("dry_erase_markers", "eraser")),
-        Family("dry_erase_markers", (*_O, "Office & School Supplies", "Presentation Supplies", "Dry Erase Markers"), ("Dry Erase Markers", "Fine Tip Whiteboard Markers"), ("low odor", "assorted colors", "chisel tip"), (6, 20), ("eraser", "whiteboard")),
-        Family("eraser", (*_O, "Office & School Supplies", "Presentation Supplies", "Dry Erase Erasers"), ("Whiteboard Eraser", "Microfiber Eraser"), ("washable", "magnetic back"), (4, 12), ("dry_erase_markers",)),
-        Family("desk_organizer", (*_O, "Office & School Supplies", "Desk Accessories", "Desk Organizers"), ("Desk Organizer", "Mesh Pencil Cup", "Drawer Organizer"), ("5 compartments", "metal mesh", "space saving"), (10, 40), ("sticky_notes", "calculator")),
-        Family("calculator", (*_O, "Office Electronics", "Calculators", "Basic Calculators"), ("Desktop Calculator", "Scientific Calculator"), ("solar and battery", "12 digit display", "large buttons"), (8, 30), ("desk_organizer", "notebooks")),
+        Family(
+            "printer_paper",
+            (*_O, "Office & School Supplies", "Paper", "Copy & Multipurpose Paper"),
+            ("Copy Paper", "Multipurpose Printer Paper"),
+            ("8.5 x 11 inches", "92 bright", "20 lb", "500 sheets per ream"),
+            (6, 45),
+            ("ink", "stapler"),
+        ),
+        Family(
+            "ink",
+            (*_O, "Office Electronics", "Printers & Accessories", "Ink Cartridges"),
+            ("Ink Cartridge", "Toner Cartridge", "Ink Combo Pack"),
+            ("high yield", "black and tri-color", "compatible replacement"),
+            (15, 60),
+            ("printer_paper", "labels"),
+        ),
+        Family(
+            "stapler",
+            (*_O, "Office & School Supplies", "Desk Accessories", "Staplers"),
+            ("Desktop Stapler", "Electric Stapler"),
+            ("20 sheet capacity", "jam free", "includes staples"),
+            (8, 35),
+            ("staples", "file_folders"),
+        ),
+        Family(
+            "staples",
+            (*_O, "Office & School Supplies", "Desk Accessories", "Staples"),
+            ("Standard Staples", "Heavy Duty Staples"),
+            ("5000 count", "1/4 inch leg", "chisel point"),
+            (2, 9),
+            ("stapler",),
+        ),
+        Family(
+            "notebooks",
+            (*_O, "Office & School Supplies", "Paper", "Notebooks & Writing Pads"),
+            ("Spiral Notebook", "Composition Notebook", "Dotted Journal"),
+            ("college ruled", "120 sheets", "perforated pages"),
+            (4, 18),
+            ("gel_pens", "highlighters"),
+        ),
+        Family(
+            "gel_pens",
+            (*_O, "Office & School Supplies", "Writing & Correction Supplies", "Gel Pens"),
+            ("Gel Pens", "Retractable Gel Pens", "Fine Point Pens"),
+            ("0.7 mm", "quick drying", "assorted colors"),
+            (5, 20),
+            ("notebooks", "highlighters"),
+        ),
+        Family(
+            "highlighters",
+            (*_O, "Office & School Supplies", "Writing & Correction Supplies", "Highlighters"),
+            ("Highlighters", "Pastel Highlighters"),
+            ("chisel tip", "smear guard", "12 count"),
+            (4, 14),
+            ("sticky_notes", "notebooks"),
+        ),
+        Family(
+            "sticky_notes",
+            (*_O, "Office & School Supplies", "Paper", "Sticky Notes"),
+            ("Sticky Notes", "Page Flags"),
+            ("3 x 3 inches", "super sticky", "recyclable"),
+            (3, 15),
+            ("highlighters", "desk_organizer"),
+        ),
+        Family(
+            "file_folders",
+            (*_O, "Office & School Supplies", "Filing Products", "File Folders"),
+            ("File Folders", "Hanging File Folders"),
+            ("letter size", "1/3 cut tabs", "100 per box"),
+            (8, 30),
+            ("labels", "file_box"),
+        ),
+        Family(
+            "labels",
+            (*_O, "Office & School Supplies", "Labels, Indexes & Stamps", "Labels"),
+            ("Address Labels", "File Folder Labels", "Shipping Labels"),
+            ("laser and inkjet", "permanent adhesive", "1 x 2-5/8 inches"),
+            (7, 28),
+            ("label_tape", "envelopes"),
+        ),
+        Family(
+            "label_tape",
+            (*_O, "Office Electronics", "Label Makers", "Label Tapes"),
+            ("Label Maker Tape", "Laminated Label Tape"),
+            ("black on white", "12 mm", "water resistant"),
+            (9, 25),
+            ("labels",),
+        ),
+        Family(
+            "file_box",
+            (*_O, "Office & School Supplies", "Filing Products", "File Boxes"),
+            ("File Storage Box", "Portable File Box"),
+            ("stackable", "lift-off lid", "letter and legal"),
+            (15, 45),
+            ("file_folders",),
+        ),
+        Family(
+            "envelopes",
+            (*_O, "Office & School Supplies", "Envelopes & Mailing Supplies", "Envelopes"),
+            ("Security Envelopes", "Padded Mailers"),
+            ("self seal", "#10 size", "tinted interior"),
+            (8, 30),
+            ("labels", "packing_tape"),
+        ),
+        Family(
+            "packing_tape",
+            (*_O, "Office & School Supplies", "Tape, Adhesives & Fasteners", "Packing Tape"),
+            ("Packing Tape", "Tape Gun Refill"),
+            ("1.88 inch x 55 yards", "heavy duty", "clear"),
+            (6, 22),
+            ("envelopes",),
+        ),
+        Family(
+            "whiteboard",
+            (*_O, "Office & School Supplies", "Presentation Supplies", "Dry Erase Boards"),
+            ("Dry Erase Board", "Magnetic Whiteboard"),
+            ("aluminum frame", "36 x 24 inches", "ghost resistant"),
+            (20, 80),
+            ("dry_erase_markers", "eraser"),
+        ),
+        Family(
+            "dry_erase_markers",
+            (*_O, "Office & School Supplies", "Presentation Supplies", "Dry Erase Markers"),
+            ("Dry Erase Markers", "Fine Tip Whiteboard Markers"),
+            ("low odor", "assorted colors", "chisel tip"),
+            (6, 20),
+            ("eraser", "whiteboard"),
+        ),
+        Family(
+            "eraser",
+            (*_O, "Office & School Supplies", "Presentation Supplies", "Dry Erase Erasers"),
+            ("Whiteboard Eraser", "Microfiber Eraser"),
+            ("washable", "magnetic back"),
+            (4, 12),
+            ("dry_erase_markers",),
+        ),
+        Family(
+            "desk_organizer",
+            (*_O, "Office & School Supplies", "Desk Accessories", "Desk Organizers"),
+            ("Desk Organizer", "Mesh Pencil Cup", "Drawer Organizer"),
+            ("5 compartments", "metal mesh", "space saving"),
+            (10, 40),
+            ("sticky_notes", "calculator"),
+        ),
+        Family(
+            "calculator",
+            (*_O, "Office Electronics", "Calculators", "Basic Calculators"),
+            ("Desktop Calculator", "Scientific Calculator"),
+            ("solar and battery", "12 digit display", "large buttons"),
+            (8, 30),
+            ("desk_organizer", "notebooks"),
+        ),
     ),
-    brands=("Paperline", "Inkwell Co", "DeskCraft", "OfficeMate Pro", "Clearmark", "Northfield Stationery", "Brightwork", "StapleRight", "Archive & Co", "Penworth", "Vantage Office", "Metro Supply", "Lumen Labs", "Scribe House"),
+    brands=(
+        "Paperline",
+        "Inkwell Co",
+        "DeskCraft",
+        "OfficeMate Pro",
+        "Clearmark",
+        "Northfield Stationery",
+        "Brightwork",
+        "StapleRight",
+        "Archive & Co",
+        "Penworth",
+        "Vantage Office",
+        "Metro Supply",
+        "Lumen Labs",
+        "Scribe House",
+    ),
     adjectives=("Professional", "Premium", "Heavy Duty", "Eco", "Classic", "Compact", "Value Pack", "Ultra", "Everyday", "Deluxe"),
     sizes=("Pack of 12", "Pack of 24", "1 Count", "3 Pack", "Box of 100", "2 Pack", "500 Sheets"),
-    praise=("works exactly as described", "is great quality for the office", "feels sturdy and well made", "is a must for my home office", "is a good value", "has given me no trouble so far"),
-    complaints=("broke after a week", "feels cheaply made", "looks different from the photos", "arrived damaged", "stopped working quickly"),
+    praise=(
+        "works exactly as described",
+        "is great quality for the office",
+        "feels sturdy and well made",
+        "is a must for my home office",
+        "is a good value",
+        "has given me no trouble so far",
+    ),
+    complaints=(
+        "broke after a week",
+        "feels cheaply made",
+        "looks different from the photos",
+        "arrived damaged",
+        "stopped working quickly",
+    ),
 )
 
 DOMAIN_VOCABS = {"Grocery_and_Gourmet_Food": GROCERY, "Office_Products": OFFICE}
@@ -343,7 +675,9 @@ class _User:
     price_band: float
 
 
-def _user_reviews(seed: int, domain: str, index: int, catalog: _Catalog, settings: SampleSettings, rng: random.Random) -> Iterator[dict[str, Any]]:
+def _user_reviews(
+    seed: int, domain: str, index: int, catalog: _Catalog, settings: SampleSettings, rng: random.Random
+) -> Iterator[dict[str, Any]]:
     vocab = catalog.vocab
     n_families = len(vocab.families)
     taste = _User(
@@ -435,7 +769,15 @@ def generate_domain(out_dir: Path, domain: str, settings: SampleSettings) -> Dom
                 progress.advance(task)
 
     n_reviews = _write_atomically(reviews_path, settings.gzip, review_lines())
-    log.info("%s: %d reviews of %d users, %d items (%d with metadata) -> %s", domain, n_reviews, settings.users, len(catalog.items), items_with_meta, out_dir)
+    log.info(
+        "%s: %d reviews of %d users, %d items (%d with metadata) -> %s",
+        domain,
+        n_reviews,
+        settings.users,
+        len(catalog.items),
+        items_with_meta,
+        out_dir,
+    )
     return DomainReport(domain, reviews_path, meta_path, settings.users, len(catalog.items), items_with_meta, n_reviews)
 
 
@@ -463,6 +805,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate the embedded default data: synthetic domains in the raw Amazon Reviews 2023 format."""
         domain_list = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
-        settings, _ = settings_for(config, "sample", SampleSettings, domains=domain_list, users=users, items=items, seed=seed, gzip=gzip_output)
+        settings, _ = settings_for(
+            config, "sample", SampleSettings, domains=domain_list, users=users, items=items, seed=seed, gzip=gzip_output
+        )
         for report in generate_domains(out, settings):
-            typer.echo(f"{report.domain}: {report.reviews:,} reviews, {report.items:,} items ({report.items_with_meta:,} with metadata) -> {report.reviews_path}")
+            typer.echo(
+                f"{report.domain}: {report.reviews:,} reviews, {report.items:,} items ({report.items_with_meta:,} with metadata) -> {report.reviews_path}"
+            )

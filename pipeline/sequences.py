@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import math
 import shutil
@@ -41,11 +42,11 @@ import pyarrow.parquet as pq
 import typer
 from pydantic import Field
 
-from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
-from pipeline.config import StageSettings
-from pipeline.schemas import CANDIDATE, HISTORY_ITEM, SEQUENCES, SPLITS, TARGET
-from pipeline.stage import RunDir, StageError
-from pipeline.tables import part_name, read_table
+from core.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
+from core.config import StageSettings
+from core.schemas import CANDIDATE, HISTORY_ITEM, SEQUENCES, SPLITS, TARGET
+from core.stage import RunDir, StageError
+from core.tables import part_name, read_table
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -337,7 +338,9 @@ def chronological_order(user_code: np.ndarray, timestamp: np.ndarray) -> np.ndar
     return np.lexsort((timestamp, user_code))
 
 
-def _ordered_first_pairs(rows: np.ndarray, user_code: np.ndarray, item_code: np.ndarray, timestamp: np.ndarray, num_items: int) -> np.ndarray:
+def _ordered_first_pairs(
+    rows: np.ndarray, user_code: np.ndarray, item_code: np.ndarray, timestamp: np.ndarray, num_items: int
+) -> np.ndarray:
     """Positions ``rows`` (all the events of some users) in chronological order per user,
     without the later events of a repeated (user, item) pair."""
     order = rows[chronological_order(user_code[rows], timestamp[rows])]
@@ -387,8 +390,15 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
         # never spans two users, so each half of the users is ordered and deduped on its own,
         # the two halves in parallel.
         in_first_half = user_code < (len(user_values) + 1) // 2
-        second_half = pool.submit(_ordered_first_pairs, np.flatnonzero(~in_first_half), user_code, item_code, timestamp, len(item_dictionary))
-        order = np.concatenate([_ordered_first_pairs(np.flatnonzero(in_first_half), user_code, item_code, timestamp, len(item_dictionary)), second_half.result()])
+        second_half = pool.submit(
+            _ordered_first_pairs, np.flatnonzero(~in_first_half), user_code, item_code, timestamp, len(item_dictionary)
+        )
+        order = np.concatenate(
+            [
+                _ordered_first_pairs(np.flatnonzero(in_first_half), user_code, item_code, timestamp, len(item_dictionary)),
+                second_half.result(),
+            ]
+        )
         del in_first_half
         rank = user_order.result()[1]
     rejects["duplicate_pair"] = int(len(user_code) - len(order))
@@ -406,9 +416,9 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
     catalog_items = np.flatnonzero(item_present)
     counts.update(
         kcore_rounds=rounds,
-        users_after_kcore=int(len(kept_users)),
-        items_after_kcore=int(len(catalog_items)),
-        catalog_items=int(len(catalog_items)),
+        users_after_kcore=len(kept_users),
+        items_after_kcore=len(catalog_items),
+        catalog_items=len(catalog_items),
     )
 
     if settings.sample_users is not None and settings.sample_users < len(kept_users):
@@ -468,7 +478,9 @@ class DistinctStrings:
     def __post_init__(self) -> None:
         self.has_nulls = bool((self.codes < 0).any())
         # Distinct ids (parent_asin) code themselves: no lookup needed.
-        self.identity = not self.has_nulls and len(self.values) == len(self.codes) and bool((self.codes == np.arange(len(self.codes))).all())
+        self.identity = (
+            not self.has_nulls and len(self.values) == len(self.codes) and bool((self.codes == np.arange(len(self.codes))).all())
+        )
 
     @classmethod
     def of(cls, column: pa.Array) -> DistinctStrings:
@@ -581,14 +593,29 @@ def draw_negatives(row_keys: np.ndarray, row_user: np.ndarray, events: UserEvent
         users = row_user[rows]
         first_event, last_event = events.offsets[users.min()], events.offsets[users.max() + 1]
         _draw_block(
-            rows, first_width, row_keys, row_user, signature, sequence_pairs[first_event:last_event], catalog_size, num_negatives, result,
+            rows,
+            first_width,
+            row_keys,
+            row_user,
+            signature,
+            sequence_pairs[first_event:last_event],
+            catalog_size,
+            num_negatives,
+            result,
         )
     return result
 
 
 def _draw_block(
-    pending: np.ndarray, width: int, row_keys: np.ndarray, row_user: np.ndarray, signature: np.ndarray,
-    sequence_pairs: np.ndarray, catalog_size: int, num_negatives: int, result: np.ndarray,
+    pending: np.ndarray,
+    width: int,
+    row_keys: np.ndarray,
+    row_user: np.ndarray,
+    signature: np.ndarray,
+    sequence_pairs: np.ndarray,
+    catalog_size: int,
+    num_negatives: int,
+    result: np.ndarray,
 ) -> None:
     """The negatives of rows ``pending`` into ``result`` (see :func:`draw_negatives`)."""
     while len(pending):
@@ -769,7 +796,7 @@ def user_chunks(events: UserEvents, settings: SequencesSettings, max_elements: i
     while bounds[-1] < events.num_users:
         done = cost[bounds[-1] - 1] if bounds[-1] else 0
         bounds.append(max(int(np.searchsorted(cost, done + max_elements, side="right")), bounds[-1] + 1))
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 @functools.lru_cache(maxsize=2)
@@ -832,7 +859,7 @@ def partition_bounds(events: UserEvents, events_per_partition: int) -> list[tupl
     cuts = np.unique(np.searchsorted(events.offsets, targets, side="left"))
     cuts = cuts[(cuts > 0) & (cuts < events.num_users)]
     bounds = [0, *cuts.tolist(), events.num_users]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -853,7 +880,7 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
     entry: rows in/out, rows per split, users and items before and after the k-core, and
     rejects by reason, which together account for every interaction.
     """
-    from pipeline.progress import gather_with_progress
+    from core.progress import gather_with_progress
 
     run_dir = RunDir(run)
     inputs = run_dir.upstream_hashes("ingest")
@@ -903,7 +930,9 @@ def run_sequences(run: Path, settings: SequencesSettings, client: Client, force:
             events_path = scratch / f"events-{index:05d}"
             events.slice_users(start, stop).save(events_path)
             # Submitted as soon as its input is written: workers start while the rest is written.
-            futures.append(client.submit(build_partition, str(events_path), str(catalog_path), str(table_dir / part_name(index)), settings, pure=False))
+            futures.append(
+                client.submit(build_partition, str(events_path), str(catalog_path), str(table_dir / part_name(index)), settings, pure=False)
+            )
         counts, rejects = selection.counts, selection.rejects_by_reason
         del selection, events
         results = gather_with_progress(futures, "sequences")
@@ -947,7 +976,11 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int | None, typer.Option("--seed", help="Seed of user sampling and negatives (default 42).")] = None,
         events_per_partition: Annotated[
             int | None,
-            typer.Option("--events-per-partition", help="Interactions per Dask partition (layout only; default: an eighth of them, at most 1,000,000).", min=1),
+            typer.Option(
+                "--events-per-partition",
+                help="Interactions per Dask partition (layout only; default: an eighth of them, at most 1,000,000).",
+                min=1,
+            ),
         ] = None,
         config: ConfigOpt = None,
         workers: WorkersOpt = None,

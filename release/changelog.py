@@ -56,7 +56,9 @@ def schema_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
     """Readable differences between two ``{column: arrow type}`` mappings."""
     changes = [f"added column `{name}` ({after[name]})" for name in after if name not in before]
     changes += [f"removed column `{name}` ({before[name]})" for name in before if name not in after]
-    changes += [f"column `{name}` changed type: {before[name]} -> {after[name]}" for name in after if name in before and before[name] != after[name]]
+    changes += [
+        f"column `{name}` changed type: {before[name]} -> {after[name]}" for name in after if name in before and before[name] != after[name]
+    ]
     return changes
 
 
@@ -78,7 +80,10 @@ def diff_releases(previous_dir: Path, previous: dict[str, Any], current_dir: Pat
             if changes:
                 changes_by_config[config] = changes
     filter_rates = {
-        config: (previous.get("filter", {}).get(config, {}).get("filter_rate"), current.get("filter", {}).get(config, {}).get("filter_rate"))
+        config: (
+            previous.get("filter", {}).get(config, {}).get("filter_rate"),
+            current.get("filter", {}).get(config, {}).get("filter_rate"),
+        )
         for config in sorted(set(previous.get("filter", {})) | set(current.get("filter", {})))
     }
     return ReleaseDiff(
@@ -136,7 +141,7 @@ def render_changelog(section: str, previous_changelog: str | None) -> str:
     if previous_changelog:
         older = previous_changelog.strip()
         if older.startswith(_TITLE):
-            older = older[len(_TITLE):].strip()
+            older = older[len(_TITLE) :].strip()
     parts = [_TITLE, "", section.rstrip(), ""]
     if older:
         parts += [older, ""]

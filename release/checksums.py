@@ -83,5 +83,7 @@ def verify_release(release_dir: Path) -> dict[str, Any]:
         problems.append(f"not in the manifest: {', '.join(unexpected)}")
     if problems:
         version = manifest.get("tag") or manifest.get("version", "?")
-        raise ChecksumError(f"release {version} in {root} does not match its manifest ({'; '.join(problems)}); do not use it, pull it again from a trusted source")
+        raise ChecksumError(
+            f"release {version} in {root} does not match its manifest ({'; '.join(problems)}); do not use it, pull it again from a trusted source"
+        )
     return manifest

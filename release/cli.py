@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli_common import ConfigOpt, settings_for, user_errors
+from core.cli_common import ConfigOpt, settings_for, user_errors
 
 RunsOpt = Annotated[
     list[Path],
@@ -45,14 +45,22 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         runs: RunsOpt,
         registry: Annotated[Path, typer.Option("--registry", help="Local registry folder (a git repository; created if missing).")],
-        version: Annotated[str | None, typer.Option("--version", help="Semantic version X.Y.Z to publish (default from config: 1.0.0).")] = None,
-        push: Annotated[bool | None, typer.Option("--push/--no-push", help="Also publish to the Hugging Face Hub (token from HF_TOKEN).")] = None,
+        version: Annotated[
+            str | None, typer.Option("--version", help="Semantic version X.Y.Z to publish (default from config: 1.0.0).")
+        ] = None,
+        push: Annotated[
+            bool | None, typer.Option("--push/--no-push", help="Also publish to the Hugging Face Hub (token from HF_TOKEN).")
+        ] = None,
         repo_id: Annotated[str | None, typer.Option("--repo-id", help="Hub dataset repository ORG/NAME for --push.")] = None,
         private: Annotated[bool | None, typer.Option("--private/--public", help="Create the Hub repository as private.")] = None,
         shard_rows: Annotated[int | None, typer.Option("--shard-rows", help="Rows per Parquet shard.", min=1)] = None,
         max_memory_gb: Annotated[
             float | None,
-            typer.Option("--max-memory-gb", help="Refuse a release whose rows would need more memory (GiB; default: the memory available now).", min=0.001),
+            typer.Option(
+                "--max-memory-gb",
+                help="Refuse a release whose rows would need more memory (GiB; default: the memory available now).",
+                min=0.001,
+            ),
         ] = None,
         config: ConfigOpt = None,
     ) -> None:
@@ -63,19 +71,28 @@ def register(app: typer.Typer) -> None:
         manifest with the sha256 of every file, then commits and tags vX.Y.Z in the local
         registry. An existing version is refused unless its data is unchanged.
         """
+        from core.config import load_config, section
         from datacards.card import CardSettings
-        from pipeline.config import load_config, section
         from release.publish import ReleaseSettings, release_runs
 
         run_dirs = collect_runs(runs, ctx)
         settings, _ = settings_for(
-            config, "release", ReleaseSettings,
-            version=version, push=push, repo_id=repo_id, private=private, shard_rows=shard_rows, max_memory_gb=max_memory_gb,
+            config,
+            "release",
+            ReleaseSettings,
+            version=version,
+            push=push,
+            repo_id=repo_id,
+            private=private,
+            shard_rows=shard_rows,
+            max_memory_gb=max_memory_gb,
         )
         card_settings = section(load_config(config), "card", CardSettings)
         result = release_runs(run_dirs, registry, settings, card_settings)
         if result.status == "already_released":
-            typer.echo(f"{result.tag} is already released in {result.registry} with the same data (commit {result.commit[:12]}); nothing to do.")
+            typer.echo(
+                f"{result.tag} is already released in {result.registry} with the same data (commit {result.commit[:12]}); nothing to do."
+            )
         else:
             typer.echo(f"Released {result.tag} into {result.registry} (commit {result.commit[:12]}).")
             for config_name, counts in sorted(result.manifest["row_counts"].items()):

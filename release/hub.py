@@ -93,8 +93,7 @@ def push_release(release_dir: Path, repo_id: str, version: str, private: bool = 
         raise HubReleaseError(f"release folder {release_dir} has no files to push: build the release first")
     if get_token() is None:
         raise HubReleaseError(
-            "no Hugging Face token: set HF_TOKEN to a token with write access "
-            "(https://huggingface.co/settings/tokens) and retry"
+            "no Hugging Face token: set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens) and retry"
         )
     api = HfApi()
     with _hub_errors(api, "checking HF_TOKEN", repo_id):
@@ -106,8 +105,7 @@ def push_release(release_dir: Path, repo_id: str, version: str, private: bool = 
     existing = {ref.name: ref.target_commit for ref in refs.tags}
     if tag in existing:
         raise HubReleaseError(
-            f"version {tag} already exists on {repo_id} (commit {existing[tag][:12]}); "
-            "versions are immutable: release a new version number"
+            f"version {tag} already exists on {repo_id} (commit {existing[tag][:12]}); versions are immutable: release a new version number"
         )
     main_head = next((ref.target_commit for ref in refs.branches if ref.name == "main"), None)
     with _hub_errors(api, f"pushing {tag} to {repo_id}", repo_id):
@@ -198,13 +196,13 @@ def _hub_errors(api: HfApi, action: str, repo_id: str, conflict: str | None = No
     try:
         yield
     except (httpx2.TransportError, LocalEntryNotFoundError) as error:
-        raise HubReleaseError(f"{action}: cannot reach the Hub at {api.endpoint} ({type(error).__name__}); check HF_ENDPOINT and the network") from error
+        raise HubReleaseError(
+            f"{action}: cannot reach the Hub at {api.endpoint} ({type(error).__name__}); check HF_ENDPOINT and the network"
+        ) from error
     except RevisionNotFoundError as error:
         raise HubReleaseError(f"{action}: revision not found on {repo_id}") from error
     except RepositoryNotFoundError as error:
-        raise HubReleaseError(
-            f"{action}: dataset repository {repo_id} not found at {api.endpoint}, or HF_TOKEN may not read it"
-        ) from error
+        raise HubReleaseError(f"{action}: dataset repository {repo_id} not found at {api.endpoint}, or HF_TOKEN may not read it") from error
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else None
         if status == 401:

@@ -1,7 +1,7 @@
 """The release layout (DESIGN.md, "Release layout"): what a run folder contributes to a release.
 
 A run folder holds one domain; it becomes one config of the release (``grocery``, ``office``,
-...) with three splits of :data:`pipeline.schemas.RELEASE_ROW` rows, plus the config
+...) with three splits of :data:`core.schemas.RELEASE_ROW` rows, plus the config
 ``<config>_items`` with the item catalog. This module turns run folders into those tables and
 writes them as sharded Parquet; the card, manifest and changelog are built elsewhere.
 """
@@ -21,11 +21,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipeline.progress import track
-from pipeline.schemas import ITEMS, RELEASE_ROW, SPLITS
+from core.progress import track
+from core.schemas import ITEMS, RELEASE_ROW, SPLITS
+from core.stage import RunDir, StageError
+from core.tables import read_table
 from pipeline.sequences import SequencesSettings
-from pipeline.stage import RunDir, StageError
-from pipeline.tables import read_table
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,9 @@ def load_domains(runs: list[Path], memory_limit: int | None = None) -> list[Doma
     seen: dict[str, str] = {}
     for run, domain in zip(runs, domains):
         if domain.config in seen:
-            raise ReleaseError(f"run folders {seen[domain.config]} and {run} both hold config '{domain.config}'; release one run per domain")
+            raise ReleaseError(
+                f"run folders {seen[domain.config]} and {run} both hold config '{domain.config}'; release one run per domain"
+            )
         seen[domain.config] = str(run)
     return sorted(domains, key=lambda d: d.config)
 

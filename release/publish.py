@@ -20,11 +20,10 @@ from typing import Any, Literal
 import psutil
 from pydantic import Field
 
+from core.config import StageSettings
+from core.stage import HASH_ALGORITHM, code_version
 from datacards.card import CardSettings, build_card
 from datacards.statistics import filter_summary
-
-from pipeline.config import StageSettings
-from pipeline.stage import HASH_ALGORITHM, code_version
 from release.changelog import CHANGELOG_NAME, diff_releases, render_changelog, render_section
 from release.checksums import MANIFEST_NAME, file_checksums
 from release.layout import DomainRelease, ReleaseError, load_domains, write_data, write_validation
@@ -33,7 +32,7 @@ from release.registry import Registry, parse_version, version_tag
 log = logging.getLogger(__name__)
 
 
-# The ingest stage fingerprints its input files with pipeline.stage.hash_file.
+# The ingest stage fingerprints its input files with core.stage.hash_file.
 SOURCE_HASH = HASH_ALGORITHM
 
 
@@ -46,7 +45,9 @@ class ReleaseSettings(StageSettings):
     repo_id: str | None = None
     private: bool = False
     max_memory_gb: float | None = Field(
-        None, gt=0, description="refuse a release whose rows would need more memory than this (GiB); default: the memory available when it starts"
+        None,
+        gt=0,
+        description="refuse a release whose rows would need more memory than this (GiB); default: the memory available when it starts",
     )
 
 
@@ -72,7 +73,9 @@ def source_checksums(domain: DomainRelease) -> dict[str, str]:
     return {Path(name).name: digest for name, digest in sorted(inputs.items())}
 
 
-def manifest_core(domains: list[DomainRelease], settings: ReleaseSettings, card_settings: CardSettings, previous_tag: str | None) -> dict[str, Any]:
+def manifest_core(
+    domains: list[DomainRelease], settings: ReleaseSettings, card_settings: CardSettings, previous_tag: str | None
+) -> dict[str, Any]:
     """Everything the manifest says except the file checksums (which cover the changelog too)."""
     row_counts: dict[str, dict[str, int]] = {}
     schema: dict[str, dict[str, str]] = {}
@@ -106,7 +109,9 @@ def manifest_core(domains: list[DomainRelease], settings: ReleaseSettings, card_
         "row_counts": row_counts,
         "schema": schema,
         "filter": filters,
-        "validation": {d.config: {"critical_failures": d.validation["critical_failures"], "success": d.validation["success"]} for d in domains},
+        "validation": {
+            d.config: {"critical_failures": d.validation["critical_failures"], "success": d.validation["success"]} for d in domains
+        },
     }
 
 
@@ -156,7 +161,9 @@ def _push(release_dir: Path, settings: ReleaseSettings, tag: str) -> str | None:
     return hub.push_release(release_dir, settings.repo_id, tag, private=settings.private)
 
 
-def release_runs(runs: list[Path], registry_path: Path, settings: ReleaseSettings, card_settings: CardSettings | None = None) -> ReleaseResult:
+def release_runs(
+    runs: list[Path], registry_path: Path, settings: ReleaseSettings, card_settings: CardSettings | None = None
+) -> ReleaseResult:
     """Release validated run folders as version ``settings.version`` into the registry at ``registry_path``.
 
     Refuses a run whose validation is missing or has a critical failure, and an existing

@@ -24,7 +24,9 @@ def _fetch(source: str, tag: str, staging: Path) -> None:
     if is_local_source(source):
         registry = Registry(Path(source).expanduser())
         if not registry.exists:
-            raise ReleaseError(f"{source} exists but is not a release registry (no git repository); pass a registry folder or a Hub id ORG/NAME")
+            raise ReleaseError(
+                f"{source} exists but is not a release registry (no git repository); pass a registry folder or a Hub id ORG/NAME"
+            )
         registry.export(tag, staging)
         return
     if source.count("/") != 1:
@@ -65,7 +67,9 @@ def pull_release(source: str, version: str, out: Path) -> Path:
         _fetch(source, tag, staging)
         manifest = verify_release(staging)
         if manifest.get("tag") != tag:
-            raise ChecksumError(f"the manifest of {source} at {tag} says it is {manifest.get('tag')!r}; the source is inconsistent, do not use it")
+            raise ChecksumError(
+                f"the manifest of {source} at {tag} says it is {manifest.get('tag')!r}; the source is inconsistent, do not use it"
+            )
         if out.exists():
             out.rmdir()
         staging.rename(out)

@@ -19,7 +19,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.stage import exclusive_lock
+from core.stage import exclusive_lock
 from release.checksums import MANIFEST_NAME
 from release.layout import ReleaseError
 
@@ -89,7 +89,9 @@ class Registry:
 
     def _require(self) -> None:
         if not self.exists:
-            raise ReleaseError(f"{self.path} is not a release registry (no git repository there); check the path or run `rrec release --registry {self.path}` first")
+            raise ReleaseError(
+                f"{self.path} is not a release registry (no git repository there); check the path or run `rrec release --registry {self.path}` first"
+            )
 
     def init(self) -> None:
         """Create the registry (an empty folder or a new path); an existing registry is kept.
@@ -166,7 +168,9 @@ class Registry:
         tag = version_tag(version)
         self.init()
         if tag in self.versions():
-            raise ReleaseError(f"version {tag} already exists in registry {self.path}; published versions are immutable, release a new version")
+            raise ReleaseError(
+                f"version {tag} already exists in registry {self.path}; published versions are immutable, release a new version"
+            )
         for entry in self.path.iterdir():
             if entry.name == ".git":
                 continue

@@ -15,48 +15,78 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.schemas import INTERACTIONS, ITEMS, SEQUENCES
-from pipeline.stage import RunDir
-from pipeline.tables import write_part
+from core.schemas import INTERACTIONS, ITEMS, SEQUENCES
+from core.stage import RunDir
+from core.tables import write_part
 
 THEMES: dict[str, dict[str, Any]] = {
     "coffee": {
         "store": "Peak Roasters",
         "categories": ["Grocery & Gourmet Food", "Beverages", "Coffee, Tea & Cocoa", "Coffee"],
-        "products": ["Dark Roast Whole Bean Coffee", "Colombian Medium Roast Ground Coffee", "Espresso Blend Coffee Pods",
-                     "French Roast Decaf Coffee", "Breakfast Blend Ground Coffee", "Cold Brew Coarse Ground Coffee"],
+        "products": [
+            "Dark Roast Whole Bean Coffee",
+            "Colombian Medium Roast Ground Coffee",
+            "Espresso Blend Coffee Pods",
+            "French Roast Decaf Coffee",
+            "Breakfast Blend Ground Coffee",
+            "Cold Brew Coarse Ground Coffee",
+        ],
         "price": (9.0, 22.0),
         "features": ["Arabica beans roasted in small batches", "Rich chocolate notes"],
     },
     "tea": {
         "store": "Leaf & Kettle",
         "categories": ["Grocery & Gourmet Food", "Beverages", "Coffee, Tea & Cocoa", "Tea"],
-        "products": ["Organic Green Tea Bags", "Earl Grey Black Tea", "Chamomile Herbal Tea", "Jasmine Green Tea",
-                     "English Breakfast Black Tea", "Peppermint Herbal Tea"],
+        "products": [
+            "Organic Green Tea Bags",
+            "Earl Grey Black Tea",
+            "Chamomile Herbal Tea",
+            "Jasmine Green Tea",
+            "English Breakfast Black Tea",
+            "Peppermint Herbal Tea",
+        ],
         "price": (4.0, 9.0),
         "features": ["Individually wrapped tea bags", "Caffeine content varies by blend"],
     },
     "chips": {
         "store": "Crunch Valley",
         "categories": ["Grocery & Gourmet Food", "Snack Foods", "Chips & Crisps"],
-        "products": ["Sea Salt Kettle Potato Chips", "Barbecue Kettle Potato Chips", "Sour Cream Onion Potato Chips",
-                     "Salt Vinegar Kettle Potato Chips", "Jalapeno Kettle Potato Chips", "Sweet Potato Kettle Chips"],
+        "products": [
+            "Sea Salt Kettle Potato Chips",
+            "Barbecue Kettle Potato Chips",
+            "Sour Cream Onion Potato Chips",
+            "Salt Vinegar Kettle Potato Chips",
+            "Jalapeno Kettle Potato Chips",
+            "Sweet Potato Kettle Chips",
+        ],
         "price": (3.0, 8.0),
         "features": ["Kettle cooked in small batches", "Gluten free snack"],
     },
     "flour": {
         "store": "Golden Mill",
         "categories": ["Grocery & Gourmet Food", "Pantry Staples", "Baking", "Flours"],
-        "products": ["Unbleached All-Purpose Flour", "Stone Ground Whole Wheat Flour", "Blanched Almond Flour",
-                     "Bread Flour High Protein", "Organic Rye Flour", "Self-Rising Baking Flour"],
+        "products": [
+            "Unbleached All-Purpose Flour",
+            "Stone Ground Whole Wheat Flour",
+            "Blanched Almond Flour",
+            "Bread Flour High Protein",
+            "Organic Rye Flour",
+            "Self-Rising Baking Flour",
+        ],
         "price": (5.0, 15.0),
         "features": ["Milled from hard red wheat", "Ideal for baking bread"],
     },
     "pens": {
         "store": "InkWorks",
         "categories": ["Office Products", "Office & School Supplies", "Writing & Correction Supplies", "Pens"],
-        "products": ["Retractable Gel Pens Black", "Fine Point Ballpoint Pens Blue", "Felt Tip Marker Pens",
-                     "Fountain Pen Ink Cartridges", "Quick Dry Gel Ink Pens", "Erasable Gel Pens Assorted"],
+        "products": [
+            "Retractable Gel Pens Black",
+            "Fine Point Ballpoint Pens Blue",
+            "Felt Tip Marker Pens",
+            "Fountain Pen Ink Cartridges",
+            "Quick Dry Gel Ink Pens",
+            "Erasable Gel Pens Assorted",
+        ],
         "price": (6.0, 18.0),
         "features": ["Smooth writing gel ink", "Comfortable rubber grip"],
     },
@@ -149,10 +179,17 @@ def interactions_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for line, item in enumerate(row["history"]):
             out.append(
                 {
-                    "user_id": row["user_id"], "parent_asin": item["parent_asin"], "asin": item["parent_asin"],
-                    "rating": item["rating"], "timestamp": item["timestamp"],
+                    "user_id": row["user_id"],
+                    "parent_asin": item["parent_asin"],
+                    "asin": item["parent_asin"],
+                    "rating": item["rating"],
+                    "timestamp": item["timestamp"],
                     "review_title": "Would buy again" if item["rating"] >= 4 else "It was fine",
-                    "review_text": "", "helpful_vote": 0, "verified_purchase": True, "src_file": 0, "src_line": line,
+                    "review_text": "",
+                    "helpful_vote": 0,
+                    "verified_purchase": True,
+                    "src_file": 0,
+                    "src_line": line,
                 }
             )
     return out
@@ -172,9 +209,16 @@ def write_ingest(run_path: Path, items: list[dict[str, Any]], interactions: list
     """Commit an ``ingest`` stage with ``items`` and ``interactions`` tables."""
     run = RunDir(run_path)
     with run.stage("ingest", fingerprint="test-ingest", config={"generated": True}) as out:
-        write_part(pa.Table.from_pylist([{k: v for k, v in i.items() if k != "theme"} for i in items], schema=ITEMS), out.table_dir("items"), 0, ITEMS)
+        write_part(
+            pa.Table.from_pylist([{k: v for k, v in i.items() if k != "theme"} for i in items], schema=ITEMS),
+            out.table_dir("items"),
+            0,
+            ITEMS,
+        )
         write_part(pa.Table.from_pylist(interactions, schema=INTERACTIONS), out.table_dir("interactions"), 0, INTERACTIONS)
-        out.record(rows_in=len(interactions), rows_out={"items": len(items), "interactions": len(interactions)}, domain="Grocery_and_Gourmet_Food")
+        out.record(
+            rows_in=len(interactions), rows_out={"items": len(items), "interactions": len(interactions)}, domain="Grocery_and_Gourmet_Food"
+        )
 
 
 def make_run(run_path: Path, users: int = 12, seed: int = 7, with_ingest: bool = True, rows_per_part: int = 10_000) -> list[dict[str, Any]]:

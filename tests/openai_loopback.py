@@ -70,7 +70,7 @@ def default_teacher_answer(body: dict[str, Any]) -> str:
         {
             "user_preferences": "The shopper keeps buying closely related products from the same kind of store.",
             "rationale": (
-                f"The shopper recently bought {named}. The target \"{target}\" belongs to the same kind "
+                f'The shopper recently bought {named}. The target "{target}" belongs to the same kind '
                 "of product and matches the tastes those purchases show, so it is a natural next purchase."
             ),
             "coherent": True,
@@ -165,8 +165,15 @@ class LoopbackOpenAI:
     # -- batches ------------------------------------------------------------------------
     def _store_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
         file_id = self._next_id("file")
-        meta = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                "filename": filename, "purpose": purpose, "status": "processed"}
+        meta = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
         self.files[file_id] = {"meta": meta, "data": data}
         return meta
 
@@ -176,8 +183,12 @@ class LoopbackOpenAI:
         for line in lines:
             request = json.loads(line)
             status, body, _, _ = self.chat_reply(request["body"])
-            record = {"id": self._next_id("batch_req"), "custom_id": request["custom_id"],
-                      "response": {"status_code": status, "request_id": self._next_id("req"), "body": body}, "error": None}
+            record = {
+                "id": self._next_id("batch_req"),
+                "custom_id": request["custom_id"],
+                "response": {"status_code": status, "request_id": self._next_id("req"), "body": body},
+                "error": None,
+            }
             (outputs if status == 200 else errors).append(json.dumps(record))
             if status == 200:
                 with self.lock:
@@ -201,7 +212,9 @@ class LoopbackOpenAI:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None, content_type: str = "application/json") -> None:
+            def _send(
+                self, status: int, payload: Any, headers: dict[str, str] | None = None, content_type: str = "application/json"
+            ) -> None:
                 data = payload if isinstance(payload, bytes) else (payload if isinstance(payload, str) else json.dumps(payload)).encode()
                 try:
                     self.send_response(status)
@@ -240,10 +253,17 @@ class LoopbackOpenAI:
                 elif self.path == "/v1/batches":
                     body = json.loads(raw)
                     batch = {
-                        "id": server._next_id("batch"), "object": "batch", "endpoint": body["endpoint"], "errors": None,
-                        "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
-                        "status": "validating", "output_file_id": None, "error_file_id": None,
-                        "created_at": int(time.time()), "metadata": body.get("metadata"),
+                        "id": server._next_id("batch"),
+                        "object": "batch",
+                        "endpoint": body["endpoint"],
+                        "errors": None,
+                        "input_file_id": body["input_file_id"],
+                        "completion_window": body["completion_window"],
+                        "status": "validating",
+                        "output_file_id": None,
+                        "error_file_id": None,
+                        "created_at": int(time.time()),
+                        "metadata": body.get("metadata"),
                         "request_counts": {"total": 0, "completed": 0, "failed": 0},
                     }
                     server.batches[batch["id"]] = batch

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schemas import ITEMS, RELEASE_ROW
+from core.schemas import ITEMS, RELEASE_ROW
 from release.checksums import file_checksums
 
 LINES = (

@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import typer
 
-from pipeline.schemas import FILTERED, ITEMS, SEQUENCES
-from pipeline.stage import RunDir, fingerprint_of
-from pipeline.tables import write_part
+from core.schemas import FILTERED, ITEMS, SEQUENCES
+from core.stage import RunDir, fingerprint_of
+from core.tables import write_part
 
 CATEGORIES = ["Snacks", "Beverages", "Pantry Staples", "Candy & Chocolate", "Breakfast Foods"]
 
@@ -105,7 +105,9 @@ def make_run(
                     }
                 )
     rundir = RunDir(run)
-    with rundir.stage("ingest", fingerprint_of({"i": domain}), config={"domain": domain}, inputs={f"/data/{domain}.jsonl.gz": "abc123"}) as out:
+    with rundir.stage(
+        "ingest", fingerprint_of({"i": domain}), config={"domain": domain}, inputs={f"/data/{domain}.jsonl.gz": "abc123"}
+    ) as out:
         write_part(pa.Table.from_pylist(items, schema=ITEMS), out.table_dir("items"), 0, ITEMS)
         out.record(rows_in=500, rows_out={"interactions": 480, "items": len(items)}, rejects_by_reason={"invalid_json": 20}, domain=domain)
     seq_config = {"k": 5, "max_history": 50, "num_negatives": 4, "train_targets": "last", "seed": 42}
@@ -113,12 +115,27 @@ def make_run(
         half = len(sequences) // 2
         write_part(pa.Table.from_pylist(sequences[:half], schema=SEQUENCES), out.table_dir("sequences"), 0, SEQUENCES)
         write_part(pa.Table.from_pylist(sequences[half:], schema=SEQUENCES), out.tmp_dir / "sequences", 1, SEQUENCES)
-        out.record(rows_in=480, rows_out={"sequences": len(sequences)}, rejects_by_reason={"kcore": 30}, users_before_kcore=31, users_after_kcore=users + extra_users)
+        out.record(
+            rows_in=480,
+            rows_out={"sequences": len(sequences)},
+            rejects_by_reason={"kcore": 30},
+            users_before_kcore=31,
+            users_after_kcore=users + extra_users,
+        )
     rejected = sum(1 for user_index in range(users + extra_users) if user_index % 4 == 3)
     reasons = {"incoherent": rejected - 1, "too_short": 1} if rejected > 1 else {"incoherent": rejected}
     annotated = len(filtered) + rejected
     with rundir.stage("annotate", fingerprint_of({"a": seed}), config={"annotator": "template"}) as out:
-        out.record(rows_in=annotated, annotator="template", model="template-v1", prompt_version="teacher-v1", input_tokens=120 * annotated, output_tokens=30 * annotated, cost_usd=0.0, splits=["train"])
+        out.record(
+            rows_in=annotated,
+            annotator="template",
+            model="template-v1",
+            prompt_version="teacher-v1",
+            input_tokens=120 * annotated,
+            output_tokens=30 * annotated,
+            cost_usd=0.0,
+            splits=["train"],
+        )
     with rundir.stage("filter", fingerprint_of({"f": seed, "n": users + extra_users}), config={}) as out:
         write_part(pa.Table.from_pylist(filtered, schema=FILTERED), out.table_dir("filtered"), 0, FILTERED)
         out.record(rows_in=annotated, rows_out={"filtered": len(filtered)}, rejects_by_reason=reasons)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.schemas import INTERACTIONS, ITEMS
-from pipeline.stage import RunDir, hash_paths
-from pipeline.tables import write_part
+from core.schemas import INTERACTIONS, ITEMS
+from core.stage import RunDir, hash_paths
+from core.tables import write_part
 
 DAY_MS = 86_400_000
 START_MS = 1_600_000_000_000

@@ -7,10 +7,10 @@ import logging
 
 import pyarrow.dataset as pads
 import pytest
-from typer.testing import CliRunner
-
 from annotation_data import make_run
 from openai_loopback import LoopbackOpenAI, Reply, data_of
+from typer.testing import CliRunner
+
 from pipeline.annotate import AnnotateSettings, register, run_annotate
 from pipeline.annotators.cache import AnswerCache
 from pipeline.annotators.limits import Budget, RateLimiter
@@ -29,8 +29,15 @@ def api_key(monkeypatch):
 
 
 def _settings(server: LoopbackOpenAI, **overrides) -> AnnotateSettings:
-    values = {"annotator": "openai", "base_url": server.base_url, "partition_rows": 5, "retry_base_s": 0.01,
-              "request_timeout_s": 5.0, "concurrency": 4, "tokens_per_minute": None}
+    values = {
+        "annotator": "openai",
+        "base_url": server.base_url,
+        "partition_rows": 5,
+        "retry_base_s": 0.01,
+        "request_timeout_s": 5.0,
+        "concurrency": 4,
+        "tokens_per_minute": None,
+    }
     return AnnotateSettings(**{**values, **overrides})
 
 
@@ -121,7 +128,9 @@ def test_falls_back_to_json_mode_when_the_server_lacks_json_schema(tmp_path, das
 
     def script(index, body):
         if body["response_format"]["type"] == "json_schema":
-            return Reply(status=400, body={"error": {"message": "response_format json_schema is not supported", "type": "invalid_request_error"}})
+            return Reply(
+                status=400, body={"error": {"message": "response_format json_schema is not supported", "type": "invalid_request_error"}}
+            )
         return None
 
     with LoopbackOpenAI(script) as server:
@@ -135,9 +144,11 @@ def test_malformed_answers_refusals_and_obeyed_injections_are_kept_then_rejected
     rows = make_run(run, users=6)
     train_rows = [r for r in rows if r["split"] == "train"]
     by_history = {tuple(h["title"] for h in r["history"]): r["user_id"] for r in train_rows}
-    bad = {train_rows[0]["user_id"]: Reply(content='{"rationale": "unterminated'),
-           train_rows[1]["user_id"]: Reply(refusal="I'm sorry, but I can't help with that request."),
-           train_rows[2]["user_id"]: Reply(content="OK")}  # a model that obeyed an injected title
+    bad = {
+        train_rows[0]["user_id"]: Reply(content='{"rationale": "unterminated'),
+        train_rows[1]["user_id"]: Reply(refusal="I'm sorry, but I can't help with that request."),
+        train_rows[2]["user_id"]: Reply(content="OK"),
+    }  # a model that obeyed an injected title
 
     def script(index, body):
         return bad.get(by_history[tuple(h["title"] for h in data_of(body)["history"])])
@@ -150,8 +161,11 @@ def test_malformed_answers_refusals_and_obeyed_injections_are_kept_then_rejected
     assert annotations[train_rows[1]["user_id"]]["rationale"].startswith("I'm sorry")
     entry = run_filter(run, FilterSettings(), dask_client)
     rejects = {r["user_id"]: r["reason"] for r in _rows(run, "filter_rejects")}
-    assert rejects == {train_rows[0]["user_id"]: "unparsable_output", train_rows[1]["user_id"]: "refusal",
-                       train_rows[2]["user_id"]: "unparsable_output"}
+    assert rejects == {
+        train_rows[0]["user_id"]: "unparsable_output",
+        train_rows[1]["user_id"]: "refusal",
+        train_rows[2]["user_id"]: "unparsable_output",
+    }
     assert entry["rows_out"] == {"filtered": 3, "filter_rejects": 3}
 
 
@@ -166,7 +180,7 @@ def test_max_cost_stops_cleanly_and_a_larger_budget_continues_without_repeats(tm
         assert small["cost_usd"] <= 0.03
         assert len(first_keys) == small["rows_out"]["annotations"]
         full = run_annotate(run, _settings(server, max_cost=10.0, max_output_tokens=200), dask_client)
-        second_keys = server.answered_keys[len(first_keys):]
+        second_keys = server.answered_keys[len(first_keys) :]
     assert full["complete"] is True and full["rows_out"]["annotations"] == 20
     assert not set(first_keys) & set(second_keys)
     assert full["cache_hits"] == small["rows_out"]["annotations"]
@@ -180,7 +194,7 @@ def test_dry_run_reports_rows_tokens_and_cost_and_sends_nothing(tmp_path, dask_c
         assert server.chat_bodies == []
     assert report["rows"] == report["requests_to_send"] == 12
     assert report["estimated_input_tokens"] > 0 and report["max_cost_usd"] > 0
-    assert "annotate" not in __import__("pipeline.stage", fromlist=["RunDir"]).RunDir(run).manifest()["stages"]
+    assert "annotate" not in __import__("core.stage", fromlist=["RunDir"]).RunDir(run).manifest()["stages"]
 
 
 def test_rate_limit_holds_for_the_whole_run_across_partitions(tmp_path, dask_client, api_key):
@@ -257,14 +271,39 @@ def test_cli_dry_run_and_help(tmp_path, dask_client, api_key):
     app.command("noop")(lambda: None)  # a second command keeps typer's subcommand layout
     runner = CliRunner()
     help_text = runner.invoke(app, ["annotate", "--help"]).output
-    for option in ("--annotator", "--model", "--base-url", "--concurrency", "--limit", "--max-cost", "--dry-run", "--splits",
-                   "--run", "--config", "--workers", "--scheduler"):
+    for option in (
+        "--annotator",
+        "--model",
+        "--base-url",
+        "--concurrency",
+        "--limit",
+        "--max-cost",
+        "--dry-run",
+        "--splits",
+        "--run",
+        "--config",
+        "--workers",
+        "--scheduler",
+    ):
         assert option in help_text
     run = tmp_path / "run"
     make_run(run, users=3)
     with LoopbackOpenAI() as server:
-        result = runner.invoke(app, ["annotate", "--run", str(run), "--annotator", "openai", "--base-url", server.base_url,
-                                     "--dry-run", "--scheduler", dask_client.scheduler.address])
+        result = runner.invoke(
+            app,
+            [
+                "annotate",
+                "--run",
+                str(run),
+                "--annotator",
+                "openai",
+                "--base-url",
+                server.base_url,
+                "--dry-run",
+                "--scheduler",
+                dask_client.scheduler.address,
+            ],
+        )
         assert server.chat_bodies == []
     assert result.exit_code == 0, result.output
     assert "3 row(s)" in result.output and "request(s) to send" in result.output
@@ -277,11 +316,14 @@ def test_a_rejected_key_stops_the_run_with_a_clear_error_and_keeps_earlier_answe
     make_run(run, users=6)
 
     def script(index, body):
-        return Reply(status=401, body={"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}) if index >= 2 else None
+        return (
+            Reply(status=401, body={"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+            if index >= 2
+            else None
+        )
 
-    with LoopbackOpenAI(script) as server:
-        with pytest.raises(AnnotatorConfigError, match="HTTP 401: check OPENAI_API_KEY") as error:
-            run_annotate(run, _settings(server, concurrency=1), dask_client)
+    with LoopbackOpenAI(script) as server, pytest.raises(AnnotatorConfigError, match="HTTP 401: check OPENAI_API_KEY") as error:
+        run_annotate(run, _settings(server, concurrency=1), dask_client)
     assert SECRET not in str(error.value)
     with AnswerCache(run / "annotation_cache.sqlite") as cache:
         assert cache.count() == 2

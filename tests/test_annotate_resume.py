@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
-
 from annotation_data import make_run
 from openai_loopback import LoopbackOpenAI, Reply, messages_key
+
+from core.stage import RunDir, StageError
 from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.annotators.cache import AnswerCache
 from pipeline.annotators.pricing import PriceTable
-from pipeline.stage import RunDir, StageError
 
 TESTS = Path(__file__).resolve().parent
 KEY = "sk-test-resume-7d1e"
@@ -74,8 +74,11 @@ def test_sigkill_then_rerun_repeats_no_answered_request_and_equals_an_uninterrup
     with LoopbackOpenAI(script) as server:
         process = subprocess.Popen(
             [sys.executable, str(child), str(interrupted), server.base_url],
-            cwd=TESTS.parent, env={**os.environ, "PYTHONPATH": str(TESTS.parent)}, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=TESTS.parent,
+            env={**os.environ, "PYTHONPATH": str(TESTS.parent)},
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             deadline = time.monotonic() + 120
@@ -90,14 +93,18 @@ def test_sigkill_then_rerun_repeats_no_answered_request_and_equals_an_uninterrup
         assert RunDir(interrupted).entry("annotate") is None  # nothing half-committed
         stall["on"] = False
         received_before = len(server.chat_bodies)
-        resumed = run_annotate(interrupted, AnnotateSettings(annotator="openai", base_url=server.base_url, partition_rows=4,
-                                                            tokens_per_minute=None), dask_client)
+        resumed = run_annotate(
+            interrupted,
+            AnnotateSettings(annotator="openai", base_url=server.base_url, partition_rows=4, tokens_per_minute=None),
+            dask_client,
+        )
         sent_after = [messages_key(body) for body in server.chat_bodies[received_before:]]
     assert not answered_before_kill & set(sent_after), "a request answered before the kill was sent again"
     assert resumed["cache_hits"] == answer_first and resumed["complete"] is True
     with LoopbackOpenAI() as server:
-        run_annotate(reference, AnnotateSettings(annotator="openai", base_url=server.base_url, partition_rows=4,
-                                                 tokens_per_minute=None), dask_client)
+        run_annotate(
+            reference, AnnotateSettings(annotator="openai", base_url=server.base_url, partition_rows=4, tokens_per_minute=None), dask_client
+        )
     resumed_rows, reference_rows = _annotations(interrupted), _annotations(reference)
     assert len(resumed_rows) == 16 and len({(r["user_id"], r["split"]) for r in resumed_rows}) == 16
     assert resumed_rows == reference_rows
@@ -108,7 +115,9 @@ def test_batch_api_round_trip_maps_results_back_and_bills_half_price(tmp_path, d
     run = tmp_path / "run"
     make_run(run, users=6)
     with LoopbackOpenAI(batch_polls_before_done=2) as server:
-        entry = run_annotate(run, AnnotateSettings(annotator="openai-batch", base_url=server.base_url, batch_poll_interval_s=0.01), dask_client)
+        entry = run_annotate(
+            run, AnnotateSettings(annotator="openai-batch", base_url=server.base_url, batch_poll_interval_s=0.01), dask_client
+        )
         assert len(server.batches) == 1
         uploaded = next(iter(server.files.values()))
     assert uploaded["meta"]["purpose"] == "batch" and uploaded["data"].count(b"\n") == 6
@@ -156,7 +165,9 @@ def test_cache_is_safe_under_concurrent_writer_processes(tmp_path):
     path = str(tmp_path / "annotation_cache.sqlite")
     AnswerCache(path).close()
     writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, path, str(w)], cwd=TESTS.parent, env={**os.environ, "PYTHONPATH": str(TESTS.parent)})
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, path, str(w)], cwd=TESTS.parent, env={**os.environ, "PYTHONPATH": str(TESTS.parent)}
+        )
         for w in range(3)
     ]
     assert [p.wait(60) for p in writers] == [0, 0, 0]

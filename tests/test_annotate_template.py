@@ -7,12 +7,12 @@ import re
 
 import pyarrow.dataset as pads
 import pytest
-
 from annotation_data import make_run
+
+from core.stage import StageError
 from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.annotators import template
 from pipeline.filter import FilterSettings, run_filter
-from pipeline.stage import StageError
 from pipeline.teacher_prompt import PROMPT_VERSION, SYSTEM_PROMPT, ExampleContext, ItemFacts, build_messages, parse_answer
 
 
@@ -143,8 +143,11 @@ def test_template_on_the_real_chain_from_the_synthetic_sample(tmp_path, dask_cli
     domain = "Grocery_and_Gourmet_Food"
     generate_domains(tmp_path / "raw", SampleSettings(domains=[domain], users=300))
     run = tmp_path / "run"
-    run_ingest(run, IngestSettings(reviews=[str(tmp_path / "raw" / f"{domain}.jsonl")],
-                                   meta=[str(tmp_path / "raw" / f"meta_{domain}.jsonl")]), dask_client)
+    run_ingest(
+        run,
+        IngestSettings(reviews=[str(tmp_path / "raw" / f"{domain}.jsonl")], meta=[str(tmp_path / "raw" / f"meta_{domain}.jsonl")]),
+        dask_client,
+    )
     run_sequences(run, SequencesSettings(), dask_client)
     annotated = run_annotate(run, AnnotateSettings(), dask_client)
     filtered = run_filter(run, FilterSettings(), dask_client)

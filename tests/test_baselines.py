@@ -26,7 +26,7 @@ from training.eval_cli import register
 from training.sasrec import SasRecConfig, score_candidates, train_sasrec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from release_fixture import make_release  # noqa: E402
+from release_fixture import make_release
 
 NUM_LINES, LINE_LENGTH = 12, 10
 
@@ -102,10 +102,7 @@ def test_training_sequences_keep_the_longest_prefix_per_user() -> None:
 
 def test_popularity_ranks_the_scripted_candidates_with_position_ties() -> None:
     counts = {"p1": 5, "p2": 9, "p3": 5}
-    rows = [
-        {"user_id": "x", "candidates": [{"parent_asin": a} for a in ("p1", "p2", "p3", "new")], "target_index": t}
-        for t in range(4)
-    ]
+    rows = [{"user_id": "x", "candidates": [{"parent_asin": a} for a in ("p1", "p2", "p3", "new")], "target_index": t} for t in range(4)]
     # p2 (9) first, then p1 and p3 tied at 5 in candidate order, then the unseen item.
     assert rank_rows(rows, popularity_scorer(counts), "popularity") == [1, 0, 2, 3]
 

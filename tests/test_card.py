@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import DatasetCard
+from release_runs import make_run, rrec_commands
 from typer.testing import CliRunner
 
 from datacards.card import CardSettings, build_card, size_category
 from datacards.statistics import category_of, domain_statistics
 from release.layout import load_domains, write_data
-from release_runs import make_run, rrec_commands
 
 runner = CliRunner()
 # Only the commands under test: another part's unfinished command must not break these tests.
@@ -124,7 +124,11 @@ def test_card_figures_are_pngs_in_the_release_and_shown_in_the_card(carded: tupl
     out, _ = carded
     text = (out / "README.md").read_text()
     shown = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", text)
-    expected = {f"figures/{config}_{kind}.png" for config in ("grocery", "office") for kind in ("history_length", "items_per_category", "rationale_length", "filter_reasons")}
+    expected = {
+        f"figures/{config}_{kind}.png"
+        for config in ("grocery", "office")
+        for kind in ("history_length", "items_per_category", "rationale_length", "filter_reasons")
+    }
     assert set(shown) == expected
     for name in expected:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
@@ -151,7 +155,9 @@ def test_category_and_size_buckets() -> None:
 
 def test_rrec_card_writes_the_card_of_run_folders(carded: tuple[Path, list], tmp_path: Path) -> None:
     runs = make_run(tmp_path / "runs", "Office_Products")
-    result = runner.invoke(app, ["card", "--runs", str(runs), "--out", str(tmp_path / "card"), "--version", "2.0.0", "--pretty-name", "Office rationales"])
+    result = runner.invoke(
+        app, ["card", "--runs", str(runs), "--out", str(tmp_path / "card"), "--version", "2.0.0", "--pretty-name", "Office rationales"]
+    )
     assert result.exit_code == 0, result.output
     card = DatasetCard.load(tmp_path / "card" / "README.md")
     assert card.data.pretty_name == "Office rationales"

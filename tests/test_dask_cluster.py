@@ -20,9 +20,9 @@ import pytest
 from distributed import Client
 from sequences_fixtures import meta, tricky_reviews, write_jsonl
 
+from core.stage import RunDir
 from pipeline.ingest import IngestSettings, run_ingest
 from pipeline.sequences import SequencesSettings, run_sequences
-from pipeline.stage import RunDir
 
 BIN = Path(sys.executable).parent
 SEQUENCE_OPTIONS = ["--num-negatives", "15", "--train-targets", "all", "--events-per-partition", "300"]
@@ -54,16 +54,26 @@ def scheduler_address(tmp_path_factory) -> Iterator[str]:
     processes: list[subprocess.Popen] = []
 
     def start(name: str, *args: str) -> None:
-        log = open(logs / f"{name}.log", "w")
-        processes.append(subprocess.Popen([str(BIN / "dask"), *args], stdout=log, stderr=subprocess.STDOUT))
-        log.close()
+        with open(logs / f"{name}.log", "w") as log:
+            processes.append(subprocess.Popen([str(BIN / "dask"), *args], stdout=log, stderr=subprocess.STDOUT))
 
     try:
         start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard")
         for index in range(2):
             start(
-                f"worker-{index}", "worker", address, "--host", "127.0.0.1", "--no-nanny", "--nthreads", "1",
-                "--no-dashboard", "--local-directory", str(logs / f"worker-{index}"), "--name", f"worker-{index}",
+                f"worker-{index}",
+                "worker",
+                address,
+                "--host",
+                "127.0.0.1",
+                "--no-nanny",
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--local-directory",
+                str(logs / f"worker-{index}"),
+                "--name",
+                f"worker-{index}",
             )
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=90)

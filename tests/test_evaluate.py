@@ -14,9 +14,9 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from pipeline.config import load_config, section
-from pipeline.rationale_format import ITEM_CLOSE, ITEM_OPEN, THINK_CLOSE, THINK_OPEN
-from pipeline.schemas import FILTERED
+from core.config import load_config, section
+from core.rationale_format import ITEM_CLOSE, ITEM_OPEN, THINK_CLOSE, THINK_OPEN
+from core.schemas import FILTERED
 from training.eval_cli import register
 from training.evaluate import CandidateScorer, EvalSettings, Generator, evaluate, evaluate_model, prompt_settings_for
 from training.metrics import ranking_metrics, target_rank
@@ -24,7 +24,7 @@ from training.models import TinyModelSettings, build_tiny_model, train_tiny_toke
 from training.prompts import PromptSettings, build_messages
 
 sys.path.insert(0, str(Path(__file__).parent))
-from release_fixture import _catalog, make_release  # noqa: E402
+from release_fixture import _catalog, make_release
 
 TINY = TinyModelSettings(vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, max_positions=1024)
 TRAINED_PROMPT = {"history_k": 3, "num_candidates": 5, "seed": 7}

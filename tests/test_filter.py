@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow.dataset as pads
 import pytest
-
 from annotation_data import make_run
+
 from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.filter import REASONS, FilterSettings, reject_reason, run_filter
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
@@ -27,8 +27,14 @@ GOOD = (
 
 
 def _row(rationale: str, coherent: bool | None = True, preferences: str = "Likes tea.") -> dict:
-    return {"user_id": "U1", "split": "train", "target_parent_asin": "B00TARGET1", "rationale": rationale,
-            "user_preferences": preferences, "coherent": coherent}
+    return {
+        "user_id": "U1",
+        "split": "train",
+        "target_parent_asin": "B00TARGET1",
+        "rationale": rationale,
+        "user_preferences": preferences,
+        "coherent": coherent,
+    }
 
 
 @pytest.mark.parametrize(
@@ -46,10 +52,21 @@ def _row(rationale: str, coherent: bool | None = True, preferences: str = "Likes
         (_row(GOOD + " Contact the shopper at jane.doe@example.org please."), "contains_email"),
         (_row(GOOD, preferences="Call them on (555) 123-4567 about tea."), "contains_phone"),
         (_row(GOOD + " Its code is B00TARGET1 in the catalog."), "leaks_target_asin"),
-        (_row('Der Kunde kaufte "Leaf & Kettle Earl Grey Black Tea" und mag Tee sehr gerne, deshalb passt dieser Tee gut zu seinen Käufen.'), "not_english"),
-        (_row('Покупатель купил "Leaf & Kettle Earl Grey Black Tea" и поэтому он купит этот чай снова очень скоро, как и раньше.'), "not_english"),
+        (
+            _row(
+                'Der Kunde kaufte "Leaf & Kettle Earl Grey Black Tea" und mag Tee sehr gerne, deshalb passt dieser Tee gut zu seinen Käufen.'
+            ),
+            "not_english",
+        ),
+        (
+            _row('Покупатель купил "Leaf & Kettle Earl Grey Black Tea" и поэтому он купит этот чай снова очень скоро, как и раньше.'),
+            "not_english",
+        ),
         (_row(GOOD + ' It is also like "Acme Turbo Blender 3000 Pro" that the shopper may own.'), "unknown_product"),
-        (_row("The shopper likes good things and this is a good thing, so it is a sensible purchase for the shopper to make now."), "not_grounded"),
+        (
+            _row("The shopper likes good things and this is a good thing, so it is a sensible purchase for the shopper to make now."),
+            "not_grounded",
+        ),
     ],
 )
 def test_each_rule_rejects_with_its_named_reason(row, reason):
@@ -74,6 +91,7 @@ def test_every_annotation_ends_in_exactly_one_table_with_counts_in_the_manifest(
     annotations = pads.dataset(str(run / "annotations")).to_table().to_pylist()
     kept = pads.dataset(str(run / "filtered")).to_table().to_pylist()
     rejected = pads.dataset(str(run / "filter_rejects")).to_table().to_pylist()
+
     def key(r):
         return (r["user_id"], r["split"], r["target_parent_asin"])
 

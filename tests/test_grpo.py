@@ -8,9 +8,9 @@ import math
 
 import pytest
 import typer
+from release_fixture import make_release
 from typer.testing import CliRunner
 
-from release_fixture import make_release
 from training.cli import register
 from training.models import load_for_inference
 from training.rewards import catalog_keys, format_reward, hit_reward, normalise_title, rank_reward, validity_reward
@@ -103,9 +103,32 @@ def test_grpo_runs_a_few_steps_from_an_sft_adapter_and_logs_each_reward(tmp_path
         register(app)
         result = CliRunner().invoke(
             app,
-            ["train", "grpo", "--sft-model", str(tmp_path / "sft"), "--dataset", str(release), "--config", "grocery",
-             "--output", str(tmp_path / "grpo"), "--max-steps", "2", "--batch-size", "4", "--num-generations", "2",
-             "--max-completion-length", "12", "--limit-train", "4", "--beta", "0.04", "--hit-weight", "2.0"],
+            [
+                "train",
+                "grpo",
+                "--sft-model",
+                str(tmp_path / "sft"),
+                "--dataset",
+                str(release),
+                "--config",
+                "grocery",
+                "--output",
+                str(tmp_path / "grpo"),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--num-generations",
+                "2",
+                "--max-completion-length",
+                "12",
+                "--limit-train",
+                "4",
+                "--beta",
+                "0.04",
+                "--hit-weight",
+                "2.0",
+            ],
         )
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "grpo" / "training_config.json").read_text())

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-from pipeline.schemas import RELEASE_ROW
-from release.hub import HubReleaseError, release_files, version_tag
 from hub_loopback import LoopbackHub
+
+from core.schemas import RELEASE_ROW
+from release.hub import HubReleaseError, release_files, version_tag
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = f"hf_loopback_{secrets.token_hex(12)}"
@@ -40,10 +40,22 @@ def release_rows(config: str, split: str, users: int) -> list[dict[str, Any]]:
     rows = []
     for user in range(users):
         history = [
-            {"parent_asin": f"B{config[0].upper()}{user:03d}{step:05d}", "title": f"{config} item {step}", "rating": 4.0, "timestamp": 1_600_000_000_000 + step}
+            {
+                "parent_asin": f"B{config[0].upper()}{user:03d}{step:05d}",
+                "title": f"{config} item {step}",
+                "rating": 4.0,
+                "timestamp": 1_600_000_000_000 + step,
+            }
             for step in range(user % 4 + 1)
         ]
-        target = {"parent_asin": f"T{config[0].upper()}{user:08d}", "title": f"{config} target {user}", "categories": [config, "Pantry"], "store": "Acme", "rating": 5.0, "timestamp": 1_700_000_000_000}
+        target = {
+            "parent_asin": f"T{config[0].upper()}{user:08d}",
+            "title": f"{config} target {user}",
+            "categories": [config, "Pantry"],
+            "store": "Acme",
+            "rating": 5.0,
+            "timestamp": 1_700_000_000_000,
+        }
         candidates = [{"parent_asin": f"N{config[0].upper()}{user:03d}{n:05d}", "title": f"negative {n}"} for n in range(3)]
         candidates.insert(user % 4, {"parent_asin": target["parent_asin"], "title": target["title"]})
         rows.append(
@@ -76,11 +88,18 @@ def build_release(folder: Path, version: str, configs: tuple[str, ...] = ("groce
             pq.write_table(pa.Table.from_pylist(release_rows(config, split, users + len(edition)), schema=RELEASE_ROW), path)
         items = folder / "data" / f"{config}_items" / "items-00000-of-00001.parquet"
         items.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist([{"parent_asin": f"T{i:09d}", "title": f"item {i}", "categories": [config]} for i in range(4)], schema=ITEMS_SCHEMA), items)
+        pq.write_table(
+            pa.Table.from_pylist(
+                [{"parent_asin": f"T{i:09d}", "title": f"item {i}", "categories": [config]} for i in range(4)], schema=ITEMS_SCHEMA
+            ),
+            items,
+        )
         card_configs.append(
             {"config_name": config, "data_files": [{"split": split, "path": f"data/{config}/{split}-*.parquet"} for split in SPLIT_SIZES]}
         )
-        card_configs.append({"config_name": f"{config}_items", "data_files": [{"split": "items", "path": f"data/{config}_items/items-*.parquet"}]})
+        card_configs.append(
+            {"config_name": f"{config}_items", "data_files": [{"split": "items", "path": f"data/{config}_items/items-*.parquet"}]}
+        )
     metadata = {"pretty_name": "Rationale-augmented sequential recommendation", "license": "other", "configs": card_configs}
     (folder / "README.md").write_text(f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n# Rationale-rec {version}{edition}\n")
     (folder / "manifest.json").write_text(json.dumps({"version": version, "configs": list(configs)}, indent=2))
@@ -261,13 +280,15 @@ def test_unknown_version_is_a_clear_error_listing_the_available_ones(hub: Loopba
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_repository_has_no_versions_and_pulling_it_is_a_clear_error(hub: LoopbackHub, pushed: dict[str, Any], tmp_path: Path) -> None:
+def test_unknown_repository_has_no_versions_and_pulling_it_is_a_clear_error(
+    hub: LoopbackHub, pushed: dict[str, Any], tmp_path: Path
+) -> None:
     run = run_client(
         pushed["env"],
         f"""
         report({{
             "versions": list_versions('rrec-org/no-such-dataset'),
-            "pull": attempt(download_release, 'rrec-org/no-such-dataset', 'v1.0.0', Path({str(tmp_path / 'out')!r})),
+            "pull": attempt(download_release, 'rrec-org/no-such-dataset', 'v1.0.0', Path({str(tmp_path / "out")!r})),
         }})
         """,
     )
@@ -367,8 +388,18 @@ def cli_release(hub: LoopbackHub, tmp_path_factory: pytest.TempPathFactory) -> d
     run_dir = make_run(work / "runs", users=12)
     env = hub_env(hub, work / "hf-home")
     released = run_rrec(
-        env, "release", "--runs", str(run_dir), "--registry", str(work / "registry"),
-        "--version", "1.0.0", "--push", "--repo-id", CLI_REPO_ID, cwd=work,
+        env,
+        "release",
+        "--runs",
+        str(run_dir),
+        "--registry",
+        str(work / "registry"),
+        "--version",
+        "1.0.0",
+        "--push",
+        "--repo-id",
+        CLI_REPO_ID,
+        cwd=work,
     )
     assert released.returncode == 0, released.stderr[-3000:]
     return {"work": work, "env": env, "run": run_dir, "stdout": released.stdout}
@@ -432,8 +463,18 @@ def test_cli_release_of_an_existing_version_pushes_nothing(hub: LoopbackHub, cli
     repo = hub.repo("dataset", CLI_REPO_ID)
     commits_before, tags_before = set(repo.commits), dict(repo.tags)
     again = run_rrec(
-        cli_release["env"], "release", "--runs", str(cli_release["run"]), "--registry", str(cli_release["work"] / "registry"),
-        "--version", "1.0.0", "--push", "--repo-id", CLI_REPO_ID, cwd=cli_release["work"],
+        cli_release["env"],
+        "release",
+        "--runs",
+        str(cli_release["run"]),
+        "--registry",
+        str(cli_release["work"] / "registry"),
+        "--version",
+        "1.0.0",
+        "--push",
+        "--repo-id",
+        CLI_REPO_ID,
+        cwd=cli_release["work"],
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already released" in again.stdout
@@ -444,8 +485,18 @@ def test_cli_push_without_token_is_one_clear_line(hub: LoopbackHub, cli_release:
     env = hub_env(hub, tmp_path / "empty-hf-home", token=None)
     # The version is in the local registry already, so only the push to a new repository is left.
     pushed = run_rrec(
-        env, "release", "--runs", str(cli_release["run"]), "--registry", str(cli_release["work"] / "registry"),
-        "--version", "1.0.0", "--push", "--repo-id", "rrec-org/cli-no-token", cwd=tmp_path,
+        env,
+        "release",
+        "--runs",
+        str(cli_release["run"]),
+        "--registry",
+        str(cli_release["work"] / "registry"),
+        "--version",
+        "1.0.0",
+        "--push",
+        "--repo-id",
+        "rrec-org/cli-no-token",
+        cwd=tmp_path,
     )
     assert pushed.returncode == 2
     assert "error: no Hugging Face token: set HF_TOKEN" in pushed.stderr and "Traceback" not in pushed.stderr

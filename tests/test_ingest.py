@@ -16,6 +16,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from core.schemas import INTERACTIONS, ITEMS, REJECTS
+from core.tables import read_table
 from pipeline.ingest import (
     META_READER,
     IngestSettings,
@@ -23,21 +25,35 @@ from pipeline.ingest import (
     RecordRejected,
     meta_values,
     parse_meta_block,
-    parse_review_block,
     parse_price,
+    parse_review_block,
     register,
     resolve_sources,
     run_ingest,
     strip_html,
 )
-from pipeline.readers import GzipChunks, InputError, LineBlock, SourceFile, StreamEnd, cut_lines, domain_from_name, expand_inputs, gzip_blocks_ahead
-from pipeline.schemas import INTERACTIONS, ITEMS, REJECTS
-from pipeline.tables import read_table
+from pipeline.readers import (
+    GzipChunks,
+    InputError,
+    LineBlock,
+    SourceFile,
+    StreamEnd,
+    cut_lines,
+    domain_from_name,
+    expand_inputs,
+    gzip_blocks_ahead,
+)
 
 REVIEW_KEYS = ["rating", "title", "text", "images", "asin", "parent_asin", "user_id", "timestamp", "helpful_vote", "verified_purchase"]
 KEPT_REVIEW_KEYS = ["rating", "title", "text", "asin", "parent_asin", "user_id", "timestamp", "helpful_vote", "verified_purchase"]
 REQUIRED_REVIEW_KEYS = ["rating", "parent_asin", "user_id", "timestamp"]
-OPTIONAL_REVIEW_KEYS = {"title": "review_title", "text": "review_text", "asin": "asin", "helpful_vote": "helpful_vote", "verified_purchase": "verified_purchase"}
+OPTIONAL_REVIEW_KEYS = {
+    "title": "review_title",
+    "text": "review_text",
+    "asin": "asin",
+    "helpful_vote": "helpful_vote",
+    "verified_purchase": "verified_purchase",
+}
 
 
 def review(i: int, **changes: object) -> dict:
@@ -45,7 +61,7 @@ def review(i: int, **changes: object) -> dict:
     rng = random.Random(i)
     record = {
         "rating": float(rng.randint(1, 5)) if i % 7 else rng.randint(1, 5),
-        "title": rng.choice(["Great", "Meh", "Caf\u00e9 cr\u00e8me", "Not \"bad\"", ""]),
+        "title": rng.choice(["Great", "Meh", "Caf\u00e9 cr\u00e8me", 'Not "bad"', ""]),
         "text": rng.choice(["Works well.", "Nice<br />would buy again", "AT&amp;T &lt;3", "Emoji \U0001f600 ok", "a\\b\tc"]),
         "images": [{"small_image_url": f"https://img/{i}.jpg", "attachment_type": "IMAGE"}] if i % 3 == 0 else [],
         "asin": f"B{i % 50:09d}",
@@ -129,7 +145,9 @@ def malformed_corpus() -> tuple[bytes, dict[int, str], list[int]]:
         lines.append(content)
         expected[len(lines)] = reason
     # A valid line whose ignored fields hold what the fast reader and json.loads both accept.
-    lines.append(json.dumps(review(98)).replace('"images": []', '"images": [NaN, Infinity, "\\u00e9"]').encode().replace(b"\\u00e9", b"\xff"))
+    lines.append(
+        json.dumps(review(98)).replace('"images": []', '"images": [NaN, Infinity, "\\u00e9"]').encode().replace(b"\\u00e9", b"\xff")
+    )
     valid.append(len(lines))
     return b"\n".join(lines) + b"\n", expected, valid
 
@@ -208,7 +226,10 @@ def test_fast_path_and_line_by_line_path_give_identical_rows():
 def test_many_scattered_defects_keep_every_valid_row_in_order():
     records = [review(i) for i in range(1000)]
     bad = {i: ("missing_field:user_id" if i % 3 else "wrong_type:rating") for i in range(5, 1000, 37)}
-    lines = [json.dumps(review(i, user_id=None) if i in bad and i % 3 else review(i, rating=float("nan")) if i in bad else r).encode() for i, r in enumerate(records)]
+    lines = [
+        json.dumps(review(i, user_id=None) if i in bad and i % 3 else review(i, rating=float("nan")) if i in bad else r).encode()
+        for i, r in enumerate(records)
+    ]
     parsed = parse_review_block(LineBlock(source(), 1, b"\n".join(lines)), MAX_LINE)
     assert {r["line"] - 1: r["reason"] for r in parsed.rejects.to_pylist()} == bad
     clean = parse_review_block(LineBlock(source(), 1, jsonl(records)), MAX_LINE).table
@@ -218,7 +239,9 @@ def test_many_scattered_defects_keep_every_valid_row_in_order():
 def test_html_is_stripped_from_review_text():
     texts = pa.array(["plain", "a<br />b<BR>c<br/>d", "<p>x &amp; y</p> &lt;b&gt;", "I <3 it, 5 < 6", "AT&T", "<!-- note -->ok", ""])
     assert strip_html(texts).to_pylist() == ["plain", "a\nb\nc\nd", "x & y <b>", "I <3 it, 5 < 6", "AT&T", "ok", ""]
-    parsed = parse_review_block(LineBlock(source(), 1, jsonl([review(1, text="Great<br /><br />&quot;really&quot; <b>good</b>")])), MAX_LINE)
+    parsed = parse_review_block(
+        LineBlock(source(), 1, jsonl([review(1, text="Great<br /><br />&quot;really&quot; <b>good</b>")])), MAX_LINE
+    )
     assert parsed.table.column("review_text").to_pylist() == ['Great\n\n"really" good']
 
 
@@ -229,8 +252,25 @@ def test_metadata_is_normalised_from_raw_and_hub_conversion_forms():
     row = dict(zip(ITEMS.names, raw_row))
     assert row["description"] == "Line one.\nLine two."
     assert json.loads(row["details"]) == {"Brand": "Shop", "Weight": "1 lb"}
-    assert [parse_price(p) for p in ("None", "", "\u2014", " 12.99 ", "$1,299.00", None, 7, float("nan"))] == [None, None, None, 12.99, 1299.0, None, 7.0, None]
-    block = jsonl([meta(1), meta(2, price="about five"), meta(3, categories="Snacks"), without(meta(4), "parent_asin"), meta(5, features=None, description=[])])
+    assert [parse_price(p) for p in ("None", "", "\u2014", " 12.99 ", "$1,299.00", None, 7, float("nan"))] == [
+        None,
+        None,
+        None,
+        12.99,
+        1299.0,
+        None,
+        7.0,
+        None,
+    ]
+    block = jsonl(
+        [
+            meta(1),
+            meta(2, price="about five"),
+            meta(3, categories="Snacks"),
+            without(meta(4), "parent_asin"),
+            meta(5, features=None, description=[]),
+        ]
+    )
     parsed = parse_meta_block(LineBlock(source("meta"), 1, block), MAX_LINE)
     assert {r["line"]: r["reason"] for r in parsed.rejects.to_pylist()} == {
         2: "wrong_type:price",
@@ -246,7 +286,7 @@ def meta_corpus() -> tuple[list[bytes], dict[int, str]]:
     nested_details = {"Brand": "Caf\u00e9 \u2615", "Size": {"oz": 12, "ml": 355.0}, "Tags": ["a", "b"], "Empty": None, "Price": 1.50}
     odd = [
         meta(1000, details=nested_details),
-        meta(1001, title='The "best" filters \\ mugs', details={"Brand": "Quote\"d"}),  # backslashes: decoded whole
+        meta(1001, title='The "best" filters \\ mugs', details={"Brand": 'Quote"d'}),  # backslashes: decoded whole
         meta(1002, categories=["Grocery", "details"]),  # "details" as a value, not a key
         meta(1003, images=[{"details": {"x": 1}}]),  # a nested "details" key before the real one
         without(meta(1004, images=[{"details": {"x": 1}}]), "details"),  # only a nested one
@@ -262,7 +302,9 @@ def meta_corpus() -> tuple[list[bytes], dict[int, str]]:
     lines.append(json.dumps(meta(1012, details={"A": 1}), separators=(",", ":")).encode())  # compact
     lines.append(json.dumps(meta(1013)).replace('"details": {', '"details"  :  {').encode())
     # The top-level key spelled with an escape, a nested one spelled plainly: found by decoding.
-    lines.append(json.dumps(meta(1014, images=[{"details": {"x": 1}}])).replace('"details": {"Brand"', '"det\\u0061ils": {"Brand"').encode())
+    lines.append(
+        json.dumps(meta(1014, images=[{"details": {"x": 1}}])).replace('"details": {"Brand"', '"det\\u0061ils": {"Brand"').encode()
+    )
     rejected = {
         len(lines) + 1: (json.dumps(meta(1020, categories=["ok", None])).encode(), "wrong_type:categories"),
         len(lines) + 2: (json.dumps(meta(1021, details={"Brand": "bad \udc80"})).encode(), "invalid_utf8:details"),
@@ -294,7 +336,13 @@ def test_metadata_fast_path_equals_the_per_line_path():
     assert parsed.table.to_pylist() == pa.Table.from_pylist(reference, schema=ITEMS).to_pylist()
     assert parsed.table.num_rows + parsed.rejects.num_rows == len(lines)
     by_asin = {row["parent_asin"]: row for row in parsed.table.to_pylist()}
-    assert json.loads(by_asin["P000001000"]["details"]) == {"Brand": "Caf\u00e9 \u2615", "Size": {"oz": 12, "ml": 355.0}, "Tags": ["a", "b"], "Empty": None, "Price": 1.5}
+    assert json.loads(by_asin["P000001000"]["details"]) == {
+        "Brand": "Caf\u00e9 \u2615",
+        "Size": {"oz": 12, "ml": 355.0},
+        "Tags": ["a", "b"],
+        "Empty": None,
+        "Price": 1.5,
+    }
     assert by_asin["P000001003"]["details"] == json.dumps(meta(0)["details"], ensure_ascii=False)
     assert by_asin["P000001014"]["details"] == by_asin["P000001003"]["details"]
     assert by_asin["P000001004"]["details"] is None and by_asin["P000001007"]["details"] == "{}"
@@ -305,10 +353,14 @@ def test_the_bulk_metadata_reader_vouches_for_every_record_but_the_defective():
     # Records in the raw files' own form need no line-by-line decoding; the defects it can read
     # it leaves to that path (invalid UTF-8, even escaped, fails the bulk read of its slice).
     corpus, rejects = meta_corpus()
-    numbered = [(number, line) for number, line in enumerate(corpus[:-2], start=1) if not rejects.get(number, "").startswith("invalid_utf8")]
+    numbered = [
+        (number, line) for number, line in enumerate(corpus[:-2], start=1) if not rejects.get(number, "").startswith("invalid_utf8")
+    ]
     lines = [line for _, line in numbered]
     data = b"\n".join(lines) + b"\n"
-    raw = pajson.read_json(pa.BufferReader(data), parse_options=pajson.ParseOptions(explicit_schema=META_READER.schema, unexpected_field_behavior="ignore"))
+    raw = pajson.read_json(
+        pa.BufferReader(data), parse_options=pajson.ParseOptions(explicit_schema=META_READER.schema, unexpected_field_behavior="ignore")
+    )
     starts = np.array([0, *np.cumsum([len(line) + 1 for line in lines])[:-1]])
     table, vouched = META_READER.finish(raw, LineSlice(data, starts, starts + [len(line) for line in lines], 0, len(lines)))
 
@@ -461,13 +513,17 @@ def test_globs_and_file_urls_number_files_in_sorted_order(tmp_path, dask_client)
         ("reviews", str(tmp_path / "b" / "Office_Products.part2.jsonl"), 3),
         ("meta", f"file://{tmp_path}/meta_Office_Products.jsonl", 1),
     ]
-    assert [(r["src_file"], r["src_line"]) for r in rows(tmp_path / "run", "interactions")] == [(0, n) for n in range(1, 6)] + [(1, n) for n in range(1, 4)]
+    assert [(r["src_file"], r["src_line"]) for r in rows(tmp_path / "run", "interactions")] == [(0, n) for n in range(1, 6)] + [
+        (1, n) for n in range(1, 4)
+    ]
     assert len(rows(tmp_path / "run", "items")) == 1
 
     with pytest.raises(InputError, match="no reviews file matches"):
         expand_inputs([str(tmp_path / "nothing*.jsonl")], "reviews", "x/y")
     with pytest.raises(InputError, match="pass --domain"):
-        resolve_sources(IngestSettings(reviews=[str(tmp_path / "Office_Products.part1.jsonl")], meta=[str(tmp_path / "meta_Office_Products.jsonl")]))
+        resolve_sources(
+            IngestSettings(reviews=[str(tmp_path / "Office_Products.part1.jsonl")], meta=[str(tmp_path / "meta_Office_Products.jsonl")])
+        )
 
 
 def test_real_sample_is_ingested_whole(tmp_path, dask_client, real_reviews):
@@ -488,8 +544,15 @@ def test_real_sample_is_ingested_whole(tmp_path, dask_client, real_reviews):
 
 
 def test_output_is_the_same_for_any_block_size_worker_count_and_compression(tmp_path, dask_client):
-    data, expected, valid = malformed_corpus()
-    body = jsonl([review(i) for i in range(300)]) + data + b'{"rating": 5, "pad": "' + b"z" * 6000 + b'"}\n' + jsonl([review(i) for i in range(300, 340)])
+    data, _expected, _valid = malformed_corpus()
+    body = (
+        jsonl([review(i) for i in range(300)])
+        + data
+        + b'{"rating": 5, "pad": "'
+        + b"z" * 6000
+        + b'"}\n'
+        + jsonl([review(i) for i in range(300, 340)])
+    )
     plain = tmp_path / "plain" / "Grocery_and_Gourmet_Food.jsonl"
     packed = tmp_path / "gz" / "Grocery_and_Gourmet_Food.jsonl.gz"
     plain.parent.mkdir()
@@ -549,11 +612,11 @@ def test_cli_rerun_skips_unchanged_inputs_and_force_reruns(tmp_path, dask_client
     finished = manifest["stages"]["ingest"]["finished_at"]
     fingerprint = manifest["stages"]["ingest"]["fingerprint"]
 
-    again = runner.invoke(rrec, args + ["--block-size", "4096"])  # block size cannot change the output
+    again = runner.invoke(rrec, [*args, "--block-size", "4096"])  # block size cannot change the output
     assert again.exit_code == 0 and "up to date" in again.output
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["ingest"]["finished_at"] == finished
 
-    forced = runner.invoke(rrec, args + ["--force"])
+    forced = runner.invoke(rrec, [*args, "--force"])
     assert forced.exit_code == 0 and "up to date" not in forced.output
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["ingest"]["fingerprint"] == fingerprint
 
@@ -588,7 +651,9 @@ def test_cli_reads_its_settings_from_the_config_file(tmp_path, dask_client, rrec
     config = tmp_path / "rrec.yaml"
     config.write_text(f"ingest:\n  reviews: {reviews_path}\n  block_size: 4096\n  domain: Office\n")
 
-    result = CliRunner().invoke(rrec, ["ingest", "--run", str(tmp_path / "run"), "--config", str(config), "--scheduler", dask_client.scheduler.address])
+    result = CliRunner().invoke(
+        rrec, ["ingest", "--run", str(tmp_path / "run"), "--config", str(config), "--scheduler", dask_client.scheduler.address]
+    )
 
     assert result.exit_code == 0, result.output
     assert "ingest Office: 13 lines -> 12 interactions, 0 items, 1 rejects" in result.output

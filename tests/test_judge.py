@@ -6,13 +6,13 @@ import json
 
 import pyarrow.dataset as pads
 import pytest
-
 from annotation_data import make_run
 from openai_loopback import LoopbackOpenAI, Reply
+from test_filter import CONTEXT, GOOD
+
 from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.filter import FilterSettings, run_filter
 from pipeline.judge import JudgeSettings, heuristic_score, judge_rationale_file, run_judge
-from test_filter import CONTEXT, GOOD
 
 
 @pytest.fixture
@@ -44,7 +44,9 @@ def test_heuristic_judge_saves_a_seeded_sample_and_its_distribution(filtered_run
     assert entry["mean_score"] == pytest.approx(sum(r["score"] for r in rows) / 10)
     assert entry["mean_score"] >= 2.0  # the template's rationales are grounded
     assert all(r["judge"] == "heuristic" and r["explanation"].startswith("heuristic judge") for r in rows)
-    kept = {(r["user_id"], r["split"], r["target_parent_asin"]) for r in pads.dataset(str(filtered_run / "filtered")).to_table().to_pylist()}
+    kept = {
+        (r["user_id"], r["split"], r["target_parent_asin"]) for r in pads.dataset(str(filtered_run / "filtered")).to_table().to_pylist()
+    }
     assert {(r["user_id"], r["split"], r["target_parent_asin"]) for r in rows} <= kept
     again = run_judge(filtered_run, JudgeSettings(sample=10), dask_client, force=True)
     assert again["score_distribution"] == entry["score_distribution"]
@@ -112,10 +114,24 @@ def test_judge_scores_a_file_of_generated_rationales_against_the_run(filtered_ru
     kept = pads.dataset(str(filtered_run / "filtered")).to_table().to_pylist()
     generations = pa.Table.from_pylist(
         [
-            {"user_id": r["user_id"], "split": r["split"], "target_parent_asin": r["target_parent_asin"], "rationale": r["rationale"], "item": "x"}
+            {
+                "user_id": r["user_id"],
+                "split": r["split"],
+                "target_parent_asin": r["target_parent_asin"],
+                "rationale": r["rationale"],
+                "item": "x",
+            }
             for r in kept[:6]
         ]
-        + [{"user_id": kept[6]["user_id"], "split": kept[6]["split"], "target_parent_asin": kept[6]["target_parent_asin"], "rationale": None, "item": "x"}]
+        + [
+            {
+                "user_id": kept[6]["user_id"],
+                "split": kept[6]["split"],
+                "target_parent_asin": kept[6]["target_parent_asin"],
+                "rationale": None,
+                "item": "x",
+            }
+        ]
     )
     source = tmp_path / "generations.parquet"
     pq.write_table(generations, source)

@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from release_runs import make_run, rrec_commands, write_validation
 from typer.testing import CliRunner
 
-from pipeline.schemas import ITEMS, RELEASE_ROW
-from pipeline.tables import read_table
+from core.schemas import ITEMS, RELEASE_ROW
+from core.tables import read_table
 from release.changelog import schema_changes
 from release.checksums import ChecksumError, sha256_file, verify_release
 from release.layout import ReleaseError, config_name, join_release_rows
@@ -23,7 +24,6 @@ from release.loading import load_release
 from release.publish import ReleaseSettings, release_runs
 from release.pull import pull_release
 from release.registry import Registry
-from release_runs import make_run, rrec_commands, write_validation
 
 runner = CliRunner()
 # Only the commands under test: another part's unfinished command must not break these tests.
@@ -97,16 +97,25 @@ def test_release_has_the_design_layout_and_a_manifest_with_every_checksum(releas
     manifest = json.loads((released / "manifest.json").read_text())
     assert manifest["version"] == "1.0.0" and manifest["tag"] == "v1.0.0"
     assert manifest["code_version"].startswith("0.")
-    assert manifest["sources"]["grocery"] == {"domain": "Grocery_and_Gourmet_Food", "hash": "xxh3-128", "files": {"Grocery_and_Gourmet_Food.jsonl.gz": "abc123"}}
+    assert manifest["sources"]["grocery"] == {
+        "domain": "Grocery_and_Gourmet_Food",
+        "hash": "xxh3-128",
+        "files": {"Grocery_and_Gourmet_Food.jsonl.gz": "abc123"},
+    }
     assert manifest["config"]["stages"]["grocery"]["sequences"]["num_negatives"] == 4
     assert manifest["config"]["release"]["shard_rows"] == 10
     # 24 users: train keeps the 18 whose rationale passed, evaluation splits keep all 24.
     assert manifest["row_counts"]["grocery"] == {"train": 18, "validation": 24, "test": 24}
     assert manifest["row_counts"]["grocery_items"]["items"] > 0
     assert sorted(p.name for p in (released / "data" / "grocery").iterdir()) == [
-        "test-00000-of-00003.parquet", "test-00001-of-00003.parquet", "test-00002-of-00003.parquet",
-        "train-00000-of-00002.parquet", "train-00001-of-00002.parquet",
-        "validation-00000-of-00003.parquet", "validation-00001-of-00003.parquet", "validation-00002-of-00003.parquet",
+        "test-00000-of-00003.parquet",
+        "test-00001-of-00003.parquet",
+        "test-00002-of-00003.parquet",
+        "train-00000-of-00002.parquet",
+        "train-00001-of-00002.parquet",
+        "validation-00000-of-00003.parquet",
+        "validation-00001-of-00003.parquet",
+        "validation-00002-of-00003.parquet",
     ]
     files = {p.relative_to(released).as_posix() for p in released.rglob("*") if p.is_file() and ".git" not in p.parts}
     assert files - {"manifest.json"} == set(manifest["files"])
@@ -297,8 +306,13 @@ def _rrec_against_hub(hub, home: Path, args: list[str]) -> dict:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
     tests = Path(__file__).resolve().parent
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_TOKEN=hub.token, NO_PROXY="127.0.0.1,localhost",
-               PYTHONPATH=f"{tests}{os.pathsep}{tests.parent}")
+    env.update(
+        HF_ENDPOINT=hub.endpoint,
+        HF_HOME=str(home),
+        HF_TOKEN=hub.token,
+        NO_PROXY="127.0.0.1,localhost",
+        PYTHONPATH=f"{tests}{os.pathsep}{tests.parent}",
+    )
     done = subprocess.run([sys.executable, "-c", HUB_CLIENT, json.dumps(args)], env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, done.stderr[-3000:]
@@ -310,9 +324,22 @@ def test_release_push_then_pull_from_the_hub_verifies_checksums_and_refuses_a_ta
 
     registry = tmp_path / "registry"
     with LoopbackHub(token="hf_release_test_token") as hub:
-        pushed = _rrec_against_hub(hub, tmp_path / "hf", [
-            "release", "--runs", str(runs[0]), "--registry", str(registry), "--version", "1.0.0", "--push", "--repo-id", "rrec/demo",
-        ])
+        pushed = _rrec_against_hub(
+            hub,
+            tmp_path / "hf",
+            [
+                "release",
+                "--runs",
+                str(runs[0]),
+                "--registry",
+                str(registry),
+                "--version",
+                "1.0.0",
+                "--push",
+                "--repo-id",
+                "rrec/demo",
+            ],
+        )
         assert pushed["exit_code"] == 0, pushed["output"]
         assert "Pushed v1.0.0 to the Hub dataset rrec/demo" in pushed["output"]
         assert 'load_dataset("rrec/demo", "grocery", revision="v1.0.0")' in pushed["output"]

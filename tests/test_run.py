@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.schemas import ITEMS, RELEASE_ROW
+from core.schemas import ITEMS, RELEASE_ROW
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -88,7 +88,17 @@ def test_until_stops_after_the_named_stage_of_every_domain_without_a_release(tmp
 
     config = tmp_path / "chain.yaml"
     config.write_text(yaml.safe_dump({**SMALL_CHAIN, "annotate": {"annotator": "openai"}}))  # never reached: needs no key
-    command = ["run", "--out", str(tmp_path / "out"), "--config", str(config), "--scheduler", dask_client.scheduler.address, "--until", "sequences"]
+    command = [
+        "run",
+        "--out",
+        str(tmp_path / "out"),
+        "--config",
+        str(config),
+        "--scheduler",
+        dask_client.scheduler.address,
+        "--until",
+        "sequences",
+    ]
     result = runner.invoke(app, command)
 
     assert result.exit_code == 0, result.output

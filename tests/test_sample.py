@@ -14,7 +14,22 @@ from pathlib import Path
 from pipeline.sample import SampleSettings, generate_domain, generate_domains
 
 REVIEW_KEYS = ["rating", "title", "text", "images", "asin", "parent_asin", "user_id", "timestamp", "helpful_vote", "verified_purchase"]
-META_KEYS = ["main_category", "title", "average_rating", "rating_number", "features", "description", "price", "images", "videos", "store", "categories", "details", "parent_asin", "bought_together"]
+META_KEYS = [
+    "main_category",
+    "title",
+    "average_rating",
+    "rating_number",
+    "features",
+    "description",
+    "price",
+    "images",
+    "videos",
+    "store",
+    "categories",
+    "details",
+    "parent_asin",
+    "bought_together",
+]
 ASIN = re.compile(r"^[A-Z0-9]{10}$")
 
 
@@ -137,10 +152,17 @@ def test_default_size_leaves_thousands_of_users_with_five_reviews(tmp_path: Path
 
 def test_cli_writes_both_domains(tmp_path: Path) -> None:
     rrec = Path(sys.executable).with_name("rrec")
-    result = subprocess.run([str(rrec), "sample", "--out", str(tmp_path), "--users", "60", "--gzip"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(rrec), "sample", "--out", str(tmp_path), "--users", "60", "--gzip"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["Grocery_and_Gourmet_Food.jsonl.gz", "Office_Products.jsonl.gz", "meta_Grocery_and_Gourmet_Food.jsonl.gz", "meta_Office_Products.jsonl.gz"]
+    assert names == [
+        "Grocery_and_Gourmet_Food.jsonl.gz",
+        "Office_Products.jsonl.gz",
+        "meta_Grocery_and_Gourmet_Food.jsonl.gz",
+        "meta_Office_Products.jsonl.gz",
+    ]
 
 
 def test_cli_rejects_a_bad_option_with_a_clear_message(tmp_path: Path) -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute
 import pyarrow.dataset as pads
 import pytest
 from sequences_fixtures import DAY_MS, START_MS, ingest_by_hand, meta, review, tricky_reviews, write_jsonl
 
-from pipeline.schemas import INTERACTIONS, SEQUENCES
+from core.schemas import INTERACTIONS, SEQUENCES
+from core.stage import StageError
 from pipeline.sequences import (
     Catalog,
     DistinctStrings,
@@ -31,14 +32,13 @@ from pipeline.sequences import (
     first_of_pairs,
     kcore_mask,
     partition_bounds,
-    stream_codes,
-    stream_draws,
     run_sequences,
     select_interactions,
+    stream_codes,
+    stream_draws,
     user_chunks,
     user_stream_keys,
 )
-from pipeline.stage import StageError
 
 RRECT = Path(sys.executable).with_name("rrec")
 
@@ -122,7 +122,13 @@ def test_default_partitions_number_at_least_eight_and_hold_at_most_a_million_int
     # keep a small cluster's workers busy on mid-sized data (one partition would use one worker).
     def partitions(num_users: int, events_each: int) -> int:
         offsets = np.arange(num_users + 1, dtype=np.int64) * events_each
-        events = UserEvents(pa.array([f"u{i}" for i in range(num_users)]), offsets, np.zeros(offsets[-1], np.int32), np.zeros(offsets[-1], np.float32), np.zeros(offsets[-1], np.int64))
+        events = UserEvents(
+            pa.array([f"u{i}" for i in range(num_users)]),
+            offsets,
+            np.zeros(offsets[-1], np.int32),
+            np.zeros(offsets[-1], np.float32),
+            np.zeros(offsets[-1], np.int64),
+        )
         return len(partition_bounds(events, default_partition_size(events.num_events)))
 
     assert partitions(80_000, 11) == 8  # 880k interactions: 8 partitions, not 1
@@ -144,8 +150,8 @@ def test_kcore_cascade_takes_several_rounds_and_leaves_every_degree_at_least_k()
 
     records = tricky_reviews(seed=3, users=80, items=30)
     pairs = list(dict.fromkeys((r["user_id"], r["parent_asin"]) for r in records))
-    user_names, users = np.unique([p[0] for p in pairs], return_inverse=True)
-    item_names, items = np.unique([p[1] for p in pairs], return_inverse=True)
+    _user_names, users = np.unique([p[0] for p in pairs], return_inverse=True)
+    _item_names, items = np.unique([p[1] for p in pairs], return_inverse=True)
     keep, rounds = kcore_mask(users, items, 5)
     assert rounds >= 6  # the C/X cascade falls one round after another
     assert np.bincount(users[keep])[np.unique(users[keep])].min() >= 5
@@ -223,6 +229,8 @@ def test_events_saved_for_a_task_load_back_unchanged(tmp_path):
     assert loaded.user_ids.to_pylist() == events.user_ids.to_pylist()
     for name in ("offsets", "item", "rating", "timestamp"):
         assert np.array_equal(getattr(loaded, name), getattr(events, name)), name
+
+
 def events_of(sequences: dict[str, list[int]]) -> UserEvents:
     users = sorted(sequences)
     lengths = [len(sequences[u]) for u in users]
@@ -266,7 +274,12 @@ def test_rows_truncate_history_and_join_metadata_with_nulls_for_items_without_it
     assert [h["parent_asin"] for h in test_row["history"]] == ["B0004", "B0005", "B0006"]
     assert [h["title"] for h in test_row["history"]] == [None, "Title 5", None]
     assert test_row["target"] == {
-        "parent_asin": "B0007", "title": "Title 7", "categories": ["Cat", "7"], "store": "Store 7", "rating": 4.0, "timestamp": 7000,
+        "parent_asin": "B0007",
+        "title": "Title 7",
+        "categories": ["Cat", "7"],
+        "store": "Store 7",
+        "rating": 4.0,
+        "timestamp": 7000,
     }
     assert by_target["B0006"]["split"] == "validation"
     assert by_target["B0006"]["target"]["title"] is None and by_target["B0006"]["target"]["store"] is None
@@ -402,7 +415,6 @@ def test_k_that_removes_everything_writes_an_empty_table(tricky_run, dask_client
 
 def test_real_sample_through_ingest_and_sequences_matches_the_official_scripts(real_reviews, tmp_path, dask_client):
     from benchmarks.official_baseline import run_official_baseline
-
     from pipeline.ingest import IngestSettings, run_ingest
 
     run = tmp_path / "run"
@@ -430,7 +442,18 @@ def test_real_sample_through_ingest_and_sequences_matches_the_official_scripts(r
 def test_cli_help_and_bad_settings_are_one_line_errors(tricky_run):
     result = subprocess.run([str(RRECT), "sequences", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for option in ("--k", "--train-targets", "--max-history", "--num-negatives", "--sample-users", "--seed", "--workers", "--scheduler", "--force", "--config"):
+    for option in (
+        "--k",
+        "--train-targets",
+        "--max-history",
+        "--num-negatives",
+        "--sample-users",
+        "--seed",
+        "--workers",
+        "--scheduler",
+        "--force",
+        "--config",
+    ):
         assert option in result.stdout
     bad = subprocess.run([str(RRECT), "sequences", "--run", str(tricky_run), "--train-targets", "some"], capture_output=True, text=True)
     assert bad.returncode == 2

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 import typer
+from release_fixture import make_release
 from typer.testing import CliRunner
 
-from release_fixture import make_release
 from training.cli import register
 from training.models import load_for_inference
 from training.prompts import PromptSettings, build_messages
@@ -49,7 +49,10 @@ def test_lora_sft_lowers_validation_loss_and_saves_a_loadable_adapter(release, t
         "target_index": 0,
     }
     prompt = tokenizer.apply_chat_template(
-        build_messages(row, PromptSettings(history_k=3, num_candidates=4), True), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        build_messages(row, PromptSettings(history_k=3, num_candidates=4), True),
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     with torch.no_grad():
         generated = model.generate(**prompt, max_new_tokens=5, do_sample=False)
@@ -64,16 +67,44 @@ def test_rationale_variant_without_validation_rationales_evaluates_on_held_out_t
         settings = SFTSettings(**TINY_SFT, variant="B", max_steps=1, eval_steps=1, eval_holdout=4, early_stopping_patience=0)
         run_sft(str(release), "grocery", None, tmp_path / "sft", settings)
     record = json.loads((tmp_path / "sft" / "training_config.json").read_text())
-    assert record["rows"] == {"train": 12, "eval": 4, "eval_source": "train_holdout", "skipped_without_rationale": 0, "skipped_without_title": 0}
+    assert record["rows"] == {
+        "train": 12,
+        "eval": 4,
+        "eval_source": "train_holdout",
+        "skipped_without_rationale": 0,
+        "skipped_without_title": 0,
+    }
     assert record["with_rationale"] is True
 
 
 @pytest.mark.slow
 def test_cli_full_fine_tuning_resumes_from_its_last_checkpoint(release, tmp_path):
     out = tmp_path / "c"
-    common = ["train", "sft", "--dataset", str(release), "--config", "grocery", "--output", str(out), "--model", "tiny",
-              "--variant", "C", "--full", "--history-k", "3", "--num-candidates", "4", "--batch-size", "8", "--eval-steps", "2",
-              "--learning-rate", "3e-3"]
+    common = [
+        "train",
+        "sft",
+        "--dataset",
+        str(release),
+        "--config",
+        "grocery",
+        "--output",
+        str(out),
+        "--model",
+        "tiny",
+        "--variant",
+        "C",
+        "--full",
+        "--history-k",
+        "3",
+        "--num-candidates",
+        "4",
+        "--batch-size",
+        "8",
+        "--eval-steps",
+        "2",
+        "--learning-rate",
+        "3e-3",
+    ]
     runner = CliRunner()
     first = runner.invoke(app, [*common, "--max-steps", "2"])
     assert first.exit_code == 0, first.output
@@ -94,7 +125,20 @@ def test_cli_full_fine_tuning_resumes_from_its_last_checkpoint(release, tmp_path
 
 def test_resume_without_checkpoints_is_a_clear_cli_error(release, tmp_path):
     result = CliRunner().invoke(
-        app, ["train", "sft", "--dataset", str(release), "--config", "grocery", "--output", str(tmp_path / "none"), "--model", "tiny", "--resume"]
+        app,
+        [
+            "train",
+            "sft",
+            "--dataset",
+            str(release),
+            "--config",
+            "grocery",
+            "--output",
+            str(tmp_path / "none"),
+            "--model",
+            "tiny",
+            "--resume",
+        ],
     )
     assert result.exit_code == 2
     assert "no checkpoint to resume from" in result.output

@@ -22,9 +22,9 @@ import pyarrow.dataset as pads
 import pytest
 from sequences_fixtures import tricky_reviews, write_jsonl
 
+from core.stage import RunDir, StageError, hash_path
 from pipeline.ingest import IngestSettings, run_ingest
 from pipeline.sequences import SequencesSettings, run_sequences
-from pipeline.stage import RunDir, StageError, hash_path
 
 RREC = str(Path(sys.executable).with_name("rrec"))
 SEQUENCE_OPTIONS = ["--k", "5", "--num-negatives", "10", "--events-per-partition", "60", "--workers", "1"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
-from pipeline.rationale_format import parse
 from release_fixture import make_release
+
+from core.rationale_format import parse
 from training.data import load_catalog, load_split, load_split_with_source, to_chat_examples
 from training.models import TinyModelSettings, train_tiny_tokenizer
 from training.prompts import PromptSettings, build_completion, build_messages, select_candidates

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.schemas import FILTERED, INTERACTIONS, ITEMS, SEQUENCES
-from pipeline.stage import RunDir
-from pipeline.tables import write_part
+from core.schemas import FILTERED, INTERACTIONS, ITEMS, SEQUENCES
+from core.stage import RunDir
+from core.tables import write_part
 from validation.derived import compare_validation_with_test
 from validation.runner import ValidateSettings, run_validation, suite_parameters, validate_table
 from validation.suites import SUITES_DIR, TABLES, load_suite_json, write_suite_files
@@ -89,8 +89,7 @@ def _good_rows(seed: int = 7, max_history: int = MAX_HISTORY) -> dict[str, list[
         others = [a for a in catalog if a not in bought]
         for split, target_pos in (("train", length - 3), ("validation", length - 2), ("test", length - 1)):
             history = [
-                {"parent_asin": bought[k], "title": titles[bought[k]], "rating": 4.0, "timestamp": stamps[k]}
-                for k in range(target_pos)
+                {"parent_asin": bought[k], "title": titles[bought[k]], "rating": 4.0, "timestamp": stamps[k]} for k in range(target_pos)
             ][-max_history if max_history else 0 :]
             target = bought[target_pos]
             candidates = [target, *rng.sample(others, NUM_NEGATIVES)]
@@ -408,9 +407,7 @@ def test_max_history_zero_means_whole_histories(tmp_path: Path, dask_client) -> 
     tables = _good_rows(max_history=0)
     long_row = _train_row(tables)
     first = long_row["history"][0]
-    long_row["history"] = [
-        dict(first, parent_asin=f"C{k:09d}", timestamp=first["timestamp"] - k) for k in range(60, 0, -1)
-    ]
+    long_row["history"] = [dict(first, parent_asin=f"C{k:09d}", timestamp=first["timestamp"] - k) for k in range(60, 0, -1)]
     _write_table_only(tmp_path / "run", "sequences", tables["sequences"], max_history=0)
     run = RunDir(tmp_path / "run")
 
@@ -466,7 +463,7 @@ def test_missing_filtered_table_is_reported_not_failed(tmp_path: Path, dask_clie
 
 
 def test_run_folder_without_tables_is_a_clear_error(tmp_path: Path, dask_client) -> None:
-    from pipeline.stage import StageError
+    from core.stage import StageError
 
     with pytest.raises(StageError, match="rrec ingest"):
         run_validation(tmp_path / "empty", dask_client)
@@ -564,7 +561,6 @@ def test_cli_reports_a_missing_run_folder_in_one_line(tmp_path: Path, dask_clien
     result = _cli(["validate", "--run", str(tmp_path / "nowhere"), "--scheduler", dask_client.scheduler.address])
     assert result.exit_code == 2
     assert "rrec ingest" in result.output and "Traceback" not in result.output
-
 
 
 def test_validate_accepts_a_relative_run_folder(good_run, dask_client, monkeypatch):

@@ -24,8 +24,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.config import StageSettings
-from pipeline.progress import track
+from core.config import StageSettings
+from core.progress import track
 from training.metrics import ranking_metrics, target_rank
 from training.sasrec import SasRec, SasRecConfig, score_candidates, score_many, train_sasrec
 

@@ -13,10 +13,12 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli_common import user_errors
-from pipeline.config import load_config, section
+from core.cli_common import user_errors
+from core.config import load_config, section
 
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="Release to train on: a local registry, a pulled release folder or a Hub dataset id.")]
+DatasetOpt = Annotated[
+    str, typer.Option("--dataset", help="Release to train on: a local registry, a pulled release folder or a Hub dataset id.")
+]
 DatasetConfigOpt = Annotated[str, typer.Option("--config", help="Dataset config (domain), e.g. grocery.")]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Version tag, e.g. v1.0.0 (default: a registry's newest).")]
 OutputOpt = Annotated[Path, typer.Option("--output", help="Folder for the trained model, checkpoints and training_config.json.")]

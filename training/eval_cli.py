@@ -14,15 +14,19 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli_common import user_errors
+from core.cli_common import user_errors
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="Release to read: a local registry or release folder, or a Hub dataset id.")]
 DatasetConfigOpt = Annotated[str, typer.Option("--config", help="Dataset config (domain), e.g. grocery.")]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Version tag, e.g. v1.0.0 (default: the newest of a local registry).")]
-OutputOpt = Annotated[Path, typer.Option("--output", help="Results JSON (method -> metrics as fractions); FILE.md gets the table.", dir_okay=False)]
+OutputOpt = Annotated[
+    Path, typer.Option("--output", help="Results JSON (method -> metrics as fractions); FILE.md gets the table.", dir_okay=False)
+]
 SettingsFileOpt = Annotated[
     Path | None,
-    typer.Option("--settings", help="YAML settings file (sections `evaluate`, `baselines`); options override it.", exists=True, dir_okay=False),
+    typer.Option(
+        "--settings", help="YAML settings file (sections `evaluate`, `baselines`); options override it.", exists=True, dir_okay=False
+    ),
 ]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N rows of the split.", min=1)]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Split to evaluate: test (default) or validation.")]
@@ -36,7 +40,9 @@ def register(app: typer.Typer) -> None:
 
 @user_errors
 def evaluate_command(
-    model: Annotated[Path, typer.Option("--model", help="Trained model folder (`rrec train sft` / `grpo` output).", exists=True, file_okay=False)],
+    model: Annotated[
+        Path, typer.Option("--model", help="Trained model folder (`rrec train sft` / `grpo` output).", exists=True, file_okay=False)
+    ],
     dataset: DatasetOpt,
     config: DatasetConfigOpt,
     output: OutputOpt,
@@ -51,10 +57,17 @@ def evaluate_command(
     candidate_batch_size: Annotated[int | None, typer.Option("--candidate-batch-size", help="Candidates scored per pass.", min=1)] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Longest generated answer.", min=1)] = None,
     history_k: Annotated[int | None, typer.Option("--history-k", help="History items in the prompt (default: as trained).", min=1)] = None,
-    num_candidates: Annotated[int | None, typer.Option("--num-candidates", help="Candidates listed in the prompt (default: as trained).", min=0)] = None,
-    prompt_seed: Annotated[int | None, typer.Option("--prompt-seed", help="Seed of the prompt's candidate draw (default: as trained).")] = None,
+    num_candidates: Annotated[
+        int | None, typer.Option("--num-candidates", help="Candidates listed in the prompt (default: as trained).", min=0)
+    ] = None,
+    prompt_seed: Annotated[
+        int | None, typer.Option("--prompt-seed", help="Seed of the prompt's candidate draw (default: as trained).")
+    ] = None,
     generations: Annotated[
-        Path | None, typer.Option("--generations", help="Parquet file for the generations (default: OUTPUT.<variant>.generations.parquet).", dir_okay=False)
+        Path | None,
+        typer.Option(
+            "--generations", help="Parquet file for the generations (default: OUTPUT.<variant>.generations.parquet).", dir_okay=False
+        ),
     ] = None,
     settings_file: SettingsFileOpt = None,
 ) -> None:
@@ -64,7 +77,7 @@ def evaluate_command(
     hallucination rates. The generations (sequence key + rationale) are saved as Parquet so a
     judge can score the rationales.
     """
-    from pipeline.cli_common import settings_for
+    from core.cli_common import settings_for
     from training.evaluate import VARIANT_INFERS_RATIONALE, EvalSettings, default_variant, evaluate
     from training.metrics import write_results
 
@@ -101,7 +114,9 @@ def baselines_command(
     limit: LimitOpt = None,
     split: SplitOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the random baseline and of SASRec.")] = None,
-    sasrec_epochs: Annotated[int | None, typer.Option("--sasrec-epochs", help="Most training epochs of SASRec (early stopping usually ends sooner).", min=1)] = None,
+    sasrec_epochs: Annotated[
+        int | None, typer.Option("--sasrec-epochs", help="Most training epochs of SASRec (early stopping usually ends sooner).", min=1)
+    ] = None,
     sasrec_hidden: Annotated[int | None, typer.Option("--sasrec-hidden", help="Embedding and hidden size of SASRec.", min=1)] = None,
     sasrec_blocks: Annotated[int | None, typer.Option("--sasrec-blocks", help="Self-attention blocks of SASRec.", min=1)] = None,
     sasrec_max_len: Annotated[int | None, typer.Option("--sasrec-max-len", help="Longest history SASRec reads.", min=1)] = None,
@@ -116,7 +131,7 @@ def baselines_command(
     Each is trained on the train split and ranks exactly the candidates of the evaluated split
     (SASRec early-stops on the validation split).
     """
-    from pipeline.cli_common import settings_for
+    from core.cli_common import settings_for
     from training.baselines import BaselineSettings, run_baselines
     from training.metrics import write_results
 

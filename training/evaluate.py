@@ -36,10 +36,18 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 
-from pipeline.config import StageSettings
-from pipeline.progress import track
-from pipeline.rationale_format import ITEM_CLOSE, ITEM_OPEN, THINK_CLOSE, THINK_OPEN, parse
-from training.metrics import GenerationOutcome, generation_metrics, iter_titles, judge_generation, normalise_title, ranking_metrics, target_rank
+from core.config import StageSettings
+from core.progress import track
+from core.rationale_format import ITEM_CLOSE, ITEM_OPEN, THINK_CLOSE, THINK_OPEN, parse
+from training.metrics import (
+    GenerationOutcome,
+    generation_metrics,
+    iter_titles,
+    judge_generation,
+    normalise_title,
+    ranking_metrics,
+    target_rank,
+)
 from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_messages
 
 log = logging.getLogger(__name__)
@@ -282,7 +290,9 @@ def evaluate_model(
     return EvaluationRun(metrics, results)
 
 
-def generations_table(rows: Sequence[dict[str, Any]], run: EvaluationRun, *, split: str, model_name: str, infer_rationale: bool) -> pa.Table:
+def generations_table(
+    rows: Sequence[dict[str, Any]], run: EvaluationRun, *, split: str, model_name: str, infer_rationale: bool
+) -> pa.Table:
     """One record per evaluated row: the sequence key, the generation and how it scored."""
     records = []
     for row, result in zip(rows, run.rows):

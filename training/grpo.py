@@ -21,10 +21,19 @@ import datasets
 import torch
 from pydantic import Field
 
-from pipeline.config import StageSettings
-from pipeline.rationale_format import FORMAT_VERSION
+from core.config import StageSettings
+from core.rationale_format import FORMAT_VERSION
 from training.data import catalog_config, load_resolved, load_split_with_source
-from training.models import BASE_MODEL_DIR, TINY, adapter_base, is_adapter, load_for_training, read_training_config, training_dtype, write_training_config
+from training.models import (
+    BASE_MODEL_DIR,
+    TINY,
+    adapter_base,
+    is_adapter,
+    load_for_training,
+    read_training_config,
+    training_dtype,
+    write_training_config,
+)
 from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_messages, select_candidates
 from training.rewards import catalog_keys, format_reward, hit_reward, rank_reward, validity_reward
 from training.sft import CHECKPOINTS_DIR, prepare_output_dir

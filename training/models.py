@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-from pipeline.rationale_format import SPECIAL_TOKENS
+from core.rationale_format import SPECIAL_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,9 @@ def load_pretrained(model_name: str) -> tuple[PreTrainedModel, Any]:
     return model, tokenizer
 
 
-def build_tiny(texts: Iterable[str], settings: TinyModelSettings, seed: int, save_to: Path) -> tuple[Gemma3ForCausalLM, PreTrainedTokenizerFast]:
+def build_tiny(
+    texts: Iterable[str], settings: TinyModelSettings, seed: int, save_to: Path
+) -> tuple[Gemma3ForCausalLM, PreTrainedTokenizerFast]:
     """Train the tiny tokenizer, build the tiny model and save both to ``save_to`` (the adapter's base)."""
     tokenizer = train_tiny_tokenizer(texts, settings)
     model = build_tiny_model(tokenizer, settings, seed)
@@ -192,7 +194,9 @@ def load_for_training(model_dir: Path) -> tuple[PreTrainedModel, Any]:
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists() and not is_adapter(model_dir):
-        raise FileNotFoundError(f"{model_dir} is not a trained model folder (no adapter_config.json or config.json); run `rrec train sft` first")
+        raise FileNotFoundError(
+            f"{model_dir} is not a trained model folder (no adapter_config.json or config.json); run `rrec train sft` first"
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if is_adapter(model_dir):
         base = AutoModelForCausalLM.from_pretrained(adapter_base(model_dir), dtype=training_dtype())

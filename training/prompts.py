@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.rationale_format import ITEM_CLOSE, ITEM_OPEN, THINK_CLOSE, THINK_OPEN, render, render_item_only
+from core.rationale_format import ITEM_CLOSE, ITEM_OPEN, THINK_CLOSE, THINK_OPEN, render, render_item_only
 
 STUDENT_PROMPT_VERSION = "student-1"
 
@@ -119,7 +119,9 @@ def build_completion(row: dict[str, Any], with_rationale: bool) -> str:
     """
     title = row["target"]["title"]
     if not title:
-        raise ValueError(f"row of user {row['user_id']} has a target without a title ({row['target']['parent_asin']}); it cannot be a target")
+        raise ValueError(
+            f"row of user {row['user_id']} has a target without a title ({row['target']['parent_asin']}); it cannot be a target"
+        )
     if not with_rationale:
         return render_item_only(title)
     rationale = row.get("rationale")

@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pipeline.rationale_format import parse
+from core.rationale_format import parse
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
 _SPACES = re.compile(r"\s+")
@@ -92,14 +92,11 @@ def catalog_keys(titles: Iterable[str | None]) -> frozenset[str]:
 def hit_reward(completions: Sequence[Any], target_title: Sequence[str], **_: Any) -> list[float]:
     """1.0 when the generated item is the target (exact or normalised match), else 0.0."""
     return [
-        1.0 if _matches(generated_item(completion), [target]) else 0.0
-        for completion, target in zip(completions, target_title, strict=True)
+        1.0 if _matches(generated_item(completion), [target]) else 0.0 for completion, target in zip(completions, target_title, strict=True)
     ]
 
 
-def rank_reward(
-    completions: Sequence[Any], target_title: Sequence[str], prompt_id: Sequence[str], **_: Any
-) -> list[float]:
+def rank_reward(completions: Sequence[Any], target_title: Sequence[str], prompt_id: Sequence[str], **_: Any) -> list[float]:
     """Rank-aware reward: 1.0 for the target, ``-1/log2(1 + r)`` for the r-th most produced wrong item of the group.
 
     Completions of the same prompt (same ``prompt_id``) form a group. Wrong items are keyed by

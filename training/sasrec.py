@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.progress import track
+from core.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,7 @@ class _Block(nn.Module):
         self.attention_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.attention = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
         self.ffn_norm = nn.LayerNorm(hidden, eps=1e-8)
-        self.ffn = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.Dropout(dropout), nn.ReLU(), nn.Linear(hidden, hidden), nn.Dropout(dropout)
-        )
+        self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.Dropout(dropout), nn.ReLU(), nn.Linear(hidden, hidden), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, causal_mask: torch.Tensor, timeline: torch.Tensor) -> torch.Tensor:
         # As in the reference code, only the query is normalised; keys/values are the raw stream.
@@ -191,7 +189,9 @@ def score_candidates(model: SasRec, history: Sequence[int], candidates: Sequence
 
 
 @torch.no_grad()
-def score_many(model: SasRec, histories: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], batch_size: int = 256) -> list[np.ndarray]:
+def score_many(
+    model: SasRec, histories: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], batch_size: int = 256
+) -> list[np.ndarray]:
     """Scores of each row's candidates after that row's history, rows encoded in batches."""
     scores: list[np.ndarray] = []
     for start in range(0, len(histories), batch_size):

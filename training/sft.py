@@ -22,8 +22,8 @@ import datasets
 import torch
 from pydantic import Field
 
-from pipeline.config import StageSettings
-from pipeline.rationale_format import FORMAT_VERSION
+from core.config import StageSettings
+from core.rationale_format import FORMAT_VERSION
 from training.data import catalog_config, load_resolved, load_split_with_source, to_chat_examples
 from training.models import (
     BASE_MODEL_DIR,
@@ -66,9 +66,7 @@ class SFTSettings(StageSettings):
     logging_steps: int = Field(10, ge=1)
     limit_train: int | None = Field(None, ge=1, description="Use only the first N train rows.")
     limit_eval: int | None = Field(None, ge=1, description="Use only the first N evaluation rows.")
-    eval_holdout: int = Field(
-        64, ge=1, description="Train rows held out for evaluation when the validation split has no rationales."
-    )
+    eval_holdout: int = Field(64, ge=1, description="Train rows held out for evaluation when the validation split has no rationales.")
     history_k: int = Field(10, ge=1)
     num_candidates: int = Field(20, ge=0)
     seed: int = 42
@@ -84,9 +82,7 @@ class SFTSettings(StageSettings):
         return PromptSettings(history_k=self.history_k, num_candidates=self.num_candidates, seed=self.seed)
 
     def tiny_settings(self) -> TinyModelSettings:
-        return TinyModelSettings(
-            vocab_size=self.tiny_vocab_size, hidden_size=self.tiny_hidden_size, num_layers=self.tiny_num_layers
-        )
+        return TinyModelSettings(vocab_size=self.tiny_vocab_size, hidden_size=self.tiny_hidden_size, num_layers=self.tiny_num_layers)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
+from core.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
 
 EXIT_CRITICAL_FAILURE = 1
 
@@ -57,8 +57,12 @@ def register(app: typer.Typer) -> None:
         force: ForceOpt = False,
         examples: Annotated[int | None, typer.Option("--examples", min=0, help="Unexpected values kept per failed expectation.")] = None,
         min_history: Annotated[int | None, typer.Option("--min-history", min=0, help="Shortest history a sequence may have.")] = None,
-        rationale_min_chars: Annotated[int | None, typer.Option("--rationale-min-chars", min=1, help="Shortest rationale accepted, in characters.")] = None,
-        rationale_max_chars: Annotated[int | None, typer.Option("--rationale-max-chars", min=1, help="Longest rationale accepted, in characters.")] = None,
+        rationale_min_chars: Annotated[
+            int | None, typer.Option("--rationale-min-chars", min=1, help="Shortest rationale accepted, in characters.")
+        ] = None,
+        rationale_max_chars: Annotated[
+            int | None, typer.Option("--rationale-max-chars", min=1, help="Longest rationale accepted, in characters.")
+        ] = None,
     ) -> None:
         """Check every table of a run folder against its Great Expectations suite.
 

@@ -158,7 +158,9 @@ def evaluation_rows(table: pa.Table) -> pd.DataFrame:
             "user_id": np.asarray(rows.column("user_id").to_pylist(), dtype=object),
             "split": np.asarray(rows.column("split").to_pylist(), dtype=object),
             "history_asins": np.asarray(joined, dtype=object),
-            "target_parent_asin": np.asarray(pc.struct_field(rows.column("target").combine_chunks(), "parent_asin").to_pylist(), dtype=object),
+            "target_parent_asin": np.asarray(
+                pc.struct_field(rows.column("target").combine_chunks(), "parent_asin").to_pylist(), dtype=object
+            ),
         }
     )
 
@@ -203,9 +205,7 @@ def compare_validation_with_test(pairs: pd.DataFrame, max_history: int) -> pd.Da
         if len(test_items) >= max_history:
             allowed_lengths.add(max_history)
         suffix = validation_items[len(validation_items) - len(expected_prefix) :] if expected_prefix else []
-        history_matches.append(
-            bool(test_items) and len(validation_items) in allowed_lengths and suffix == expected_prefix
-        )
+        history_matches.append(bool(test_items) and len(validation_items) in allowed_lengths and suffix == expected_prefix)
         target_matches.append(bool(test_items) and test_items[-1] == validation_target)
     return pd.DataFrame(
         {

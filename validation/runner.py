@@ -31,10 +31,10 @@ import pyarrow.parquet as pq
 import pyarrow.types as pat
 from distributed import Client
 
-from pipeline.config import StageSettings
-from pipeline.progress import gather_with_progress
-from pipeline.stage import RunDir, StageError, code_version, hash_path
-from pipeline.tables import parts
+from core.config import StageSettings
+from core.progress import gather_with_progress
+from core.stage import RunDir, StageError, code_version, hash_path
+from core.tables import parts
 from validation.derived import (
     compare_validation_with_test,
     evaluation_key_frame,
@@ -145,7 +145,9 @@ def _exception_message(info: dict[str, Any]) -> str | None:
     return next((m for m in nested if m), None)
 
 
-def validate_frame(frame: pd.DataFrame, table: str, suite: dict[str, Any], parameters: dict[str, Any], examples: int) -> dict[str, dict[str, Any]]:
+def validate_frame(
+    frame: pd.DataFrame, table: str, suite: dict[str, Any], parameters: dict[str, Any], examples: int
+) -> dict[str, dict[str, Any]]:
     """Run the ``row`` expectations of ``suite`` on one partition; results keyed by expectation name.
 
     Pure apart from GX itself: one ephemeral GX context for the whole partition.
@@ -190,7 +192,15 @@ def merge_partition_results(per_partition: list[dict[str, dict[str, Any]]], exam
         for name, result in partition.items():
             total = merged.setdefault(
                 name,
-                {"success": True, "kwargs": result["kwargs"], "element_count": 0, "unexpected_count": 0, "missing_count": 0, "examples": [], "error": None},
+                {
+                    "success": True,
+                    "kwargs": result["kwargs"],
+                    "element_count": 0,
+                    "unexpected_count": 0,
+                    "missing_count": 0,
+                    "examples": [],
+                    "error": None,
+                },
             )
             total["success"] = total["success"] and result["success"]
             for count in ("element_count", "unexpected_count", "missing_count"):
@@ -250,7 +260,9 @@ def evaluation_row_buckets(part: str, buckets: int) -> list[pd.DataFrame]:
     return [rows[bucket == b] for b in range(buckets)]
 
 
-def compare_bucket(pieces: list[pd.DataFrame], max_history: int, columns: list[str], examples: int) -> dict[str, tuple[int, int, pd.DataFrame]]:
+def compare_bucket(
+    pieces: list[pd.DataFrame], max_history: int, columns: list[str], examples: int
+) -> dict[str, tuple[int, int, pd.DataFrame]]:
     """Reduce step: per flag column, (users checked, users failing, first failing users) of one bucket."""
     flags = compare_validation_with_test(pair_validation_with_test(pd.concat(pieces, ignore_index=True)), max_history)
     out = {}
@@ -386,11 +398,15 @@ def validate_table(run: RunDir, table: str, client: Client, parameters: dict[str
         per_partition = gather_with_progress(row_futures, f"validating {table} ({len(parts_)} partitions)")
         results.update(merge_partition_results(per_partition, examples))
         results.update(whole_table.results(table, examples))
-    reason = "not evaluated: the part files do not have the declared columns" if not columns_ok else "not evaluated: the table has no part files"
+    reason = (
+        "not evaluated: the part files do not have the declared columns" if not columns_ok else "not evaluated: the table has no part files"
+    )
     return _suite_summary(table, suite, results, parts_, not_evaluated_reason=reason)
 
 
-def _suite_summary(table: str, suite: dict[str, Any], results: dict[str, dict[str, Any]], parts_: list[str], not_evaluated_reason: str) -> dict[str, Any]:
+def _suite_summary(
+    table: str, suite: dict[str, Any], results: dict[str, dict[str, Any]], parts_: list[str], not_evaluated_reason: str
+) -> dict[str, Any]:
     entries = []
     for expectation in suite["expectations"]:
         meta = expectation["meta"]
@@ -406,7 +422,14 @@ def _suite_summary(table: str, suite: dict[str, Any], results: dict[str, dict[st
         if meta.get("derived"):
             entry["derived"] = meta["derived"]
         if result is None:
-            entry.update(success=None, element_count=0, unexpected_count=0, unexpected_percent=None, unexpected_examples=[], error=not_evaluated_reason)
+            entry.update(
+                success=None,
+                element_count=0,
+                unexpected_count=0,
+                unexpected_percent=None,
+                unexpected_examples=[],
+                error=not_evaluated_reason,
+            )
         else:
             checked = result["element_count"] - result["missing_count"]
             entry.update(
@@ -459,7 +482,11 @@ def _gx_suite_result(table: str, summary: dict[str, Any], run_id: Any) -> Any:
                     "partial_unexpected_list": values,
                     **({"observed_value": entry["observed_value"]} if "observed_value" in entry else {}),
                 },
-                exception_info={"raised_exception": entry["error"] is not None, "exception_message": entry["error"], "exception_traceback": entry["error"]},
+                exception_info={
+                    "raised_exception": entry["error"] is not None,
+                    "exception_message": entry["error"],
+                    "exception_traceback": entry["error"],
+                },
             )
         )
     evaluated = len(results)
@@ -497,7 +524,7 @@ def write_gx_reports(out_dir: Path, run_name: str, suites: dict[str, dict[str, A
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
     )
-    run_id = RunIdentifier(run_name=STAGE, run_time=datetime.datetime.now(datetime.timezone.utc))
+    run_id = RunIdentifier(run_name=STAGE, run_time=datetime.datetime.now(datetime.UTC))
     for table, summary in suites.items():
         if not summary["present"]:
             continue
@@ -505,7 +532,9 @@ def write_gx_reports(out_dir: Path, run_name: str, suites: dict[str, dict[str, A
         suite_result = _gx_suite_result(table, summary, run_id)
         (results_dir / f"{table}.json").write_text(json.dumps(suite_result.to_json_dict(), indent=2, default=str), encoding="utf-8")
         suite_id = ExpectationSuiteIdentifier(table)
-        context.validation_results_store.store_validation_results(suite_result, ValidationResultIdentifier(suite_id, run_id, run_name), suite_id)
+        context.validation_results_store.store_validation_results(
+            suite_result, ValidationResultIdentifier(suite_id, run_id, run_name), suite_id
+        )
     context.build_data_docs(site_names=["run"])
     return docs_dir / "index.html"
 
@@ -513,11 +542,7 @@ def write_gx_reports(out_dir: Path, run_name: str, suites: dict[str, dict[str, A
 # -- the stage ---------------------------------------------------------------------------------
 def _input_hashes(run: RunDir, present: list[str]) -> dict[str, str]:
     """Content hashes of the tables to validate (from the manifest where a stage recorded them)."""
-    recorded = {
-        name: digest
-        for entry in run.manifest()["stages"].values()
-        for name, digest in entry.get("outputs", {}).items()
-    }
+    recorded = {name: digest for entry in run.manifest()["stages"].values() for name, digest in entry.get("outputs", {}).items()}
     hashes = {table: recorded.get(table) or hash_path(run.table(table)) for table in present}
     hashes.update({f"suite:{t}": hash_path(suite_file(t)) for t in TABLES})
     return hashes
@@ -559,11 +584,18 @@ def run_validation(run: Path, client: Client, force: bool = False, settings: Val
             if table in present:
                 suites[table] = validate_table(run_dir, table, client, parameters, settings.examples)
             else:
-                suites[table] = {"present": False, "success": True, "all_passed": None, "critical_failures": 0, "warning_failures": 0, "expectations": []}
+                suites[table] = {
+                    "present": False,
+                    "success": True,
+                    "all_passed": None,
+                    "critical_failures": 0,
+                    "warning_failures": 0,
+                    "expectations": [],
+                }
         critical = sum(s["critical_failures"] for s in suites.values())
         summary = {
             "run": str(run),
-            "validated_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "validated_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "code_version": code_version(),
             "parameters": parameters,
             "success": critical == 0,

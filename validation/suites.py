@@ -30,7 +30,7 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-from pipeline.schemas import FILTERED, INTERACTIONS, ITEMS, SEQUENCES
+from core.schemas import FILTERED, INTERACTIONS, ITEMS, SEQUENCES
 
 SUITES_DIR = Path(__file__).with_name("suites")
 TABLES = ("interactions", "items", "sequences", "filtered")

@@ -150,9 +150,7 @@ class AnswerCache:
         return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
 
     def batch(self, batch_key: str) -> BatchRecord | None:
-        row = self._db.execute(
-            "SELECT batch_id, input_file_id, request_count FROM batches WHERE batch_key = ?", (batch_key,)
-        ).fetchone()
+        row = self._db.execute("SELECT batch_id, input_file_id, request_count FROM batches WHERE batch_key = ?", (batch_key,)).fetchone()
         return BatchRecord(*row) if row else None
 
     def record_batch(self, batch_key: str, record: BatchRecord) -> None:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipeline.tables import dataset, parts
+from core.tables import dataset, parts
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
 
 
@@ -36,9 +36,7 @@ class PartitionSpec:
     row_indices: tuple[int, ...]
 
 
-def plan_partitions(
-    sequences_dir: Path, splits: list[str], partition_rows: int, limit: int | None = None
-) -> list[PartitionSpec]:
+def plan_partitions(sequences_dir: Path, splits: list[str], partition_rows: int, limit: int | None = None) -> list[PartitionSpec]:
     """Slice the selected splits of the sequences table into partitions of ``partition_rows``.
 
     ``limit`` keeps the first N selected rows in table order (part file, then row), so

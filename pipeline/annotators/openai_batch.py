@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
+from core.stage import StageError
 from pipeline.annotators.cache import AnswerCache, BatchRecord, CachedAnswer
 from pipeline.annotators.limits import Budget
 from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, SendStats, resolve_api_key
 from pipeline.annotators.pricing import PriceTable
-from pipeline.stage import StageError
 
 if TYPE_CHECKING:
     import openai  # imported where used: it costs about a second at start-up
@@ -188,7 +187,9 @@ def run_batches(
                 stats.cost_usd += answer.cost_usd
             answers.update(chunk_answers)
             if batch.status in DEAD:
-                log.warning("batch %s ended %s; its unanswered requests will be submitted again on the next run", record.batch_id, batch.status)
+                log.warning(
+                    "batch %s ended %s; its unanswered requests will be submitted again on the next run", record.batch_id, batch.status
+                )
                 cache.forget_batch(key)
             if budget.exhausted:
                 break

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from core.config import StageSettings
 from pipeline.annotators.cache import AnswerCache, CachedAnswer
 from pipeline.annotators.limits import Budget, RateLimiter
 from pipeline.annotators.pricing import ModelPrice, PriceTable
-from pipeline.config import StageSettings
 
 if TYPE_CHECKING:
     import openai  # imported where used: it costs about a second at start-up
@@ -98,7 +98,9 @@ class ChatClientSettings(StageSettings):
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     seed: int = 42
 
-    def client_options(self, model: str, prompt_version: str, response_format: dict[str, Any], max_tokens: int, temperature: float) -> ChatOptions:
+    def client_options(
+        self, model: str, prompt_version: str, response_format: dict[str, Any], max_tokens: int, temperature: float
+    ) -> ChatOptions:
         """The request options of one command: its model and format plus the shared transport limits."""
         return ChatOptions(
             model=model,
@@ -272,7 +274,11 @@ class ChatSender:
                     self.response_format = {"type": "json_object"}
                     self.stats.used_json_mode_fallback = True
                     continue
-                error, retryable, delay = f"http_{exc.status_code}", exc.status_code in RETRYABLE_STATUS, retry_after_seconds(exc.response.headers)
+                error, retryable, delay = (
+                    f"http_{exc.status_code}",
+                    exc.status_code in RETRYABLE_STATUS,
+                    retry_after_seconds(exc.response.headers),
+                )
                 if exc.status_code == 429:
                     self.limiter.pause(delay if delay is not None else backoff_seconds(attempt, self.options.retry_base_s))
             except openai.APITimeoutError:

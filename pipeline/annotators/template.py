@@ -29,9 +29,49 @@ MIN_LINK_SCORE = 2.0
 
 _WORD = re.compile(r"[a-z][a-z0-9'-]{3,}")
 STOPWORDS = frozenset(
-    """with from that this your pack count ounce ounces size each more free made best great
-    premium quality natural original value pound pounds inch inches case piece pieces item
-    items product products brand style assorted variety new per plus ultra extra""".split()
+    [
+        "with",
+        "from",
+        "that",
+        "this",
+        "your",
+        "pack",
+        "count",
+        "ounce",
+        "ounces",
+        "size",
+        "each",
+        "more",
+        "free",
+        "made",
+        "best",
+        "great",
+        "premium",
+        "quality",
+        "natural",
+        "original",
+        "value",
+        "pound",
+        "pounds",
+        "inch",
+        "inches",
+        "case",
+        "piece",
+        "pieces",
+        "item",
+        "items",
+        "product",
+        "products",
+        "brand",
+        "style",
+        "assorted",
+        "variety",
+        "new",
+        "per",
+        "plus",
+        "ultra",
+        "extra",
+    ]
 )
 PRICE_BANDS = ((10.0, "under $10"), (25.0, "$10-25"), (50.0, "$25-50"), (100.0, "$50-100"))
 
@@ -260,10 +300,11 @@ def annotate(context: ExampleContext, seed: int) -> TeacherAnswer:
             else "the shopper has no history to explain the target"
         )
         rationale = (
-            f"The recent history ({recent}) does not connect to {target}: {reason}, "
-            "so the purchase cannot be explained from the history."
+            f"The recent history ({recent}) does not connect to {target}: {reason}, so the purchase cannot be explained from the history."
         )
-        return TeacherAnswer(user_preferences=preferences, rationale=rationale, coherent=False, incoherence_reason=reason.capitalize() + ".")
+        return TeacherAnswer(
+            user_preferences=preferences, rationale=rationale, coherent=False, incoherence_reason=reason.capitalize() + "."
+        )
     sentences = [
         _choice(OPENERS, digest, 0).format(target=target),
         *_evidence_sentences(supporting, context.target, digest),

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from pipeline.config import CommonSettings, ConfigError, S, common, load_config, section
+from core.config import CommonSettings, ConfigError, S, common, load_config, section
 
 RunOpt = Annotated[Path, typer.Option("--run", help="Run folder of one domain (created if missing).")]
 ConfigOpt = Annotated[
@@ -42,7 +42,7 @@ def settings_for(config_path: Path | None, name: str, model: type[S], /, **overr
 
 def user_errors(func: F) -> F:
     """Turn expected, user-fixable errors into one clear line and exit status 2, no traceback."""
-    from pipeline.stage import StageError
+    from core.stage import StageError
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

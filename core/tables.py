@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipeline.schemas import TABLE_SCHEMAS
+from core.schemas import TABLE_SCHEMAS
 
 
 def part_name(index: int) -> str:

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 
 import xxhash
 
-from pipeline import __version__
+from core import __version__
 
 MANIFEST = "manifest.json"
 # Fingerprints only need to tell contents apart, not resist forgery (releases carry sha256):

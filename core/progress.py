@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from distributed import Future, as_completed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from distributed import Future
 
 T = TypeVar("T")
 console = Console(stderr=True)
@@ -31,6 +33,8 @@ def gather_with_progress(futures: Sequence[Future], description: str) -> list[An
 
     The first failing future raises its exception (with the worker's traceback chained).
     """
+    from distributed import as_completed  # Dask only where futures are gathered: core stays light
+
     results: list[Any] = [None] * len(futures)
     with make_progress() as progress:
         task = progress.add_task(description, total=len(futures))

@@ -90,9 +90,7 @@ def section(config: dict[str, Any], name: str, model: type[S], overrides: dict[s
     try:
         return model(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid settings for '{name}': {problems}") from None
 
 
