@@ -5,7 +5,7 @@ stage (``sample``, ``ingest``, ``sequences``, ``annotate``, ...). Each stage mod
 own settings model (a subclass of :class:`StageSettings`) whose field names equal the option
 names of its command (dashes become underscores), so ``rrec sequences --max-history 20`` and
 ``sequences: {max_history: 20}`` mean the same thing. Precedence: command line > config file >
-packaged defaults (``pipeline/default_config.yaml``) > model defaults.
+packaged defaults (``core/default_config.yaml``) > model defaults.
 """
 
 from __future__ import annotations
