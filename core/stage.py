@@ -7,16 +7,27 @@ stage without a manifest entry is incomplete and is rerun, and a later stage nev
 half table. A rerun skips a stage whose fingerprint (content hashes of its inputs, the
 config values that matter, the code version) equals the recorded one.
 
-Typical use inside a stage module::
+A stage is a subclass of :class:`Stage` that declares its name, the upstream stages whose
+outputs it consumes and its settings model, and implements :meth:`Stage.run` (the work, writing
+into the temporary area). :meth:`Stage.execute` owns everything else, once for every stage:
+the fingerprint (settings, code version, external inputs and the recorded output hashes of the
+upstream stages), the skip, the checks made before a cluster is used, the lock, the temporary
+folder, the manifest record and the provenance chain::
 
-    run = RunDir(run_path)
-    fp = run.fingerprint("sequences", config=settings.model_dump(), inputs=run.upstream_hashes("ingest"))
-    if not force and run.is_current("sequences", fp):
-        return run.entry("sequences")
-    with run.stage("sequences", fp, config=settings.model_dump()) as out:
-        write_parquet_parts(out.table_dir("sequences"), ...)
-        out.record(rows_in=n_in, rows_out={"sequences": n_out}, rejects_by_reason={...})
-    return run.entry("sequences")
+    class FilterStage(Stage):
+        name = "filter"
+        upstream = ("sequences", "annotate")
+        settings_type = FilterSettings
+
+        def run(self, ctx: StageContext) -> None:
+            ...  # map a pure partition function over the cluster, write ctx.out.table_dir(...)
+            ctx.out.record(rows_in=n, rows_out={"filtered": k}, rejects_by_reason=reasons)
+
+    result = FilterStage().execute(run_path, settings, client, force=False)
+
+Each entry names the output hashes it consumed (``upstream``); when an upstream stage is rerun
+and its outputs change, every stage after it is *stale* (:meth:`RunDir.stale_stages`), and a
+stale or missing stage blocks a card or a release (:meth:`RunDir.require_fresh`).
 """
 
 from __future__ import annotations
@@ -38,8 +49,11 @@ from typing import Any, BinaryIO
 import xxhash
 
 from core import __version__
+from core.reasons import check_reasons
 
 MANIFEST = "manifest.json"
+STAGE_ORDER = ("ingest", "sequences", "annotate", "filter", "judge", "validate")
+"""The per-domain stages in chain order; staleness and "rerun this first" follow it."""
 # Fingerprints only need to tell contents apart, not resist forgery (releases carry sha256):
 # xxh3 hashes at memory speed, where blake2b cost ~9 s on a 5 GB input at every ingest.
 HASH_ALGORITHM = "xxh3-128"
@@ -141,7 +155,11 @@ class StageOutput:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def table_dir(self, table: str) -> Path:
-        """A fresh folder for output table ``table``; it replaces ``run/table`` on commit."""
+        """The folder for output table ``table``; it replaces ``run/table`` on commit.
+
+        In a resumed stage (same fingerprint as a killed attempt) the folder keeps the part files
+        that attempt completed: :meth:`done_parts` lists them so their partitions are skipped.
+        """
         return self.output_path(table, folder=True)
 
     def output_path(self, name: str, folder: bool = False) -> Path:
@@ -151,8 +169,13 @@ class StageOutput:
         self.outputs.append(name)
         path = self.tmp_dir / name
         if folder:
-            path.mkdir(parents=True)
+            path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def done_parts(self, table: str) -> set[str]:
+        """Names of the complete part files already in output ``table`` (resumed work)."""
+        folder = self.tmp_dir / table
+        return {p.name for p in folder.glob("*.parquet")} if folder.is_dir() else set()
 
     def record(
         self,
@@ -218,6 +241,56 @@ class RunDir:
     def table(self, name: str) -> Path:
         return self.path / name
 
+    # -- the provenance chain --------------------------------------------------------------
+    def stale_stages(self) -> dict[str, str]:
+        """Stages whose recorded upstream outputs differ from what is on record now, with why.
+
+        A stage is stale when a stage it consumed was rerun with other outputs, removed, or is
+        itself stale: every stage after a changed one is stale too.
+        """
+        stages = self.manifest()["stages"]
+        stale: dict[str, str] = {}
+        for name in sorted(stages, key=_chain_position):
+            for upstream, consumed in _consumed(stages[name]).items():
+                current = stages.get(upstream)
+                if upstream in stale:
+                    stale[name] = f"it consumed stage '{upstream}', which is stale"
+                elif current is None:
+                    stale[name] = f"it consumed stage '{upstream}', which is no longer complete"
+                elif changed := sorted(o for o, digest in consumed.items() if current["outputs"].get(o) != digest):
+                    stale[name] = f"stage '{upstream}' was rerun since and its output {', '.join(changed)} changed"
+                else:
+                    continue
+                break
+        return stale
+
+    def require_fresh(self, required: Iterable[str], action: str) -> None:
+        """Raise :class:`StageError` unless every ``required`` stage is complete and not stale.
+
+        The message names the first stage (in chain order) to rerun, so the user knows where
+        to start; ``action`` says what was refused (``"release"``, ``"card"``).
+        """
+        stale = self.stale_stages()
+        stages = self.manifest()["stages"]
+        problems = {name: "it has not completed" for name in required if name not in stages}
+        problems.update(stale)
+        if problems:
+            first = min(problems, key=_chain_position)
+            others = ", ".join(sorted((n for n in problems if n != first), key=_chain_position))
+            raise StageError(
+                f"cannot {action} {self.path}: stage '{first}' must be rerun first ({problems[first]}): "
+                f"`rrec {first} --run {self.path}` or `rrec run`" + (f"; after it also: {others}" if others else "")
+            )
+
+    def provenance(self) -> dict[str, dict[str, Any]]:
+        """What produced each stage's outputs: fingerprint, code, settings, inputs and outputs.
+
+        External inputs (raw files with their hashes, a synthetic generator's settings) sit in
+        the first stage's entry; every later stage names the upstream outputs it consumed.
+        """
+        keys = ("fingerprint", "code_version", "config", "inputs", "upstream", "outputs", "finished_at", "source")
+        return {name: {k: entry[k] for k in keys if k in entry} for name, entry in self.manifest()["stages"].items()}
+
     def _update_manifest(self, stage: str, entry: dict[str, Any] | None) -> None:
         manifest = self.manifest()
         if entry is None:
@@ -231,28 +304,49 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return exclusive_lock(self.path / ".lock", StageError(f"another rrec process is writing to {self.path}; wait for it to finish"))
 
-    def clean_temporaries(self) -> None:
-        """Remove what killed runs left behind (temp folders never hold committed data)."""
+    def clean_temporaries(self, keep: Path | None = None) -> None:
+        """Remove what killed runs left behind (temp folders never hold committed data).
+
+        ``keep`` is the resumable temp folder of the stage about to run, kept for its parts.
+        """
         if self.path.exists():
             for leftover in self.path.glob(f"{TMP_PREFIX}*"):
+                if leftover == keep:
+                    continue
                 if leftover.is_dir():
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     leftover.unlink(missing_ok=True)
 
     @contextlib.contextmanager
-    def stage(self, name: str, fingerprint: str, config: dict[str, Any], inputs: dict[str, str] | None = None) -> Iterator[StageOutput]:
-        """Run a stage atomically: outputs go to a temp folder and are renamed in on success."""
+    def stage(
+        self,
+        name: str,
+        fingerprint: str,
+        config: dict[str, Any],
+        inputs: dict[str, str] | None = None,
+        upstream: dict[str, dict[str, str]] | None = None,
+        resumable: bool = False,
+    ) -> Iterator[StageOutput]:
+        """Run a stage atomically: outputs go to a temp folder and are renamed in on success.
+
+        ``upstream`` maps each consumed stage to the output hashes read (the provenance chain).
+        With ``resumable`` the temp folder is named by the fingerprint and survives a failure or
+        a kill, so the next attempt with the same fingerprint finds the parts already written.
+        """
         with self._lock():
-            self.clean_temporaries()
-            tmp_dir = self.path / f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
-            tmp_dir.mkdir(parents=True)
+            resume_dir = self.path / f"{TMP_PREFIX}{name}-resume-{fingerprint[:16]}" if resumable else None
+            self.clean_temporaries(keep=resume_dir)
+            tmp_dir = resume_dir or self.path / f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+            tmp_dir.mkdir(parents=True, exist_ok=True)
             out = StageOutput(run=self, name=name, tmp_dir=tmp_dir)
             started = time.time()
             try:
                 yield out
+                check_reasons(name, out.rejects_by_reason)
             except BaseException:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+                if not resumable:
+                    shutil.rmtree(tmp_dir, ignore_errors=True)
                 raise
             missing = [o for o in out.outputs if not (tmp_dir / o).exists()]
             if missing:
@@ -272,6 +366,7 @@ class RunDir:
                 "code_version": code_version(),
                 "config": config,
                 "inputs": inputs or {},
+                "upstream": upstream or {},
                 "outputs": output_hashes,
                 "rows_in": out.rows_in,
                 "rows_out": out.rows_out,
@@ -282,3 +377,20 @@ class RunDir:
             }
             self._update_manifest(name, entry)
             self.clean_temporaries()
+
+
+def _chain_position(stage: str) -> int:
+    return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
+
+
+def _consumed(entry: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The upstream outputs an entry consumed; entries written before ``upstream`` was
+    recorded name them in ``inputs`` as ``stage/output``."""
+    if "upstream" in entry:
+        return entry["upstream"]
+    consumed: dict[str, dict[str, str]] = {}
+    for key, digest in entry.get("inputs", {}).items():
+        stage, _, output = key.partition("/")
+        if output and stage in STAGE_ORDER:
+            consumed.setdefault(stage, {})[output] = digest
+    return consumed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,11 +19,17 @@ def part_name(index: int) -> str:
 
 
 def write_part(table: pa.Table, folder: Path, index: int, schema: pa.Schema | None = None) -> Path:
-    """Write one partition file, cast to ``schema`` (an error, not a silent change, if it cannot)."""
+    """Write one partition file, cast to ``schema`` (an error, not a silent change, if it cannot).
+
+    The file appears under its name only once complete (written under a hidden name, then
+    renamed), so a part file that exists is whole: a resumed stage can trust it.
+    """
     if schema is not None and table.schema != schema:
         table = table.select(schema.names).cast(schema)
     path = Path(folder) / part_name(index)
-    pq.write_table(table, path, compression="zstd")
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    pq.write_table(table, partial, compression="zstd")
+    os.replace(partial, path)
     return path
 
 

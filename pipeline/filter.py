@@ -34,13 +34,15 @@ import typer
 from distributed import Client
 from pydantic import Field
 
-from core.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
+from core.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, user_errors
 from core.config import StageSettings
 from core.progress import gather_with_progress
+from core.protocol import Stage, StageContext
 from core.schemas import ANNOTATIONS, FILTER_REJECTS, FILTERED
 from core.stage import RunDir
-from core.tables import dataset, parts, write_part
+from core.tables import dataset, part_name, parts, read_table, write_part
 from pipeline.annotators.context import CONTEXT_COLUMNS, contexts_from_rows, read_item_facts
+from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import ExampleContext
 
 log = logging.getLogger(__name__)
@@ -287,37 +289,55 @@ def filter_partition(run_path: str, annotations_file: str, settings: FilterSetti
     return pa.Table.from_pylist(kept, schema=FILTERED), pa.Table.from_pylist(rejected, schema=FILTER_REJECTS)
 
 
-def run_filter(run: Path | str | RunDir, settings: FilterSettings, client: Client, force: bool = False) -> dict[str, Any]:
-    """Self-filter the run's annotations into ``filtered`` and ``filter_rejects``; returns the manifest entry."""
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    run.require("annotate")
-    inputs = {**run.upstream_hashes("annotate"), **run.upstream_hashes("sequences")}
-    config = settings.model_dump()
-    fingerprint = run.fingerprint(STAGE, config=config, inputs=inputs)
-    if not force and run.is_current(STAGE, fingerprint):
-        log.info("filter: inputs and settings unchanged, skipping (use --force to rerun)")
-        return run.require(STAGE)
-    files = parts(run.table("annotations"))
-    futures = [client.submit(filter_partition, str(run.path), str(f), settings, pure=False) for f in files]
-    with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
-        kept_dir, rejects_dir = out.table_dir("filtered"), out.table_dir("filter_rejects")
-        results = gather_with_progress(futures, "filtering rationales")
-        reasons: Counter[str] = Counter()
-        for index, (kept, rejected) in enumerate(results):
-            write_part(kept, kept_dir, index, FILTERED)
-            write_part(rejected, rejects_dir, index, FILTER_REJECTS)
-            reasons.update(rejected.column("reason").to_pylist())
-        rows_in = sum(k.num_rows + r.num_rows for k, r in results)
-        kept_rows = sum(k.num_rows for k, _ in results)
-        out.record(
+class FilterStage(Stage[FilterSettings]):
+    """Self-filter the run's annotations into ``filtered`` and ``filter_rejects``."""
+
+    name = STAGE
+    upstream = ("sequences", "annotate")
+    settings_type = FilterSettings
+    resumable = True
+
+    def run(self, ctx: StageContext[FilterSettings]) -> None:
+        files = parts(ctx.run.table("annotations"))
+        kept_dir, rejects_dir = ctx.out.table_dir("filtered"), ctx.out.table_dir("filter_rejects")
+        done = ctx.out.done_parts("filtered") & ctx.out.done_parts("filter_rejects")
+        todo = [(index, f) for index, f in enumerate(files) if part_name(index) not in done]
+        futures = [
+            ctx.client.submit(
+                filter_partition_to_parts, str(ctx.run.path), str(f), str(kept_dir), str(rejects_dir), index, ctx.settings, pure=False
+            )
+            for index, f in todo
+        ]
+        gather_with_progress(futures, "filtering rationales")
+        reasons: Counter[str] = Counter(read_table(rejects_dir, "filter_rejects", columns=["reason"]).column("reason").to_pylist())
+        kept_rows = pads.dataset(str(kept_dir), format="parquet").count_rows()
+        rows_in = kept_rows + sum(reasons.values())
+        ctx.out.record(
             rows_in=rows_in,
             rows_out={"filtered": kept_rows, "filter_rejects": rows_in - kept_rows},
             rejects_by_reason=dict(reasons),
             keep_rate=round(kept_rows / rows_in, 4) if rows_in else None,
+            resumed_parts=len(files) - len(todo),
         )
-    entry = run.require(STAGE)
-    log.info("filter: kept %d of %d rationale(s); rejects by reason: %s", kept_rows, rows_in, entry["rejects_by_reason"])
-    return entry
+        log.info("filter: kept %d of %d rationale(s); rejects by reason: %s", kept_rows, rows_in, dict(reasons))
+
+
+def filter_partition_to_parts(
+    run_path: str, annotations_file: str, kept_dir: str, rejects_dir: str, index: int, settings: FilterSettings
+) -> None:
+    """Filter one annotations part file into part ``index`` of both output tables."""
+    kept, rejected = filter_partition(run_path, annotations_file, settings)
+    # The kept part last: a partition counts as done only when both parts exist.
+    write_part(rejected, Path(rejects_dir), index, FILTER_REJECTS)
+    write_part(kept, Path(kept_dir), index, FILTERED)
+
+
+FILTER = FilterStage()
+
+
+def run_filter(run: Path | str | RunDir, settings: FilterSettings, client: Client, force: bool = False) -> dict[str, Any]:
+    """Self-filter the run's annotations (see :class:`FilterStage`); returns the manifest entry."""
+    return FILTER.execute(run, settings, client, force=force).entry
 
 
 def register(app: typer.Typer) -> None:
@@ -337,10 +357,4 @@ def register(app: typer.Typer) -> None:
         Every annotation ends in `filtered` or in `filter_rejects` with a named reason; the
         counts per reason go to manifest.json. Thresholds live in the config section `filter`.
         """
-        from pipeline.cluster import dask_client
-
-        settings, common = settings_for(config, STAGE, FilterSettings, workers=workers, scheduler=scheduler)
-        with dask_client(common.workers, common.scheduler) as client:
-            entry = run_filter(run, settings, client, force=force)
-        rejects = ", ".join(f"{reason} {count}" for reason, count in entry["rejects_by_reason"].items()) or "none"
-        typer.echo(f"kept {entry['rows_out']['filtered']} of {entry['rows_in']} rationale(s); rejected: {rejects}")
+        run_stage_command(FILTER, run, config, force, workers=workers, scheduler=scheduler)
