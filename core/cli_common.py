@@ -40,6 +40,20 @@ def settings_for(config_path: Path | None, name: str, model: type[S], /, **overr
     return section(config, name, model, overrides), common(config, common_keys)
 
 
+def deprecated_alias(name: str, value: Any, old_name: str, old_value: Any) -> Any:
+    """The value of option ``name``, or of its deprecated spelling ``old_name`` with a warning on stderr.
+
+    Old spellings keep working for one release. Giving both spellings is an error, since they
+    could disagree.
+    """
+    if old_value is None:
+        return value
+    if value is not None:
+        raise ValueError(f"{old_name} is the old spelling of {name}; give only {name}")
+    typer.echo(f"deprecated: {old_name} is renamed {name}; {old_name} will be removed in the next release", err=True)
+    return old_value
+
+
 def user_errors(func: F) -> F:
     """Turn expected, user-fixable errors into one clear line and exit status 2, no traceback."""
     from core.stage import StageError

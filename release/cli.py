@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from core.cli_common import ConfigOpt, settings_for, user_errors
+from core.cli_common import ConfigOpt, deprecated_alias, settings_for, user_errors
 
 RunsOpt = Annotated[
     list[Path],
@@ -54,6 +54,13 @@ def register(app: typer.Typer) -> None:
         repo_id: Annotated[str | None, typer.Option("--repo-id", help="Hub dataset repository ORG/NAME for --push.")] = None,
         private: Annotated[bool | None, typer.Option("--private/--public", help="Create the Hub repository as private.")] = None,
         shard_rows: Annotated[int | None, typer.Option("--shard-rows", help="Rows per Parquet shard.", min=1)] = None,
+        allow_older: Annotated[
+            bool | None,
+            typer.Option(
+                "--allow-older/--no-allow-older",
+                help="Publish a version lower than the newest as a tag only (the working tree and CHANGELOG stay at the newest).",
+            ),
+        ] = None,
         max_memory_gb: Annotated[
             float | None,
             typer.Option(
@@ -85,6 +92,7 @@ def register(app: typer.Typer) -> None:
             repo_id=repo_id,
             private=private,
             shard_rows=shard_rows,
+            allow_older=allow_older,
             max_memory_gb=max_memory_gb,
         )
         card_settings = section(load_config(config), "card", CardSettings)
@@ -109,18 +117,25 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def pull_command(
         source: Annotated[str, typer.Argument(help="A local registry folder or a Hub dataset id ORG/NAME.")],
-        version: Annotated[str, typer.Option("--version", help="Version tag to fetch, e.g. v1.0.0.")],
         out: Annotated[Path, typer.Option("--out", help="Folder to write the release into (new or empty).")],
+        revision: Annotated[str | None, typer.Option("--revision", help="Version tag to fetch, e.g. v1.0.0.")] = None,
+        version: Annotated[
+            str | None, typer.Option("--version", help="Deprecated spelling of --revision (removed in the next release).", hidden=True)
+        ] = None,
     ) -> None:
         """Download a released version and verify every file's sha256 against its manifest.
 
         A tampered, missing or unlisted file is refused and nothing is written to --out.
-        Hub access uses HF_TOKEN from the environment for private repositories.
+        Hub access uses HF_TOKEN from the environment for private repositories; with
+        HF_HUB_OFFLINE=1 only a local registry can be pulled.
         """
         from release.checksums import read_manifest
         from release.pull import pull_release
 
-        folder = pull_release(source, version, out)
+        tag = deprecated_alias("--revision", revision, "--version", version)
+        if tag is None:
+            raise ValueError("say which version to pull: --revision vX.Y.Z")
+        folder = pull_release(source, tag, out)
         manifest = read_manifest(folder)
         typer.echo(f"Pulled {manifest['tag']} into {folder}: {len(manifest['files'])} files verified.")
         typer.echo("Load it with:")

@@ -27,7 +27,7 @@ from datacards.statistics import filter_summary
 from release.changelog import CHANGELOG_NAME, diff_releases, render_changelog, render_section
 from release.checksums import MANIFEST_NAME, file_checksums
 from release.layout import DomainRelease, ReleaseError, load_domains, write_data, write_validation
-from release.registry import Registry, parse_version, version_tag
+from release.registry import Registry, crash_point, parse_version, version_tag
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ class ReleaseSettings(StageSettings):
     push: bool = False
     repo_id: str | None = None
     private: bool = False
+    allow_older: bool = Field(
+        False,
+        description="publish a version lower than the newest as a tag only (the working tree and CHANGELOG stay at the newest)",
+    )
     max_memory_gb: float | None = Field(
         None,
         gt=0,
@@ -120,7 +124,7 @@ def _write_changelog(release_dir: Path, manifest: dict[str, Any], registry: Regi
     if previous_tag is None:
         text = render_changelog(render_section(manifest["tag"], date, manifest, None, None), None)
     else:
-        with tempfile.TemporaryDirectory(prefix="rrec-previous-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="rrec-previous-", dir=release_dir.parent) as tmp:
             previous_dir = registry.export(previous_tag, Path(tmp) / previous_tag)
             previous = registry.manifest(previous_tag)
             diff = diff_releases(previous_dir, previous, release_dir, manifest)
@@ -166,37 +170,44 @@ def release_runs(
 ) -> ReleaseResult:
     """Release validated run folders as version ``settings.version`` into the registry at ``registry_path``.
 
-    Refuses a run whose validation is missing or has a critical failure, and an existing
-    version whose content differs (versions are immutable). Releasing an existing version with
-    unchanged data again returns ``status="already_released"`` (and pushes it if asked and the
-    Hub lacks it).
+    Refuses a run whose validation is missing or has a critical failure, a version lower than
+    the newest one (unless ``settings.allow_older``: then it is published as a tag only) and an
+    existing version whose content differs (versions are immutable). Releasing an existing
+    version with unchanged data again returns ``status="already_released"`` (and pushes it if
+    asked and the Hub lacks it). A release killed at any step is finished or undone by the next
+    one (:meth:`Registry.recover`).
     """
     card_settings = card_settings or CardSettings()
     tag = version_tag(settings.version)
     if settings.push and not settings.repo_id:
         raise ReleaseError("--push needs --repo-id ORG/NAME (the Hub dataset repository to publish to)")
+    registry = Registry(registry_path)
+    registry.check_order(tag, settings.allow_older)  # before the runs are read: a cheap refusal
     memory_limit = int(settings.max_memory_gb * 2**30) if settings.max_memory_gb else psutil.virtual_memory().available
     domains = load_domains([Path(run) for run in runs], memory_limit)
-    registry = Registry(registry_path)
-    registry.init()
-    with registry.lock(), tempfile.TemporaryDirectory(prefix="rrec-release-") as tmp:
-        release_dir = Path(tmp) / tag
+    with registry.publishing() as staging:
+        registry.check_order(tag, settings.allow_older)
+        release_dir = staging / tag
         write_data(domains, release_dir, settings.shard_rows)
+        crash_point("staged")
         if registry.has(tag):
-            existing = registry.manifest(tag)
-            if _data_checksums(existing["files"]) != _data_checksums(file_checksums(release_dir)):
-                raise ReleaseError(
-                    f"version {tag} already exists in registry {registry.path} with different data; "
-                    "published versions are immutable, release under a new version (e.g. bump the patch number)"
-                )
-            log.info("%s is already released with the same data", tag)
-            commit = registry.commit_of(tag)
-            hub_commit = None
-            if settings.push:
-                exported = registry.export(tag, Path(tmp) / f"existing-{tag}")
-                hub_commit = _push(exported, settings, tag)
-            return ReleaseResult(tag, registry.path, "already_released", commit, existing, hub_commit)
+            return _already_released(registry, tag, release_dir, staging, settings)
         manifest = build_release(domains, release_dir, settings, card_settings, registry)
         commit = registry.publish(release_dir, tag, f"Release {tag}: {', '.join(d.config for d in domains)}")
         hub_commit = _push(release_dir, settings, tag)
     return ReleaseResult(tag, registry.path, "released", commit, manifest, hub_commit)
+
+
+def _already_released(registry: Registry, tag: str, release_dir: Path, staging: Path, settings: ReleaseSettings) -> ReleaseResult:
+    """The result of releasing an existing version again: refused unless its data files are identical."""
+    existing = registry.manifest(tag)
+    if _data_checksums(existing["files"]) != _data_checksums(file_checksums(release_dir)):
+        raise ReleaseError(
+            f"version {tag} already exists in registry {registry.path} with different data; "
+            "published versions are immutable, release under a new version (e.g. bump the patch number)"
+        )
+    log.info("%s is already released with the same data", tag)
+    hub_commit = None
+    if settings.push:
+        hub_commit = _push(registry.export(tag, staging / f"existing-{tag}"), settings, tag)
+    return ReleaseResult(tag, registry.path, "already_released", registry.commit_of(tag), existing, hub_commit)

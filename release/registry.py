@@ -1,8 +1,18 @@
 """The local release registry: a git repository with one commit and one tag ``vX.Y.Z`` per version.
 
-The working tree of the registry always holds the latest published release; every older
-version stays reachable through its tag. Versions are immutable: publishing a tag that exists
-is refused. The git command line does the work (``git`` must be on PATH).
+The working tree (branch ``main``) always holds the newest published version; every version
+stays reachable through its tag. Versions are immutable and increase: publishing a tag that
+exists, or one lower than the newest, is refused (an older version may be added as a tag only,
+see :meth:`Registry.publish`). The git command line does the work (``git`` must be on PATH).
+
+Crash safety. A release is built in a staging folder inside ``.git`` and committed from there
+with a private index, so the working tree and ``main`` are untouched until the version's tag
+exists. The steps, each safe to be killed at: write the staging folder; ``git add`` into the
+private index; write the tree and the commit object; create the tag (the moment of
+publication); move ``main`` to it; replace the working tree (``git reset --hard``). The next
+release takes the registry lock and calls :meth:`Registry.recover`, which removes staging
+folders and git lock files left by a killed release and finishes a half-done working-tree
+update, so a rerun completes the same version.
 """
 
 from __future__ import annotations
@@ -14,8 +24,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +39,12 @@ from release.layout import ReleaseError
 log = logging.getLogger(__name__)
 
 _MARKER = "rrec-registry"
+STAGING_PREFIX = "rrec-release-"
+_LOCK_NAME = "rrec-release.lock"
+# Set only by the crash tests: the release process SIGKILLs itself (and the git it runs) at
+# the named step, the way `kill -9` would stop it there.
+CRASH_ENV = "RREC_TEST_CRASH_AT"
+CRASH_POINTS = ("staged", "git-add", "committed", "tagged", "working-tree")
 _SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
 # Releases are made by a tool, not a person: a fixed identity unless the user configured one.
 _IDENTITY = {
@@ -51,6 +70,15 @@ def version_tag(version: str) -> str:
     return f"v{major}.{minor}.{patch}"
 
 
+def crash_point(step: str) -> None:
+    """Kill this process (and its process group when it leads one) if the crash tests ask for ``step``."""
+    if os.environ.get(CRASH_ENV) != step:
+        return
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Registry:
     """A git repository of releases at ``path``."""
 
@@ -62,30 +90,34 @@ class Registry:
         """Whether ``path`` is a registry (a folder with its own ``.git``)."""
         return (self.path / ".git").is_dir()
 
-    def _git(self, *args: str, binary: bool = False) -> Any:
-        env = {**os.environ}
+    @property
+    def git_dir(self) -> Path:
+        return self.path / ".git"
+
+    def _git(self, *args: str, binary: bool = False, env: dict[str, str] | None = None, crash_at: str | None = None) -> Any:
+        """Run git in the registry; ``crash_at`` names the crash point reached while git runs."""
+        full_env = {**os.environ, **(env or {})}
         for key, value in _IDENTITY.items():
-            env.setdefault(key, value)
+            full_env.setdefault(key, value)
+        command = ["git", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false", *args]
         try:
-            result = subprocess.run(
-                ["git", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false", *args],
-                cwd=self.path,
-                env=env,
-                capture_output=True,
-                text=not binary,
-                check=False,
+            process = subprocess.Popen(
+                command, cwd=self.path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=not binary
             )
         except FileNotFoundError:
             raise ReleaseError("the `git` command is not installed; install git to use a local registry") from None
-        if result.returncode != 0:
-            stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode(errors="replace")
-            raise ReleaseError(f"git {' '.join(args)} failed in registry {self.path}: {stderr.strip()}")
-        return result.stdout
+        if crash_at:
+            crash_point(crash_at)
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            message = stderr if isinstance(stderr, str) else stderr.decode(errors="replace")
+            raise ReleaseError(f"git {' '.join(args)} failed in registry {self.path}: {message.strip()}")
+        return stdout
 
     @property
     def is_registry(self) -> bool:
         """Whether ``rrec release`` created this repository (only then may it replace the files)."""
-        return (self.path / ".git" / _MARKER).is_file()
+        return (self.git_dir / _MARKER).is_file()
 
     def _require(self) -> None:
         if not self.exists:
@@ -109,12 +141,87 @@ class Registry:
             raise ReleaseError(f"{self.path} is a non-empty folder but not a registry; choose an empty or new folder for --registry")
         self.path.mkdir(parents=True, exist_ok=True)
         self._git("init", "--quiet", "--initial-branch=main")
-        (self.path / ".git" / _MARKER).write_text("created by rrec release\n", encoding="utf-8")
+        (self.git_dir / _MARKER).write_text("created by rrec release\n", encoding="utf-8")
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
-        """Exclusive lock while publishing, so two releases cannot interleave their commits."""
+        """Exclusive lock while publishing, so two releases cannot interleave their commits.
+
+        The lock is an advisory ``flock``: the kernel drops it when its holder dies, even by
+        ``kill -9``, so a killed release never blocks the next one.
+        """
         busy = ReleaseError(f"another release is being published to {self.path}; wait for it to finish")
-        return exclusive_lock(self.path / ".git" / "rrec-release.lock", busy)
+        return exclusive_lock(self.git_dir / _LOCK_NAME, busy)
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[Path]:
+        """Hold :meth:`lock`, :meth:`recover` from a killed release, and yield a fresh staging folder.
+
+        The staging folder (``.git/rrec-release-*``) is removed on the way out, and by the next
+        release if this process is killed.
+        """
+        self.init()
+        with self.lock():
+            self.recover()
+            staging = self.git_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+            staging.mkdir()
+            try:
+                yield staging
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def recover(self) -> list[str]:
+        """Undo what a killed release left behind; return what was done (also logged).
+
+        Call it holding :meth:`lock`: no other release of this registry runs then, so staging
+        folders and git lock files are leftovers of a dead process. Removes them, moves ``main``
+        to the newest version when a release was killed between its tag and that move, and
+        restores the working tree of the newest version when its replacement was interrupted.
+        A ``main`` that no version tag names is not guessed at: the error says what to run.
+        """
+        done: list[str] = []
+        for leftover in sorted(self.git_dir.glob(f"{STAGING_PREFIX}*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+            done.append(f"removed the staging folder {leftover.name} of a killed release")
+        locks = [self.git_dir / "index.lock", self.git_dir / "HEAD.lock", self.git_dir / "packed-refs.lock"]
+        locks += sorted((self.git_dir / "refs").rglob("*.lock"))
+        for lock in locks:
+            if lock.is_file():
+                lock.unlink()
+                done.append(f"removed the stale git lock {lock.relative_to(self.git_dir)} of a killed release")
+        versions = self.versions()
+        head = self._head()
+        if versions:
+            newest = versions[-1]
+            newest_commit = self.commit_of(newest)
+            tagged = {self.commit_of(tag): tag for tag in versions}
+            if head not in tagged:
+                what = f"commit {head[:12]}" if head else "no commit"
+                raise ReleaseError(
+                    f"the main branch of registry {self.path} is at {what}, which no version tag names "
+                    f"(a commit made by hand or by an interrupted older rrec); to go back to the newest version run "
+                    f"`git -C {self.path} reset --hard {newest}` and retry"
+                )
+            if head != newest_commit:
+                self._git("update-ref", "HEAD", newest_commit, head)
+                done.append(f"moved main from {tagged[head]} to the newest version {newest}")
+            if self._git("status", "--porcelain", "--untracked-files=all").strip():
+                self._git("reset", "--hard", "--quiet", newest_commit)
+                self._git("clean", "-d", "--force", "--quiet")
+                done.append(f"restored the working tree of {newest}")
+        elif head is not None:
+            raise ReleaseError(
+                f"registry {self.path} has a commit ({head[:12]}) but no version tag; it was changed by hand or by an "
+                f"interrupted older rrec: remove the folder (it holds no version) and release again"
+            )
+        for line in done:
+            log.warning("registry %s: %s", self.path, line)
+        return done
+
+    def _head(self) -> str | None:
+        try:
+            return self._git("rev-parse", "--verify", "--quiet", "HEAD^{commit}").strip() or None
+        except ReleaseError:
+            return None
 
     def versions(self) -> list[str]:
         """Tags of published versions, oldest version first (semantic order)."""
@@ -124,7 +231,13 @@ class Registry:
         return sorted(tags, key=parse_version)
 
     def has(self, version: str) -> bool:
+        """Whether ``version`` is published (tagged) in this registry."""
         return version_tag(version) in self.versions()
+
+    def newest(self) -> str | None:
+        """The highest published version, the one the working tree holds; None when there is none."""
+        versions = self.versions()
+        return versions[-1] if versions else None
 
     def previous(self, version: str) -> str | None:
         """The highest published version below ``version``, the base of its changelog."""
@@ -132,56 +245,79 @@ class Registry:
         older = [tag for tag in self.versions() if parse_version(tag) < current]
         return older[-1] if older else None
 
-    def read_file(self, version: str, name: str) -> bytes:
-        """One file of a published version."""
+    def require_version(self, version: str) -> str:
+        """The tag of ``version`` if it is published; else a :class:`ReleaseError` listing the versions that are."""
         self._require()
         tag = version_tag(version)
-        if tag not in self.versions():
-            raise ReleaseError(f"version {tag} is not in registry {self.path}; available: {', '.join(self.versions()) or 'none'}")
-        return self._git("show", f"{tag}:{name}", binary=True)
+        versions = self.versions()
+        if tag not in versions:
+            raise ReleaseError(f"version {tag} is not in registry {self.path}; available: {', '.join(versions) or 'none'}")
+        return tag
+
+    def read_file(self, version: str, name: str) -> bytes:
+        """One file of a published version."""
+        return self._git("show", f"{self.require_version(version)}:{name}", binary=True)
 
     def commit_of(self, version: str) -> str:
         """The commit a version's tag points to."""
-        self._require()
-        return self._git("rev-list", "-n", "1", version_tag(version)).strip()
+        return self._git("rev-list", "-n", "1", self.require_version(version)).strip()
 
     def manifest(self, version: str) -> dict[str, Any]:
+        """The ``manifest.json`` of a published version."""
         return json.loads(self.read_file(version, MANIFEST_NAME))
 
     def export(self, version: str, out: Path) -> Path:
         """Write the tree of tag ``version`` into the folder ``out`` (created; must be empty)."""
-        self._require()
-        tag = version_tag(version)
-        if tag not in self.versions():
-            raise ReleaseError(f"version {tag} is not in registry {self.path}; available: {', '.join(self.versions()) or 'none'}")
-        archive = self._git("archive", "--format=tar", tag, binary=True)
+        archive = self._git("archive", "--format=tar", self.require_version(version), binary=True)
         out.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(out, filter="data")
         return out
 
-    def publish(self, release_dir: Path, version: str, message: str) -> str:
-        """Commit the content of ``release_dir`` as the registry's tree and tag it; return the commit.
+    def check_order(self, version: str, allow_older: bool = False) -> None:
+        """Refuse a new version that is not above the newest one, unless ``allow_older``.
 
-        Refuses a version that is already tagged. The caller holds :meth:`lock`.
+        An existing version passes (it is compared with the data by the caller).
         """
         tag = version_tag(version)
-        self.init()
+        newest = self.newest()
+        if newest is None or tag in self.versions() or parse_version(tag) > parse_version(newest) or allow_older:
+            return
+        major, minor, patch = parse_version(newest)
+        raise ReleaseError(
+            f"version {tag} is lower than the newest version {newest} of registry {self.path}; versions must increase: "
+            f"release {major}.{minor}.{patch + 1} or higher, or pass --allow-older to add {tag} as a tag only "
+            "(the working tree and the CHANGELOG stay at the newest version)"
+        )
+
+    def publish(self, release_dir: Path, version: str, message: str) -> str:
+        """Commit the content of ``release_dir`` as version ``version`` and tag it; return the commit.
+
+        ``release_dir`` lies in the staging folder of :meth:`publishing` (the caller holds the
+        lock). A version above the newest becomes the new ``main`` and working tree; an older
+        one (allowed by :meth:`check_order`) is a tag only, on top of the version below it. A
+        version that is already tagged is refused.
+        """
+        tag = version_tag(version)
         if tag in self.versions():
             raise ReleaseError(
                 f"version {tag} already exists in registry {self.path}; published versions are immutable, release a new version"
             )
-        for entry in self.path.iterdir():
-            if entry.name == ".git":
-                continue
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        shutil.copytree(release_dir, self.path, dirs_exist_ok=True)
-        self._git("add", "--all")
-        self._git("commit", "--quiet", "--allow-empty", "-m", message)
-        self._git("tag", "-a", tag, "-m", message)
-        commit = self._git("rev-parse", "HEAD").strip()
-        log.info("published %s to registry %s (commit %s)", tag, self.path, commit[:12])
+        newest = self.newest()
+        moves_main = newest is None or parse_version(tag) > parse_version(newest)
+        parent = self._head() if moves_main else (self.commit_of(below) if (below := self.previous(tag)) else None)
+        staged = Path(release_dir).resolve()
+        git_env = {"GIT_INDEX_FILE": str(staged.parent / "index"), "GIT_WORK_TREE": str(staged)}
+        self._git("add", "--all", env=git_env, crash_at="git-add")
+        tree = self._git("write-tree", env=git_env).strip()
+        commit = self._git("commit-tree", tree, *(["-p", parent] if parent else []), "-m", message).strip()
+        crash_point("committed")
+        self._git("tag", "-a", tag, commit, "-m", message)
+        crash_point("tagged")
+        if moves_main:
+            self._git("update-ref", "HEAD", commit, *([parent] if parent else []))
+            crash_point("working-tree")
+            self._git("reset", "--hard", "--quiet", commit)
+            self._git("clean", "-d", "--force", "--quiet")
+        log.info("published %s to registry %s (commit %s%s)", tag, self.path, commit[:12], "" if moves_main else ", tag only")
         return commit

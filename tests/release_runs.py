@@ -123,7 +123,7 @@ def make_run(
             users_after_kcore=users + extra_users,
         )
     rejected = sum(1 for user_index in range(users + extra_users) if user_index % 4 == 3)
-    reasons = {"incoherent": rejected - 1, "too_short": 1} if rejected > 1 else {"incoherent": rejected}
+    reasons = {"annotator_incoherent": rejected - 1, "too_short": 1} if rejected > 1 else {"annotator_incoherent": rejected}
     annotated = len(filtered) + rejected
     with rundir.stage("annotate", fingerprint_of({"a": seed}), config={"annotator": "template"}) as out:
         out.record(
