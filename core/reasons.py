@@ -59,6 +59,15 @@ REASONS: tuple[Reason, ...] = (
     Reason("unknown_product", "filter", "a quoted product name that is neither a history item nor the target"),
     Reason("not_grounded", "filter", "names no history item and no history attribute (store, category)"),
     Reason("unknown_example", "filter", "no sequences row has this key (the sequences changed since annotation)"),
+    Reason("too_many_characters", "filter", "an answer text longer than `max_chars` characters (e.g. a 10 MB answer)"),
+    Reason("overlong_word", "filter", "a run of more than `max_word_chars` characters without whitespace (blobs, padding)"),
+    Reason("control_characters", "filter", "control characters other than tab and line breaks"),
+    Reason("invisible_characters", "filter", "zero-width, bidirectional-override or Unicode tag characters"),
+    Reason("event_handler", "filter", "an HTML event-handler attribute (`onerror=`) or a `javascript:` URI"),
+    Reason("script", "filter", "a `<script>` tag or a script API (`document.cookie`, `eval(`)"),
+    Reason("markup", "filter", "an HTML/XML tag, comment, doctype or escaped tag"),
+    Reason("prompt_injection", "filter", "a phrase aimed at a model (`ignore all previous instructions`, `you are now`, `system prompt`)"),
+    Reason("target_first", "filter", "the rationale names the target item before any history item"),
 )
 
 BY_CODE: dict[str, Reason] = {reason.code: reason for reason in REASONS}
