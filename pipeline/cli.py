@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "training.cli",
     "training.eval_cli",
     "pipeline.run",
+    "reproduce.cli",
 )
 
 app = typer.Typer(
