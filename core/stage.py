@@ -331,8 +331,9 @@ class RunDir:
         """Run a stage atomically: outputs go to a temp folder and are renamed in on success.
 
         ``upstream`` maps each consumed stage to the output hashes read (the provenance chain).
-        With ``resumable`` the temp folder is named by the fingerprint and survives a failure or
-        a kill, so the next attempt with the same fingerprint finds the parts already written.
+        With ``resumable`` the temp folder is named by the fingerprint and survives a kill or an
+        interrupt (not an error), so the next attempt with the same fingerprint finds the parts
+        already written.
         """
         with self._lock():
             resume_dir = self.path / f"{TMP_PREFIX}{name}-resume-{fingerprint[:16]}" if resumable else None
@@ -344,7 +345,10 @@ class RunDir:
             try:
                 yield out
                 check_reasons(name, out.rejects_by_reason)
-            except BaseException:
+            except Exception:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                raise
+            except BaseException:  # Ctrl-C: a resumable stage keeps its complete parts, like after a kill
                 if not resumable:
                     shutil.rmtree(tmp_dir, ignore_errors=True)
                 raise

@@ -25,7 +25,7 @@ from core.progress import track
 from core.schemas import ITEMS, RELEASE_ROW, SPLITS
 from core.stage import RunDir, StageError
 from core.tables import read_table
-from pipeline.sequences import SequencesSettings
+from pipeline.sequences.settings import SequencesSettings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pipeline.sequences import (
     DistinctStrings,
     SequencesSettings,
     UserEvents,
-    _bounded,
+    bounded,
     build_sequence_rows,
     check_catalog_size,
     chronological_order,
@@ -208,7 +208,7 @@ def test_stream_codes_equal_the_bounded_draws_bit_for_bit():
     for count, n in ((1, 7), (103, 617_087), (104, 2**31 - 1), (37, 1)):
         codes = stream_codes(keys, count, n)
         assert codes.dtype == np.int32 and codes.shape == (500, count)
-        assert np.array_equal(codes, _bounded(stream_draws(keys, count), n))
+        assert np.array_equal(codes, bounded(stream_draws(keys, count), n))
 
 
 def test_distinct_strings_give_the_same_values_whether_the_dictionary_is_trimmed_or_whole():
