@@ -121,6 +121,10 @@ class Stage(ABC, Generic[S]):
         """Whether an entry with an equal fingerprint may stand (False for a partial run)."""
         return bool(entry.get("complete", True))
 
+    def report(self, result: StageResult) -> str:
+        """The line a command prints when the stage is done (rows, rejects by reason)."""
+        return result.summary()
+
     @abstractmethod
     def run(self, ctx: StageContext[S]) -> None:
         """Do the work: write every output into ``ctx.out`` and ``ctx.out.record`` the counts."""

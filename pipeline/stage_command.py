@@ -31,5 +31,5 @@ def run_stage_command(stage: Stage[Any], run: Path, config: Path | None, force: 
     else:
         with dask_client(common.workers, common.scheduler) as client:
             result = stage.execute(run, settings, client, force=force)
-    typer.echo(result.summary())
+    typer.echo(stage.report(result))
     return result
