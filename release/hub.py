@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2  # the HTTP client of huggingface_hub 2.x: its transport errors mean "Hub unreachable"
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token, snapshot_download
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
     LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -50,6 +51,15 @@ def version_tag(version: str) -> str:
     return "v{}.{}.{}".format(*match.groups())
 
 
+def require_online(action: str) -> None:
+    """Refuse Hub work in offline mode (`HF_HUB_OFFLINE=1`) with one line that says what to do instead."""
+    if constants.HF_HUB_OFFLINE:
+        raise HubReleaseError(
+            f"{action}: HF_HUB_OFFLINE is set, so the Hub cannot be reached; unset HF_HUB_OFFLINE to use the Hub, "
+            "or work with a local registry (`rrec pull REGISTRY_FOLDER`, `rrec release` without --push)"
+        )
+
+
 def list_versions(repo_id: str) -> list[str]:
     """Tags of the Hub dataset repository `repo_id`, semantic versions first in version order.
 
@@ -57,6 +67,7 @@ def list_versions(repo_id: str) -> list[str]:
     answer is an empty list, so a first push can ask before the repository is created.
     """
     _check_repo_id(repo_id)
+    require_online(f"listing the versions of {repo_id}")
     api = HfApi()
     with _hub_errors(api, f"listing the versions of {repo_id}", repo_id):
         try:
@@ -88,6 +99,7 @@ def push_release(release_dir: Path, repo_id: str, version: str, private: bool = 
     """
     tag = version_tag(version)
     _check_repo_id(repo_id)
+    require_online(f"pushing {tag} to {repo_id}")
     files = release_files(release_dir)
     if not files:
         raise HubReleaseError(f"release folder {release_dir} has no files to push: build the release first")
@@ -106,6 +118,12 @@ def push_release(release_dir: Path, repo_id: str, version: str, private: bool = 
     if tag in existing:
         raise HubReleaseError(
             f"version {tag} already exists on {repo_id} (commit {existing[tag][:12]}); versions are immutable: release a new version number"
+        )
+    newer = sorted((name for name in existing if _VERSION.match(name) and _version_order(name) > _version_order(tag)), key=_version_order)
+    if newer:
+        raise HubReleaseError(
+            f"version {tag} is lower than {newer[-1]}, the newest version on {repo_id}; pushing it would move the Hub's main "
+            "branch back: release a higher version number"
         )
     main_head = next((ref.target_commit for ref in refs.branches if ref.name == "main"), None)
     with _hub_errors(api, f"pushing {tag} to {repo_id}", repo_id):
@@ -147,6 +165,7 @@ def download_release(repo_id: str, version: str, out: Path) -> Path:
             ones), or the Hub answered an error.
     """
     tag = version_tag(version)
+    require_online(f"downloading {tag} of {repo_id}")
     available = list_versions(repo_id)
     if not available:
         raise HubReleaseError(
@@ -195,6 +214,8 @@ def _hub_errors(api: HfApi, action: str, repo_id: str, conflict: str | None = No
     """Turn Hub client errors into one actionable line (no URLs with tokens, no tracebacks)."""
     try:
         yield
+    except OfflineModeIsEnabled as error:
+        raise HubReleaseError(f"{action}: HF_HUB_OFFLINE is set, so the Hub cannot be reached; unset it to use the Hub") from error
     except (httpx2.TransportError, LocalEntryNotFoundError) as error:
         raise HubReleaseError(
             f"{action}: cannot reach the Hub at {api.endpoint} ({type(error).__name__}); check HF_ENDPOINT and the network"

@@ -152,13 +152,29 @@ def build_release(
     return manifest
 
 
-def _push(release_dir: Path, settings: ReleaseSettings, tag: str) -> str | None:
-    if not settings.push:
-        return None
+def _hub() -> Any:
     try:
         from release import hub
     except ModuleNotFoundError as exc:
         raise ReleaseError(f"Hub support is not available in this installation ({exc.name} is missing)") from None
+    return hub
+
+
+def _check_push(registry: Registry, tag: str, settings: ReleaseSettings) -> None:
+    """Refuse a push that cannot succeed before any work: offline mode, or a version below the newest."""
+    _hub().require_online(f"pushing {tag} to {settings.repo_id}")
+    newest = registry.newest()
+    if newest is not None and parse_version(tag) < parse_version(newest):
+        raise ReleaseError(
+            f"{tag} is older than {newest}: --allow-older adds it to the local registry as a tag only, "
+            "but on the Hub a push would move the main branch back; release it without --push"
+        )
+
+
+def _push(release_dir: Path, settings: ReleaseSettings, tag: str) -> str | None:
+    if not settings.push:
+        return None
+    hub = _hub()
     if tag in hub.list_versions(settings.repo_id):
         log.info("%s is already on the Hub as %s; nothing to push", tag, settings.repo_id)
         return None
@@ -183,6 +199,8 @@ def release_runs(
         raise ReleaseError("--push needs --repo-id ORG/NAME (the Hub dataset repository to publish to)")
     registry = Registry(registry_path)
     registry.check_order(tag, settings.allow_older)  # before the runs are read: a cheap refusal
+    if settings.push:
+        _check_push(registry, tag, settings)
     memory_limit = int(settings.max_memory_gb * 2**30) if settings.max_memory_gb else psutil.virtual_memory().available
     domains = load_domains([Path(run) for run in runs], memory_limit)
     with registry.publishing() as staging:

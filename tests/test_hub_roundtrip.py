@@ -501,3 +501,31 @@ def test_cli_push_without_token_is_one_clear_line(hub: LoopbackHub, cli_release:
     assert pushed.returncode == 2
     assert "error: no Hugging Face token: set HF_TOKEN" in pushed.stderr and "Traceback" not in pushed.stderr
     assert hub.repo("dataset", "rrec-org/cli-no-token") is None
+
+
+@pytest.mark.parametrize("command", ["pull", "release --push"])
+def test_offline_mode_is_one_clear_line_for_pull_and_push(
+    command: str, hub: LoopbackHub, cli_release: dict[str, Any], tmp_path: Path
+) -> None:
+    env = {**hub_env(hub, tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1"}
+    if command == "pull":
+        args = ["pull", CLI_REPO_ID, "--revision", "v1.0.0", "--out", str(tmp_path / "pulled")]
+    else:
+        registry = tmp_path / "registry"
+        args = ["release", "--runs", str(cli_release["run"]), "--registry", str(registry), "--version", "1.0.0"]
+        args += ["--push", "--repo-id", "rrec-org/offline"]
+    done = run_rrec(env, *args, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("deprecated")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "HF_HUB_OFFLINE" in lines[0], done.stderr
+    assert not (tmp_path / "pulled").exists() and not (tmp_path / "registry").exists()
+    assert hub.repo("dataset", "rrec-org/offline") is None
+
+
+def test_pushing_a_version_below_the_newest_on_the_hub_is_refused(hub: LoopbackHub, pushed: dict[str, Any], tmp_path: Path) -> None:
+    repo = hub.repo("dataset", REPO_ID)
+    main_before, tags_before = repo.branches["main"], dict(repo.tags)
+    older = build_release(tmp_path / "older", "v0.9.0")
+    run = run_client(pushed["env"], f"report(attempt(push_release, Path({str(older)!r}), {REPO_ID!r}, '0.9.0'))")
+    assert "lower than" in run.result["error"] and "newest version on" in run.result["error"]
+    assert repo.branches["main"] == main_before and repo.tags == tags_before
