@@ -4,65 +4,50 @@ A run folder holds one domain; it becomes one config of the release (``grocery``
 ...) with three splits of :data:`core.schemas.RELEASE_ROW` rows, plus the config
 ``<config>_items`` with the item catalog. This module turns run folders into those tables and
 writes them as sharded Parquet; the card, manifest and changelog are built elsewhere.
+
+Two builders share these functions. :func:`load_domains` + :func:`write_data` hold a whole
+release in memory (the reference form, and the card preview of ``rrec card``);
+``release.builder.stream_release`` computes the same files partition by partition on the Dask
+cluster, so its memory depends on the partition size, not the release.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
-import re
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from core.names import check_config_names, config_name, items_config
 from core.progress import track
 from core.schemas import ITEMS, RELEASE_ROW, SPLITS
 from core.stage import RunDir, StageError
 from core.tables import read_table
+from datacards.statistics import RowStatistics, category_counts
 from pipeline.sequences.settings import SequencesSettings
 
 log = logging.getLogger(__name__)
 
-# Curated short names of the domains the project is about; any other domain gets a slug.
-SHORT_NAMES = {
-    "Grocery_and_Gourmet_Food": "grocery",
-    "Office_Products": "office",
-}
 ITEMS_SPLIT = "items"
-ITEMS_SUFFIX = "_items"
 _ANNOTATION_COLUMNS = ("rationale", "user_preferences", "annotator", "model", "prompt_version")
 _KEY = ("user_id", "split", "target_parent_asin")
+# Rows per Parquet row group of a shard: a shard is written a row group at a time, so writing
+# holds one group, not the shard. A shard of fewer rows is one group, as pq.write_table makes it.
+ROW_GROUP_ROWS = 10_000
 
 
 class ReleaseError(ValueError):
     """A release cannot be built or published; the message says what to do."""
-
-
-def config_name(domain: str) -> str:
-    """Short config name of a domain.
-
-    ``Grocery_and_Gourmet_Food`` -> ``grocery`` and ``Office_Products`` -> ``office``; any
-    other domain is lower-cased with every run of non-alphanumeric characters turned into one
-    underscore (``All_Beauty`` -> ``all_beauty``, ``Clothing, Shoes & Jewelry`` ->
-    ``clothing_shoes_jewelry``).
-    """
-    if domain in SHORT_NAMES:
-        return SHORT_NAMES[domain]
-    slug = re.sub(r"[^a-z0-9]+", "_", domain.lower()).strip("_")
-    if not slug:
-        raise ReleaseError(f"domain name {domain!r} has no letters or digits to build a config name from")
-    return slug
-
-
-def items_config(config: str) -> str:
-    """Name of the item-catalog config of a domain config."""
-    return f"{config}{ITEMS_SUFFIX}"
 
 
 def shard_name(split: str, index: int, total: int) -> str:
@@ -70,21 +55,66 @@ def shard_name(split: str, index: int, total: int) -> str:
     return f"{split}-{index:05d}-of-{total:05d}.parquet"
 
 
+class TableSize(Protocol):
+    """What the card and manifest read of a released table: an Arrow table or a :class:`WrittenTable`."""
+
+    @property
+    def schema(self) -> pa.Schema: ...
+
+    @property
+    def num_rows(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class WrittenTable:
+    """A table already written as shards by the streaming builder: its size, not its rows."""
+
+    schema: pa.Schema
+    num_rows: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class DomainSource:
+    """A run folder checked for release: validated, complete, with its config name."""
+
+    run: Path
+    config: str
+    domain: str
+    stages: dict[str, dict[str, Any]]
+    validation: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class DomainRelease:
-    """Everything one run folder contributes to a release."""
+    """Everything one run folder contributes to a release.
+
+    ``splits`` and ``items`` are the tables themselves (in-memory builder) or their sizes
+    (streaming builder, which has written them already; ``files`` then holds the sha256 and
+    size of every data file it wrote). ``row_statistics`` and ``category_counts`` feed the card.
+    """
 
     config: str
     domain: str
-    splits: dict[str, pa.Table]
-    items: pa.Table
+    splits: Mapping[str, TableSize]
+    items: TableSize
     stages: dict[str, dict[str, Any]]
     validation: dict[str, Any]
     train_without_rationale: int
+    row_statistics: RowStatistics
+    category_counts: dict[str, int]
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def items_config(self) -> str:
         return items_config(self.config)
+
+    @property
+    def catalog_items(self) -> int:
+        return self.items.num_rows
 
     def row_counts(self) -> dict[str, int]:
         return {split: table.num_rows for split, table in self.splits.items()}
@@ -136,16 +166,25 @@ def join_release_rows(sequences: pa.Table, filtered: pa.Table) -> tuple[dict[str
     return result, train_without_rationale
 
 
-def referenced_items(splits: dict[str, pa.Table], items: pa.Table) -> pa.Table:
-    """The catalog rows of every item a released row mentions (history, target or candidate)."""
+def mentioned_items(splits: Iterable[pa.Table]) -> pa.Array:
+    """The distinct ``parent_asin`` of every item the release rows mention (history, target or candidate)."""
     asins: list[pa.Array] = []
-    for table in splits.values():
+    for table in splits:
         asins.append(pc.struct_field(pc.list_flatten(table["history"]), "parent_asin"))
         asins.append(pc.struct_field(pc.list_flatten(table["candidates"]), "parent_asin"))
         asins.append(pc.struct_field(table["target"], "parent_asin"))
-    wanted = pc.unique(pa.chunked_array([a for chunk in asins for a in _chunks(chunk)], pa.string()))
+    return pc.unique(pa.chunked_array([a for chunk in asins for a in _chunks(chunk)], pa.string()))
+
+
+def catalog_of(items: pa.Table, wanted: pa.Array) -> pa.Table:
+    """The catalog rows of the items ``wanted``, in ``parent_asin`` order."""
     catalog = items.filter(pc.is_in(items["parent_asin"], value_set=wanted))
     return catalog.sort_by("parent_asin").select(ITEMS.names).cast(ITEMS)
+
+
+def referenced_items(splits: dict[str, pa.Table], items: pa.Table) -> pa.Table:
+    """The catalog rows of every item a released row mentions (history, target or candidate)."""
+    return catalog_of(items, mentioned_items(splits.values()))
 
 
 def _chunks(array: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
@@ -173,13 +212,15 @@ def check_validation(run: Path, summary: dict[str, Any]) -> None:
         )
 
 
-def release_memory_estimate(run: Path) -> int:
-    """Roughly the bytes a release of ``run`` holds in memory.
+def release_memory_estimate(run: Path, rows_per_task: int | None = None) -> int:
+    """Roughly the bytes a release of ``run`` holds in one process's memory.
 
-    The builder reads the run's sequences with every candidate and history title as a plain
-    string and then joins them into a second copy: about two copies of rows x (candidates +
-    history) x (title + id + offsets). Read from metadata only: the row count of the Parquet
-    files, the stage's settings and the mean title length of the catalog.
+    The builder reads sequences with every candidate and history title as a plain string and
+    then joins them into a second copy: about two copies of rows x (candidates + history) x
+    (title + id + offsets). The in-memory builder holds every row (``rows_per_task`` None); the
+    streaming builder holds one partition's rows at a time per worker thread. Read from
+    metadata only: the row count of the Parquet files, the stage's settings and the mean title
+    length of the catalog.
     """
     run = Path(run)
     config = (RunDir(run).entry("sequences") or {}).get("config", {})
@@ -191,16 +232,18 @@ def release_memory_estimate(run: Path) -> int:
     titles = read_table(run / "items", "items", columns=["title"]).column("title")
     title_bytes = (pc.mean(pc.binary_length(titles)).as_py() if len(titles) else None) or 0.0
     per_row = candidates * (title_bytes + 18) + history * (title_bytes + 30)
-    return int(2 * rows * per_row)
+    held = rows if rows_per_task is None else min(rows, rows_per_task)
+    return int(2 * held * per_row)
 
 
-def load_domain(run: Path, memory_limit: int | None = None) -> DomainRelease:
-    """Read one validated run folder into the tables it releases.
+def check_domain(run: Path, memory_limit: int | None = None, rows_per_task: int | None = None) -> DomainSource:
+    """Check that one run folder can be released: validated, complete, and small enough.
 
     Requires the stages ``ingest``, ``sequences`` and ``filter`` and a validation summary
     without critical failures. With ``memory_limit`` (bytes), a run whose release would need
-    more memory than that (:func:`release_memory_estimate`) is refused with a clear error
-    instead of the process being killed for memory halfway through.
+    more memory than that in one process (:func:`release_memory_estimate` with
+    ``rows_per_task``) is refused with a clear error instead of the process being killed for
+    memory halfway through.
     """
     run = Path(run)
     if not run.is_dir():
@@ -217,40 +260,103 @@ def load_domain(run: Path, memory_limit: int | None = None) -> DomainRelease:
     domain = ingest.get("domain")
     if not domain:
         raise ReleaseError(f"the ingest stage of {run} recorded no domain; rerun `rrec ingest --run {run} --domain NAME --force`")
-    if memory_limit is not None and (needed := release_memory_estimate(run)) > memory_limit:
+    if memory_limit is not None and (needed := release_memory_estimate(run, rows_per_task)) > memory_limit:
         raise ReleaseError(
             f"releasing {run} would hold about {needed / 2**30:.1f} GiB of rows in memory, more than the "
             f"{memory_limit / 2**30:.1f} GiB allowed (release.max_memory_gb, default: the memory available now); "
-            "release a sampled subset (`rrec sequences --sample-users N`, as the paper's datasets are) "
-            "or raise --max-memory-gb on a larger machine"
+            "release a sampled subset (`rrec sequences --sample-users N`, as the paper's datasets are), "
+            "lower release.partition_rows or raise --max-memory-gb on a larger machine"
         )
+    return DomainSource(run, config_name(domain), domain, run_dir.manifest()["stages"], summary)
+
+
+def check_domains(runs: list[Path], memory_limit: int | None = None, rows_per_task: int | None = None) -> list[DomainSource]:
+    """Every run folder checked (:func:`check_domain`), refusing two runs of the same config; in config order."""
+    if not runs:
+        raise ReleaseError("no run folders given; pass at least one --runs DIR")
+    sources = [check_domain(run, memory_limit, rows_per_task) for run in runs]
+    check_config_names(source.domain for source in sources)
+    seen: dict[str, str] = {}
+    for run, source in zip(runs, sources):
+        if source.config in seen:
+            raise ReleaseError(
+                f"run folders {seen[source.config]} and {run} both hold config '{source.config}'; release one run per domain"
+            )
+        seen[source.config] = str(run)
+    return sorted(sources, key=lambda d: d.config)
+
+
+def load_domain(run: Path, memory_limit: int | None = None) -> DomainRelease:
+    """Read one validated run folder into the tables it releases, all in memory (checks: :func:`check_domain`)."""
+    return _read_source(check_domain(run, memory_limit))
+
+
+def _read_source(source: DomainSource) -> DomainRelease:
+    run = source.run
     splits, dropped = join_release_rows(read_table(run / "sequences", "sequences"), read_table(run / "filtered", "filtered"))
     items = referenced_items(splits, read_table(run / "items", "items"))
-    log.info("%s: release rows %s, %d catalog items", domain, {s: t.num_rows for s, t in splits.items()}, items.num_rows)
+    log.info("%s: release rows %s, %d catalog items", source.domain, {s: t.num_rows for s, t in splits.items()}, items.num_rows)
     return DomainRelease(
-        config=config_name(domain),
-        domain=domain,
+        config=source.config,
+        domain=source.domain,
         splits=splits,
         items=items,
-        stages=run_dir.manifest()["stages"],
-        validation=summary,
+        stages=source.stages,
+        validation=source.validation,
         train_without_rationale=dropped,
+        row_statistics=RowStatistics.of_splits(splits),
+        category_counts=category_counts(items),
     )
 
 
 def load_domains(runs: list[Path], memory_limit: int | None = None) -> list[DomainRelease]:
-    """Every run folder as a :class:`DomainRelease`, refusing two runs of the same config."""
-    if not runs:
-        raise ReleaseError("no run folders given; pass at least one --runs DIR")
-    domains = [load_domain(run, memory_limit) for run in runs]
-    seen: dict[str, str] = {}
-    for run, domain in zip(runs, domains):
-        if domain.config in seen:
-            raise ReleaseError(
-                f"run folders {seen[domain.config]} and {run} both hold config '{domain.config}'; release one run per domain"
-            )
-        seen[domain.config] = str(run)
-    return sorted(domains, key=lambda d: d.config)
+    """Every run folder as an in-memory :class:`DomainRelease`, refusing two runs of the same config."""
+    return [_read_source(source) for source in check_domains(runs, memory_limit)]
+
+
+def shard_count(rows: int, shard_rows: int) -> int:
+    """Shards of a split of ``rows`` rows: at least one (an empty split still gets an empty shard)."""
+    if shard_rows < 1:
+        raise ReleaseError(f"shard_rows must be at least 1, got {shard_rows}")
+    return max(1, math.ceil(rows / shard_rows))
+
+
+def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> dict[str, Any]:
+    """Write consecutive ``pieces`` of rows as one Parquet shard; return its sha256, bytes and Arrow bytes.
+
+    Row groups hold :data:`ROW_GROUP_ROWS` rows whatever the pieces are, so the file's bytes
+    depend on its rows only (not on how a builder cut them), and only one group is held at a
+    time. The file appears under its name only once complete.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    pending: list[pa.Table] = []
+    buffered = nbytes = 0
+    with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
+
+        def flush(rows: int) -> None:
+            nonlocal pending, buffered, nbytes
+            table = pa.concat_tables(pending)
+            group = table.slice(0, rows).combine_chunks()
+            writer.write_table(group, row_group_size=max(1, rows))
+            nbytes += group.nbytes
+            pending, buffered = [table.slice(rows)], buffered - rows
+
+        for piece in pieces:
+            pending.append(piece.select(schema.names).cast(schema))
+            buffered += piece.num_rows
+            while buffered >= ROW_GROUP_ROWS:
+                flush(ROW_GROUP_ROWS)
+        if buffered:
+            flush(buffered)
+        elif not nbytes:
+            writer.write_table(schema.empty_table())
+    digest = hashlib.sha256()
+    with open(partial, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    os.replace(partial, path)
+    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size, "nbytes": nbytes}
 
 
 def write_shards(table: pa.Table, folder: Path, split: str, shard_rows: int) -> list[Path]:
@@ -258,14 +364,11 @@ def write_shards(table: pa.Table, folder: Path, split: str, shard_rows: int) -> 
 
     An empty table still gets one (empty) shard so the split exists for ``load_dataset``.
     """
-    if shard_rows < 1:
-        raise ReleaseError(f"shard_rows must be at least 1, got {shard_rows}")
-    folder.mkdir(parents=True, exist_ok=True)
-    total = max(1, math.ceil(table.num_rows / shard_rows))
+    total = shard_count(table.num_rows, shard_rows)
     paths = []
     for index in range(total):
         path = folder / shard_name(split, index, total)
-        pq.write_table(table.slice(index * shard_rows, shard_rows), path, compression="zstd")
+        write_shard([table.slice(index * shard_rows, shard_rows)], path, table.schema)
         paths.append(path)
     return paths
 
