@@ -39,6 +39,8 @@ from pipeline.sequences.settings import SequencesSettings
 log = logging.getLogger(__name__)
 
 ITEMS_SPLIT = "items"
+RELEASED_STAGES = ("ingest", "sequences", "annotate", "filter", "validate")
+"""Stages a release needs complete and fresh (the judge is optional)."""
 _ANNOTATION_COLUMNS = ("rationale", "user_preferences", "annotator", "model", "prompt_version")
 _KEY = ("user_id", "split", "target_parent_asin")
 # Rows per Parquet row group of a shard: a shard is written a row group at a time, so writing
@@ -239,7 +241,7 @@ def release_memory_estimate(run: Path, rows_per_task: int | None = None) -> int:
 def check_domain(run: Path, memory_limit: int | None = None, rows_per_task: int | None = None) -> DomainSource:
     """Check that one run folder can be released: validated, complete, and small enough.
 
-    Requires the stages ``ingest``, ``sequences`` and ``filter`` and a validation summary
+    Requires the :data:`RELEASED_STAGES` complete and fresh (none stale) and a validation summary
     without critical failures. With ``memory_limit`` (bytes), a run whose release would need
     more memory than that in one process (:func:`release_memory_estimate` with
     ``rows_per_task``) is refused with a clear error instead of the process being killed for
@@ -249,14 +251,13 @@ def check_domain(run: Path, memory_limit: int | None = None, rows_per_task: int 
     if not run.is_dir():
         raise ReleaseError(f"run folder {run} does not exist")
     run_dir = RunDir(run)
-    summary = read_validation(run)
-    check_validation(run, summary)
-    try:
-        ingest = run_dir.require("ingest")
-        run_dir.require("sequences")
-        run_dir.require("filter")
+    try:  # the provenance chain: what is released is what was validated, stage by stage
+        run_dir.require_fresh(RELEASED_STAGES, "release")
     except StageError as exc:
         raise ReleaseError(str(exc)) from None
+    summary = read_validation(run)
+    check_validation(run, summary)
+    ingest = run_dir.require("ingest")
     domain = ingest.get("domain")
     if not domain:
         raise ReleaseError(f"the ingest stage of {run} recorded no domain; rerun `rrec ingest --run {run} --domain NAME --force`")
