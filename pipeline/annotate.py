@@ -21,7 +21,7 @@ commits what it has with ``complete: false`` in the manifest; the next run does 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import errno
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -29,23 +29,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import typer
 from distributed import Client
 from pydantic import Field, field_validator
 
 from core.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
 from core.config import ConfigError
-from core.progress import gather_with_progress, make_progress
+from core.progress import gather_with_progress
+from core.protocol import Stage, StageContext, StageResult
 from core.schemas import ANNOTATIONS, SPLITS
-from core.stage import RunDir
-from core.tables import write_part
+from core.stage import RunDir, StageError
+from core.tables import part_name, write_part
 from pipeline.annotators import template
-from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash
+from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, out_of_space_message, request_hash
 from pipeline.annotators.context import PartitionSpec, load_partition_contexts, plan_partitions
-from pipeline.annotators.limits import Budget
-from pipeline.annotators.openai_batch import BatchOptions, run_batches
-from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, SendStats, resolve_api_key, send_requests
+from pipeline.annotators.openai_batch import BatchOptions
+from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, resolve_api_key
 from pipeline.annotators.pricing import PriceTable, estimate_tokens
+from pipeline.annotators.send_loop import LLMCall, accounting, answer_requests, offline_accounting, unique_uncached, usage_of
+from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import (
     PROMPT_VERSION,
     STRUCTURED_RESPONSE_FORMAT,
@@ -230,15 +233,6 @@ def answer_row(key: tuple[str, str, str], request: ChatRequest, answer: CachedAn
 # -- the stage ---------------------------------------------------------------------------
 
 
-def _input_hashes(run: RunDir) -> dict[str, str]:
-    inputs = run.upstream_hashes("sequences")
-    ingest = run.entry("ingest")
-    if ingest is not None:
-        # The items and interactions tables enrich the prompts when they exist.
-        inputs.update({f"ingest/{name}": digest for name, digest in ingest["outputs"].items() if name in ("items", "interactions")})
-    return inputs
-
-
 def _price_check(settings: AnnotateSettings, prices: PriceTable) -> None:
     if settings.annotator != "template" and settings.max_cost is not None and prices.price(settings.resolved_model) is None:
         raise ConfigError(
@@ -249,8 +243,9 @@ def _price_check(settings: AnnotateSettings, prices: PriceTable) -> None:
 
 def _dry_run_report(settings: AnnotateSettings, prepared: list[PreparedPartition], prices: PriceTable) -> dict[str, Any]:
     rows = sum(len(p.requests) for p in prepared)
-    to_send = {r.request_hash: r for p in prepared for r in p.requests if r.request_hash not in p.cached}
-    input_tokens = sum(r.estimated_input_tokens for r in to_send.values())
+    cached = {h for p in prepared for h in p.cached}
+    to_send = unique_uncached((r for p in prepared for r in p.requests), cached)
+    input_tokens = sum(r.estimated_input_tokens for r in to_send)
     output_tokens = len(to_send) * settings.max_output_tokens
     batch = settings.annotator == "openai-batch"
     return {
@@ -258,7 +253,7 @@ def _dry_run_report(settings: AnnotateSettings, prepared: list[PreparedPartition
         "annotator": settings.annotator,
         "model": settings.resolved_model,
         "rows": rows,
-        "cached_rows": rows - sum(1 for p in prepared for r in p.requests if r.request_hash in to_send),
+        "cached_rows": sum(1 for p in prepared for r in p.requests if r.request_hash in cached),
         "requests_to_send": len(to_send),
         "estimated_input_tokens": input_tokens,
         "max_output_tokens": output_tokens,
@@ -266,19 +261,161 @@ def _dry_run_report(settings: AnnotateSettings, prepared: list[PreparedPartition
     }
 
 
-def _send(
-    settings: AnnotateSettings, run: RunDir, requests: list[ChatRequest], cache: AnswerCache, prices: PriceTable
-) -> tuple[dict[str, CachedAnswer], SendStats]:
-    budget = Budget(settings.max_cost)
-    options = settings.chat_options()
-    if not requests:
-        return {}, SendStats()
-    if settings.annotator == "openai-batch":
-        batch_options = BatchOptions(poll_interval_s=settings.batch_poll_interval_s, wait_s=settings.batch_wait_s)
-        return run_batches(requests, options, batch_options, cache, prices, budget, run.path / "annotation_batches")
-    with make_progress() as progress:
-        task = progress.add_task(f"annotating with {options.model}", total=len(requests))
-        return send_requests(requests, options, cache, prices, budget, on_answer=functools.partial(progress.advance, task))
+def template_partition_to_part(run_path: str, spec: PartitionSpec, seed: int, max_history: int, folder: str) -> int:
+    """Annotate one partition with the template and write its part file; returns its rows."""
+    table = annotate_partition_with_template(run_path, spec, seed, max_history)
+    write_part(table, Path(folder), spec.index, ANNOTATIONS)
+    return table.num_rows
+
+
+class AnnotateStage(Stage[AnnotateSettings]):
+    """Write a rationale for every selected sequences row into table ``annotations``.
+
+    Resumable: a killed template run keeps the part files its workers completed; a killed
+    OpenAI run keeps every answer it received in the cache (its parts are written at the end).
+    """
+
+    name = STAGE
+    upstream = ("sequences",)
+    optional_upstream = ("ingest",)
+    settings_type = AnnotateSettings
+    resumable = True
+
+    def consumed_outputs(self, run: RunDir, stage: str) -> dict[str, str]:
+        outputs = dict(run.require(stage)["outputs"])
+        # Of ingest, only the items and interactions tables enrich the prompts.
+        return {k: v for k, v in outputs.items() if k in ("items", "interactions")} if stage == "ingest" else outputs
+
+    def fingerprint_config(self, settings: AnnotateSettings) -> dict[str, Any]:
+        return settings.output_config()
+
+    def preflight(self, run: RunDir, settings: AnnotateSettings) -> None:
+        _price_check(settings, PriceTable(settings.prices))
+        if settings.annotator != "template" and not settings.dry_run:
+            resolve_api_key(settings.base_url)  # fail before any work when the key is missing
+
+    def report(self, result: StageResult) -> str:
+        entry = result.entry
+        if result.skipped:
+            return result.summary()
+        line = (
+            f"annotated {entry['rows_out']['annotations']} of {entry['rows_in']} row(s) with {entry['annotator']} "
+            f"({entry['model']}): {entry['input_tokens']} input / {entry['output_tokens']} output tokens, "
+            f"${entry['cost_usd']:.4f}, {entry['cache_hits']} cache hit(s), {entry['requests_sent']} request(s) sent"
+        )
+        return line + ("" if entry.get("complete", True) else f"; {entry['rows_pending']} row(s) pending, rerun to continue")
+
+    def dry_run(self, run: Path | str | RunDir, settings: AnnotateSettings, client: Any) -> dict[str, Any]:
+        """What a run would send and spend; sends and writes nothing."""
+        run = run if isinstance(run, RunDir) else RunDir(Path(run).resolve())
+        prices = PriceTable(settings.prices)
+        _price_check(settings, prices)
+        self.plan(run, settings)  # the upstream checks
+        specs = plan_partitions(run.table("sequences"), settings.splits, settings.partition_rows, settings.limit)
+        if settings.annotator == "template":
+            rows = sum(len(spec.row_indices) for spec in specs)
+            return _dry_run_report(settings, [], prices) | {"rows": rows, "max_output_tokens": 0}
+        return _dry_run_report(settings, self._prepare(run, settings, specs, client, "building prompts"), prices)
+
+    def run(self, ctx: StageContext[AnnotateSettings]) -> None:
+        settings = ctx.settings
+        specs = plan_partitions(ctx.run.table("sequences"), settings.splits, settings.partition_rows, settings.limit)
+        try:
+            if settings.annotator == "template":
+                self._run_template(ctx, specs)
+            else:
+                self._run_llm(ctx, specs)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise StageError(out_of_space_message(ctx.run.path)) from None
+
+    def _common(self, settings: AnnotateSettings, rows_in: int) -> dict[str, Any]:
+        return {
+            "annotator": settings.annotator,
+            "model": settings.resolved_model,
+            "prompt_version": settings.prompt_version,
+            "splits": sorted(settings.splits),
+            "rows_in": rows_in,
+        }
+
+    def _run_template(self, ctx: StageContext[AnnotateSettings], specs: list[PartitionSpec]) -> None:
+        settings = ctx.settings
+        folder = ctx.out.table_dir("annotations")
+        done = ctx.out.done_parts("annotations")
+        todo = [spec for spec in specs if part_name(spec.index) not in done]
+        futures = [
+            ctx.client.submit(
+                template_partition_to_part, str(ctx.run.path), spec, settings.seed, settings.max_prompt_history, str(folder), pure=False
+            )
+            for spec in todo
+        ]
+        gather_with_progress(futures, "annotating (template)")
+        rows_out = pads.dataset(str(folder), format="parquet").count_rows() if specs else 0
+        rows_in = sum(len(spec.row_indices) for spec in specs)
+        ctx.out.record(
+            rows_out={"annotations": rows_out},
+            **self._common(settings, rows_in),
+            **offline_accounting(),
+            resumed_parts=len(specs) - len(todo),
+            rows_pending=rows_in - rows_out,
+            complete=rows_in == rows_out,
+        )
+
+    def _prepare(
+        self, run: RunDir, settings: AnnotateSettings, specs: list[PartitionSpec], client: Any, label: str
+    ) -> list[PreparedPartition]:
+        options = settings.chat_options()
+        futures = [
+            client.submit(prepare_partition, str(run.path), spec, options, settings.max_prompt_history, settings.annotator, pure=False)
+            for spec in specs
+        ]
+        return gather_with_progress(futures, label)
+
+    def _run_llm(self, ctx: StageContext[AnnotateSettings], specs: list[PartitionSpec]) -> None:
+        settings, run = ctx.settings, ctx.run
+        prepared = self._prepare(run, settings, specs, ctx.client, "building prompts")
+        rows_in = sum(len(spec.row_indices) for spec in specs)
+        cached = {h: a for p in prepared for h, a in p.cached.items()}
+        batch = settings.annotator == "openai-batch"
+        call = LLMCall(
+            options=settings.chat_options(),
+            prices=PriceTable(settings.prices),
+            max_cost=settings.max_cost,
+            label="annotating",
+            batch=BatchOptions(poll_interval_s=settings.batch_poll_interval_s, wait_s=settings.batch_wait_s) if batch else None,
+            batch_dir=run.path / "annotation_batches",
+        )
+        log.info("annotate: %d row(s), %d answer(s) cached", rows_in, len(cached))
+        result = answer_requests([r for p in prepared for r in p.requests], run.path / CACHE_FILE, call, cached=cached)
+        folder = ctx.out.table_dir("annotations")
+        used: list[CachedAnswer | None] = []
+        for partition in prepared:
+            rows = []
+            for key, request, row in zip(partition.keys, partition.requests, partition.rows, strict=True):
+                answer = result.get(request.request_hash)
+                used.append(answer)
+                if answer is not None:
+                    rows.append(row or answer_row(key, request, answer, settings.annotator, call.options.model))
+            write_part(pa.Table.from_pylist(rows, schema=ANNOTATIONS), folder, partition.index, ANNOTATIONS)
+        rows_out = sum(answer is not None for answer in used)
+        pending = rows_in - rows_out
+        ctx.out.record(
+            rows_out={"annotations": rows_out},
+            **self._common(settings, rows_in),
+            **accounting(usage_of(used), result, settings.max_cost),
+            rows_pending=pending,
+            complete=pending == 0,
+        )
+        if pending:
+            log.warning(
+                "annotate: %d row(s) not annotated (%s); rerun to continue, cached answers are not requested again",
+                pending,
+                "budget reached" if result.stats.budget_exhausted else f"{result.stats.failed} request(s) failed",
+            )
+
+
+ANNOTATE = AnnotateStage()
 
 
 def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: Client, force: bool = False) -> dict[str, Any]:
@@ -287,121 +424,9 @@ def run_annotate(run: Path | str | RunDir, settings: AnnotateSettings, client: C
     With ``settings.dry_run`` nothing is sent or written: the result says how many rows would be
     annotated, how many are cached, and the tokens and (upper-bound) cost it would spend.
     """
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    run.require("sequences")
-    prices = PriceTable(settings.prices)
-    _price_check(settings, prices)
-    inputs = _input_hashes(run)
-    config = settings.output_config()
-    fingerprint = run.fingerprint(STAGE, config=config, inputs=inputs)
-    entry = run.entry(STAGE)
-    if not force and not settings.dry_run and run.is_current(STAGE, fingerprint) and entry and entry.get("complete", True):
-        log.info("annotate: inputs and settings unchanged, skipping (use --force to rerun)")
-        return entry
-    specs = plan_partitions(run.table("sequences"), settings.splits, settings.partition_rows, settings.limit)
-    rows_in = sum(len(spec.row_indices) for spec in specs)
-    run_path = str(run.path)
-
-    if settings.annotator == "template":
-        if settings.dry_run:
-            return {
-                "dry_run": True,
-                "annotator": "template",
-                "model": settings.resolved_model,
-                "rows": rows_in,
-                "cached_rows": 0,
-                "requests_to_send": 0,
-                "estimated_input_tokens": 0,
-                "max_output_tokens": 0,
-                "max_cost_usd": 0.0,
-            }
-        with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
-            futures = [
-                client.submit(annotate_partition_with_template, run_path, spec, settings.seed, settings.max_prompt_history, pure=False)
-                for spec in specs
-            ]
-            folder = out.table_dir("annotations")
-            tables = gather_with_progress(futures, "annotating (template)")
-            for spec, table in zip(specs, tables, strict=True):
-                write_part(table, folder, spec.index, ANNOTATIONS)
-            out.record(
-                rows_in=rows_in,
-                rows_out={"annotations": sum(t.num_rows for t in tables)},
-                annotator="template",
-                model=settings.resolved_model,
-                prompt_version=settings.prompt_version,
-                splits=sorted(settings.splits),
-                input_tokens=0,
-                output_tokens=0,
-                cost_usd=0.0,
-                cache_hits=0,
-                requests_sent=0,
-                complete=True,
-            )
-        return run.require(STAGE)
-
-    options = settings.chat_options()
-    if not settings.dry_run:
-        resolve_api_key(settings.base_url)  # fail before any work when the key is missing
-    futures = [
-        client.submit(prepare_partition, run_path, spec, options, settings.max_prompt_history, settings.annotator, pure=False)
-        for spec in specs
-    ]
     if settings.dry_run:
-        return _dry_run_report(settings, gather_with_progress(futures, "building prompts"), prices)
-    with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
-        prepared: list[PreparedPartition] = gather_with_progress(futures, "building prompts")
-        to_send = list({r.request_hash: r for p in prepared for r in p.requests if r.request_hash not in p.cached}.values())
-        cache_hits = sum(len(p.cached) for p in prepared)
-        log.info("annotate: %d row(s), %d answer(s) cached, %d request(s) to send", rows_in, cache_hits, len(to_send))
-        with AnswerCache(run.path / CACHE_FILE) as cache:
-            answers, stats = _send(settings, run, to_send, cache, prices)
-        folder = out.table_dir("annotations")
-        rows_out = input_tokens = output_tokens = 0
-        cost = 0.0
-        for partition in prepared:
-            rows = []
-            for key, request, row in zip(partition.keys, partition.requests, partition.rows, strict=True):
-                answer = partition.cached.get(request.request_hash) or answers.get(request.request_hash)
-                if answer is None:
-                    continue
-                rows.append(row or answer_row(key, request, answer, settings.annotator, options.model))
-                input_tokens += answer.input_tokens
-                output_tokens += answer.output_tokens
-                cost += answer.cost_usd
-            write_part(pa.Table.from_pylist(rows, schema=ANNOTATIONS), folder, partition.index, ANNOTATIONS)
-            rows_out += len(rows)
-        pending = rows_in - rows_out
-        out.record(
-            rows_in=rows_in,
-            rows_out={"annotations": rows_out},
-            annotator=settings.annotator,
-            model=options.model,
-            prompt_version=PROMPT_VERSION,
-            splits=sorted(settings.splits),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=round(cost, 6),
-            cost_usd_this_run=round(stats.cost_usd, 6),
-            cache_hits=cache_hits,
-            requests_sent=stats.requests_sent,
-            retries=stats.retries,
-            failed_requests=stats.failed,
-            errors=dict(stats.errors),
-            budget_exhausted=stats.budget_exhausted,
-            max_cost=settings.max_cost,
-            json_mode_fallback=stats.used_json_mode_fallback,
-            send_wall_s=round(stats.send_wall_s, 3),
-            rows_pending=pending,
-            complete=pending == 0,
-        )
-    if pending:
-        log.warning(
-            "annotate: %d row(s) not annotated (%s); rerun to continue, cached answers are not requested again",
-            pending,
-            "budget reached" if stats.budget_exhausted else f"{stats.failed} request(s) failed",
-        )
-    return run.require(STAGE)
+        return ANNOTATE.dry_run(run, settings, client)
+    return ANNOTATE.execute(run, settings, client, force=force).entry
 
 
 # -- command line ------------------------------------------------------------------------
@@ -441,35 +466,27 @@ def register(app: typer.Typer) -> None:
         The OpenAI annotators read OPENAI_API_KEY from the environment. Answers are cached in
         RUN/annotation_cache.sqlite: a killed run resumes without repeating any answered request.
         """
+        options = {
+            "annotator": annotator,
+            "model": model,
+            "base_url": base_url,
+            "concurrency": concurrency,
+            "limit": limit,
+            "max_cost": max_cost,
+            "splits": splits,
+            "workers": workers,
+            "scheduler": scheduler,
+        }
+        if not dry_run:
+            run_stage_command(ANNOTATE, run, config, force, **options)
+            return
         from pipeline.cluster import dask_client
 
-        settings, cluster = settings_for(
-            config,
-            STAGE,
-            AnnotateSettings,
-            annotator=annotator,
-            model=model,
-            base_url=base_url,
-            concurrency=concurrency,
-            limit=limit,
-            max_cost=max_cost,
-            dry_run=dry_run or None,
-            splits=splits,
-            workers=workers,
-            scheduler=scheduler,
-        )
+        settings, cluster = settings_for(config, STAGE, AnnotateSettings, dry_run=True, **options)
         with dask_client(cluster.workers, cluster.scheduler) as client:
-            result = run_annotate(run, settings, client, force=force)
-        if result.get("dry_run"):
-            typer.echo(
-                f"dry run ({result['annotator']}, {result['model']}): {result['rows']} row(s), {result['cached_rows']} cached, "
-                f"{result['requests_to_send']} request(s) to send, ~{result['estimated_input_tokens']} input tokens, "
-                f"at most {result['max_output_tokens']} output tokens, at most ${result['max_cost_usd']:.4f}"
-            )
-            return
+            result = ANNOTATE.dry_run(run, settings, client)
         typer.echo(
-            f"annotated {result['rows_out']['annotations']} of {result['rows_in']} row(s) with {result['annotator']} "
-            f"({result['model']}): {result['input_tokens']} input / {result['output_tokens']} output tokens, "
-            f"${result['cost_usd']:.4f}, {result['cache_hits']} cache hit(s), {result['requests_sent']} request(s) sent"
-            + ("" if result.get("complete", True) else f"; {result['rows_pending']} row(s) pending, rerun to continue")
+            f"dry run ({result['annotator']}, {result['model']}): {result['rows']} row(s), {result['cached_rows']} cached, "
+            f"{result['requests_to_send']} request(s) to send, ~{result['estimated_input_tokens']} input tokens, "
+            f"at most {result['max_output_tokens']} output tokens, at most ${result['max_cost_usd']:.4f}"
         )

@@ -23,7 +23,6 @@ and manifest extras ``judge``, ``score_distribution``, ``mean_score``, ``sample_
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -41,17 +40,19 @@ from pydantic import BaseModel, Field, ValidationError
 
 from core.cli_common import ConfigOpt, ForceOpt, RunOpt, SchedulerOpt, WorkersOpt, settings_for, user_errors
 from core.config import ConfigError
-from core.progress import gather_with_progress, make_progress
+from core.progress import gather_with_progress
+from core.protocol import Stage, StageContext, StageResult
 from core.schemas import FILTERED
 from core.stage import RunDir
-from core.tables import dataset, parts, write_part
+from core.tables import dataset, part_name, parts, read_table, write_part
 from pipeline.annotators import template
-from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash
+from pipeline.annotators.cache import CACHE_FILE, CachedAnswer, request_hash
 from pipeline.annotators.context import CONTEXT_COLUMNS, contexts_from_rows, read_item_facts
-from pipeline.annotators.limits import Budget
-from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, resolve_api_key, send_requests
+from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, resolve_api_key
 from pipeline.annotators.pricing import PriceTable, estimate_tokens
+from pipeline.annotators.send_loop import LLMCall, accounting, answer_requests, offline_accounting, usage_of
 from pipeline.filter import QUOTED, FilterSettings, matches_title
+from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import AnswerParseError, ExampleContext, context_payload, data_block
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ STAGE = "judge"
 JUDGE_PROMPT_VERSION = "judge-v1"
 HEURISTIC = "heuristic"
 DEFAULT_JUDGE_MODEL = "gpt-4o"
+HEURISTIC_NOTE = "heuristic stand-in judge (no LLM); see pipeline/judge.py for its rules"
 
-JUDGE = pa.schema(
+JUDGE_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
         ("split", pa.string()),
@@ -278,30 +280,98 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def judge_partition_to_part(
+    run_path: str, filtered_file: str, keys: set[tuple[str, str, str]], folder: str, index: int, max_history: int
+) -> int:
+    """Score one filtered part file's sampled rows with the heuristic judge into part ``index``."""
+    rows = [_row(row, *_heuristic(row, context)) for row, context in load_judge_cases(run_path, filtered_file, keys)]
+    write_part(pa.Table.from_pylist(rows, schema=JUDGE_SCHEMA), Path(folder), index, JUDGE_SCHEMA)
+    return len(rows)
+
+
+class JudgeStage(Stage[JudgeSettings]):
+    """Score a seeded sample of the run's kept rationales into table ``judge``.
+
+    The heuristic judge scores each filtered part file on the Dask workers (resumable: a killed
+    run keeps the parts it finished); the LLM judge loads the sampled cases on the workers and
+    asks the model through the shared send loop (:mod:`pipeline.annotators.send_loop`).
+    """
+
+    name = STAGE
+    upstream = ("filter", "sequences")
+    optional_upstream = ("ingest",)
+    settings_type = JudgeSettings
+    resumable = True
+
+    def consumed_outputs(self, run: RunDir, stage: str) -> dict[str, str]:
+        outputs = dict(run.require(stage)["outputs"])
+        wanted = {"filter": ("filtered",), "ingest": ("items",)}.get(stage)
+        return {k: v for k, v in outputs.items() if k in wanted} if wanted else outputs
+
+    def fingerprint_config(self, settings: JudgeSettings) -> dict[str, Any]:
+        return settings.output_config()
+
+    def preflight(self, run: RunDir, settings: JudgeSettings) -> None:
+        if settings.judge != HEURISTIC and settings.max_cost is not None and PriceTable(settings.prices).price(settings.judge_name) is None:
+            raise ConfigError(f"--max-cost needs a price for model {settings.judge_name!r}: add it under judge.prices in the config file")
+        if settings.judge != HEURISTIC:
+            resolve_api_key(settings.base_url)  # fail before any work when the key is missing
+
+    def report(self, result: StageResult) -> str:
+        if result.skipped:
+            return result.summary()
+        entry = result.entry
+        return (
+            f"judged {entry['sample_size']} rationale(s) with {entry['judge']}: mean score {entry['mean_score']}, "
+            f"distribution {entry['score_distribution']}"
+        )
+
+    def run(self, ctx: StageContext[JudgeSettings]) -> None:
+        settings, run = ctx.settings, ctx.run
+        files = parts(run.table("filtered"))
+        keys = choose_sample(run.table("filtered"), settings.sample, settings.seed)
+        folder = ctx.out.table_dir("judge")
+        if settings.judge == HEURISTIC:
+            done = ctx.out.done_parts("judge")
+            todo = [(index, f) for index, f in enumerate(files) if part_name(index) not in done]
+            futures = [
+                ctx.client.submit(
+                    judge_partition_to_part, str(run.path), str(f), keys, str(folder), index, settings.max_prompt_history, pure=False
+                )
+                for index, f in todo
+            ]
+            gather_with_progress(futures, "judging (heuristic)")
+            rows = read_table(folder, columns=["score"]).to_pylist() if files else []
+            extras = {**_extras(settings), **offline_accounting(), "note": HEURISTIC_NOTE, "resumed_parts": len(files) - len(todo)}
+            rows_in = len(rows)
+        else:
+            futures = [ctx.client.submit(load_judge_cases, str(run.path), str(f), keys, pure=False) for f in files]
+            chunks = gather_with_progress(futures, "loading judge sample")
+            scored, extras = score_cases([case for chunk in chunks for case in chunk], settings, run.path / CACHE_FILE)
+            rows, start = [], 0
+            for index, chunk in enumerate(chunks):
+                done_keys = {(c["user_id"], c["split"], c["target_parent_asin"]) for c, _ in chunk}
+                part = [r for r in scored[start:] if (r["user_id"], r["split"], r["target_parent_asin"]) in done_keys]
+                write_part(pa.Table.from_pylist(part, schema=JUDGE_SCHEMA), folder, index, JUDGE_SCHEMA)
+                rows.extend(part)
+            rows_in = sum(len(chunk) for chunk in chunks)
+        summary = _summary(rows)
+        ctx.out.record(
+            rows_in=rows_in,
+            rows_out={"judge": len(rows)},
+            **extras,
+            **summary,
+            sample_requested=settings.sample,
+            complete=len(rows) == rows_in,
+        )
+
+
+JUDGE = JudgeStage()
+
+
 def run_judge(run: Path | str | RunDir, settings: JudgeSettings, client: Client, force: bool = False) -> dict[str, Any]:
     """Score a seeded sample of the run's filtered rationales; returns the manifest entry."""
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    run.require("filter")
-    prices = PriceTable(settings.prices)
-    if settings.judge != HEURISTIC and settings.max_cost is not None and prices.price(settings.judge_name) is None:
-        raise ConfigError(f"--max-cost needs a price for model {settings.judge_name!r}: add it under judge.prices in the config file")
-    inputs = {**run.upstream_hashes("filter"), **run.upstream_hashes("sequences")}
-    config = settings.output_config()
-    fingerprint = run.fingerprint(STAGE, config=config, inputs=inputs)
-    entry = run.entry(STAGE)
-    if not force and run.is_current(STAGE, fingerprint) and entry and entry.get("complete", True):
-        log.info("judge: inputs and settings unchanged, skipping (use --force to rerun)")
-        return entry
-    if settings.judge != HEURISTIC:
-        resolve_api_key(settings.base_url)  # fail before any work when the key is missing
-    keys = choose_sample(run.table("filtered"), settings.sample, settings.seed)
-    futures = [client.submit(load_judge_cases, str(run.path), str(f), keys, pure=False) for f in parts(run.table("filtered"))]
-    cases = [case for chunk in gather_with_progress(futures, "loading judge sample") for case in chunk]
-    rows, extras = score_cases(cases, settings, run.path / CACHE_FILE)
-    with run.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
-        write_part(pa.Table.from_pylist(rows, schema=JUDGE), out.table_dir("judge"), 0, JUDGE)
-        out.record(rows_in=len(cases), rows_out={"judge": len(rows)}, **extras)
-    return run.require(STAGE)
+    return JUDGE.execute(run, settings, client, force=force).entry
 
 
 def judge_rationale_file(run: Path | str | RunDir, rationales: Path, output: Path, settings: JudgeSettings) -> dict[str, Any]:
@@ -331,76 +401,65 @@ def judge_rationale_file(run: Path | str | RunDir, rationales: Path, output: Pat
     rows, extras = score_cases(cases, settings, run.path / CACHE_FILE)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=JUDGE), output)
-    summary = {"rationales": str(rationales), **extras, **_summary(rows), "sample_requested": settings.sample}
+    pq.write_table(pa.Table.from_pylist(rows, schema=JUDGE_SCHEMA), output)
+    summary = {
+        "rationales": str(rationales),
+        **extras,
+        **_summary(rows),
+        "sample_requested": settings.sample,
+        "complete": len(rows) == len(cases),
+    }
     output.with_suffix(".json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+def judge_request(row: dict[str, Any], context: ExampleContext, options: ChatOptions, max_history: int) -> ChatRequest:
+    """The chat request that asks the LLM judge to score one row's rationale."""
+    messages = judge_messages(row["rationale"], context, max_history)
+    return ChatRequest(
+        request_hash(options.model, JUDGE_PROMPT_VERSION, messages, options.generation_params()), messages, estimate_tokens(messages)
+    )
+
+
+def _extras(settings: JudgeSettings) -> dict[str, Any]:
+    """What the card reads about the judge: its kind (heuristic or LLM), name, model, prompt."""
+    llm = settings.judge != HEURISTIC
+    return {
+        "judge": settings.judge_name,
+        "judge_kind": "llm" if llm else HEURISTIC,
+        "model": settings.judge_name if llm else None,
+        "prompt_version": settings.output_config()["prompt_version"],
+    }
 
 
 def score_cases(
     cases: list[tuple[dict[str, Any], ExampleContext]], settings: JudgeSettings, cache_path: Path
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score (row, context) cases with the heuristic or the LLM judge; rows plus run statistics."""
-    extras: dict[str, Any] = {"judge": settings.judge_name, "prompt_version": settings.output_config()["prompt_version"]}
+    """Score (row, context) cases with the heuristic or the LLM judge; rows plus the judge's facts
+    and the send loop's accounting (:func:`pipeline.annotators.send_loop.accounting`).
+
+    An LLM answer that fails to arrive leaves its case unscored and absent (the stage is then
+    incomplete); an answer that is not ``{score, explanation}`` is kept with a null score.
+    """
     if settings.judge == HEURISTIC:
         rows = [_row(row, *_heuristic(row, context)) for row, context in cases]
-        extras.update(
-            input_tokens=0,
-            output_tokens=0,
-            cost_usd=0.0,
-            cache_hits=0,
-            requests_sent=0,
-            note="heuristic stand-in judge (no LLM); see pipeline/judge.py for its rules",
-        )
-    else:
-        options = settings.chat_options()
-        prices = PriceTable(settings.prices)
-        requests = []
-        for row, context in cases:
-            messages = judge_messages(row["rationale"], context, settings.max_prompt_history)
-            requests.append(
-                ChatRequest(
-                    request_hash(options.model, JUDGE_PROMPT_VERSION, messages, options.generation_params()),
-                    messages,
-                    estimate_tokens(messages),
-                )
-            )
-        with AnswerCache(cache_path) as cache:
-            cached = cache.get_many(r.request_hash for r in requests)
-            to_send = list({r.request_hash: r for r in requests if r.request_hash not in cached}.values())
-            with make_progress() as progress:
-                task = progress.add_task(f"judging with {options.model}", total=len(to_send))
-                answers, stats = send_requests(
-                    to_send, options, cache, prices, Budget(settings.max_cost), on_answer=functools.partial(progress.advance, task)
-                )
-        rows = []
-        for (row, _), request in zip(cases, requests, strict=True):
-            answer = cached.get(request.request_hash) or answers.get(request.request_hash)
-            if answer is None:
-                continue
-            try:
-                parsed = parse_judge_answer(answer)
-                rows.append(_row(row, parsed.score, options.model, parsed.explanation, JUDGE_PROMPT_VERSION, answer, request.request_hash))
-            except AnswerParseError as exc:
-                rows.append(_row(row, None, options.model, str(exc), JUDGE_PROMPT_VERSION, answer, request.request_hash))
-        extras.update(
-            input_tokens=sum(r["input_tokens"] for r in rows),
-            output_tokens=sum(r["output_tokens"] for r in rows),
-            cost_usd=round(
-                sum(
-                    (cached.get(r.request_hash) or answers[r.request_hash]).cost_usd
-                    for r in requests
-                    if r.request_hash in cached or r.request_hash in answers
-                ),
-                6,
-            ),
-            cache_hits=len(cached),
-            requests_sent=stats.requests_sent,
-            failed_requests=stats.failed,
-            budget_exhausted=stats.budget_exhausted,
-        )
-    extras.update(_summary(rows), sample_requested=settings.sample, complete=len(rows) == len(cases))
-    return rows, extras
+        return rows, {**_extras(settings), **offline_accounting(), "note": HEURISTIC_NOTE}
+    options = settings.chat_options()
+    requests = [judge_request(row, context, options, settings.max_prompt_history) for row, context in cases]
+    call = LLMCall(options=options, prices=PriceTable(settings.prices), max_cost=settings.max_cost, label="judging")
+    result = answer_requests(requests, cache_path, call)
+    rows, used = [], []
+    for (row, _), request in zip(cases, requests, strict=True):
+        answer = result.get(request.request_hash)
+        used.append(answer)
+        if answer is None:
+            continue
+        try:
+            parsed = parse_judge_answer(answer)
+            rows.append(_row(row, parsed.score, options.model, parsed.explanation, JUDGE_PROMPT_VERSION, answer, request.request_hash))
+        except AnswerParseError as exc:
+            rows.append(_row(row, None, options.model, str(exc), JUDGE_PROMPT_VERSION, answer, request.request_hash))
+    return rows, {**_extras(settings), **accounting(usage_of(used), result, settings.max_cost)}
 
 
 def _heuristic(row: dict[str, Any], context: ExampleContext) -> tuple[int, str, str, str]:
@@ -445,29 +504,24 @@ def register(app: typer.Typer) -> None:
         --rationales FILE --output OUT it scores a model's generated rationales against the same
         run's sequences instead (the paper's Fig. 1 comparison).
         """
-        from pipeline.cluster import dask_client
-
-        settings, cluster = settings_for(
-            config,
-            STAGE,
-            JudgeSettings,
-            sample=sample,
-            judge=judge,
-            model=model,
-            base_url=base_url,
-            concurrency=concurrency,
-            max_cost=max_cost,
-            workers=workers,
-            scheduler=scheduler,
-        )
-        if rationales is not None:
-            if output is None:
-                raise ValueError("--rationales needs --output OUT.parquet for the scores")
-            entry = judge_rationale_file(run, rationales, output, settings)
-            typer.echo(f"scores in {output}, summary in {output.with_suffix('.json')}")
-        else:
-            with dask_client(cluster.workers, cluster.scheduler) as client:
-                entry = run_judge(run, settings, client, force=force)
+        options = {
+            "sample": sample,
+            "judge": judge,
+            "model": model,
+            "base_url": base_url,
+            "concurrency": concurrency,
+            "max_cost": max_cost,
+            "workers": workers,
+            "scheduler": scheduler,
+        }
+        if rationales is None:
+            run_stage_command(JUDGE, run, config, force, **options)
+            return
+        if output is None:
+            raise ValueError("--rationales needs --output OUT.parquet for the scores")
+        settings, _ = settings_for(config, STAGE, JudgeSettings, **options)
+        entry = judge_rationale_file(run, rationales, output, settings)
+        typer.echo(f"scores in {output}, summary in {output.with_suffix('.json')}")
         typer.echo(
             f"judged {entry['sample_size']} rationale(s) with {entry['judge']}: mean score {entry['mean_score']}, "
             f"distribution {entry['score_distribution']}"

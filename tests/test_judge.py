@@ -98,7 +98,7 @@ def test_filter_and_judge_commands(filtered_run, dask_client):
         assert option in judge_help
     address = dask_client.scheduler.address
     filtered = runner.invoke(app, ["filter", "--run", str(filtered_run), "--scheduler", address, "--force"])
-    assert filtered.exit_code == 0 and "kept" in filtered.output and "annotator_incoherent" in filtered.output
+    assert filtered.exit_code == 0 and "filtered" in filtered.output and "annotator_incoherent" in filtered.output
     judged = runner.invoke(app, ["judge", "--run", str(filtered_run), "--sample", "5", "--scheduler", address])
     assert judged.exit_code == 0, judged.output
     assert "judged 5 rationale(s) with heuristic" in judged.output

@@ -7,12 +7,22 @@ those requests again. WAL lets Dask workers read the cache while the process tha
 requests writes it; ``INSERT OR IGNORE`` plus a busy timeout makes concurrent writers from
 several processes safe (the first answer for a hash wins, later ones are identical requests).
 The same file records submitted Batch API jobs so a rerun resumes them instead of resubmitting.
+
+Out of space: an answer is paid for once it arrives, so it must reach the cache even when the
+disk fills. The process that sends requests opens the cache with ``reserve_space``, which keeps
+a spare file of :data:`SPARE_BYTES` beside it. When a write fails for lack of space the spare
+is deleted and the write retried, and :attr:`AnswerCache.out_of_space` tells the sender to start
+no further request; the answers of requests already in flight still fit in the freed space.
+The sender then stops with one line naming the folder (:class:`CacheFullError`), and a rerun
+after freeing space pays for no answer twice.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -20,9 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.stage import StageError
+
 CACHE_FILE = "annotation_cache.sqlite"
 _LOOKUP_CHUNK = 500  # SQLite's bound-parameter limit is 999 on old builds
 _BUSY_TIMEOUT_S = 60.0
+SPARE_SUFFIX = ".spare"
+SPARE_BYTES = 4 * 1024 * 1024
+"""Room for the answers in flight when the disk fills (a few hundred answers of 20k characters)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -80,12 +95,38 @@ class BatchRecord:
     request_count: int
 
 
-class AnswerCache:
-    """Answers by request hash in ``RUN/annotation_cache.sqlite`` (safe across processes)."""
+class CacheFullError(StageError):
+    """No space is left to store answers; the message names the folder and what to do."""
 
-    def __init__(self, path: Path | str):
+
+def _is_out_of_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+
+
+def out_of_space_message(folder: Path) -> str:
+    """The one line a stage stops with when ``folder``'s device is full."""
+    return (
+        f"no space left on the device of {folder}: free some space and rerun the same command "
+        "(every answer received so far is in the cache and is not requested again)"
+    )
+
+
+class AnswerCache:
+    """Answers by request hash in ``RUN/annotation_cache.sqlite`` (safe across processes).
+
+    ``reserve_space``: keep the spare file that lets answers in flight be stored once the disk
+    is full (the sending process only; readers on Dask workers leave it alone).
+    """
+
+    def __init__(self, path: Path | str, reserve_space: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.out_of_space = False
+        self._spare = self.path.with_name(self.path.name + SPARE_SUFFIX) if reserve_space else None
+        if self._spare is not None:
+            _make_spare(self._spare)
         # isolation_level=None: autocommit, every put is durable before the next request goes.
         self._db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         # Switching to WAL needs a moment of exclusive access, and SQLite reports a busy
@@ -130,7 +171,28 @@ class AnswerCache:
         return found
 
     def put(self, request_hash_: str, model: str, prompt_version: str, answer: CachedAnswer) -> None:
-        """Store one answer (committed at once; an existing answer for the hash is kept)."""
+        """Store one answer (committed at once; an existing answer for the hash is kept).
+
+        On a full disk the spare file is given up and the write retried once; if that fails
+        too, :class:`CacheFullError` (the answer could not be kept).
+        """
+        try:
+            self._insert(request_hash_, model, prompt_version, answer)
+        except (sqlite3.OperationalError, OSError) as exc:
+            if not _is_out_of_space(exc):
+                raise
+            self.out_of_space = True
+            if self._spare is None or not self._spare.exists():
+                raise CacheFullError(out_of_space_message(self.path.parent)) from None
+            self._spare.unlink()
+            try:
+                self._insert(request_hash_, model, prompt_version, answer)
+            except (sqlite3.OperationalError, OSError) as again:
+                if not _is_out_of_space(again):
+                    raise
+                raise CacheFullError(out_of_space_message(self.path.parent)) from None
+
+    def _insert(self, request_hash_: str, model: str, prompt_version: str, answer: CachedAnswer) -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -161,3 +223,18 @@ class AnswerCache:
 
     def forget_batch(self, batch_key: str) -> None:
         self._db.execute("DELETE FROM batches WHERE batch_key = ?", (batch_key,))
+
+
+def _make_spare(spare: Path) -> None:
+    """Write the spare file with real blocks (not a sparse file); no room for it is no error."""
+    if spare.exists() and spare.stat().st_size >= SPARE_BYTES:
+        return
+    try:
+        with open(spare, "wb") as handle:
+            handle.write(b"\0" * SPARE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        if not _is_out_of_space(exc):
+            raise
+        spare.unlink(missing_ok=True)

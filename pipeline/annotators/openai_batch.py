@@ -7,6 +7,13 @@ before polling. It then polls, downloads the output and error files and maps eve
 the recorded id for the same set of requests and resumes polling instead of submitting again.
 A batch that failed, expired or was cancelled is forgotten, so the next run submits its
 unanswered requests anew.
+
+Output records are read as defensively as chat answers (:mod:`pipeline.annotators.completion`):
+a line that is not JSON, names no request of the batch, or carries no completion counts as a
+failed request with its reason (``invalid_batch_record``, ``unknown_custom_id``, the record's
+error code) while every other record of the file reaches the cache; a completion of an odd
+shape, with a null or implausible ``usage`` or a huge answer is kept like a chat answer. So a
+bad record can never block a batch's paid answers, and a rerun does not meet it again.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.stage import StageError
 from pipeline.annotators.cache import AnswerCache, BatchRecord, CachedAnswer
+from pipeline.annotators.completion import read_completion
 from pipeline.annotators.limits import Budget
 from pipeline.annotators.openai_chat import ChatOptions, ChatRequest, SendStats, resolve_api_key
 from pipeline.annotators.pricing import PriceTable
@@ -86,31 +94,65 @@ def _submit(client: openai.OpenAI, requests: list[ChatRequest], options: ChatOpt
     return BatchRecord(batch_id=batch.id, input_file_id=uploaded.id, request_count=len(requests))
 
 
-def _answers_from_output(text: str, options: ChatOptions, prices: PriceTable) -> tuple[dict[str, CachedAnswer], dict[str, str]]:
-    answers: dict[str, CachedAnswer] = {}
-    errors: dict[str, str] = {}
+@dataclass
+class BatchOutput:
+    """What one output or error file of a batch held: answers, failures, corrections."""
+
+    answers: dict[str, CachedAnswer]
+    errors: list[str]
+    notes: list[str]
+
+
+def _record_error(record: dict[str, Any]) -> str | None:
+    """The failure a batch record reports (``None`` for a 200 response)."""
+    error = record.get("error")
+    response = record.get("response") if isinstance(record.get("response"), dict) else {}
+    if error:
+        code = error.get("code") if isinstance(error, dict) else None
+        return str(code) if isinstance(code, (str, int)) and code else "batch_error"
+    status = response.get("status_code")
+    if status != 200:
+        return f"http_{status}" if isinstance(status, int) else "invalid_batch_record"
+    if not isinstance(response.get("body"), dict):
+        return "invalid_batch_record"
+    return None
+
+
+def _answers_from_output(text: str, requests: dict[str, ChatRequest], options: ChatOptions, prices: PriceTable) -> BatchOutput:
+    """Read every line of a batch output or error file; a bad line is a failure, never a crash."""
+    output = BatchOutput({}, [], [])
     for line in text.splitlines():
         if not line.strip():
             continue
-        record = json.loads(line)
-        custom_id = record.get("custom_id")
-        response = record.get("response") or {}
-        if record.get("error") or response.get("status_code") != 200:
-            error = record.get("error") or {}
-            errors[custom_id] = str(error.get("code") or f"http_{response.get('status_code')}")
+        try:
+            record = json.loads(line)
+        except ValueError:
+            output.errors.append("invalid_batch_record")
             continue
-        body = response.get("body") or {}
-        message = (body.get("choices") or [{}])[0].get("message") or {}
-        usage = body.get("usage") or {}
-        input_tokens, output_tokens = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-        answers[custom_id] = CachedAnswer(
-            content=message.get("content"),
-            refusal=message.get("refusal"),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=prices.cost(options.model, input_tokens, output_tokens, batch=True),
+        if not isinstance(record, dict):
+            output.errors.append("invalid_batch_record")
+            continue
+        request = requests.get(record.get("custom_id")) if isinstance(record.get("custom_id"), str) else None
+        if request is None:
+            output.errors.append("unknown_custom_id")
+            continue
+        error = _record_error(record)
+        if error is not None:
+            output.errors.append(error)
+            continue
+        read = read_completion(
+            record["response"]["body"],
+            sum(len(m["content"]) for m in request.messages),
+            len(request.messages),
+            request.estimated_input_tokens,
+            options.model,
+            options.max_tokens,
+            prices,
+            batch=True,
         )
-    return answers, errors
+        output.answers[request.request_hash] = read.answer
+        output.notes.extend(read.notes)
+    return output
 
 
 def _wait(client: openai.OpenAI, record: BatchRecord, batch_options: BatchOptions) -> Any:
@@ -171,21 +213,23 @@ def run_batches(
             else:
                 log.info("resuming batch %s (%d request(s)) instead of submitting again", record.batch_id, record.request_count)
             batch = _wait(client, record, batch_options)
-            chunk_answers: dict[str, CachedAnswer] = {}
+            by_hash = {r.request_hash: r for r in affordable}
             for file_id in (batch.output_file_id, batch.error_file_id):
                 if file_id:
-                    found, errors = _answers_from_output(client.files.content(file_id).text, options, prices)
-                    chunk_answers.update(found)
-                    for error in errors.values():
-                        stats.errors[error] += 1
-                    stats.failed += len(errors)
-            for request_hash_, answer in chunk_answers.items():
-                cache.put(request_hash_, options.model, options.prompt_version, answer)
-                stats.answered += 1
-                stats.input_tokens += answer.input_tokens
-                stats.output_tokens += answer.output_tokens
-                stats.cost_usd += answer.cost_usd
-            answers.update(chunk_answers)
+                    output = _answers_from_output(client.files.content(file_id).text, by_hash, options, prices)
+                    for request_hash_, answer in output.answers.items():
+                        cache.put(request_hash_, options.model, options.prompt_version, answer)
+                        stats.answered += 1
+                        stats.input_tokens += answer.input_tokens
+                        stats.output_tokens += answer.output_tokens
+                        stats.cost_usd += answer.cost_usd
+                    answers.update(output.answers)
+                    stats.errors.update(output.errors)
+                    stats.errors.update(output.notes)
+                    stats.failed += len(output.errors)
+            for request in affordable:
+                budget.settle(prices.cost(options.model, request.estimated_input_tokens, options.max_tokens, batch=True), 0.0)
+            budget.spent_usd += sum(answers[r.request_hash].cost_usd for r in affordable if r.request_hash in answers)
             if batch.status in DEAD:
                 log.warning(
                     "batch %s ended %s; its unanswered requests will be submitted again on the next run", record.batch_id, batch.status

@@ -9,6 +9,13 @@ connection errors are retried with exponential backoff and full jitter, honourin
 ``Retry-After`` (a 429 pauses the whole run). Each answer is written to the cache as soon as it
 arrives. The SDK's own retries are off so that every attempt passes the run's rate limiter.
 
+Every wait is bounded: our own backoff by :data:`MAX_BACKOFF_S`, the server's ``Retry-After``
+by ``max_server_wait_s`` (default :data:`MAX_SERVER_WAIT_S`). A server that asks for a longer
+wait (``inf``, ``1e9``, a date next year) gets none: the request counts as failed
+(``retry_after_too_long``) and stays unanswered, so the stage ends ``complete: false`` and a
+rerun sends it again. A negative, ``nan`` or unreadable value is ignored (our own backoff
+applies). Answers are read by :func:`pipeline.annotators.completion.read_completion`.
+
 The API key comes only from the ``OPENAI_API_KEY`` environment variable and is handed to the
 SDK; nothing here logs, stores or prints it.
 """
@@ -30,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from core.config import StageSettings
-from pipeline.annotators.cache import AnswerCache, CachedAnswer
+from pipeline.annotators.cache import AnswerCache, CachedAnswer, CacheFullError, out_of_space_message
+from pipeline.annotators.completion import read_completion
 from pipeline.annotators.limits import Budget, RateLimiter
 from pipeline.annotators.pricing import ModelPrice, PriceTable
 
@@ -45,6 +53,8 @@ LOCAL_SERVER_KEY = "not-needed"
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 FATAL_STATUS = frozenset({401, 403, 404})  # bad key, no access, unknown model or endpoint
 MAX_BACKOFF_S = 60.0
+MAX_SERVER_WAIT_S = 120.0
+"""Longest ``Retry-After`` honoured; a server asking for more fails the request for this run."""
 
 
 class AnnotatorConfigError(ValueError):
@@ -77,6 +87,7 @@ class ChatOptions:
     request_timeout_s: float = 60.0
     max_retries: int = 6
     retry_base_s: float = 1.0
+    max_server_wait_s: float = MAX_SERVER_WAIT_S
 
     def generation_params(self) -> dict[str, Any]:
         """The parameters that change an answer (part of the cache key)."""
@@ -94,6 +105,7 @@ class ChatClientSettings(StageSettings):
     request_timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(6, ge=0)
     retry_base_s: float = Field(1.0, ge=0)
+    max_server_wait_s: float = Field(MAX_SERVER_WAIT_S, ge=0, description="Longest server-requested wait (Retry-After) honoured.")
     max_prompt_history: int = Field(20, ge=1)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     seed: int = 42
@@ -116,6 +128,7 @@ class ChatClientSettings(StageSettings):
             request_timeout_s=self.request_timeout_s,
             max_retries=self.max_retries,
             retry_base_s=self.retry_base_s,
+            max_server_wait_s=self.max_server_wait_s,
         )
 
 
@@ -163,7 +176,11 @@ def make_async_client(options: ChatOptions) -> openai.AsyncOpenAI:
 
 
 def retry_after_seconds(headers: Any) -> float | None:
-    """The server's requested delay from ``retry-after-ms`` or ``retry-after`` (seconds or date)."""
+    """The server's requested delay from ``retry-after-ms`` or ``retry-after`` (seconds or date).
+
+    ``None`` when absent or unusable (negative, ``nan``, garbage); may be ``inf`` or huge: the
+    caller bounds it.
+    """
     if headers is None:
         return None
     for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
@@ -171,11 +188,14 @@ def retry_after_seconds(headers: Any) -> float | None:
         if value is None:
             continue
         try:
-            return max(0.0, float(value) / divisor)
+            seconds = float(value) / divisor
         except ValueError:
             parsed = email.utils.parsedate_tz(value)
-            if parsed is not None:
-                return max(0.0, float(email.utils.mktime_tz(parsed) - time.time()))
+            if parsed is None:
+                continue
+            seconds = float(email.utils.mktime_tz(parsed) - time.time())
+        if seconds == seconds and seconds >= 0:  # not nan, not negative
+            return seconds
     return None
 
 
@@ -186,14 +206,6 @@ def backoff_seconds(attempt: int, base_s: float) -> float:
 
 class InvalidResponse(Exception):
     """A 2xx response whose body is not a chat completion object (retried like a 5xx)."""
-
-
-def _count(value: Any, default: int) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else default
-
-
-def _text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _schema_unsupported(exc: openai.APIStatusError) -> bool:
@@ -279,7 +291,11 @@ class ChatSender:
                     exc.status_code in RETRYABLE_STATUS,
                     retry_after_seconds(exc.response.headers),
                 )
-                if exc.status_code == 429:
+                if delay is not None and delay > self.options.max_server_wait_s:
+                    # Waiting that long would stall the run: fail this request now, a rerun retries it.
+                    self.stats.errors[error] += 1
+                    error, retryable, delay = "retry_after_too_long", False, None
+                elif exc.status_code == 429:
                     self.limiter.pause(delay if delay is not None else backoff_seconds(attempt, self.options.retry_base_s))
             except openai.APITimeoutError:
                 error, retryable, delay = "timeout", True, None
@@ -300,28 +316,26 @@ class ChatSender:
             attempt += 1
 
     def _record(self, request: ChatRequest, completion: dict[str, Any], reserved: float) -> CachedAnswer:
-        # Read defensively: whatever shape a server sends, a row with no usable text is kept
-        # (content None) for the filter to reject with its reason, never a crash.
-        choices = completion.get("choices")
-        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-        message = first.get("message") if isinstance(first.get("message"), dict) else {}
-        usage = completion.get("usage") if isinstance(completion.get("usage"), dict) else {}
-        input_tokens = _count(usage.get("prompt_tokens"), request.estimated_input_tokens)
-        output_tokens = _count(usage.get("completion_tokens"), 0)
-        cost = self.prices.cost(self.options.model, input_tokens, output_tokens)
-        answer = CachedAnswer(
-            content=_text_or_none(message.get("content")),
-            refusal=_text_or_none(message.get("refusal")),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=cost,
+        # The cache first: the answer is paid for, nothing may fail before it is stored.
+        read = read_completion(
+            completion,
+            sum(len(m["content"]) for m in request.messages),
+            len(request.messages),
+            request.estimated_input_tokens,
+            self.options.model,
+            self.options.max_tokens,
+            self.prices,
         )
-        self.cache.put(request.request_hash, self.options.model, self.options.prompt_version, answer)
-        self.budget.settle(reserved, cost)
+        answer, cost = read.answer, read.answer.cost_usd
+        try:
+            self.cache.put(request.request_hash, self.options.model, self.options.prompt_version, answer)
+        finally:
+            self.budget.settle(reserved, cost)
+            self.stats.cost_usd += cost
+        self.stats.errors.update(read.notes)
         self.stats.answered += 1
         self.stats.input_tokens += answer.input_tokens
         self.stats.output_tokens += answer.output_tokens
-        self.stats.cost_usd += cost
         if self._on_answer is not None:
             self._on_answer()
         return answer
@@ -338,10 +352,16 @@ class ChatSender:
 
         async def worker() -> None:
             for request in pending:
+                if self.cache.out_of_space:
+                    break
                 if self.budget.exhausted:
                     self.stats.skipped_for_budget += 1
                     continue
-                answer = await self._send_one(client, request)
+                try:
+                    answer = await self._send_one(client, request)
+                except CacheFullError:
+                    self.stats.errors["answer_lost_disk_full"] += 1
+                    break
                 if answer is not None:
                     answers[request.request_hash] = answer
 
@@ -360,10 +380,17 @@ def send_requests(
     budget: Budget,
     on_answer: Callable[[], None] | None = None,
 ) -> tuple[dict[str, CachedAnswer], SendStats]:
-    """Send ``requests`` from a fresh event loop; returns answers by hash and the run's stats."""
+    """Send ``requests`` from a fresh event loop; returns answers by hash and the run's stats.
+
+    Raises :class:`CacheFullError` once every request in flight has ended if the disk filled
+    (the answers that arrived are in the cache).
+    """
     sender = ChatSender(options, cache, prices, budget, on_answer)
     started = time.monotonic()
     answers = asyncio.run(sender.send_all(requests))
     sender.stats.send_wall_s = time.monotonic() - started
     sender.stats.budget_exhausted = sender.stats.budget_exhausted or budget.exhausted
+    if cache.out_of_space:
+        log.warning("the disk filled after %d answer(s) were stored", len(answers))
+        raise CacheFullError(out_of_space_message(cache.path.parent))
     return answers, sender.stats
