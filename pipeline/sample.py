@@ -38,10 +38,13 @@ from pydantic import Field
 from core.cli_common import ConfigOpt, settings_for, user_errors
 from core.config import StageSettings
 from core.progress import make_progress
+from core.stage import code_version
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DOMAINS = ("Grocery_and_Gourmet_Food", "Office_Products")
+PROVENANCE_SUFFIX = ".provenance.json"
+"""Suffix of the sidecar beside each generated review file: ``<reviews file name>.provenance.json``."""
 _BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ASIN_SPACE = 36**8
 _ASIN_MULTIPLIER = 2_654_435_761  # coprime with 36, so index -> id is a bijection
@@ -769,6 +772,7 @@ def generate_domain(out_dir: Path, domain: str, settings: SampleSettings) -> Dom
                 progress.advance(task)
 
     n_reviews = _write_atomically(reviews_path, settings.gzip, review_lines())
+    write_provenance(reviews_path, domain, settings)
     log.info(
         "%s: %d reviews of %d users, %d items (%d with metadata) -> %s",
         domain,
@@ -779,6 +783,31 @@ def generate_domain(out_dir: Path, domain: str, settings: SampleSettings) -> Dom
         out_dir,
     )
     return DomainReport(domain, reviews_path, meta_path, settings.users, len(catalog.items), items_with_meta, n_reviews)
+
+
+def provenance_path(reviews_path: Path) -> Path:
+    """Where the provenance sidecar of a review file lives: ``<reviews file name>.provenance.json`` beside it."""
+    return reviews_path.with_name(reviews_path.name + PROVENANCE_SUFFIX)
+
+
+def sample_provenance(domain: str, settings: SampleSettings) -> dict[str, Any]:
+    """What made a generated review file: synthetic data, this generator, its code, seed and settings."""
+    return {
+        "kind": "synthetic",
+        "generator": "rrec sample",
+        "code_version": code_version(),
+        "domain": domain,
+        "seed": settings.seed,
+        "settings": settings.model_dump(mode="json"),
+    }
+
+
+def write_provenance(reviews_path: Path, domain: str, settings: SampleSettings) -> Path:
+    """Write the sidecar that tells later stages (and the dataset card) this review file is synthetic."""
+    path = provenance_path(reviews_path)
+    text = json.dumps(sample_provenance(domain, settings), indent=2, sort_keys=True) + "\n"
+    _write_atomically(path, False, iter([text.rstrip("\n")]))
+    return path
 
 
 def generate_domains(out_dir: Path, settings: SampleSettings) -> list[DomainReport]:

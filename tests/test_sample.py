@@ -11,6 +11,7 @@ import tracemalloc
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from core.stage import code_version
 from pipeline.sample import SampleSettings, generate_domain, generate_domains
 
 REVIEW_KEYS = ["rating", "title", "text", "images", "asin", "parent_asin", "user_id", "timestamp", "helpful_vote", "verified_purchase"]
@@ -159,10 +160,25 @@ def test_cli_writes_both_domains(tmp_path: Path) -> None:
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
         "Grocery_and_Gourmet_Food.jsonl.gz",
+        "Grocery_and_Gourmet_Food.jsonl.gz.provenance.json",
         "Office_Products.jsonl.gz",
+        "Office_Products.jsonl.gz.provenance.json",
         "meta_Grocery_and_Gourmet_Food.jsonl.gz",
         "meta_Office_Products.jsonl.gz",
     ]
+
+
+def test_each_review_file_has_a_sidecar_saying_it_is_synthetic_with_seed_and_settings(tmp_path: Path) -> None:
+    settings = SampleSettings(domains=["Office_Products"], users=40, seed=7, gzip=True)
+    report = generate_domains(tmp_path, settings)[0]
+    sidecar = json.loads((tmp_path / "Office_Products.jsonl.gz.provenance.json").read_text())
+    assert report.reviews_path == tmp_path / "Office_Products.jsonl.gz"
+    assert sidecar["kind"] == "synthetic" and sidecar["generator"] == "rrec sample"
+    assert sidecar["domain"] == "Office_Products" and sidecar["seed"] == 7
+    assert sidecar["code_version"] == code_version()
+    # The settings are complete: they regenerate the same file.
+    again = generate_domains(tmp_path / "again", SampleSettings(**sidecar["settings"]))[0]
+    assert again.reviews_path.read_bytes() == report.reviews_path.read_bytes()
 
 
 def test_cli_rejects_a_bad_option_with_a_clear_message(tmp_path: Path) -> None:
