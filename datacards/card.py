@@ -164,7 +164,7 @@ def example_record(domain: DomainRelease) -> str:
     table = domain.splits[split]
     if not table.num_rows:
         return "{}"
-    record = table.slice(0, 1).to_pylist()[0]
+    record = dict(domain.row_statistics.first_rows[split])
     for key in ("history", "candidates"):
         values = record[key]
         if len(values) > EXAMPLE_LIST_ITEMS:

@@ -24,11 +24,12 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def _histogram(values: list[int], title: str, xlabel: str, path: Path) -> None:
+def _histogram(counts: dict[int, int], title: str, xlabel: str, path: Path) -> None:
+    """A histogram of a sample given as ``{value: how often}`` (weights, not one entry per row)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if values:
-        bins = min(50, max(1, len(set(values))))
-        ax.hist(values, bins=bins, color="#4C72B0", edgecolor="white")
+    if counts:
+        bins = min(50, max(1, len(counts)))
+        ax.hist(list(counts), bins=bins, weights=list(counts.values()), color="#4C72B0", edgecolor="white")
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title)
@@ -60,7 +61,7 @@ def render_figures(stats: DomainStatistics, release_dir: Path) -> dict[str, str]
     }
     root = Path(release_dir)
     _histogram(
-        stats.history_length.values,
+        stats.history_length.counts,
         f"{stats.config}: history length per user",
         "items in history (test row)",
         root / names["history_length"],
@@ -71,7 +72,7 @@ def render_figures(stats: DomainStatistics, release_dir: Path) -> dict[str, str]
         "items",
         root / names["items_per_category"],
     )
-    _histogram(stats.rationale_words.values, f"{stats.config}: rationale length (train)", "words", root / names["rationale_length"])
+    _histogram(stats.rationale_words.counts, f"{stats.config}: rationale length (train)", "words", root / names["rationale_length"])
     _bars(
         list(stats.filter_reasons.items()),
         f"{stats.config}: self-filter rejects by reason",

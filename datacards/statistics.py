@@ -1,16 +1,21 @@
-"""Statistics of one released domain, shown in the dataset card as tables and figures."""
+"""Statistics of one released domain, shown in the dataset card as tables and figures.
+
+The numbers come from the released rows, counted partition by partition: :class:`RowStatistics`
+holds counts that add up (rows, users, value counts of history and rationale lengths), so the
+streaming release builder computes one per partition on the workers and merges them in the
+driver, and the in-memory builder computes one over the whole tables; both give the same card.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
-
-from release.layout import DomainRelease
 
 UNCATEGORISED = "(uncategorised)"
 # Sizes the sequences stage records in its manifest entry, with the card's wording.
@@ -23,13 +28,16 @@ SEQUENCE_SIZES = {
     "interactions_out": "interactions in the sequences",
     "items_without_metadata": "catalog items without metadata",
 }
+# Splits whose history lengths are counted: the test split has one row per user with the
+# longest history; train stands in when a release has no test rows.
+HISTORY_SPLITS = ("test", "train")
 
 
 @dataclass(frozen=True)
 class Distribution:
-    """Summary of a numeric sample (empty samples give zeros and ``n == 0``)."""
+    """Summary of a numeric sample, kept as value counts (empty samples give zeros and ``n == 0``)."""
 
-    values: list[int]
+    counts: dict[int, int]
     n: int
     mean: float
     median: float
@@ -39,18 +47,99 @@ class Distribution:
 
     @classmethod
     def of(cls, values: list[int]) -> Distribution:
-        if not values:
-            return cls([], 0, 0.0, 0.0, 0, 0, 0.0)
-        array = np.asarray(values)
+        """The distribution of a list of values."""
+        return cls.of_counts(dict(Counter(int(v) for v in values)))
+
+    @classmethod
+    def of_counts(cls, counts: dict[int, int]) -> Distribution:
+        """The distribution of a sample given as ``{value: how often}`` (exact median and percentile)."""
+        counts = {int(v): int(n) for v, n in sorted(counts.items()) if n}
+        if not counts:
+            return cls({}, 0, 0.0, 0.0, 0, 0, 0.0)
+        array = np.repeat(np.fromiter(counts, dtype=np.int64), np.fromiter(counts.values(), dtype=np.int64))
         return cls(
-            values=list(values),
-            n=len(values),
+            counts=counts,
+            n=int(array.size),
             mean=float(array.mean()),
             median=float(np.median(array)),
-            minimum=int(array.min()),
-            maximum=int(array.max()),
+            minimum=int(array[0]),
+            maximum=int(array[-1]),
             p95=float(np.percentile(array, 95)),
         )
+
+
+def _value_counts(values: pa.Array | pa.ChunkedArray) -> dict[int, int]:
+    counted = pc.value_counts(values) if len(values) else pa.array([], pa.struct([("values", pa.int64()), ("counts", pa.int64())]))
+    return {int(v): int(n) for v, n in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())}
+
+
+def _add(first: dict[Any, int], second: dict[Any, int]) -> dict[Any, int]:
+    total = Counter(first)
+    total.update(second)
+    return dict(total)
+
+
+@dataclass(frozen=True)
+class RowStatistics:
+    """Counts over a run of released rows that add up across partitions of disjoint users.
+
+    ``first_rows`` holds the first row of each split (for the card's example record); merging
+    keeps the earlier partition's, so partitions are merged in release row order.
+    """
+
+    rows: dict[str, int]
+    users: dict[str, int]
+    history_lengths: dict[str, dict[int, int]]
+    rationale_words: dict[int, int]
+    first_rows: dict[str, dict[str, Any]]
+
+    @classmethod
+    def of_splits(cls, splits: dict[str, pa.Table]) -> RowStatistics:
+        """The statistics of release rows (``RELEASE_ROW`` tables by split)."""
+        rationales = [r for r in splits["train"]["rationale"].to_pylist() if r] if "train" in splits else []
+        return cls(
+            rows={split: table.num_rows for split, table in splits.items()},
+            users={split: pc.count_distinct(table["user_id"]).as_py() for split, table in splits.items()},
+            history_lengths={
+                split: _value_counts(pc.list_value_length(splits[split]["history"])) for split in HISTORY_SPLITS if split in splits
+            },
+            rationale_words=dict(Counter(len(r.split()) for r in rationales)),
+            first_rows={split: table.slice(0, 1).to_pylist()[0] for split, table in splits.items() if table.num_rows},
+        )
+
+    def merge(self, later: RowStatistics) -> RowStatistics:
+        """These counts plus those of ``later``, a partition of other users that follows this one."""
+        return RowStatistics(
+            rows=_add(self.rows, later.rows),
+            users=_add(self.users, later.users),
+            history_lengths={
+                split: _add(self.history_lengths.get(split, {}), later.history_lengths.get(split, {}))
+                for split in {*self.history_lengths, *later.history_lengths}
+            },
+            rationale_words=_add(self.rationale_words, later.rationale_words),
+            first_rows={**later.first_rows, **self.first_rows},
+        )
+
+
+def category_counts(items: pa.Table) -> dict[str, int]:
+    """Catalog items per category (:func:`category_of`) of an ``items`` table."""
+    return dict(Counter(category_of(c, m) for c, m in zip(items["categories"].to_pylist(), items["main_category"].to_pylist())))
+
+
+class ReleasedDomain(Protocol):
+    """What the card statistics read of a released domain (``release.layout.DomainRelease``)."""
+
+    config: str
+    domain: str
+    stages: dict[str, dict[str, Any]]
+    train_without_rationale: int
+    row_statistics: RowStatistics
+    category_counts: dict[str, int]
+
+    def row_counts(self) -> dict[str, int]: ...
+
+    @property
+    def catalog_items(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -114,15 +203,10 @@ def filter_summary(filter_entry: dict[str, Any] | None) -> tuple[int | None, int
     return annotated, passed, rate, reasons
 
 
-def domain_statistics(domain: DomainRelease) -> DomainStatistics:
-    """Compute the card statistics of one released domain."""
-    # The test split has exactly one row per user with the longest history: one value per user.
-    history_rows = domain.splits["test"] if domain.splits["test"].num_rows else domain.splits["train"]
-    history_lengths = pc.list_value_length(history_rows["history"]).to_pylist()
-    rationales = [r for r in domain.splits["train"]["rationale"].to_pylist() if r]
-    categories = Counter(
-        category_of(cats, main) for cats, main in zip(domain.items["categories"].to_pylist(), domain.items["main_category"].to_pylist())
-    )
+def domain_statistics(domain: ReleasedDomain) -> DomainStatistics:
+    """Compute the card statistics of one released domain from its row statistics and run manifest."""
+    rows = domain.row_statistics
+    history_split = "test" if rows.rows.get("test") else "train"
     annotated, passed, rate, reasons = filter_summary(domain.stages.get("filter"))
     ingest = domain.stages.get("ingest") or {}
     sequences = domain.stages.get("sequences") or {}
@@ -140,11 +224,11 @@ def domain_statistics(domain: DomainRelease) -> DomainStatistics:
         config=domain.config,
         domain=domain.domain,
         rows=domain.row_counts(),
-        users={split: pc.count_distinct(table["user_id"]).as_py() for split, table in domain.splits.items()},
-        catalog_items=domain.items.num_rows,
-        history_length=Distribution.of([int(n) for n in history_lengths]),
-        rationale_words=Distribution.of([len(r.split()) for r in rationales]),
-        items_per_category=sorted(categories.items(), key=lambda kv: (-kv[1], kv[0])),
+        users={split: rows.users.get(split, 0) for split in domain.row_counts()},
+        catalog_items=domain.catalog_items,
+        history_length=Distribution.of_counts(rows.history_lengths.get(history_split, {})),
+        rationale_words=Distribution.of_counts(rows.rationale_words),
+        items_per_category=sorted(domain.category_counts.items(), key=lambda kv: (-kv[1], kv[0])),
         filter_reasons=dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         annotated=annotated,
         filter_passed=passed,

@@ -146,7 +146,7 @@ def run_chain(
     if until != "release":
         return ChainResult(runs=runs, registry=out / REGISTRY_DIR, tag=None, status=f"stopped_after_{until}", configs=[])
     log.info("release %s of %d domain(s)", release_settings.version, len(runs))
-    result = release_runs(runs, out / REGISTRY_DIR, release_settings, card_settings)
+    result = release_runs(runs, out / REGISTRY_DIR, release_settings, card_settings, client)
     configs = sorted(c for c in result.manifest["row_counts"] if not c.endswith("_items"))
     return ChainResult(runs=runs, registry=result.registry, tag=result.tag, status=result.status, configs=configs)
 

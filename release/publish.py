@@ -24,9 +24,10 @@ from core.config import StageSettings
 from core.stage import HASH_ALGORITHM, code_version
 from datacards.card import CardSettings, build_card
 from datacards.statistics import filter_summary
+from release.builder import stream_release
 from release.changelog import CHANGELOG_NAME, diff_releases, render_changelog, render_section
-from release.checksums import MANIFEST_NAME, file_checksums
-from release.layout import DomainRelease, ReleaseError, load_domains, write_data, write_validation
+from release.checksums import MANIFEST_NAME, file_checksums, release_files, sha256_file
+from release.layout import DomainRelease, ReleaseError, check_domains, write_validation
 from release.registry import Registry, crash_point, parse_version, version_tag
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ReleaseSettings(StageSettings):
 
     version: str = "1.0.0"
     shard_rows: int = 100_000
+    partition_rows: int = Field(20_000, ge=1, description="rows a release task holds at a time (the release's memory per worker thread)")
     push: bool = False
     repo_id: str | None = None
     private: bool = False
@@ -140,14 +142,22 @@ def build_release(
     card_settings: CardSettings,
     registry: Registry,
 ) -> dict[str, Any]:
-    """Write the complete release folder (data already written by :func:`write_data`); return its manifest."""
+    """Write the complete release folder (data already written); return its manifest.
+
+    Data files whose sha256 the builder computed as it wrote them (``DomainRelease.files``)
+    are not read again; every other file is hashed here.
+    """
     tag = version_tag(settings.version)
     previous_tag = registry.previous(tag)
     write_validation(domains, release_dir)
     build_card(domains, release_dir, tag, card_settings, repo_id=settings.repo_id)
     manifest = manifest_core(domains, settings, card_settings, previous_tag)
     _write_changelog(release_dir, manifest, registry, previous_tag)
-    manifest["files"] = file_checksums(release_dir)
+    known = {name: info for domain in domains for name, info in domain.files.items()}
+    manifest["files"] = {
+        name: known.get(name) or {"sha256": sha256_file(release_dir / name), "bytes": (release_dir / name).stat().st_size}
+        for name in release_files(release_dir)
+    }
     (release_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return manifest
 
@@ -182,7 +192,7 @@ def _push(release_dir: Path, settings: ReleaseSettings, tag: str) -> str | None:
 
 
 def release_runs(
-    runs: list[Path], registry_path: Path, settings: ReleaseSettings, card_settings: CardSettings | None = None
+    runs: list[Path], registry_path: Path, settings: ReleaseSettings, card_settings: CardSettings | None = None, client: Any = None
 ) -> ReleaseResult:
     """Release validated run folders as version ``settings.version`` into the registry at ``registry_path``.
 
@@ -191,7 +201,8 @@ def release_runs(
     existing version whose content differs (versions are immutable). Releasing an existing
     version with unchanged data again returns ``status="already_released"`` (and pushes it if
     asked and the Hub lacks it). A release killed at any step is finished or undone by the next
-    one (:meth:`Registry.recover`).
+    one (:meth:`Registry.recover`). The data is built partition by partition
+    (:func:`release.builder.stream_release`) on ``client``'s Dask workers, or in this process without one.
     """
     card_settings = card_settings or CardSettings()
     tag = version_tag(settings.version)
@@ -202,11 +213,11 @@ def release_runs(
     if settings.push:
         _check_push(registry, tag, settings)
     memory_limit = int(settings.max_memory_gb * 2**30) if settings.max_memory_gb else psutil.virtual_memory().available
-    domains = load_domains([Path(run) for run in runs], memory_limit)
+    sources = check_domains([Path(run) for run in runs], memory_limit, settings.partition_rows)
     with registry.publishing() as staging:
         registry.check_order(tag, settings.allow_older)
         release_dir = staging / tag
-        write_data(domains, release_dir, settings.shard_rows)
+        domains = stream_release(sources, release_dir, settings.shard_rows, settings.partition_rows, client)
         crash_point("staged")
         if registry.has(tag):
             return _already_released(registry, tag, release_dir, staging, settings)
