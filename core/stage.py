@@ -33,6 +33,7 @@ stale or missing stage blocks a card or a release (:meth:`RunDir.require_fresh`)
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -335,7 +336,7 @@ class RunDir:
         interrupt (not an error), so the next attempt with the same fingerprint finds the parts
         already written.
         """
-        with self._lock():
+        with _out_of_space_is_a_stage_error(self.path, name), self._lock():
             resume_dir = self.path / f"{TMP_PREFIX}{name}-resume-{fingerprint[:16]}" if resumable else None
             self.clean_temporaries(keep=resume_dir)
             tmp_dir = resume_dir or self.path / f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
@@ -381,6 +382,20 @@ class RunDir:
             }
             self._update_manifest(name, entry)
             self.clean_temporaries()
+
+
+@contextlib.contextmanager
+def _out_of_space_is_a_stage_error(folder: Path, stage: str) -> Iterator[None]:
+    """A full disk (here or on a Dask worker writing into ``folder``) becomes one clear line."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StageError(
+            f"no space left on the device of {folder} while stage '{stage}' was writing; free space "
+            f"(`df -h {folder}`) and rerun: completed stages are kept, this one starts again"
+        ) from None
 
 
 def _chain_position(stage: str) -> int:
