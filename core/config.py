@@ -10,6 +10,7 @@ packaged defaults (``core/default_config.yaml``) > model defaults.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +19,28 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
 COMMON_KEYS = ("seed", "workers", "scheduler")
+SECTIONS = (
+    "sample",
+    "ingest",
+    "sequences",
+    "annotate",
+    "filter",
+    "judge",
+    "validate",
+    "card",
+    "release",
+    "run",
+    "sft",
+    "grpo",
+    "evaluate",
+    "baselines",
+)
+"""Every top-level section a command reads (its name is the ``name`` passed to :func:`section`).
+
+The one registry of section names: a top-level key that is neither a section nor a common key
+is an error, so a misspelt ``sequence:`` cannot be silently ignored. A command that reads a new
+section adds its name here.
+"""
 
 
 class ConfigError(ValueError):
@@ -63,11 +86,30 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def check_sections(config: dict[str, Any], source: Path | str) -> None:
+    """Refuse top-level keys that no command reads, naming the known ones (and a likely intended one)."""
+    known = (*COMMON_KEYS, *SECTIONS)
+    unknown = [str(key) for key in config if key not in known]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise ConfigError(f"config file {source} has unknown top-level section(s) {', '.join(hints)}; the known ones are: {', '.join(known)}")
+
+
 def load_config(path: Path | None = None) -> dict[str, Any]:
-    """Return the packaged defaults merged with the user's config file (if any)."""
+    """Return the packaged defaults merged with the user's config file (if any).
+
+    A top-level key that is not a known section (:data:`SECTIONS`) or common key is a
+    :class:`ConfigError`.
+    """
     config = _read_yaml(DEFAULT_CONFIG_PATH)
     if path is not None:
-        config = _deep_merge(config, _read_yaml(Path(path)))
+        user = _read_yaml(Path(path))
+        check_sections(user, path)
+        config = _deep_merge(config, user)
     return config
 
 
@@ -78,6 +120,8 @@ def section(config: dict[str, Any], name: str, model: type[S], overrides: dict[s
     given" and do not override. Top-level common keys (e.g. ``seed``) fill fields of the same
     name that the section leaves unset.
     """
+    if name not in SECTIONS:
+        raise ConfigError(f"config section '{name}' is not registered in core.config.SECTIONS; add it there")
     values: dict[str, Any] = {}
     for key in COMMON_KEYS:
         if key in model.model_fields and config.get(key) is not None:
