@@ -20,9 +20,18 @@ from core.schemas import INTERACTIONS, ITEMS, REJECTS
 from core.tables import read_table
 from pipeline.ingest import (
     META_READER,
+    GzipChunks,
     IngestSettings,
+    InputError,
+    LineBlock,
     LineSlice,
     RecordRejected,
+    SourceFile,
+    StreamEnd,
+    cut_lines,
+    domain_from_name,
+    expand_inputs,
+    gzip_blocks_ahead,
     meta_values,
     parse_meta_block,
     parse_price,
@@ -31,17 +40,6 @@ from pipeline.ingest import (
     resolve_sources,
     run_ingest,
     strip_html,
-)
-from pipeline.readers import (
-    GzipChunks,
-    InputError,
-    LineBlock,
-    SourceFile,
-    StreamEnd,
-    cut_lines,
-    domain_from_name,
-    expand_inputs,
-    gzip_blocks_ahead,
 )
 
 REVIEW_KEYS = ["rating", "title", "text", "images", "asin", "parent_asin", "user_id", "timestamp", "helpful_vote", "verified_purchase"]
@@ -396,13 +394,14 @@ def test_truncated_gzip_tail_is_reported_and_complete_lines_are_kept(tmp_path):
     path.write_bytes(whole[: len(whole) * 2 // 3])
     gz = SourceFile(str(path), str(path), "reviews", 0, "gzip", path.stat().st_size)
     chunks = list(GzipChunks(gz, chunk_size=1024))
-    assert chunks[-1] == StreamEnd("truncated_gzip")
+    assert chunks[-1] == StreamEnd("truncated_gzip", path.stat().st_size)
     blocks = list(cut_lines(chunks, gz, 1, 4096, MAX_LINE))
     parsed = [parse_review_block(b, MAX_LINE) for b in blocks]
     kept = sum(p.table.num_rows for p in parsed)
     rejects = [r for p in parsed for r in p.rejects.to_pylist()]
     assert 50 < kept < 200
     assert [(r["line"], r["reason"]) for r in rejects] == [(kept + 1, "truncated_gzip")]
+    assert rejects[0]["raw"].startswith(f"[truncated_gzip at byte {path.stat().st_size:,} of the compressed file] ")
 
     def stream(raw: bytes) -> list[bytes | StreamEnd]:
         path = tmp_path / "stream.jsonl.gz"
@@ -411,10 +410,13 @@ def test_truncated_gzip_tail_is_reported_and_complete_lines_are_kept(tmp_path):
 
     one, two = gzip.compress(jsonl([review(1)])), gzip.compress(jsonl([review(2)]))
     assert b"".join(stream(one + two + b"\x00" * 64)) == jsonl([review(1), review(2)])  # members, zero padding
-    assert stream(one + b"trailing garbage")[-1] == StreamEnd("corrupt_gzip")
+    garbage = stream(one + b"trailing garbage")
+    assert b"".join(garbage[:-1]) == jsonl([review(1)])
+    assert garbage[-1].reason == "corrupt_gzip" and garbage[-1].offset == len(one) + 1  # zlib reads the 2-byte magic at once
     damaged = bytearray(gzip.compress(jsonl([review(i) for i in range(50)]), mtime=0))
     damaged[len(damaged) // 2 : len(damaged) // 2 + 8] = b"\xff" * 8
-    assert stream(bytes(damaged))[-1] == StreamEnd("corrupt_gzip")
+    end = stream(bytes(damaged))[-1]
+    assert isinstance(end, StreamEnd) and end.reason == "corrupt_gzip" and len(damaged) // 2 <= end.offset < len(damaged)
 
 
 def test_gzip_blocks_prepared_ahead_equal_the_plain_cut_and_stop_cleanly(tmp_path):
