@@ -35,6 +35,8 @@ class Reply:
     raw: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    usage: Any = None
+    """Replaces the completion's ``usage`` object when set (a null or inflated usage)."""
 
 
 Script = Callable[[int, dict[str, Any]], Reply | None]
@@ -91,8 +93,16 @@ def _is_judge(body: dict[str, Any]) -> bool:
 class LoopbackOpenAI:
     """The server; use as a context manager. ``base_url`` goes to the client's ``base_url``."""
 
-    def __init__(self, script: Script | None = None, latency_s: float = 0.0, batch_polls_before_done: int = 1):
+    def __init__(
+        self,
+        script: Script | None = None,
+        latency_s: float = 0.0,
+        batch_polls_before_done: int = 1,
+        batch_output_edit: Callable[[list[str]], list[str]] | None = None,
+    ):
         self.script = script
+        self.batch_output_edit = batch_output_edit
+        """Rewrites a finished batch's output lines (JSONL) before they are stored: bad records."""
         self.latency_s = latency_s
         self.batch_polls_before_done = batch_polls_before_done
         self.lock = threading.Lock()
@@ -160,6 +170,8 @@ class LoopbackOpenAI:
                 "total_tokens": prompt_chars // 4 + len(content or reply.refusal or "") // 4,
             },
         }
+        if reply.usage is not None:
+            completion["usage"] = reply.usage
         return 200, completion, reply.headers, reply.delay_s + self.latency_s
 
     # -- batches ------------------------------------------------------------------------
@@ -193,6 +205,8 @@ class LoopbackOpenAI:
             if status == 200:
                 with self.lock:
                     self.answered_keys.append(messages_key(request["body"]))
+        if self.batch_output_edit is not None:
+            outputs = self.batch_output_edit(outputs)
         if outputs:
             batch["output_file_id"] = self._store_file(("\n".join(outputs) + "\n").encode(), "output.jsonl", "batch_output")["id"]
         if errors:
