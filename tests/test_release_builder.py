@@ -1,0 +1,163 @@
+"""The streaming release builder writes the in-memory builder's release, partition by partition.
+
+Run folders come from ``tests/release_runs.py``. The reference is the in-memory builder
+(``load_domains`` + ``write_data``): the streaming builder must write byte-identical data files
+(same row order, schema, shards and checksums) and give the card the same statistics, however
+the sequences are partitioned and whether its tasks run in this process or on a Dask cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from release_runs import make_run
+from test_dask_cluster import scheduler_address  # noqa: F401  (the real scheduler + workers fixture)
+
+from core.tables import read_table, write_part
+from datacards.statistics import domain_statistics
+from release.builder import build_range, range_bounds, stream_release, user_sample
+from release.checksums import file_checksums, verify_release
+from release.layout import DomainSource, ReleaseError, check_domains, load_domains, write_data
+from release.loading import load_release
+from release.publish import ReleaseSettings, release_runs
+
+SHARD_ROWS = 10
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return [make_run(root, "Grocery_and_Gourmet_Food", users=60), make_run(root, "Office_Products", users=23)]
+
+
+@pytest.fixture(scope="module")
+def reference(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """The in-memory builder's data files and domains."""
+    out = tmp_path_factory.mktemp("reference") / "v"
+    domains = load_domains(runs)
+    write_data(domains, out, SHARD_ROWS)
+    return out, domains
+
+
+def data_checksums(folder: Path) -> dict[str, str]:
+    return {name: info["sha256"] for name, info in file_checksums(folder).items() if name.startswith("data/")}
+
+
+def shuffled_copy(source: DomainSource, root: Path, parts: int) -> DomainSource:
+    """The same run with its sequences and filtered rows shuffled across ``parts`` part files (users interleaved)."""
+    copy = root / source.run.name
+    for table_name in ("sequences", "filtered", "items"):
+        table = read_table(source.run / table_name, table_name)
+        order = list(range(table.num_rows))
+        random.Random(7).shuffle(order)
+        table = table.take(pa.array(order))
+        step = -(-table.num_rows // parts)
+        (copy / table_name).mkdir(parents=True, exist_ok=True)
+        for index in range(parts):
+            write_part(table.slice(index * step, step), copy / table_name, index)
+    return DomainSource(copy, source.config, source.domain, source.stages, source.validation)
+
+
+def test_streamed_data_files_equal_the_in_memory_builders(runs, reference, tmp_path) -> None:
+    ref_dir, ref_domains = reference
+    out = tmp_path / "streamed"
+    domains = stream_release(check_domains(runs), out, SHARD_ROWS, partition_rows=7)
+    assert data_checksums(out) == data_checksums(ref_dir)
+    assert len(data_checksums(out)) > 10  # several shards per split, so shard cuts cross partitions
+    # The checksums the shard tasks returned are those of the files on disk.
+    on_disk = file_checksums(out)
+    assert all(on_disk[name] == info for domain in domains for name, info in domain.files.items())
+    assert {name for d in domains for name in d.files} == set(data_checksums(out))
+    for streamed, in_memory in zip(domains, ref_domains):
+        assert streamed.row_counts() == in_memory.row_counts()
+        assert streamed.train_without_rationale == in_memory.train_without_rationale > 0
+        assert all(streamed.splits[s].schema == in_memory.splits[s].schema for s in in_memory.splits)
+        assert streamed.items.num_rows == in_memory.items.num_rows
+        assert domain_statistics(streamed) == domain_statistics(in_memory)
+        assert streamed.row_statistics.first_rows == in_memory.row_statistics.first_rows
+    assert not any(p.name.endswith("-partitions") for p in tmp_path.iterdir())  # staging removed
+
+
+def test_release_rows_do_not_depend_on_how_the_input_is_partitioned(runs, reference, tmp_path) -> None:
+    ref_dir, ref_domains = reference
+    sources = [shuffled_copy(source, tmp_path / "shuffled", parts=5) for source in check_domains(runs)]
+    out = tmp_path / "streamed"
+    domains = stream_release(sources, out, SHARD_ROWS, partition_rows=11)
+    assert data_checksums(out) == data_checksums(ref_dir)
+    assert [domain_statistics(d) for d in domains] == [domain_statistics(d) for d in ref_domains]
+
+
+def test_streamed_release_runs_on_the_session_cluster(runs, reference, dask_client, tmp_path) -> None:
+    ref_dir, _ = reference
+    out = tmp_path / "streamed"
+    stream_release(check_domains(runs), out, SHARD_ROWS, partition_rows=9, client=dask_client)
+    assert data_checksums(out) == data_checksums(ref_dir)
+
+
+def test_user_ranges_hold_about_partition_rows_and_each_user_once(runs) -> None:
+    run = runs[0]
+    parts = sorted(str(p) for p in (run / "sequences").glob("*.parquet"))
+    stride = 2
+    bounds = range_bounds([user_sample(p, stride) for p in parts], stride, partition_rows=12)
+    lows, highs = [None, *bounds], [*bounds, None]
+    sizes, users = [], []
+    for index, (low, high) in enumerate(zip(lows, highs)):
+        result = build_range(str(run), low, high, str(run.parent / "ranges" / f"{index:05d}"))
+        sizes.append(sum(result.rows.values()) + result.train_without_rationale)
+        # Every user has a test row: the test file lists the range's users.
+        users.append(set(pq.read_table(run.parent / "ranges" / f"{index:05d}" / "test.parquet")["user_id"].to_pylist()))
+    total = read_table(run / "sequences", "sequences").num_rows
+    assert sum(sizes) == total  # every sequences row is in exactly one range
+    assert len(sizes) >= total // 12 - 1
+    assert max(sizes) <= 12 + 2 * stride + 3  # a range overshoots by at most a sample's rows and one user
+    assert all(not (a & b) for i, a in enumerate(users) for b in users[i + 1 :])
+
+
+def test_orphan_rationales_are_refused_by_the_streaming_builder_too(runs, tmp_path) -> None:
+    (source,) = check_domains(runs[:1])
+    copy = shuffled_copy(source, tmp_path / "orphan", parts=2)
+    sequences = read_table(copy.run / "sequences", "sequences")
+    annotated_user = read_table(copy.run / "filtered", "filtered")["user_id"][0]
+    kept = sequences.filter(pc.not_equal(sequences["user_id"], annotated_user))
+    for path in (copy.run / "sequences").glob("*.parquet"):
+        path.unlink()
+    write_part(kept, copy.run / "sequences", 0)
+    with pytest.raises(ReleaseError, match="1 rationale"):
+        stream_release([copy], tmp_path / "out", SHARD_ROWS, partition_rows=10)
+
+
+def test_release_runs_on_the_chain_client_publishes_a_verified_loadable_release(
+    runs, reference, dask_client, tmp_path, isolated_caches
+) -> None:
+    ref_dir, _ = reference
+    registry = tmp_path / "registry"
+    result = release_runs(runs, registry, ReleaseSettings(shard_rows=SHARD_ROWS, partition_rows=8), client=dask_client)
+    assert result.status == "released"
+    assert data_checksums(registry) == data_checksums(ref_dir)
+    assert verify_release(registry)["files"] == result.manifest["files"]
+    train = load_release(registry, "grocery", split="train", revision=result.tag)
+    assert len(train) == result.manifest["row_counts"]["grocery"]["train"]
+    assert json.loads((registry / "manifest.json").read_text())["row_counts"]["office"]["test"] == 23
+
+
+@pytest.mark.slow
+def test_release_runs_unchanged_on_a_multi_worker_scheduler_cluster(runs, reference, scheduler_address, tmp_path) -> None:  # noqa: F811
+    # A real `dask scheduler` with two `dask worker` processes (tests/test_dask_cluster.py), as `--scheduler` uses.
+    from distributed import Client
+
+    ref_dir, _ = reference
+    registry = tmp_path / "registry"
+    with Client(scheduler_address, timeout="30s") as client:
+        result = release_runs(runs, registry, ReleaseSettings(shard_rows=SHARD_ROWS, partition_rows=8), client=client)
+        prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+        workers = len(client.scheduler_info()["workers"])
+    assert result.status == "released" and workers == 2
+    assert {"user_sample", "build_range", "build_items", "write_shard_from"} <= set(prefixes)
+    assert data_checksums(registry) == data_checksums(ref_dir)
+    assert verify_release(registry)["files"] == result.manifest["files"]
