@@ -37,6 +37,7 @@ from pydantic import Field
 
 from core.cli_common import ConfigOpt, settings_for, user_errors
 from core.config import StageSettings
+from core.names import check_domain_name
 from core.progress import make_progress
 from core.stage import code_version
 
@@ -748,6 +749,7 @@ def _write_atomically(path: Path, use_gzip: bool, lines: Iterator[str]) -> int:
 
 def generate_domain(out_dir: Path, domain: str, settings: SampleSettings) -> DomainReport:
     """Write one domain's review and meta files; returns where they are and what they hold."""
+    check_domain_name(domain)  # it becomes a file name: nothing may escape out_dir
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = ".jsonl.gz" if settings.gzip else ".jsonl"

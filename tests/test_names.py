@@ -35,3 +35,18 @@ def test_distinct_domains_get_their_configs() -> None:
         "All_Beauty": "all_beauty",
     }
     assert config_name("Clothing, Shoes & Jewelry") == "clothing_shoes_jewelry"
+
+
+def test_rrec_sample_refuses_a_domain_that_would_write_outside_out(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("rrec")), "sample", "--out", str(out), "--domains", "../ESCAPED", "--users", "5"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "not allowed" in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("ESCAPED*")) and not list(out.glob("*"))
