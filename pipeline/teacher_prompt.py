@@ -20,7 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-PROMPT_VERSION = "teacher-v1"
+PROMPT_VERSION = "teacher-v2"
+"""v2: the rationale reasons forward, from the history's evidence to the target, whose title
+comes in the final sentence only (v1 let it open with the target)."""
 
 # Bounds that keep one prompt well under a few thousand tokens whatever the history length.
 MAX_TITLE_CHARS = 200
@@ -41,9 +43,12 @@ a title or review says otherwise.
 Answer with a single JSON object and nothing else, with exactly these keys:
 - "user_preferences": one or two sentences on the tastes the history shows (categories, \
 brands or stores, price level, how the shopper rates things).
-- "rationale": two to five sentences of step-by-step reasoning that links the target to \
-specific history items. Name every history item you rely on by its title in double quotes. \
-Mention no product other than history items and the target. Do not mention ASINs, URLs, \
+- "rationale": two to five sentences of step-by-step reasoning that runs forward, from the \
+history to the target: first state the evidence in the history (which items, stores, categories, \
+features, prices and ratings form a pattern), then reach the target only in the final sentence, \
+as the item this evidence leads to. Do not name the target or its title before the final \
+sentence. Name every history item you rely on by its title in double quotes. Mention no \
+product other than history items and the target. Do not mention ASINs, URLs, \
 e-mail addresses or phone numbers. Write in English.
 - "coherent": true if the history plausibly leads to the target, false if nothing in the \
 history connects to it.

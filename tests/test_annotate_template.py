@@ -56,11 +56,44 @@ def test_template_rationales_name_history_items_pass_the_filter_and_flag_incoher
 
     filtered = run_filter(run, FilterSettings(), dask_client)
     coherent_rows = 36 - len(incoherent_users)
-    assert filtered["rows_out"]["filtered"] >= 0.9 * coherent_rows
+    assert filtered["rows_out"]["filtered"] >= 0.9 * coherent_rows, filtered["rejects_by_reason"]
     assert filtered["rejects_by_reason"].get("annotator_incoherent") == len(incoherent_users)
     # Several phrasings, not one fixed sentence.
     first_sentences = {r["rationale"].split('"')[0] for r in annotations if r["coherent"]}
     assert len(first_sentences) >= 3
+
+
+SENTENCE_END = re.compile(r'(?<=[.!?])\s+(?=[A-Z"])')
+
+
+def test_template_rationales_reason_forward_and_name_the_target_only_at_the_end(tmp_path, dask_client):
+    run = tmp_path / "run"
+    rows = make_run(run, users=30)
+    run_annotate(run, AnnotateSettings(partition_rows=8), dask_client)
+    sequences = {(r["user_id"], r["split"]): r for r in rows}
+    coherent = [r for r in _table(run, "annotations") if r["coherent"]]
+    assert len(coherent) >= 20
+    for row in coherent:
+        sequence = sequences[(row["user_id"], row["split"])]
+        target = template.short_title(sequence["target"]["title"])
+        sentences = SENTENCE_END.split(row["rationale"])
+        assert len(sentences) >= 3, row["rationale"]
+        assert all(target not in sentence for sentence in sentences[:-1]), row["rationale"]
+        assert target in sentences[-1], row["rationale"]
+        # The evidence comes first: a history item is quoted before the target's title.
+        first_history = min(
+            row["rationale"].find(template.short_title(h["title"]))
+            for h in sequence["history"]
+            if template.short_title(h["title"]) in row["rationale"]
+        )
+        assert first_history < row["rationale"].find(target)
+
+
+def test_the_teacher_prompt_asks_for_forward_reasoning_under_a_new_version():
+    assert PROMPT_VERSION == "teacher-v2"
+    prompt = " ".join(SYSTEM_PROMPT.split())
+    assert "only in the final sentence" in prompt and "before the final sentence" in prompt
+    assert "first state the evidence in the history" in prompt
 
 
 def test_template_output_does_not_depend_on_partitioning_and_is_deterministic(tmp_path, dask_client):

@@ -4,7 +4,11 @@ For each history item it measures what the target shares with it: the deepest co
 the same store (brand), title and feature keywords, the price band, and whether the user rated
 it highly. The best-supported items (at most three) are named by title in a rationale assembled
 from several phrasings, chosen by a hash of (seed, user, target) so the wording varies across
-rows but never between runs. When nothing links the target to the history the answer is
+rows but never between runs.
+
+The rationale reasons forward, as a model decoding "rationale first" must: it states the
+evidence from the history first (stores, categories, shared words, prices, ratings) and reaches
+the item last. The target's title appears only in the final sentence. When nothing links the target to the history the answer is
 ``coherent=false`` with the reason, exactly like a teacher LLM's flag.
 """
 
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 
 from pipeline.teacher_prompt import ExampleContext, ItemFacts, TeacherAnswer
 
-TEMPLATE_VERSION = "template-v1"
+TEMPLATE_VERSION = "template-v2"
 MAX_NAMED_ITEMS = 3
 MAX_TITLE_WORDS = 14
 # Evidence weights: a shared store or a specific shared category says more than a shared word.
@@ -184,29 +188,29 @@ def _choice(options: tuple[str, ...], digest: bytes, slot: int) -> str:
 
 
 OPENERS = (
-    "The shopper's history points to {target}.",
-    "Looking at what this shopper bought before, {target} is a natural next step.",
-    "Several earlier purchases explain why {target} came next.",
-    "{target} fits the pattern of this shopper's recent purchases.",
+    "The shopper's history shows a clear pattern.",
+    "Several earlier purchases point the same way.",
+    "What this shopper bought before tells a consistent story.",
+    "The purchase history has a few strong threads.",
 )
 GROUP_SENTENCES = (
-    "{items} {verb_come} from {store}, the same store as the target{category_clause}.",
-    "Like the target, {items} {verb_come} from {store}{category_clause}.",
+    "{items} {verb_come} from {store}{category_clause}.",
+    "The shopper returned to {store} for {items}{category_clause}.",
     "{items} {verb_show} a steady habit of buying from {store}{category_clause}.",
 )
 CATEGORY_SENTENCES = (
-    "{items} {verb_sit} in the same {category} category as the target.",
-    "Like the target, {items} {verb_belong} to {category}.",
+    "{items} {verb_sit} in the {category} category.",
+    "With {items}, the shopper was already buying {category}.",
     "{items} already {verb_show} an interest in {category}.",
 )
 KEYWORD_SENTENCES = (
-    "{item} is the closest match: both are described by {words}.",
-    "The target is especially close to {item}, sharing {words}.",
-    "{item} and the target have {words} in common.",
+    "{item} stands out, described by {words}.",
+    "{item} is the closest thread, with {words}.",
+    "{item} is marked by {words}.",
 )
 PRICE_SENTENCES = (
-    "The price is also in the shopper's usual range ({band}).",
-    "It costs about what the earlier purchases did ({band}).",
+    "These purchases sit in the shopper's usual range ({band}).",
+    "The shopper usually spends {band} on such items.",
 )
 LIKED_SENTENCES = (
     "The shopper rated {item} {rating:g} out of 5, so more of the same is welcome.",
@@ -214,11 +218,27 @@ LIKED_SENTENCES = (
     "They gave {item} {rating:g} stars, a sign they would return to similar items.",
 )
 CLOSERS = (
-    "Together these make {target} a consistent continuation of the history.",
-    "So the target extends a preference the history already shows.",
-    "Buying {target} therefore follows from tastes shown earlier.",
-    "This is why {target} is a plausible next purchase.",
+    "An item that continues these threads is the natural next purchase, and {target} does: {link}.",
+    "Following this history to its next step leads to {target}, since {link}.",
+    "So the shopper went on to buy {target}: {link}.",
+    "This is why {target} is a plausible next purchase: {link}.",
 )
+
+
+def _link_clause(supporting: list[Link]) -> str:
+    """What the target shares with the history, said without naming either (the closer's reason)."""
+    shared = []
+    if any(link.same_store for link in supporting):
+        shared.append("the same store")
+    category = next((link.shared_category for link in supporting if link.shared_category), None)
+    if category:
+        shared.append(f"the {category} category")
+    words = next((link.shared_keywords for link in supporting if link.shared_keywords), ())
+    if words:
+        shared.append("the words " + " and ".join(f"'{w}'" for w in words[:2]))
+    if any(link.same_price_band for link in supporting):
+        shared.append("the same price range")
+    return f"it shares {_join(shared)} with these purchases" if shared else "it extends what these purchases show"
 
 
 def _quote(title: str) -> str:
@@ -264,10 +284,12 @@ def _evidence_sentences(supporting: list[Link], target: ItemFacts, digest: bytes
     by_category = [link for link in supporting if link.shared_category and not link.same_store]
     if by_store:
         category = by_store[0].shared_category
-        clause = f", in the same {category} category" if category else ""
+        clause = f", in the {category} category" if category else ""
         names = _join([_quote(link.item.title) for link in by_store])
         sentences.append(
-            _choice(GROUP_SENTENCES, digest, 1).format(items=names, store=target.store, category_clause=clause, **_verbs(len(by_store)))
+            _choice(GROUP_SENTENCES, digest, 1).format(
+                items=names, store=by_store[0].item.store, category_clause=clause, **_verbs(len(by_store))
+            )
         )
     if by_category:
         names = _join([_quote(link.item.title) for link in by_category])
@@ -299,16 +321,15 @@ def annotate(context: ExampleContext, seed: int) -> TeacherAnswer:
             if context.history
             else "the shopper has no history to explain the target"
         )
-        rationale = (
-            f"The recent history ({recent}) does not connect to {target}: {reason}, so the purchase cannot be explained from the history."
-        )
+        rationale = f"The recent history ({recent}) shows no thread that leads on to {target}: {reason}."
         return TeacherAnswer(
             user_preferences=preferences, rationale=rationale, coherent=False, incoherence_reason=reason.capitalize() + "."
         )
+    # Evidence first, the item last: the target's title is named in the closing sentence only.
     sentences = [
-        _choice(OPENERS, digest, 0).format(target=target),
+        _choice(OPENERS, digest, 0),
         *_evidence_sentences(supporting, context.target, digest),
-        _choice(CLOSERS, digest, 6).format(target=target),
+        _choice(CLOSERS, digest, 6).format(target=target, link=_link_clause(supporting)),
     ]
     rationale = " ".join(s[0].upper() + s[1:] for s in sentences)
     return TeacherAnswer(user_preferences=preferences, rationale=rationale, coherent=True, incoherence_reason=None)
