@@ -54,8 +54,8 @@ from pipeline.teacher_prompt import (
     STRUCTURED_RESPONSE_FORMAT,
     AnswerParseError,
     ExampleContext,
+    TeacherAnswer,
     build_messages,
-    data_document,
     parse_answer,
 )
 
@@ -125,13 +125,16 @@ class AnnotateSettings(ChatClientSettings):
 # -- per-partition work (runs on Dask workers; plain functions, testable without Dask) ------
 
 
-def template_request_hash(context: ExampleContext, seed: int, max_history: int) -> str:
-    """A stable id of a template annotation: what it saw and how it was phrased."""
-    payload = f"{template.TEMPLATE_VERSION}|{seed}|{context.user_id}|{data_document(context, max_history)}"
+def template_request_hash(context: ExampleContext, seed: int, answer: TeacherAnswer) -> str:
+    """A stable id of a template annotation: the example (version, seed, key, history items)
+    and the text written for it (building the prompt's JSON document for this cost a quarter
+    of the template's time)."""
+    parts = [template.TEMPLATE_VERSION, str(seed), *context.key, *(item.parent_asin for item in context.history)]
+    payload = "\x1f".join([*parts, answer.rationale, answer.user_preferences])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def template_rows(contexts: list[ExampleContext], seed: int, max_history: int) -> list[dict[str, Any]]:
+def template_rows(contexts: list[ExampleContext], seed: int) -> list[dict[str, Any]]:
     """Annotation rows of the template annotator for a list of contexts."""
     rows = []
     for context in contexts:
@@ -149,16 +152,16 @@ def template_rows(contexts: list[ExampleContext], seed: int, max_history: int) -
                 "prompt_version": template.TEMPLATE_VERSION,
                 "input_tokens": 0,
                 "output_tokens": 0,
-                "request_hash": template_request_hash(context, seed, max_history),
+                "request_hash": template_request_hash(context, seed, answer),
             }
         )
     return rows
 
 
-def annotate_partition_with_template(run_path: str, spec: PartitionSpec, seed: int, max_history: int) -> pa.Table:
+def annotate_partition_with_template(run_path: str, spec: PartitionSpec, seed: int) -> pa.Table:
     """The template annotations of one partition."""
     contexts = load_partition_contexts(Path(run_path), spec)
-    return pa.Table.from_pylist(template_rows(contexts, seed, max_history), schema=ANNOTATIONS)
+    return pa.Table.from_pylist(template_rows(contexts, seed), schema=ANNOTATIONS)
 
 
 @dataclass(frozen=True)
@@ -261,9 +264,9 @@ def _dry_run_report(settings: AnnotateSettings, prepared: list[PreparedPartition
     }
 
 
-def template_partition_to_part(run_path: str, spec: PartitionSpec, seed: int, max_history: int, folder: str) -> int:
+def template_partition_to_part(run_path: str, spec: PartitionSpec, seed: int, folder: str) -> int:
     """Annotate one partition with the template and write its part file; returns its rows."""
-    table = annotate_partition_with_template(run_path, spec, seed, max_history)
+    table = annotate_partition_with_template(run_path, spec, seed)
     write_part(table, Path(folder), spec.index, ANNOTATIONS)
     return table.num_rows
 
@@ -345,10 +348,7 @@ class AnnotateStage(Stage[AnnotateSettings]):
         done = ctx.out.done_parts("annotations")
         todo = [spec for spec in specs if part_name(spec.index) not in done]
         futures = [
-            ctx.client.submit(
-                template_partition_to_part, str(ctx.run.path), spec, settings.seed, settings.max_prompt_history, str(folder), pure=False
-            )
-            for spec in todo
+            ctx.client.submit(template_partition_to_part, str(ctx.run.path), spec, settings.seed, str(folder), pure=False) for spec in todo
         ]
         gather_with_progress(futures, "annotating (template)")
         rows_out = pads.dataset(str(folder), format="parquet").count_rows() if specs else 0

@@ -14,6 +14,7 @@ the item last. The target's title appears only in the final sentence. When nothi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -89,17 +90,23 @@ def price_band(price: float | None) -> str | None:
     return "over $100"
 
 
-def keywords(item: ItemFacts) -> set[str]:
+@functools.lru_cache(maxsize=1 << 17)
+def _content_words(title: str, features: tuple[str, ...], store: str) -> frozenset[str]:
+    # Cached: an item recurs in many histories of a partition (its words were most of the
+    # template's time), and the texts are the key, so the cache cannot go stale.
+    text = " ".join([title, *features]).lower()
+    store_words = set(_WORD.findall(store.lower()))
+    return frozenset({w.strip("'-") for w in _WORD.findall(text)} - STOPWORDS - store_words)
+
+
+def keywords(item: ItemFacts) -> frozenset[str]:
     """Content words of an item's title and features (lower case, no filler or store words)."""
-    text = " ".join([item.title, *item.features]).lower()
-    store_words = set(_WORD.findall((item.store or "").lower()))
-    return {w.strip("'-") for w in _WORD.findall(text)} - STOPWORDS - store_words
+    return _content_words(item.title, item.features, item.store or "")
 
 
-def title_keywords(item: ItemFacts) -> set[str]:
+def title_keywords(item: ItemFacts) -> frozenset[str]:
     """Content words of the title alone (store name excluded: it is evidence of its own)."""
-    store_words = set(_WORD.findall((item.store or "").lower()))
-    return {w.strip("'-") for w in _WORD.findall(item.title.lower())} - STOPWORDS - store_words
+    return _content_words(item.title, (), item.store or "")
 
 
 def short_title(title: str) -> str:
@@ -146,6 +153,7 @@ def _join(words: list[str]) -> str:
     return ", ".join(words[:-1]) + " and " + words[-1]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _common_category_depth(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[int, str | None]:
     depth = 0
     for left, right in zip(a, b, strict=False):
