@@ -3,6 +3,10 @@
 Every annotation row ends in exactly one of ``filtered`` (kept) or ``filter_rejects`` (with the
 first reason that applies, in this order):
 
+``too_many_characters`` ... ``prompt_injection``  hostile text in the rationale or the user
+                        preferences (:mod:`pipeline.text_rules`: length in characters, overlong
+                        words, control or invisible characters, event handlers, scripts, markup,
+                        phrases aimed at a model)
 ``unparsable_output``   the model did not answer with the requested JSON (``coherent`` is null)
 ``refusal``             the answer is a refusal ("I'm sorry, I can't ...")
 ``annotator_incoherent`` the annotator itself flagged the pairing as incoherent
@@ -12,18 +16,27 @@ first reason that applies, in this order):
                         or user preferences)
 ``leaks_target_asin``   the target's ASIN appears in the text
 ``not_english``         mostly non-Latin letters, or too few English function words
+``unknown_example``     no sequences row has this key (the sequences changed since annotation)
 ``unknown_product``     a quoted product name that is neither a history item nor the target
 ``not_grounded``        names no history item and no history attribute (store, category)
-``unknown_example``     no sequences row has this key (the sequences changed since annotation)
+``target_first``        names the target before any history item or attribute (the reasoning
+                        should run from the history to the item)
 
-Counts per reason go to the manifest (``rejects_by_reason``) for the data card.
+Counts per reason go to the manifest (``rejects_by_reason``) for the data card, with
+``target_first_share`` (target-first rejects over rows in).
+
+:func:`reject_reason` is the per-row reference. A partition is filtered by
+:func:`reject_reasons`: the same rules in the same order, with the regex families screened for
+the whole column at once (RE2 in pyarrow) so a row runs only the rules that can fire, and the
+contexts loaded once per partition by the shared loader; a test pins it to the reference.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +53,38 @@ from core.progress import gather_with_progress
 from core.protocol import Stage, StageContext
 from core.schemas import ANNOTATIONS, FILTER_REJECTS, FILTERED
 from core.stage import RunDir
-from core.tables import dataset, part_name, parts, read_table, write_part
-from pipeline.annotators.context import CONTEXT_COLUMNS, contexts_from_rows, read_item_facts
+from core.tables import part_name, parts, read_table, write_part
+from pipeline.annotators.context import KEY_COLUMNS, load_contexts_for_keys
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import ExampleContext
+from pipeline.text_rules import (
+    EMAIL,
+    HOSTILE_REASONS,
+    MAX_CHARS,
+    MAX_WORD_CHARS,
+    MAY_BE_HOSTILE_RE2,
+    MAY_HOLD_EMAIL_RE2,
+    MAY_HOLD_PHONE_RE2,
+    MAY_HOLD_URL_RE2,
+    MAY_REFUSE_RE2,
+    PHONE,
+    QUOTED,
+    REFUSAL,
+    URL,
+    hostile_text_reason,
+    is_english,
+    is_grounded,
+    matches_title,
+    names_target_first,
+)
+
+__all__ = ["QUOTED", "REASONS", "FilterSettings", "matches_title", "reject_reason", "reject_reasons", "run_filter"]
 
 log = logging.getLogger(__name__)
 
 STAGE = "filter"
 REASONS = (
+    *HOSTILE_REASONS,
     "unparsable_output",
     "refusal",
     "annotator_incoherent",
@@ -60,98 +96,10 @@ REASONS = (
     "contains_phone",
     "leaks_target_asin",
     "not_english",
+    "unknown_example",
     "unknown_product",
     "not_grounded",
-    "unknown_example",
-)
-
-REFUSAL = re.compile(
-    r"\b(?:i'?m sorry|i am sorry|i apologi[sz]e|i (?:can(?:no|')t|am unable to|'m unable to|won'?t) "
-    r"(?:help|assist|provide|comply|do that|fulfil)|as an ai\b|i must decline)",
-    re.IGNORECASE,
-)
-URL = re.compile(r"(?:https?://|www\.)\S+|\b[a-z0-9-]+\.(?:com|net|org|io|co|us|uk|de|info|biz)\b(?:/\S*)?", re.IGNORECASE)
-EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
-PHONE = re.compile(r"(?<![\w$.])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}(?![\w.])")
-QUOTED = re.compile(r"[\"“”]([^\"“”]{3,200})[\"“”]")
-LETTERS = re.compile(r"[^\W\d_]+")
-NORMALISE = re.compile(r"[^a-z0-9]+")
-ENGLISH_FUNCTION_WORDS = frozenset(
-    [
-        "the",
-        "a",
-        "an",
-        "and",
-        "or",
-        "but",
-        "of",
-        "to",
-        "in",
-        "on",
-        "at",
-        "for",
-        "with",
-        "from",
-        "by",
-        "as",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "they",
-        "them",
-        "their",
-        "he",
-        "she",
-        "his",
-        "her",
-        "so",
-        "both",
-        "also",
-        "than",
-        "more",
-        "most",
-        "same",
-        "which",
-        "who",
-        "has",
-        "have",
-        "had",
-        "not",
-        "no",
-        "can",
-        "will",
-        "would",
-        "should",
-        "could",
-        "into",
-        "like",
-        "because",
-        "since",
-        "while",
-        "then",
-        "there",
-        "here",
-        "all",
-        "any",
-        "each",
-        "other",
-        "such",
-        "only",
-        "very",
-        "just",
-        "same",
-        "before",
-        "after",
-    ]
+    "target_first",
 )
 
 
@@ -160,70 +108,44 @@ class FilterSettings(StageSettings):
 
     min_words: int = Field(12, ge=1)
     max_words: int = Field(400, ge=1)
+    max_chars: int = Field(MAX_CHARS, ge=1, description="Longest rationale or user preferences, in characters.")
+    max_word_chars: int = Field(MAX_WORD_CHARS, ge=1, description="Longest run of characters without whitespace.")
     min_function_word_ratio: float = Field(0.12, ge=0, le=1)
     max_non_ascii_letter_ratio: float = Field(0.3, ge=0, le=1)
     min_product_overlap: float = Field(0.6, gt=0, le=1)
 
 
-def _normalise(text: str) -> str:
-    return NORMALISE.sub(" ", text.lower()).strip()
+@dataclass(frozen=True)
+class Screen:
+    """Which regex families may fire on a row (all of them unless a pre-screen proved otherwise)."""
+
+    hostile: bool = True
+    refusal: bool = True
+    email: bool = True
+    url: bool = True
+    phone: bool = True
 
 
-def _tokens(text: str) -> list[str]:
-    return _normalise(text).split()
+FULL_SCREEN = Screen()
 
 
-def matches_title(mention: str, titles: list[str], min_overlap: float) -> bool:
-    """Whether a quoted mention names one of ``titles`` (prefix, substring or word overlap)."""
-    mention_norm = _normalise(mention)
-    if not mention_norm:
-        return True
-    mention_tokens = set(mention_norm.split())
-    for title in titles:
-        title_norm = _normalise(title)
-        if not title_norm:
-            continue
-        if mention_norm in title_norm or (len(title_norm) >= 8 and title_norm in mention_norm):
-            return True
-        if len(mention_tokens & set(title_norm.split())) >= min_overlap * len(mention_tokens):
-            return True
-    return False
+def reject_reason(
+    row: dict[str, Any], context: ExampleContext | None, settings: FilterSettings, screen: Screen = FULL_SCREEN
+) -> str | None:
+    """The first rule an annotation row breaks (see the module docstring), or None to keep it.
 
-
-def is_english(text: str, settings: FilterSettings) -> bool:
-    """Latin script and enough English function words outside quoted titles."""
-    prose = QUOTED.sub(" ", text)
-    letters = "".join(LETTERS.findall(prose))
-    if letters and sum(not ch.isascii() for ch in letters) / len(letters) > settings.max_non_ascii_letter_ratio:
-        return False
-    words = _tokens(prose)
-    if len(words) < 8:
-        return True  # too little prose to judge; length rules handle very short texts
-    return sum(w in ENGLISH_FUNCTION_WORDS for w in words) / len(words) >= settings.min_function_word_ratio
-
-
-def is_grounded(rationale: str, context: ExampleContext, settings: FilterSettings) -> bool:
-    """Names a history item (quoted or by its first words) or a history store/category."""
-    history_titles = [item.title for item in context.history if item.title]
-    if any(matches_title(m, history_titles, settings.min_product_overlap) for m in QUOTED.findall(rationale)):
-        return True
-    text = f" {_normalise(rationale)} "
-    for item in context.history:
-        lead = " ".join(_tokens(item.title)[:4])
-        if len(lead) >= 8 and f" {lead} " in text:
-            return True
-        attributes = [item.store or "", *item.categories[1:]]
-        if any(len(a) >= 3 and f" {_normalise(a)} " in text for a in attributes):
-            return True
-    return False
-
-
-def reject_reason(row: dict[str, Any], context: ExampleContext | None, settings: FilterSettings) -> str | None:
-    """The first rule an annotation row breaks (see the module docstring), or None to keep it."""
+    ``screen`` lets :func:`reject_reasons` skip regex families its column-wide pre-screen
+    ruled out; the default runs every rule (the reference).
+    """
     rationale = row.get("rationale") or ""
+    for text in (rationale, row.get("user_preferences")):
+        hostile = hostile_text_reason(text, max_chars=settings.max_chars, max_word_chars=settings.max_word_chars, patterns=screen.hostile)
+        if hostile is not None:
+            return hostile
+    refusal = screen.refusal and REFUSAL.search(rationale) is not None
     if row.get("coherent") is None:
-        return "refusal" if REFUSAL.search(rationale) else "unparsable_output"
-    if REFUSAL.search(rationale):
+        return "refusal" if refusal else "unparsable_output"
+    if refusal:
         return "refusal"
     if row["coherent"] is False:
         return "annotator_incoherent"
@@ -236,30 +158,37 @@ def reject_reason(row: dict[str, Any], context: ExampleContext | None, settings:
         return "too_long"
     released_text = f"{rationale}\n{row.get('user_preferences') or ''}"
     # E-mail before URL: the domain of an address would also match the URL rule.
-    if EMAIL.search(released_text):
+    if screen.email and EMAIL.search(released_text):
         return "contains_email"
-    if URL.search(released_text):
+    if screen.url and URL.search(released_text):
         return "contains_url"
-    if PHONE.search(released_text):
+    if screen.phone and PHONE.search(released_text):
         return "contains_phone"
     if row["target_parent_asin"] and row["target_parent_asin"].lower() in rationale.lower():
         return "leaks_target_asin"
-    if not is_english(rationale, settings):
+    if not is_english(rationale, settings.min_function_word_ratio, settings.max_non_ascii_letter_ratio):
         return "not_english"
+    return _context_reason(rationale, context, settings)
+
+
+def _context_reason(rationale: str, context: ExampleContext | None, settings: FilterSettings) -> str | None:
     if context is None:
         return "unknown_example"
+    overlap = settings.min_product_overlap
     known_titles = [item.title for item in context.history] + [context.target.title]
-    if any(not matches_title(m, known_titles, settings.min_product_overlap) for m in QUOTED.findall(rationale)):
+    if any(not matches_title(m, known_titles, overlap) for m in QUOTED.findall(rationale)):
         return "unknown_product"
-    if not is_grounded(rationale, context, settings):
+    if not is_grounded(rationale, context, overlap):
         return "not_grounded"
+    if names_target_first(rationale, context, overlap):
+        return "target_first"
     return None
 
 
 def filter_rows(
     rows: list[dict[str, Any]], contexts: dict[tuple[str, str, str], ExampleContext], settings: FilterSettings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split annotation rows into kept rows and rejected rows (with ``reason``)."""
+    """Split annotation rows into kept rows and rejected rows (with ``reason``): the reference."""
     kept, rejected = [], []
     for row in rows:
         key = (row["user_id"], row["split"], row["target_parent_asin"])
@@ -271,22 +200,57 @@ def filter_rows(
     return kept, rejected
 
 
-def _contexts_for(run_path: Path, annotations: pa.Table) -> dict[tuple[str, str, str], ExampleContext]:
-    users = sorted(set(annotations.column("user_id").to_pylist()))
-    sequences = dataset(run_path / "sequences", "sequences").to_table(columns=CONTEXT_COLUMNS, filter=pc.field("user_id").isin(users))
-    wanted = set(zip(*(annotations.column(c).to_pylist() for c in ("user_id", "split", "target_parent_asin")), strict=True))
-    rows = [r for r in sequences.to_pylist() if (r["user_id"], r["split"], r["target"]["parent_asin"]) in wanted]
-    asins = [item["parent_asin"] for row in rows for item in row["history"] or []]
-    catalog = read_item_facts(run_path, asins)
-    return {context.key: context for context in contexts_from_rows(rows, catalog, {})}
+def _may_match(texts: list[pa.ChunkedArray], pattern: str) -> list[bool]:
+    """Per row: whether ``pattern`` (RE2) matches any of ``texts``, or a text is not ASCII."""
+    filled = [pc.fill_null(text, "") for text in texts]
+    hits = [pc.or_(pc.invert(pc.string_is_ascii(text)), pc.match_substring_regex(text, pattern)) for text in filled]
+    return functools.reduce(pc.or_, hits).to_pylist()
+
+
+def screens(annotations: pa.Table) -> list[Screen]:
+    """The pre-screen of every row: which regex families can fire on it (one RE2 pass per family)."""
+    rationale, preferences = annotations.column("rationale"), annotations.column("user_preferences")
+    families = zip(
+        _may_match([rationale, preferences], MAY_BE_HOSTILE_RE2),
+        _may_match([rationale], MAY_REFUSE_RE2),
+        _may_match([rationale, preferences], MAY_HOLD_EMAIL_RE2),
+        _may_match([rationale, preferences], MAY_HOLD_URL_RE2),
+        _may_match([rationale, preferences], MAY_HOLD_PHONE_RE2),
+        strict=True,
+    )
+    return [FULL_SCREEN if all(flags) else Screen(*flags) for flags in families]
+
+
+def reject_reasons(
+    annotations: pa.Table, contexts: dict[tuple[str, str, str], ExampleContext], settings: FilterSettings
+) -> list[str | None]:
+    """The reject reason of every row of an annotations table (None: kept), equal to :func:`reject_reason`."""
+    columns = ["rationale", "user_preferences", "coherent", *KEY_COLUMNS]
+    values = {name: annotations.column(name).to_pylist() for name in columns}
+    rows = [dict(zip(columns, row, strict=True)) for row in zip(*values.values(), strict=True)]
+    return [
+        reject_reason(row, contexts.get((row["user_id"], row["split"], row["target_parent_asin"])), settings, screen)
+        for row, screen in zip(rows, screens(annotations), strict=True)
+    ]
 
 
 def filter_partition(run_path: str, annotations_file: str, settings: FilterSettings) -> tuple[pa.Table, pa.Table]:
-    """Filter one annotations part file: (kept rows, rejected rows)."""
+    """Filter one annotations part file: (kept rows, rejected rows), both in input order."""
     annotations = pads.dataset(annotations_file, format="parquet", schema=ANNOTATIONS).to_table()
-    contexts = _contexts_for(Path(run_path), annotations) if annotations.num_rows else {}
-    kept, rejected = filter_rows(annotations.to_pylist(), contexts, settings)
-    return pa.Table.from_pylist(kept, schema=FILTERED), pa.Table.from_pylist(rejected, schema=FILTER_REJECTS)
+    contexts = load_contexts_for_keys(Path(run_path), annotations) if annotations.num_rows else {}
+    reasons = pa.array(reject_reasons(annotations, contexts, settings), type=pa.string())
+    kept_mask = pc.is_null(reasons)
+    kept = annotations.filter(kept_mask).cast(FILTERED)
+    rejected = annotations.append_column("reason", reasons).filter(pc.invert(kept_mask))
+    return kept, _bounded(rejected, settings).cast(FILTER_REJECTS)
+
+
+def _bounded(rejected: pa.Table, settings: FilterSettings) -> pa.Table:
+    """Rejected rows with their texts cut to ``max_chars`` characters (a 10 MB answer is not kept whole)."""
+    for name in ("rationale", "user_preferences"):
+        index = rejected.schema.get_field_index(name)
+        rejected = rejected.set_column(index, name, pc.utf8_slice_codeunits(rejected.column(name), 0, settings.max_chars))
+    return rejected
 
 
 class FilterStage(Stage[FilterSettings]):
@@ -317,6 +281,7 @@ class FilterStage(Stage[FilterSettings]):
             rows_out={"filtered": kept_rows, "filter_rejects": rows_in - kept_rows},
             rejects_by_reason=dict(reasons),
             keep_rate=round(kept_rows / rows_in, 4) if rows_in else None,
+            target_first_share=round(reasons["target_first"] / rows_in, 4) if rows_in else None,
             resumed_parts=len(files) - len(todo),
         )
         log.info("filter: kept %d of %d rationale(s); rejects by reason: %s", kept_rows, rows_in, dict(reasons))

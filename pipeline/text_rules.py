@@ -25,8 +25,11 @@ count as what they look like. Benign prose passes: ``4 < 5 stars``, a product na
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+
+from pipeline.teacher_prompt import ExampleContext, ItemFacts
 
 MAX_CHARS = 4000
 """Default character ceiling: ``max_words`` (400) words of ten characters each."""
@@ -88,16 +91,33 @@ PROMPT_INJECTION = re.compile(
 )
 _WHITESPACE_RUN = re.compile(r"\S+")
 
+# Pre-screens in RE2 syntax (pyarrow.compute, one call per column). For an ASCII text each is a
+# superset of its rules: no match proves the rules cannot fire, so a row can skip them. A
+# non-ASCII text is always checked in full (Unicode case folding, NFKC, Unicode \s and \d).
+_WS = r"[\t-\r\x1c-\x20]"  # what Python's \s matches among ASCII characters
+MAY_BE_HOSTILE_RE2 = (
+    rf"(?i)[<&=\[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|s{_WS}*c{_WS}*r{_WS}*i{_WS}*p{_WS}*t{_WS}*:|data|document|window|eval"
+    rf"|fromcharcode|alert|ignore|disregard|forget|override|bypass|skip|you{_WS}+are{_WS}+now|from{_WS}+now|system|developer"
+    rf"|jailbr|anything|instruction|reveal|print|repeat|show|pretend|act{_WS}+as|user{_WS}*:|assistant"
+)
+MAY_REFUSE_RE2 = r"(?i)sorry|apologi|cannot|can't|unable|won'?t|as an ai|must decline"
+MAY_HOLD_EMAIL_RE2 = "@"
+MAY_HOLD_URL_RE2 = r"(?i)https?://|www\.|\.(?:com|net|org|io|co|us|uk|de|info|biz)"
+MAY_HOLD_PHONE_RE2 = rf"[0-9]{{3}}(?:{_WS}|[.-])[0-9]{{4}}"
+
 
 def _longest_word(text: str) -> int:
     return max((len(word) for word in _WHITESPACE_RUN.findall(text)), default=0)
 
 
-def hostile_text_reason(text: str | None, *, max_chars: int = MAX_CHARS, max_word_chars: int = MAX_WORD_CHARS) -> str | None:
+def hostile_text_reason(
+    text: str | None, *, max_chars: int = MAX_CHARS, max_word_chars: int = MAX_WORD_CHARS, patterns: bool = True
+) -> str | None:
     """The first hostile-text rule ``text`` breaks (see the module docstring), or None.
 
     ``None`` and empty text break none (emptiness is the caller's rule). The returned code is
-    registered in ``core/reasons.py`` for stage ``filter``.
+    registered in ``core/reasons.py`` for stage ``filter``. ``patterns=False`` skips the
+    character and pattern rules: only for a text that :data:`MAY_BE_HOSTILE_RE2` proved clean.
     """
     if not text:
         return None
@@ -105,6 +125,8 @@ def hostile_text_reason(text: str | None, *, max_chars: int = MAX_CHARS, max_wor
         return "too_many_characters"
     if _longest_word(text) > max_word_chars:
         return "overlong_word"
+    if not patterns:
+        return None
     if CONTROL.search(text):
         return "control_characters"
     if INVISIBLE.search(text):
@@ -128,3 +150,206 @@ def hostile_answer_reason(*texts: str | None, max_chars: int = MAX_CHARS, max_wo
         if reason is not None:
             return reason
     return None
+
+
+# -- grounding rules: the text against the example's history and target -----------------------
+
+REFUSAL = re.compile(
+    r"\b(?:i'?m sorry|i am sorry|i apologi[sz]e|i (?:can(?:no|')t|am unable to|'m unable to|won'?t) "
+    r"(?:help|assist|provide|comply|do that|fulfil)|as an ai\b|i must decline)",
+    re.IGNORECASE,
+)
+URL = re.compile(r"(?:https?://|www\.)\S+|\b[a-z0-9-]+\.(?:com|net|org|io|co|us|uk|de|info|biz)\b(?:/\S*)?", re.IGNORECASE)
+EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
+PHONE = re.compile(r"(?<![\w$.])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}(?![\w.])")
+QUOTED = re.compile(r"[\"“”]([^\"“”]{3,200})[\"“”]")
+LETTERS = re.compile(r"[^\W\d_]+")
+NORMALISE = re.compile(r"[^a-z0-9]+")
+ENGLISH_FUNCTION_WORDS = frozenset(
+    [
+        "the",
+        "a",
+        "an",
+        "and",
+        "or",
+        "but",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "from",
+        "by",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "they",
+        "them",
+        "their",
+        "he",
+        "she",
+        "his",
+        "her",
+        "so",
+        "both",
+        "also",
+        "than",
+        "more",
+        "most",
+        "same",
+        "which",
+        "who",
+        "has",
+        "have",
+        "had",
+        "not",
+        "no",
+        "can",
+        "will",
+        "would",
+        "should",
+        "could",
+        "into",
+        "like",
+        "because",
+        "since",
+        "while",
+        "then",
+        "there",
+        "here",
+        "all",
+        "any",
+        "each",
+        "other",
+        "such",
+        "only",
+        "very",
+        "just",
+        "before",
+        "after",
+    ]
+)
+
+
+def normalise(text: str) -> str:
+    """Lower-case letters and digits, every other run of characters one space."""
+    return NORMALISE.sub(" ", text.lower()).strip()
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def title_facts(title: str) -> tuple[str, frozenset[str], str]:
+    """A title's normal form, its word set and its lead (first four words); cached per title."""
+    norm = normalise(title)
+    words = norm.split()
+    return norm, frozenset(words), " ".join(words[:4])
+
+
+def _overlap(mention_norm: str, mention_words: set[str], title: str) -> float:
+    """How well a quoted mention names ``title``: 1.0 for a substring match, else the word overlap."""
+    title_norm, title_words, _ = title_facts(title)
+    if not title_norm:
+        return 0.0
+    if mention_norm in title_norm or (len(title_norm) >= 8 and title_norm in mention_norm):
+        return 1.0
+    return len(mention_words & title_words) / len(mention_words)
+
+
+def matches_title(mention: str, titles: list[str], min_overlap: float) -> bool:
+    """Whether a quoted mention names one of ``titles`` (prefix, substring or word overlap)."""
+    mention_norm = normalise(mention)
+    if not mention_norm:
+        return True
+    mention_words = set(mention_norm.split())
+    return any(_overlap(mention_norm, mention_words, title) >= min_overlap for title in titles)
+
+
+def is_english(text: str, min_function_word_ratio: float, max_non_ascii_letter_ratio: float) -> bool:
+    """Latin script and enough English function words outside quoted titles."""
+    prose = QUOTED.sub(" ", text)
+    if not prose.isascii():
+        letters = "".join(LETTERS.findall(prose))
+        if letters and sum(not ch.isascii() for ch in letters) / len(letters) > max_non_ascii_letter_ratio:
+            return False
+    words = normalise(prose).split()
+    if len(words) < 8:
+        return True  # too little prose to judge; length rules handle very short texts
+    return sum(w in ENGLISH_FUNCTION_WORDS for w in words) / len(words) >= min_function_word_ratio
+
+
+def _attributes(item: ItemFacts) -> list[str]:
+    return [a for a in (item.store or "", *item.categories[1:]) if len(a) >= 3]
+
+
+def is_grounded(rationale: str, context: ExampleContext, min_overlap: float) -> bool:
+    """Names a history item (quoted or by its first words) or a history store/category."""
+    history_titles = [item.title for item in context.history if item.title]
+    if any(matches_title(m, history_titles, min_overlap) for m in QUOTED.findall(rationale)):
+        return True
+    text = f" {normalise(rationale)} "
+    for item in context.history:
+        lead = title_facts(item.title)[2]
+        if len(lead) >= 8 and f" {lead} " in text:
+            return True
+        if any(f" {normalise(a)} " in text for a in _attributes(item)):
+            return True
+    return False
+
+
+def _norm_position(text: str, index: int) -> int:
+    """Where ``text[index]`` falls in ``f" {NORMALISE.sub(' ', text.lower())} "`` (a phrase found there starts at its space)."""
+    return len(NORMALISE.sub(" ", text[:index].lower()))
+
+
+def names_target_first(rationale: str, context: ExampleContext, min_overlap: float) -> bool:
+    """Whether the rationale names the target before any history item or history attribute.
+
+    Positions are compared in the normalised text. A quoted mention counts for the target when
+    it names the target better than every history item (a tie counts for the history); the
+    target's lead (first four words) counts unless a history item has the same lead. Evidence
+    is a quoted history item, a history item's lead, or a history store or category found
+    outside the target's own mentions (a store inside the target's title is not evidence). A
+    rationale that never names the target is not target-first.
+    """
+    padded = f" {NORMALISE.sub(' ', rationale.lower())} "
+    history_titles = [item.title for item in context.history if item.title]
+    target_spans: list[tuple[int, int]] = []
+    evidence_at: list[int] = []
+    for match in QUOTED.finditer(rationale):
+        mention_norm = normalise(match.group(1))
+        if not mention_norm:
+            continue
+        words = set(mention_norm.split())
+        target_score = _overlap(mention_norm, words, context.target.title)
+        history_score = max((_overlap(mention_norm, words, t) for t in history_titles), default=0.0)
+        if target_score >= min_overlap and target_score > history_score:
+            target_spans.append((_norm_position(rationale, match.start()), _norm_position(rationale, match.end())))
+        elif history_score >= min_overlap:
+            evidence_at.append(_norm_position(rationale, match.start()))
+    history_leads = {title_facts(t)[2] for t in history_titles}
+    target_lead = title_facts(context.target.title)[2]
+    if len(target_lead) >= 8 and target_lead not in history_leads and (found := padded.find(f" {target_lead} ")) >= 0:
+        target_spans.append((found, found + len(target_lead) + 1))
+    if not target_spans:
+        return False
+    first_target = min(start for start, _ in target_spans)
+    phrases = {lead for lead in history_leads if len(lead) >= 8}
+    phrases |= {normalise(a) for item in context.history for a in _attributes(item)}
+    for phrase in phrases:
+        found = padded.find(f" {phrase} ")
+        while found >= 0 and any(start <= found < end for start, end in target_spans):
+            found = padded.find(f" {phrase} ", found + 1)
+        if found >= 0:
+            evidence_at.append(found)
+    return first_target < min(evidence_at, default=len(padded))

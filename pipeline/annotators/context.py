@@ -89,7 +89,7 @@ def read_item_facts(run_path: Path, asins: list[str]) -> dict[str, dict[str, Any
         return {}
     rows = items.to_table(
         columns=["parent_asin", "categories", "store", "price", "features", "main_category"],
-        filter=pc.field("parent_asin").isin(sorted(set(asins))),
+        filter=pc.field("parent_asin").isin(pa.array(sorted(set(asins)), type=pa.string())),
     ).to_pylist()
     return {row["parent_asin"]: row for row in rows}
 
@@ -160,3 +160,55 @@ def load_contexts(run_path: Path, sequences: pa.Table) -> list[ExampleContext]:
 def load_partition_contexts(run_path: Path, spec: PartitionSpec) -> list[ExampleContext]:
     """Contexts of one planned partition."""
     return load_contexts(run_path, read_partition(spec))
+
+
+KEY_COLUMNS = ["user_id", "split", "target_parent_asin"]
+"""The columns that name an example in annotation, filter and judge tables."""
+
+
+def sequences_for_keys(run_path: Path, keys: pa.Table) -> pa.Table:
+    """The sequences rows (context columns) of the examples named by ``keys``.
+
+    ``keys`` holds :data:`KEY_COLUMNS` (extra columns are ignored; duplicates are fine). Only
+    the users in ``keys`` are read (an ``isin`` filter pushed down to Parquet, so row groups of
+    other users are skipped by their statistics); the rows of other splits and targets of those
+    users are dropped by a join, not a Python loop.
+    """
+    users = pc.unique(keys.column("user_id"))
+    sequences = dataset(run_path / "sequences", "sequences").to_table(columns=CONTEXT_COLUMNS, filter=pc.field("user_id").isin(users))
+    located = pa.table(
+        {
+            "user_id": sequences.column("user_id"),
+            "split": sequences.column("split"),
+            "target_parent_asin": pc.struct_field(sequences.column("target"), "parent_asin"),
+            "_row": pa.array(range(sequences.num_rows), type=pa.int64()),
+        }
+    )
+    wanted = keys.select(KEY_COLUMNS).group_by(KEY_COLUMNS).aggregate([])
+    rows = located.join(wanted, KEY_COLUMNS, join_type="inner").column("_row")
+    return sequences.take(rows.take(pc.sort_indices(rows)))
+
+
+def load_contexts_for_keys(run_path: Path, keys: pa.Table, review_titles: bool = False) -> dict[tuple[str, str, str], ExampleContext]:
+    """Example contexts of the examples named by ``keys``, by key: the one loader of filter and judge.
+
+    Per partition and cheap: the users' sequences rows (:func:`sequences_for_keys`) and the
+    catalog facts of their items (:func:`read_item_facts`), plus the users' own review titles
+    when ``review_titles`` (the filter and the judge do not show them). A key with no sequences
+    row has no entry: the caller decides what a missing context means.
+    """
+    sequences = sequences_for_keys(Path(run_path), keys)
+    if sequences.num_rows == 0:
+        return {}
+    rows = sequences.to_pylist()
+    asins = pc.unique(
+        pa.concat_arrays(
+            [
+                pc.struct_field(pc.list_flatten(sequences.column("history")), "parent_asin").combine_chunks(),
+                pc.struct_field(sequences.column("target"), "parent_asin").combine_chunks(),
+            ]
+        )
+    ).to_pylist()
+    catalog = read_item_facts(Path(run_path), asins)
+    titles = read_review_titles(Path(run_path), pc.unique(sequences.column("user_id")).to_pylist()) if review_titles else {}
+    return {context.key: context for context in contexts_from_rows(rows, catalog, titles)}
