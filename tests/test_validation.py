@@ -379,12 +379,12 @@ def test_planted_defect_fails_exactly_its_expectation(defect: str, tmp_path: Pat
     run = RunDir(tmp_path / "run")
     summary = validate_table(run, table, dask_client, suite_parameters(run, ValidateSettings()), examples=3)
 
-    failed = {e["name"] for e in summary["expectations"] if e["success"] is False}
+    failed = {e.name for e in summary.expectations if e.success is False}
     assert failed == {defect}
-    entry = next(e for e in summary["expectations"] if e["name"] == defect)
-    assert entry["unexpected_count"] >= 1
-    assert entry["unexpected_examples"], "a failure must show at least one offending value or key"
-    assert summary["success"] is (entry["severity"] != "critical")
+    entry = next(e for e in summary.expectations if e.name == defect)
+    assert entry.unexpected_count >= 1
+    assert entry.unexpected_examples, "a failure must show at least one offending value or key"
+    assert summary.success is (entry.severity != "critical")
 
 
 def test_part_file_with_a_wrong_column_type_fails_the_schema_check(tmp_path: Path, dask_client) -> None:
@@ -397,10 +397,10 @@ def test_part_file_with_a_wrong_column_type_fails_the_schema_check(tmp_path: Pat
 
     summary = validate_table(run, "interactions", dask_client, suite_parameters(run, ValidateSettings()), examples=3)
 
-    schema_check = summary["expectations"][0]
-    assert schema_check["name"] == "interactions_columns_match_schema" and schema_check["success"] is False
-    assert schema_check["unexpected_examples"][0]["unexpected_types"] == {"timestamp": "string"}
-    assert all(e["success"] is None for e in summary["expectations"][2:]), "row checks must not run on a wrong schema"
+    schema_check = summary.expectations[0]
+    assert schema_check.name == "interactions_columns_match_schema" and schema_check.success is False
+    assert schema_check.unexpected_examples[0]["unexpected_types"] == {"timestamp": "string"}
+    assert all(e.success is None for e in summary.expectations[2:]), "row checks must not run on a wrong schema"
 
 
 def test_max_history_zero_means_whole_histories(tmp_path: Path, dask_client) -> None:
@@ -413,7 +413,7 @@ def test_max_history_zero_means_whole_histories(tmp_path: Path, dask_client) -> 
 
     summary = validate_table(run, "sequences", dask_client, suite_parameters(run, ValidateSettings()), examples=3)
 
-    assert summary["all_passed"], [e for e in summary["expectations"] if not e["success"]]
+    assert summary.all_passed, [e for e in summary.expectations if not e.success]
 
 
 def test_good_run_passes_every_suite(good_run: Path, dask_client) -> None:

@@ -28,10 +28,6 @@ def _flat_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Stru
     return lengths, values, parents
 
 
-def _strings(array: pa.Array) -> np.ndarray:
-    return np.asarray(array.to_pylist(), dtype=object)
-
-
 def _shared_codes(*arrays: pa.Array) -> list[np.ndarray]:
     """Integer codes of string arrays in one shared dictionary, so equal strings get equal codes.
 
@@ -59,8 +55,8 @@ def _rows_flagged(n_rows: int, rows: np.ndarray) -> np.ndarray:
     return flagged
 
 
-def sequence_row_checks(table: pa.Table) -> pd.DataFrame:
-    """One row per sequence with the scalar columns the ``sequences`` suite checks.
+def sequence_check_columns(table: pa.Table) -> pa.Table:
+    """One row per sequence with the scalar columns the ``sequences`` suite checks (Arrow).
 
     Columns: ``user_id``, ``split``, ``target_parent_asin``, ``target_timestamp``,
     ``history_length``, ``candidate_count`` and the booleans ``history_chronological``,
@@ -108,15 +104,14 @@ def sequence_row_checks(table: pa.Table) -> pd.DataFrame:
     in_history = pc.is_in(pa.array(candidate_keys), value_set=pa.array(history_keys)).to_numpy(zero_copy_only=False)
     candidates_not_in_history = ~_rows_flagged(n_rows, candidate_row[in_history])
 
-    target_asin = _strings(target_asin_array)
-    user_id = _strings(table.column("user_id").combine_chunks())
-    split = _strings(table.column("split").combine_chunks())
-    return pd.DataFrame(
+    user_id = table.column("user_id").combine_chunks()
+    split = table.column("split").combine_chunks()
+    return pa.table(
         {
             "user_id": user_id,
             "split": split,
-            "target_parent_asin": target_asin,
-            "target_timestamp": pd.array(target_ts_raw.to_pylist(), dtype="Int64"),
+            "target_parent_asin": target_asin_array.cast(pa.string()),
+            "target_timestamp": target_ts_raw.cast(pa.int64()),
             "history_length": history_length,
             "candidate_count": candidate_count,
             "history_chronological": chronological,
@@ -129,16 +124,27 @@ def sequence_row_checks(table: pa.Table) -> pd.DataFrame:
     )
 
 
-def evaluation_keys(user_id: np.ndarray, split: np.ndarray) -> np.ndarray:
-    """``user_id|split`` for validation and test rows, None for train rows (GX skips nulls)."""
-    return np.array([f"{u}|{s}" if s in EVALUATION_SPLITS else None for u, s in zip(user_id, split, strict=True)], dtype=object)
+def sequence_row_checks(table: pa.Table) -> pd.DataFrame:
+    """:func:`sequence_check_columns` as the pandas frame GX's pandas engine checks."""
+    return sequence_check_columns(table).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+
+
+def evaluation_keys(user_id: pa.Array, split: pa.Array) -> pa.Array:
+    """``user_id|split`` for validation and test rows, null for train rows (checks skip nulls).
+
+    A missing user id reads ``None`` in the key, as Python's f-string would write it.
+    """
+    joined = pc.binary_join_element_wise(
+        user_id.cast(pa.string()), split.cast(pa.string()), "|", null_handling="replace", null_replacement="None"
+    )
+    evaluation = pc.fill_null(pc.is_in(split, value_set=pa.array(EVALUATION_SPLITS)), False)
+    return pc.if_else(evaluation, joined, pa.scalar(None, pa.string()))
 
 
 def evaluation_key_frame(table: pa.Table) -> pd.DataFrame:
     """The ``evaluation_key`` column alone, from a table with ``user_id`` and ``split``."""
-    user_id = _strings(table.column("user_id").combine_chunks())
-    split = _strings(table.column("split").combine_chunks())
-    return pd.DataFrame({"evaluation_key": evaluation_keys(user_id, split)})
+    keys = evaluation_keys(table.column("user_id").combine_chunks(), table.column("split").combine_chunks())
+    return pd.DataFrame({"evaluation_key": keys.to_numpy(zero_copy_only=False)})
 
 
 def evaluation_rows(table: pa.Table) -> pd.DataFrame:
@@ -146,21 +152,16 @@ def evaluation_rows(table: pa.Table) -> pd.DataFrame:
     split = table.column("split")
     keep = pc.is_in(split, value_set=pa.array(EVALUATION_SPLITS))
     rows = table.filter(pc.fill_null(keep, False))
-    history = rows.column("history").combine_chunks()
-    asins = pc.struct_field(pc.list_flatten(history), "parent_asin").to_pylist()
-    lengths = pc.list_value_length(history).fill_null(0).to_pylist()
-    joined, start = [], 0
-    for length in lengths:
-        joined.append(ASIN_SEPARATOR.join(a or "" for a in asins[start : start + length]))
-        start += length
+    lengths, history, _ = _flat_lists(rows.column("history"))
+    asins = pc.fill_null(pc.struct_field(history, "parent_asin").cast(pa.string()), "")
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), type=pa.int32())
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, asins), ASIN_SEPARATOR)
     return pd.DataFrame(
         {
-            "user_id": np.asarray(rows.column("user_id").to_pylist(), dtype=object),
-            "split": np.asarray(rows.column("split").to_pylist(), dtype=object),
-            "history_asins": np.asarray(joined, dtype=object),
-            "target_parent_asin": np.asarray(
-                pc.struct_field(rows.column("target").combine_chunks(), "parent_asin").to_pylist(), dtype=object
-            ),
+            "user_id": rows.column("user_id").to_numpy(),
+            "split": rows.column("split").to_numpy(),
+            "history_asins": joined.to_numpy(zero_copy_only=False),
+            "target_parent_asin": pc.struct_field(rows.column("target").combine_chunks(), "parent_asin").to_numpy(zero_copy_only=False),
         }
     )
 

@@ -1,17 +1,25 @@
-"""Run the suites of :mod:`validation.suites` over a run folder with Dask.
+"""Stage ``validate``: check every table of a run folder against its suite, on the Dask cluster.
 
-GX has no Dask engine, so the work is split the way the data is:
+The suites (:mod:`validation.suites`, checked in as JSON) hold built-in GX expectations, each
+with a severity and a scope. How they are computed:
 
-- ``row`` expectations run with GX's pandas data source on each partition (one Parquet part
-  file) inside a Dask task, one ephemeral GX context per task; the per-partition results are
-  merged (counts summed, the first few unexpected examples kept, in partition order);
-- ``table`` expectations need the whole table and are computed with Dask (keys grouped across
-  partitions, validation rows joined with test rows per user) or from Parquet footers (columns,
-  row counts), then reported in the same result format.
+- ``row`` expectations: one Dask task per part file evaluates them on the partition's columns
+  (derived columns for the lists of ``sequences``, :mod:`validation.derived`) with vectorised
+  Arrow kernels (:mod:`validation.row_checks`; ``row_engine: gx`` runs GX's pandas engine
+  instead, :mod:`validation.gx_checks`, the reference both are tested against); the
+  per-partition results are merged (counts summed, the first examples kept in partition order);
+- ``table`` expectations: from the Parquet footers or a map-reduce over futures
+  (:mod:`validation.whole_table`).
 
-The ``validate`` stage writes ``validation/summary.json`` (the file ``rrec release`` reads:
-``critical_failures`` and ``success`` are its contract), one GX validation result per suite in
-``validation/results/`` and the GX Data Docs site in ``validation/data_docs/``.
+The stage writes ``validation/summary.json`` (:class:`validation.summary.ValidationSummary`;
+``rrec release`` reads ``success`` and ``critical_failures``), one GX validation result per
+suite in ``validation/results/`` and the Data Docs site in ``validation/data_docs/``
+(:mod:`validation.report`). Its upstream chain names the outputs it checked (``ingest``'s
+``interactions`` and ``items``, and ``sequences``' and ``filter``'s tables when they exist), so
+a table changed after validation makes the validation stale and a release is refused.
+
+Importing this module does not import Great Expectations: the default engine never needs it,
+and the report imports it when it renders.
 """
 
 from __future__ import annotations
@@ -19,53 +27,42 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import operator
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
-import pyarrow.types as pat
-from distributed import Client
+from pydantic import Field
 
 from core.config import StageSettings
 from core.progress import gather_with_progress
+from core.protocol import Stage, StageContext, StageResult
+from core.records import EARLIEST_TIMESTAMP_MS, latest_timestamp_ms
 from core.stage import RunDir, StageError, code_version, hash_path
 from core.tables import parts
-from validation.derived import (
-    compare_validation_with_test,
-    evaluation_key_frame,
-    evaluation_rows,
-    pair_validation_with_test,
-    sequence_row_checks,
-)
-from validation.suites import (
-    CRITICAL,
-    EARLIEST_PLAUSIBLE_TIMESTAMP_MS,
-    INDEX_COLUMNS,
+from validation.row_checks import check_part
+from validation.spec import (
+    COMPUTED_BY_GX,
+    COMPUTED_BY_RREC,
     ROW_SCOPE,
-    SCHEMAS,
     TABLE_SCOPE,
+    TABLE_STAGE,
     TABLES,
-    expectations_from_json,
     load_suite_json,
+    substitute_parameters,
     suite_file,
 )
+from validation.summary import ExpectationSummary, SuiteSummary, ValidationSummary, merge_results
+from validation.whole_table import footer_check, submit_whole_table_checks
 
 log = logging.getLogger(__name__)
 
 STAGE = "validate"
 OUTPUT = "validation"
 SUMMARY_FILE = "summary.json"
-DATA_DOCS_DIR = "data_docs"
-RESULTS_DIR = "results"
 # Used when the run's manifest lacks the sequences settings (DESIGN.md defaults).
 DEFAULT_MAX_HISTORY = 50
 DEFAULT_NUM_NEGATIVES = 99
 UNBOUNDED_HISTORY = 2**31 - 1
+COLUMNS_CHECK = "expect_table_columns_to_match_ordered_list"
 
 
 class ValidateSettings(StageSettings):
@@ -76,11 +73,15 @@ class ValidateSettings(StageSettings):
     rationale_min_chars: int = 20
     # The filter keeps up to 400 words; 4000 characters leave room for long words.
     rationale_max_chars: int = 4000
+    row_engine: Literal["arrow", "gx"] = Field(
+        "arrow", description="Who computes the row expectations: vectorised Arrow kernels (fast) or GX's pandas engine (the reference)."
+    )
 
 
-def suite_parameters(run: RunDir, settings: ValidateSettings) -> dict[str, Any]:
+def suite_parameters(run: RunDir, settings: ValidateSettings, now_ms: int | None = None) -> dict[str, Any]:
     """Values of the suites' ``$PARAMETER`` placeholders for this run.
 
+    The timestamp window is :mod:`core.records`' (ingest enforces the same one).
     ``max_history`` and ``num_negatives`` come from the config recorded by the sequences stage
     in the run's manifest, so the checks follow the run rather than the defaults.
     """
@@ -92,11 +93,9 @@ def suite_parameters(run: RunDir, settings: ValidateSettings) -> dict[str, Any]:
             DEFAULT_MAX_HISTORY,
             DEFAULT_NUM_NEGATIVES,
         )
-    now_ms = int(time.time() * 1000)
     return {
-        "earliest_timestamp_ms": EARLIEST_PLAUSIBLE_TIMESTAMP_MS,
-        # One day of slack for clock skew between the machine that wrote the data and this one.
-        "latest_timestamp_ms": now_ms + 24 * 3600 * 1000,
+        "earliest_timestamp_ms": EARLIEST_TIMESTAMP_MS,
+        "latest_timestamp_ms": latest_timestamp_ms(now_ms),
         # With every prefix as a train target (official rules), the first one has no history.
         "min_history": 0 if sequences_config.get("train_targets") == "all" else settings.min_history,
         # max_history 0 keeps whole histories (sequences stage): no upper bound then.
@@ -107,510 +106,141 @@ def suite_parameters(run: RunDir, settings: ValidateSettings) -> dict[str, Any]:
     }
 
 
-# -- one partition, inside a Dask task ----------------------------------------------------------
-def row_frame(table: str, part: str) -> pd.DataFrame:
-    """The scalar columns GX checks for one part file (derived columns for ``sequences``)."""
-    arrow = pq.read_table(part)
-    if table == "sequences":
-        return sequence_row_checks(arrow)
-    # GX only sees scalar columns; list columns (categories, features) have no expectations.
-    scalar = [f.name for f in arrow.schema if not pat.is_nested(f.type)]
-    return arrow.select(scalar).to_pandas()
-
-
-def _gx_context() -> Any:
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
-
-    config = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        analytics_enabled=False,
-        progress_bars=ProgressBarsConfig(globally=False),
-    )
-    return gx.get_context(mode="ephemeral", project_config=config)
-
-
-def _examples(result: dict[str, Any], limit: int) -> list[Any]:
-    indexed = result.get("partial_unexpected_index_list") or []
-    if indexed and isinstance(indexed[0], dict):
-        return indexed[:limit]
-    return list(result.get("partial_unexpected_list") or [])[:limit]
-
-
-def _exception_message(info: dict[str, Any]) -> str | None:
-    """The message of an exception GX caught, whether reported flat or per metric."""
-    if "raised_exception" in info:
-        return info.get("exception_message") if info["raised_exception"] else None
-    nested = [_exception_message(v) for v in info.values() if isinstance(v, dict)]
-    return next((m for m in nested if m), None)
-
-
-def validate_frame(
-    frame: pd.DataFrame, table: str, suite: dict[str, Any], parameters: dict[str, Any], examples: int
-) -> dict[str, dict[str, Any]]:
-    """Run the ``row`` expectations of ``suite`` on one partition; results keyed by expectation name.
-
-    Pure apart from GX itself: one ephemeral GX context for the whole partition.
-    """
-    import great_expectations as gx
-
-    context = _gx_context()
-    batch_definition = context.data_sources.add_pandas(table).add_dataframe_asset(table).add_batch_definition_whole_dataframe("partition")
-    gx_suite = context.suites.add(gx.ExpectationSuite(name=table, expectations=expectations_from_json(suite, scope=ROW_SCOPE)))
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=table, data=batch_definition, suite=gx_suite))
-    index_columns = [c for c in INDEX_COLUMNS[table] if c in frame.columns]
-    outcome = definition.run(
-        batch_parameters={"dataframe": frame},
-        expectation_parameters=parameters,
-        result_format={"result_format": "SUMMARY", "partial_unexpected_count": examples, "unexpected_index_column_names": index_columns},
-    )
-    results: dict[str, dict[str, Any]] = {}
-    for result in outcome.results:
-        config = result.expectation_config
-        details = result.result or {}
-        results[config.meta["name"]] = {
-            "success": bool(result.success),
-            "kwargs": {k: v for k, v in config.kwargs.items() if k != "batch_id"},
-            "element_count": int(details.get("element_count", len(frame))),
-            "unexpected_count": int(details.get("unexpected_count") or 0),
-            "missing_count": int(details.get("missing_count") or 0),
-            "examples": _examples(details, examples),
-            "error": _exception_message(result.exception_info or {}),
-        }
-    return results
-
-
-def validate_part(part: str, table: str, suite: dict[str, Any], parameters: dict[str, Any], examples: int) -> dict[str, dict[str, Any]]:
-    """Dask task: read one part file, derive its scalar columns, run the row expectations."""
-    return validate_frame(row_frame(table, part), table, suite, parameters, examples)
-
-
-def merge_partition_results(per_partition: list[dict[str, dict[str, Any]]], examples: int) -> dict[str, dict[str, Any]]:
-    """Combine the per-partition results of each expectation into one table-wide result."""
-    merged: dict[str, dict[str, Any]] = {}
-    for partition in per_partition:
-        for name, result in partition.items():
-            total = merged.setdefault(
-                name,
-                {
-                    "success": True,
-                    "kwargs": result["kwargs"],
-                    "element_count": 0,
-                    "unexpected_count": 0,
-                    "missing_count": 0,
-                    "examples": [],
-                    "error": None,
-                },
-            )
-            total["success"] = total["success"] and result["success"]
-            for count in ("element_count", "unexpected_count", "missing_count"):
-                total[count] += result[count]
-            total["examples"] = (total["examples"] + result["examples"])[:examples]
-            total["error"] = total["error"] or result["error"]
-    return merged
-
-
-# -- whole-table expectations ------------------------------------------------------------------
-# Whole-table checks are a map-reduce over Dask futures: each part file is reduced to small
-# per-key frames split into hash buckets, and one task per bucket sees every row of its keys.
-# Futures of plain functions are used rather than dask.dataframe collections because shipping
-# dask-expr graphs to the scheduler hits a race in dask's expression deduplication
-# ("Error during deserialization of the task graph") often enough to fail runs.
-MAX_BUCKETS = 64
-
-
-def key_frame(part: str, table: str, columns: list[str]) -> pd.DataFrame:
-    """The key columns of one part file (derived ones included).
-
-    Arrow-backed dtypes keep an integer key an integer in every partition, with or without
-    nulls, so equal keys hash alike wherever they are.
-    """
-    if table == "sequences" and columns == ["evaluation_key"]:
-        return evaluation_key_frame(pq.read_table(part, columns=["user_id", "split"]))
-    if table == "sequences":
-        return row_frame(table, part)[columns]
-    return pq.read_table(part, columns=columns).to_pandas(types_mapper=pd.ArrowDtype)
-
-
-def _bucket_of(keys: pd.DataFrame, buckets: int) -> np.ndarray:
-    return (pd.util.hash_pandas_object(keys.astype("string"), index=False).to_numpy() % buckets).astype(np.int64)
-
-
-def key_count_buckets(part: str, table: str, columns: list[str], buckets: int) -> list[pd.DataFrame]:
-    """Map step: how often each key occurs in one part file, split into hash buckets."""
-    keys = key_frame(part, table, columns)
-    # GX ignores a row only when every key column is missing; do the same.
-    keys = keys.dropna(how="all", subset=columns)
-    counts = keys.groupby(columns, dropna=False, sort=False).size().rename("rows").reset_index()
-    bucket = _bucket_of(counts[columns], buckets)
-    return [counts[bucket == b] for b in range(buckets)]
-
-
-def repeated_keys(pieces: list[pd.DataFrame], columns: list[str], examples: int) -> tuple[int, int, pd.DataFrame]:
-    """Reduce step: (rows checked, rows whose key repeats, first repeated keys) of one bucket."""
-    counts = pd.concat(pieces, ignore_index=True).groupby(columns, dropna=False)["rows"].sum().reset_index()
-    repeated = counts[counts["rows"] > 1]
-    return int(counts["rows"].sum()), int(repeated["rows"].sum()), repeated.sort_values(columns).head(examples)
-
-
-def evaluation_row_buckets(part: str, buckets: int) -> list[pd.DataFrame]:
-    """Map step: the validation and test rows of one sequences part file, bucketed by user."""
-    rows = evaluation_rows(pq.read_table(part, columns=["user_id", "split", "history", "target"]))
-    bucket = _bucket_of(rows[["user_id"]], buckets)
-    return [rows[bucket == b] for b in range(buckets)]
-
-
-def compare_bucket(
-    pieces: list[pd.DataFrame], max_history: int, columns: list[str], examples: int
-) -> dict[str, tuple[int, int, pd.DataFrame]]:
-    """Reduce step: per flag column, (users checked, users failing, first failing users) of one bucket."""
-    flags = compare_validation_with_test(pair_validation_with_test(pd.concat(pieces, ignore_index=True)), max_history)
-    out = {}
-    for column in columns:
-        failing = flags.loc[~flags[column], ["user_id"]]
-        out[column] = (len(flags), len(failing), failing.sort_values("user_id").head(examples))
-    return out
-
-
-def _submit_bucketed_reduce(client: Client, mapped: list[Any], buckets: int, reducer: Any, **reducer_kwargs: Any) -> list[Any]:
-    """Send bucket ``b`` of every mapped partition to one ``reducer`` task; one future per bucket."""
-    return [
-        client.submit(reducer, [client.submit(operator.getitem, m, b, pure=False) for m in mapped], pure=False, **reducer_kwargs)
-        for b in range(buckets)
-    ]
-
-
-def _merge_buckets(per_bucket: list[tuple[int, int, pd.DataFrame]], examples: int) -> dict[str, Any]:
-    checked = sum(b[0] for b in per_bucket)
-    unexpected = sum(b[1] for b in per_bucket)
-    first = pd.concat([b[2] for b in per_bucket], ignore_index=True)
-    return _result(unexpected == 0, checked, unexpected, _records(first, examples))
-
-
-@dataclass
-class WholeTableChecks:
-    """Submitted whole-table checks: reduce futures per check, collected with :meth:`results`."""
-
-    uniqueness: dict[str, tuple[dict[str, Any], list[Any]]]
-    cross_row: dict[str, tuple[str, dict[str, Any]]]
-    cross_row_futures: list[Any]
-
-    def results(self, table: str, examples: int) -> dict[str, dict[str, Any]]:
-        names = list(self.uniqueness)
-        futures = [f for name in names for f in self.uniqueness[name][1]] + self.cross_row_futures
-        done = iter(gather_with_progress(futures, f"checking {table} across partitions"))
-        results = {}
-        for name in names:
-            kwargs, bucket_futures = self.uniqueness[name]
-            per_bucket = [next(done) for _ in bucket_futures]
-            results[name] = {**_merge_buckets(per_bucket, examples), "kwargs": kwargs}
-        cross_row_buckets = list(done)
-        for column, (name, kwargs) in self.cross_row.items():
-            results[name] = {**_merge_buckets([b[column] for b in cross_row_buckets], examples), "kwargs": kwargs}
-        return results
-
-
-def submit_whole_table_checks(
-    client: Client, table: str, parts_: list[str], expectations: list[dict[str, Any]], parameters: dict[str, Any], examples: int
-) -> WholeTableChecks:
-    """Start the table-scope expectations that need the data (key uniqueness, validation vs test rows)."""
-    buckets = max(1, min(len(parts_), MAX_BUCKETS))
-    uniqueness: dict[str, tuple[dict[str, Any], list[Any]]] = {}
-    cross_row: dict[str, tuple[str, dict[str, Any]]] = {}
-    for expectation in expectations:
-        kind, kwargs, name = expectation["type"], expectation["kwargs"], expectation["meta"]["name"]
-        if kind in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"):
-            columns = [kwargs["column"]] if "column" in kwargs else list(kwargs["column_list"])
-            mapped = client.map(key_count_buckets, parts_, table=table, columns=columns, buckets=buckets, pure=False)
-            uniqueness[name] = (kwargs, _submit_bucketed_reduce(client, mapped, buckets, repeated_keys, columns=columns, examples=examples))
-        elif kind == "expect_column_values_to_be_in_set":
-            cross_row[kwargs["column"]] = (name, kwargs)
-    cross_row_futures = []
-    if cross_row:
-        mapped = client.map(evaluation_row_buckets, parts_, buckets=buckets, pure=False)
-        cross_row_futures = _submit_bucketed_reduce(
-            client, mapped, buckets, compare_bucket, max_history=parameters["max_history"], columns=list(cross_row), examples=examples
-        )
-    return WholeTableChecks(uniqueness, cross_row, cross_row_futures)
-
-
-def _footer_checks(table: str, parts_: list[str], expectation: dict[str, Any]) -> dict[str, Any] | None:
-    """Columns and row counts come from the Parquet footers, without reading any data."""
-    kind, kwargs = expectation["type"], expectation["kwargs"]
-    if kind == "expect_table_columns_to_match_ordered_list":
-        declared = SCHEMAS[table]
-        wrong = []
-        for part in parts_:
-            found = pq.read_schema(part)
-            if found.names != kwargs["column_list"]:
-                wrong.append({"file": Path(part).name, "columns": found.names})
-                continue
-            # Names alone would let e.g. a string timestamp through; the Arrow types must agree too.
-            types = {f.name: str(f.type) for f in found if not f.type.equals(declared.field(f.name).type)}
-            if types:
-                wrong.append({"file": Path(part).name, "columns": found.names, "unexpected_types": types})
-        observed = wrong[0]["columns"] if wrong else kwargs["column_list"]
-        return _result(not wrong, len(parts_), len(wrong), wrong, observed_value=observed)
-    if kind == "expect_table_row_count_to_be_between":
-        rows = sum(pq.read_metadata(part).num_rows for part in parts_)
-        low, high = kwargs.get("min_value"), kwargs.get("max_value")
-        ok = (low is None or rows >= low) and (high is None or rows <= high)
-        return _result(ok, rows, 0 if ok else 1, [] if ok else [{"observed_rows": rows}], observed_value=rows)
-    return None
-
-
-def _result(success: bool, element_count: int, unexpected_count: int, examples: list[Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "success": bool(success),
-        "element_count": int(element_count),
-        "unexpected_count": int(unexpected_count),
-        "missing_count": 0,
-        "examples": examples,
-        "error": None,
-        **extra,
-    }
-
-
-def _records(frame: pd.DataFrame, examples: int) -> list[dict[str, Any]]:
-    return json.loads(frame.sort_values(list(frame.columns)).head(examples).to_json(orient="records"))
-
-
-def validate_table(run: RunDir, table: str, client: Client, parameters: dict[str, Any], examples: int) -> dict[str, Any]:
-    """Validate one table of a run folder; the suite's section of ``summary.json``."""
+def validate_table(
+    run: RunDir, table: str, client: Any, parameters: dict[str, Any], examples: int, row_engine: str = "arrow"
+) -> SuiteSummary:
+    """Validate one table of a run folder on the cluster behind ``client``; its suite summary."""
     suite = load_suite_json(table)
     parts_ = [str(p) for p in parts(run.table(table))]
-    expectations = suite["expectations"]
-    results: dict[str, dict[str, Any]] = {}
-    table_scope = [e for e in expectations if e["meta"]["scope"] == TABLE_SCOPE]
-    for expectation in table_scope:
-        footer_result = _footer_checks(table, parts_, expectation)
-        if footer_result is not None:
-            results[expectation["meta"]["name"]] = {**footer_result, "kwargs": expectation["kwargs"]}
-
-    columns_ok = all(
-        results[e["meta"]["name"]]["success"] for e in table_scope if e["type"] == "expect_table_columns_to_match_ordered_list"
-    )
+    table_scope = [e for e in suite["expectations"] if e["meta"]["scope"] == TABLE_SCOPE]
+    results = {e["meta"]["name"]: r for e in table_scope if (r := footer_check(table, parts_, e)) is not None}
+    columns_ok = all(results[e["meta"]["name"]].success for e in table_scope if e["type"] == COLUMNS_CHECK)
     if columns_ok and parts_:
+        task = check_part if row_engine == "arrow" else _gx_task()
         # Everything is submitted before anything is awaited, so the cluster works on all at once.
-        row_futures = client.map(validate_part, parts_, table=table, suite=suite, parameters=parameters, examples=examples, pure=False)
+        row_futures = client.map(task, parts_, table=table, suite=suite, parameters=parameters, examples=examples, pure=False)
         remaining = [e for e in table_scope if e["meta"]["name"] not in results]
         whole_table = submit_whole_table_checks(client, table, parts_, remaining, parameters, examples)
         per_partition = gather_with_progress(row_futures, f"validating {table} ({len(parts_)} partitions)")
-        results.update(merge_partition_results(per_partition, examples))
+        results.update(merge_results(per_partition, examples))
         results.update(whole_table.results(table, examples))
     reason = (
         "not evaluated: the part files do not have the declared columns" if not columns_ok else "not evaluated: the table has no part files"
     )
-    return _suite_summary(table, suite, results, parts_, not_evaluated_reason=reason)
+    row_by = COMPUTED_BY_GX if row_engine == "gx" else COMPUTED_BY_RREC
+    expectations = [
+        ExpectationSummary.of(
+            e,
+            substitute_parameters(e["kwargs"], parameters),
+            row_by if e["meta"]["scope"] == ROW_SCOPE else COMPUTED_BY_RREC,
+            results.get(e["meta"]["name"]),
+            reason,
+        )
+        for e in suite["expectations"]
+    ]
+    rows = next((e.observed_value for e in expectations if e.type == "expect_table_row_count_to_be_between"), None)
+    return SuiteSummary(present=True, expectations=expectations, partitions=len(parts_), rows=rows)
 
 
-def _suite_summary(
-    table: str, suite: dict[str, Any], results: dict[str, dict[str, Any]], parts_: list[str], not_evaluated_reason: str
-) -> dict[str, Any]:
-    entries = []
-    for expectation in suite["expectations"]:
-        meta = expectation["meta"]
-        result = results.get(meta["name"])
-        entry = {
-            "name": meta["name"],
-            "type": expectation["type"],
-            "severity": meta["severity"],
-            "scope": meta["scope"],
-            "description": expectation.get("description"),
-            "kwargs": (result or {}).get("kwargs", expectation["kwargs"]),
+def _gx_task() -> Any:
+    from validation.gx_checks import gx_check_part
+
+    return gx_check_part
+
+
+def present_tables(run: RunDir) -> list[str]:
+    """The tables of ``run`` that a completed stage wrote (in :data:`TABLES` order)."""
+    present = []
+    for table in TABLES:
+        entry = run.entry(TABLE_STAGE[table])
+        if entry is not None and table in entry.get("outputs", {}) and run.table(table).is_dir():
+            present.append(table)
+    return present
+
+
+class ValidateStage(Stage[ValidateSettings]):
+    """Check every table present in a run folder against its suite; write summary and Data Docs."""
+
+    name = STAGE
+    upstream = ("ingest",)
+    optional_upstream = ("sequences", "filter")
+    settings_type = ValidateSettings
+
+    def external_inputs(self, run: RunDir, settings: ValidateSettings) -> dict[str, str]:
+        """The suite files: editing a suite makes the validation stale."""
+        return {f"suite:{table}": hash_path(suite_file(table)) for table in TABLES}
+
+    def consumed_outputs(self, run: RunDir, stage: str) -> dict[str, str]:
+        """Only the tables validated (ingest's ``rejects`` is not checked)."""
+        return {name: digest for name, digest in run.require(stage)["outputs"].items() if name in TABLES}
+
+    def preflight(self, run: RunDir, settings: ValidateSettings) -> None:
+        """Refuse a run folder without tables, or whose table-writing stages are stale."""
+        if not present_tables(run):
+            raise StageError(f"run folder {run.path} has none of the tables {', '.join(TABLES)}; run `rrec ingest --run {run.path}` first")
+        stale = run.stale_stages()
+        for stage in self.optional_upstream:
+            if stage in stale:
+                raise StageError(
+                    f"stage '{stage}' of {run.path} is stale ({stale[stage]}); rerun it before validate: `rrec {stage} --run {run.path}`"
+                )
+
+    def run(self, ctx: StageContext[ValidateSettings]) -> None:
+        settings, run = ctx.settings, ctx.run
+        parameters = suite_parameters(run, settings)
+        present = present_tables(run)
+        suites = {
+            table: validate_table(run, table, ctx.client, parameters, settings.examples, settings.row_engine)
+            if table in present
+            else SuiteSummary.absent()
+            for table in TABLES
         }
-        if meta.get("derived"):
-            entry["derived"] = meta["derived"]
-        if result is None:
-            entry.update(
-                success=None,
-                element_count=0,
-                unexpected_count=0,
-                unexpected_percent=None,
-                unexpected_examples=[],
-                error=not_evaluated_reason,
-            )
-        else:
-            checked = result["element_count"] - result["missing_count"]
-            entry.update(
-                success=result["success"],
-                element_count=result["element_count"],
-                unexpected_count=result["unexpected_count"],
-                unexpected_percent=round(100.0 * result["unexpected_count"] / checked, 4) if checked else 0.0,
-                unexpected_examples=result["examples"],
-                error=result["error"],
-            )
-            if "observed_value" in result:
-                entry["observed_value"] = result["observed_value"]
-        entries.append(entry)
-    failed = [e for e in entries if e["success"] is False]
-    return {
-        "present": True,
-        "partitions": len(parts_),
-        "rows": next((e.get("observed_value") for e in entries if e["type"] == "expect_table_row_count_to_be_between"), None),
-        "all_passed": all(e["success"] for e in entries),
-        "success": not any(e["severity"] == CRITICAL for e in failed),
-        "critical_failures": sum(e["severity"] == CRITICAL for e in failed),
-        "warning_failures": sum(e["severity"] != CRITICAL for e in failed),
-        "expectations": entries,
-    }
-
-
-# -- GX validation results and Data Docs --------------------------------------------------------
-def _gx_suite_result(table: str, summary: dict[str, Any], run_id: Any) -> Any:
-    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
-
-    results = []
-    for entry in summary["expectations"]:
-        config = ExpectationConfiguration(
-            type=entry["type"],
-            kwargs=entry["kwargs"],
-            meta={k: entry[k] for k in ("name", "severity", "scope", "derived") if k in entry},
-            description=entry["description"],
-            severity=entry["severity"],
+        summary = ValidationSummary(
+            run=str(run.path),
+            validated_at=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            code_version=code_version(),
+            parameters=parameters,
+            suites=suites,
+            data_docs="data_docs/index.html",
         )
-        values = [e.get(entry["kwargs"].get("column"), e) if isinstance(e, dict) else e for e in entry["unexpected_examples"]]
-        results.append(
-            ExpectationValidationResult(
-                success=bool(entry["success"]),
-                expectation_config=config,
-                result={
-                    "element_count": entry["element_count"],
-                    "unexpected_count": entry["unexpected_count"],
-                    "unexpected_percent": entry["unexpected_percent"],
-                    "partial_unexpected_list": values,
-                    **({"observed_value": entry["observed_value"]} if "observed_value" in entry else {}),
-                },
-                exception_info={
-                    "raised_exception": entry["error"] is not None,
-                    "exception_message": entry["error"],
-                    "exception_traceback": entry["error"],
-                },
-            )
+        out_dir = ctx.out.output_path(OUTPUT, folder=True)
+        from validation.report import write_gx_reports  # imports great_expectations
+
+        write_gx_reports(out_dir, run.path.name, summary)
+        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
+        ctx.out.record(
+            rows_in=summary.rows,
+            critical_failures=summary.critical_failures,
+            warning_failures=summary.warning_failures,
+            success=summary.success,
         )
-    evaluated = len(results)
-    passed = sum(1 for r in results if r.success)
-    return ExpectationSuiteValidationResult(
-        success=summary["all_passed"],
-        results=results,
-        suite_name=table,
-        statistics={
-            "evaluated_expectations": evaluated,
-            "successful_expectations": passed,
-            "unsuccessful_expectations": evaluated - passed,
-            "success_percent": 100.0 * passed / evaluated if evaluated else 100.0,
-        },
-        meta={"run_id": run_id, "batch_spec": {"data_asset_name": table}},
-    )
 
-
-def write_gx_reports(out_dir: Path, run_name: str, suites: dict[str, dict[str, Any]]) -> Path:
-    """Write one GX validation result per suite (JSON) and build the Data Docs site; returns its index."""
-    import great_expectations as gx
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier, ValidationResultIdentifier
-
-    docs_dir = out_dir / DATA_DOCS_DIR
-    results_dir = out_dir / RESULTS_DIR
-    results_dir.mkdir(parents=True, exist_ok=True)
-    context = _gx_context()
-    context.add_data_docs_site(
-        "run",
-        {
-            "class_name": "SiteBuilder",
-            "show_how_to_buttons": False,
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        },
-    )
-    run_id = RunIdentifier(run_name=STAGE, run_time=datetime.datetime.now(datetime.UTC))
-    for table, summary in suites.items():
-        if not summary["present"]:
-            continue
-        context.suites.add(gx.ExpectationSuite(name=table, expectations=expectations_from_json(load_suite_json(table))))
-        suite_result = _gx_suite_result(table, summary, run_id)
-        (results_dir / f"{table}.json").write_text(json.dumps(suite_result.to_json_dict(), indent=2, default=str), encoding="utf-8")
-        suite_id = ExpectationSuiteIdentifier(table)
-        context.validation_results_store.store_validation_results(
-            suite_result, ValidationResultIdentifier(suite_id, run_id, run_name), suite_id
+    def report(self, result: StageResult) -> str:
+        """One line: rows checked, critical failures and warnings."""
+        if result.skipped:
+            return super().report(result)
+        entry = result.entry
+        return (
+            f"validate: {entry.get('rows_in') or 0:,} rows checked; "
+            f"{entry.get('critical_failures', 0)} critical failure(s), {entry.get('warning_failures', 0)} warning(s)"
         )
-    context.build_data_docs(site_names=["run"])
-    return docs_dir / "index.html"
 
 
-# -- the stage ---------------------------------------------------------------------------------
-def _input_hashes(run: RunDir, present: list[str]) -> dict[str, str]:
-    """Content hashes of the tables to validate (from the manifest where a stage recorded them)."""
-    recorded = {name: digest for entry in run.manifest()["stages"].values() for name, digest in entry.get("outputs", {}).items()}
-    hashes = {table: recorded.get(table) or hash_path(run.table(table)) for table in present}
-    hashes.update({f"suite:{t}": hash_path(suite_file(t)) for t in TABLES})
-    return hashes
+VALIDATE = ValidateStage()
 
 
-def read_summary(run: Path) -> dict[str, Any]:
-    """The ``summary.json`` of a run folder's last validation."""
+def read_summary(run: Path | str) -> ValidationSummary:
+    """The typed summary of a run folder's last validation."""
     path = Path(run) / OUTPUT / SUMMARY_FILE
     if not path.exists():
         raise StageError(f"{path} does not exist; run `rrec validate --run {run}` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return ValidationSummary.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
-def run_validation(run: Path, client: Client, force: bool = False, settings: ValidateSettings | None = None) -> dict[str, Any]:
-    """Validate every table present in run folder ``run``; returns the summary written to disk.
+def run_validation(run: Path | str, client: Any, force: bool = False, settings: ValidateSettings | None = None) -> dict[str, Any]:
+    """Validate run folder ``run`` (see :class:`ValidateStage`); returns ``summary.json`` as written.
 
-    A table that does not exist (e.g. ``filtered`` before annotation) is reported as not
-    present, not as a failure. The summary's ``critical_failures`` counts failed critical
-    expectations and ``success`` is true when there are none (the release gate).
+    Kept for callers of the dict form; :func:`read_summary` gives the typed summary.
     """
-    settings = settings or ValidateSettings()
-    run_dir = RunDir(Path(run).resolve())  # Dask workers may run in another folder
-    present = [t for t in TABLES if run_dir.table(t).is_dir()]
-    if not present:
-        raise StageError(f"run folder {run} has none of the tables {', '.join(TABLES)}; run `rrec ingest --run {run}` first")
-    config = settings.model_dump()
-    inputs = _input_hashes(run_dir, present)
-    fingerprint = run_dir.fingerprint(STAGE, config=config, inputs=inputs)
-    if not force and run_dir.is_current(STAGE, fingerprint):
-        log.info("validation of %s is up to date (use --force to rerun)", run)
-        return read_summary(run)
-
-    # Validation runs inside the stage: the run folder is locked against concurrent writers
-    # while its tables are read, and the manifest's wall time covers the whole check.
-    with run_dir.stage(STAGE, fingerprint, config=config, inputs=inputs) as out:
-        parameters = suite_parameters(run_dir, settings)
-        suites: dict[str, dict[str, Any]] = {}
-        for table in TABLES:
-            if table in present:
-                suites[table] = validate_table(run_dir, table, client, parameters, settings.examples)
-            else:
-                suites[table] = {
-                    "present": False,
-                    "success": True,
-                    "all_passed": None,
-                    "critical_failures": 0,
-                    "warning_failures": 0,
-                    "expectations": [],
-                }
-        critical = sum(s["critical_failures"] for s in suites.values())
-        summary = {
-            "run": str(run),
-            "validated_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "code_version": code_version(),
-            "parameters": parameters,
-            "success": critical == 0,
-            "critical_failures": critical,
-            "warning_failures": sum(s["warning_failures"] for s in suites.values()),
-            "suites": suites,
-            "data_docs": f"{DATA_DOCS_DIR}/index.html",
-        }
-        out_dir = out.output_path(OUTPUT, folder=True)
-        write_gx_reports(out_dir, run_dir.path.name, suites)
-        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-        out.record(
-            rows_in=sum(s.get("rows") or 0 for s in suites.values()),
-            critical_failures=critical,
-            warning_failures=summary["warning_failures"],
-            success=summary["success"],
-        )
-    return summary
+    VALIDATE.execute(run, settings or ValidateSettings(), client, force=force)
+    return read_summary(Path(run)).to_json()

@@ -6,10 +6,11 @@ is a built-in GX expectation whose ``meta`` says:
 
 - ``name``: a stable identifier used in ``summary.json`` and in the tests;
 - ``severity``: ``critical`` (blocks a release) or ``warning`` (reported only);
-- ``scope``: ``row`` expectations run with GX on each partition inside a Dask task; ``table``
-  expectations need the whole table (uniqueness of keys, row counts, rows that must agree
-  with other rows) and are computed with Dask by :mod:`validation.runner`, which reports them
-  in the same result format;
+- ``scope``: ``row`` expectations run on each partition inside a Dask task (by
+  :mod:`validation.row_checks`, vectorised, or by GX's pandas engine, the reference:
+  :mod:`validation.gx_checks`); ``table`` expectations need the whole table (uniqueness of
+  keys, row counts, rows that must agree with other rows) and are computed by
+  :mod:`validation.whole_table` with Dask, reported in the same result format;
 - ``derived`` (when present): the column is not stored but computed per partition by
   :mod:`validation.derived` from list/struct columns GX cannot inspect (e.g. the length of
   ``history`` or whether ``history`` is chronological); a boolean derived column is expected
@@ -17,7 +18,11 @@ is a built-in GX expectation whose ``meta`` says:
 
 Values that depend on the run (``max_history``, ``num_negatives``, "now") are GX suite
 parameters (``{"$PARAMETER": name}``) filled in by the runner from the run's manifest and the
-``validate`` settings, so the JSON does not change from run to run.
+``validate`` settings, so the JSON does not change from run to run. The bounds of the critical
+expectations (rating range, timestamp window, item id pattern) come from :mod:`core.records`,
+the definition of a valid record that ingest enforces too.
+
+GX is imported here: the stage imports :mod:`validation.spec` instead.
 """
 
 from __future__ import annotations
@@ -30,29 +35,43 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-from core.schemas import FILTERED, INTERACTIONS, ITEMS, SEQUENCES
+from core.records import RATING_MAX, RATING_MIN
+from validation.spec import (
+    CRITICAL,
+    EMAIL_REGEX,
+    INDEX_COLUMNS,
+    PARENT_ASIN_REGEX,
+    PHONE_REGEX,
+    ROW_SCOPE,
+    SCHEMAS,
+    SUITES_DIR,
+    TABLE_SCOPE,
+    TABLES,
+    URL_REGEX,
+    WARNING,
+    load_suite_json,
+    suite_file,
+)
 
-SUITES_DIR = Path(__file__).with_name("suites")
-TABLES = ("interactions", "items", "sequences", "filtered")
-CRITICAL, WARNING = "critical", "warning"
-ROW_SCOPE, TABLE_SCOPE = "row", "table"
-
-PARENT_ASIN_REGEX = r"^[A-Z0-9]{10}$"
-# Amazon opened in July 1995: anything earlier is a unit error (seconds or days instead of ms).
-EARLIEST_PLAUSIBLE_TIMESTAMP_MS = 804_556_800_000  # 1995-07-01T00:00:00Z
-EMAIL_REGEX = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
-# Separators are required so that prices, years and counts ("5 out of 5") do not match.
-PHONE_REGEX = r"(?:\+\d{1,3}[\s.-]?)?\(?\b\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b"
-URL_REGEX = r"(?i)(?:\bhttps?://|\bwww\.)\S+"
-
-# Key columns shown next to each unexpected value, so a reader can find the offending row.
-INDEX_COLUMNS: dict[str, list[str]] = {
-    "interactions": ["user_id", "src_file", "src_line"],
-    "items": ["parent_asin"],
-    "sequences": ["user_id", "split"],
-    "filtered": ["user_id", "split", "target_parent_asin"],
-}
-SCHEMAS = {"interactions": INTERACTIONS, "items": ITEMS, "sequences": SEQUENCES, "filtered": FILTERED}
+__all__ = [
+    "CRITICAL",
+    "EMAIL_REGEX",
+    "INDEX_COLUMNS",
+    "PHONE_REGEX",
+    "ROW_SCOPE",
+    "SCHEMAS",
+    "SUITES_DIR",
+    "SUITE_BUILDERS",
+    "TABLES",
+    "TABLE_SCOPE",
+    "URL_REGEX",
+    "WARNING",
+    "expectations_from_json",
+    "load_suite_json",
+    "suite_file",
+    "suite_json",
+    "write_suite_files",
+]
 
 
 def _param(name: str) -> dict[str, str]:
@@ -121,8 +140,8 @@ def _timestamp_plausible(name: str, column: str, derived: str | None = None) -> 
         gxe.ExpectColumnValuesToBeBetween,
         name,
         CRITICAL,
-        "Timestamps are epoch milliseconds between July 1995 and the time of validation "
-        "(catches seconds-for-milliseconds mistakes and future dates).",
+        "Timestamps are epoch milliseconds between July 1995 and the time of validation plus one day "
+        "(core/records.py; catches seconds-for-milliseconds mistakes and future dates).",
         derived=derived,
         column=column,
         min_value=_param("earliest_timestamp_ms"),
@@ -165,10 +184,10 @@ def interactions_suite() -> gx.ExpectationSuite:
                 gxe.ExpectColumnValuesToBeBetween,
                 "interactions_rating_in_range",
                 CRITICAL,
-                "Star ratings are between 1 and 5.",
+                "Star ratings are between 1 and 5 (core/records.py).",
                 column="rating",
-                min_value=1,
-                max_value=5,
+                min_value=RATING_MIN,
+                max_value=RATING_MAX,
             ),
             _not_null("interactions", "timestamp"),
             _timestamp_plausible("interactions_timestamp_plausible", "timestamp"),
@@ -427,10 +446,6 @@ def suite_json(suite: gx.ExpectationSuite) -> dict[str, Any]:
     }
 
 
-def suite_file(table: str) -> Path:
-    return SUITES_DIR / f"{table}.json"
-
-
 def write_suite_files(folder: Path = SUITES_DIR) -> list[Path]:
     """Regenerate ``<folder>/<table>.json`` from the builders; returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -440,14 +455,6 @@ def write_suite_files(folder: Path = SUITES_DIR) -> list[Path]:
         path.write_text(json.dumps(suite_json(build()), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         written.append(path)
     return written
-
-
-def load_suite_json(table: str) -> dict[str, Any]:
-    """The checked-in suite of ``table`` as plain JSON (what Dask tasks receive)."""
-    path = suite_file(table)
-    if not path.exists():
-        raise FileNotFoundError(f"suite file {path} is missing; regenerate it with `python -m validation.suites`")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def expectations_from_json(data: dict[str, Any], scope: str | None = None) -> list[gxe.Expectation]:

@@ -1,0 +1,178 @@
+"""Table-scope expectations, computed by our own code: Parquet footers and map-reduces on Dask.
+
+- Columns (names, order, Arrow types) and the row count come from the part files' footers,
+  without reading any data.
+- Key uniqueness and the validation-vs-test comparison are a map-reduce over Dask futures:
+  each part file is reduced to small per-key frames split into hash buckets, and one task per
+  bucket sees every row of its keys.
+
+Futures of plain functions are used rather than dask.dataframe collections because shipping
+dask-expr graphs to the scheduler hits a race in dask's expression deduplication ("Error
+during deserialization of the task graph") often enough to fail runs.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from core.progress import gather_with_progress
+from validation.derived import compare_validation_with_test, evaluation_key_frame, evaluation_rows, pair_validation_with_test
+from validation.spec import SCHEMAS
+from validation.summary import CheckResult
+
+MAX_BUCKETS = 64
+UNIQUENESS = ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique")
+CROSS_ROW = "expect_column_values_to_be_in_set"
+"""A table-scope in-set expectation: a per-user flag of the validation-vs-test comparison."""
+
+
+# -- from the footers ----------------------------------------------------------------------
+def footer_check(table: str, parts_: list[str], expectation: dict[str, Any]) -> CheckResult | None:
+    """Columns and row counts from the Parquet footers; None for an expectation that needs data."""
+    kind, kwargs = expectation["type"], expectation["kwargs"]
+    if kind == "expect_table_columns_to_match_ordered_list":
+        return _columns_check(table, parts_, kwargs["column_list"])
+    if kind == "expect_table_row_count_to_be_between":
+        rows = sum(pq.read_metadata(part).num_rows for part in parts_)
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        ok = (low is None or rows >= low) and (high is None or rows <= high)
+        return CheckResult(ok, rows, 0 if ok else 1, examples=() if ok else ({"observed_rows": rows},), observed_value=rows)
+    return None
+
+
+def _columns_check(table: str, parts_: list[str], column_list: list[str]) -> CheckResult:
+    declared = SCHEMAS[table]
+    wrong = []
+    for part in parts_:
+        found = pq.read_schema(part)
+        if found.names != column_list:
+            wrong.append({"file": Path(part).name, "columns": found.names})
+            continue
+        # Names alone would let e.g. a string timestamp through; the Arrow types must agree too.
+        types = {f.name: str(f.type) for f in found if not f.type.equals(declared.field(f.name).type)}
+        if types:
+            wrong.append({"file": Path(part).name, "columns": found.names, "unexpected_types": types})
+    observed = wrong[0]["columns"] if wrong else column_list
+    return CheckResult(not wrong, len(parts_), len(wrong), examples=tuple(wrong), observed_value=observed)
+
+
+# -- map and reduce steps (Dask tasks) ---------------------------------------------------------
+def key_frame(part: str, table: str, columns: list[str]) -> pd.DataFrame:
+    """The key columns of one part file (``evaluation_key`` derived for ``sequences``).
+
+    Arrow-backed dtypes keep an integer key an integer in every partition, with or without
+    nulls, so equal keys hash alike wherever they are.
+    """
+    if table == "sequences" and columns == ["evaluation_key"]:
+        return evaluation_key_frame(pq.read_table(part, columns=["user_id", "split"]))
+    return pq.read_table(part, columns=columns).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _bucket_of(keys: pd.DataFrame, buckets: int) -> np.ndarray:
+    return (pd.util.hash_pandas_object(keys.astype("string"), index=False).to_numpy() % buckets).astype(np.int64)
+
+
+def key_count_buckets(part: str, table: str, columns: list[str], buckets: int) -> list[pd.DataFrame]:
+    """Map step: how often each key occurs in one part file, split into hash buckets."""
+    keys = key_frame(part, table, columns)
+    # GX ignores a row only when every key column is missing; do the same.
+    keys = keys.dropna(how="all", subset=columns)
+    counts = keys.groupby(columns, dropna=False, sort=False).size().rename("rows").reset_index()
+    bucket = _bucket_of(counts[columns], buckets)
+    return [counts[bucket == b] for b in range(buckets)]
+
+
+def repeated_keys(pieces: list[pd.DataFrame], columns: list[str], examples: int) -> tuple[int, int, pd.DataFrame]:
+    """Reduce step: (rows checked, rows whose key repeats, first repeated keys) of one bucket."""
+    counts = pd.concat(pieces, ignore_index=True).groupby(columns, dropna=False)["rows"].sum().reset_index()
+    repeated = counts[counts["rows"] > 1]
+    return int(counts["rows"].sum()), int(repeated["rows"].sum()), repeated.sort_values(columns).head(examples)
+
+
+def evaluation_row_buckets(part: str, buckets: int) -> list[pd.DataFrame]:
+    """Map step: the validation and test rows of one sequences part file, bucketed by user."""
+    rows = evaluation_rows(pq.read_table(part, columns=["user_id", "split", "history", "target"]))
+    bucket = _bucket_of(rows[["user_id"]], buckets)
+    return [rows[bucket == b] for b in range(buckets)]
+
+
+def compare_bucket(
+    pieces: list[pd.DataFrame], max_history: int, columns: list[str], examples: int
+) -> dict[str, tuple[int, int, pd.DataFrame]]:
+    """Reduce step: per flag column, (users checked, users failing, first failing users) of one bucket."""
+    flags = compare_validation_with_test(pair_validation_with_test(pd.concat(pieces, ignore_index=True)), max_history)
+    out = {}
+    for column in columns:
+        failing = flags.loc[~flags[column], ["user_id"]]
+        out[column] = (len(flags), len(failing), failing.sort_values("user_id").head(examples))
+    return out
+
+
+# -- submitting and collecting -------------------------------------------------------------------
+def _submit_bucketed_reduce(client: Any, mapped: list[Any], buckets: int, reducer: Any, **reducer_kwargs: Any) -> list[Any]:
+    """Send bucket ``b`` of every mapped partition to one ``reducer`` task; one future per bucket."""
+    return [
+        client.submit(reducer, [client.submit(operator.getitem, m, b, pure=False) for m in mapped], pure=False, **reducer_kwargs)
+        for b in range(buckets)
+    ]
+
+
+def _merge_buckets(per_bucket: list[tuple[int, int, pd.DataFrame]], examples: int) -> CheckResult:
+    checked = sum(b[0] for b in per_bucket)
+    unexpected = sum(b[1] for b in per_bucket)
+    first = pd.concat([b[2] for b in per_bucket], ignore_index=True)
+    records = json.loads(first.sort_values(list(first.columns)).head(examples).to_json(orient="records"))
+    return CheckResult(unexpected == 0, checked, unexpected, examples=tuple(records))
+
+
+@dataclass
+class WholeTableChecks:
+    """Submitted whole-table checks: reduce futures per check, collected with :meth:`results`."""
+
+    uniqueness: dict[str, list[Any]]
+    """Expectation name -> one reduce future per bucket."""
+    cross_row: dict[str, str]
+    """Flag column -> expectation name (all computed by the same comparison futures)."""
+    cross_row_futures: list[Any]
+
+    def results(self, table: str, examples: int) -> dict[str, CheckResult]:
+        """Wait for every check of ``table`` and merge its buckets."""
+        futures = [f for bucket_futures in self.uniqueness.values() for f in bucket_futures] + self.cross_row_futures
+        done = iter(gather_with_progress(futures, f"checking {table} across partitions"))
+        results = {name: _merge_buckets([next(done) for _ in bucket_futures], examples) for name, bucket_futures in self.uniqueness.items()}
+        cross_row_buckets = list(done)
+        for column, name in self.cross_row.items():
+            results[name] = _merge_buckets([b[column] for b in cross_row_buckets], examples)
+        return results
+
+
+def submit_whole_table_checks(
+    client: Any, table: str, parts_: list[str], expectations: list[dict[str, Any]], parameters: dict[str, Any], examples: int
+) -> WholeTableChecks:
+    """Start the table-scope expectations that need the data (key uniqueness, validation vs test rows)."""
+    buckets = max(1, min(len(parts_), MAX_BUCKETS))
+    uniqueness: dict[str, list[Any]] = {}
+    cross_row: dict[str, str] = {}
+    for expectation in expectations:
+        kind, kwargs, name = expectation["type"], expectation["kwargs"], expectation["meta"]["name"]
+        if kind in UNIQUENESS:
+            columns = [kwargs["column"]] if "column" in kwargs else list(kwargs["column_list"])
+            mapped = client.map(key_count_buckets, parts_, table=table, columns=columns, buckets=buckets, pure=False)
+            uniqueness[name] = _submit_bucketed_reduce(client, mapped, buckets, repeated_keys, columns=columns, examples=examples)
+        elif kind == CROSS_ROW:
+            cross_row[kwargs["column"]] = name
+    cross_row_futures = []
+    if cross_row:
+        mapped = client.map(evaluation_row_buckets, parts_, buckets=buckets, pure=False)
+        cross_row_futures = _submit_bucketed_reduce(
+            client, mapped, buckets, compare_bucket, max_history=parameters["max_history"], columns=list(cross_row), examples=examples
+        )
+    return WholeTableChecks(uniqueness, cross_row, cross_row_futures)
