@@ -22,6 +22,7 @@ from training.baselines import (
     rank_rows,
     training_sequences,
 )
+from training.data import load_split
 from training.eval_cli import register
 from training.sasrec import SasRecConfig, score_candidates, train_sasrec
 
@@ -81,11 +82,11 @@ FAST_SASREC = {"sasrec_hidden": 32, "sasrec_epochs": 40, "sasrec_lr": 5e-3, "sas
 def test_popularity_and_sasrec_beat_random_on_learnable_data() -> None:
     train, test = _learnable_rows(240)
     results = evaluate_baselines(train, test, BaselineSettings(**FAST_SASREC))
-    assert set(results) == {"Random", "Popularity", "SASRec"}
-    assert all(m["n"] == len(test) for m in results.values())
-    assert results["Popularity"]["NDCG@5"] > results["Random"]["NDCG@5"] + 0.05
-    assert results["SASRec"]["NDCG@5"] > results["Random"]["NDCG@5"] + 0.3
-    assert results["SASRec"]["HR@1"] > results["Popularity"]["HR@1"]
+    assert set(results) == {"random", "popularity", "sasrec", "shown"}
+    assert all(m["n"] == len(test) and m["candidates"] == 20 for m in results.values())
+    assert results["popularity"]["NDCG@5"] > results["random"]["NDCG@5"] + 0.05
+    assert results["sasrec"]["NDCG@5"] > results["random"]["NDCG@5"] + 0.3
+    assert results["sasrec"]["HR@1"] > results["popularity"]["HR@1"]
 
 
 def test_training_sequences_keep_the_longest_prefix_per_user() -> None:
@@ -159,14 +160,14 @@ def test_baselines_command_writes_json_and_table(tmp_path, isolated_caches) -> N
     result = CliRunner().invoke(
         rrec_app(),
         [
-            "baselines", "--dataset", str(registry), "--config", "grocery", "--revision", "v1.0.0",
+            "baselines", "--dataset", str(registry), "--subset", "grocery", "--revision", "v1.0.0",
             "--output", str(output), "--limit", "25", "--sasrec-epochs", "2", "--sasrec-hidden", "16",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     saved = json.loads(output.read_text())
-    assert list(saved) == ["Random", "Popularity", "SASRec"]
-    assert all(m["n"] == 25 and 0.0 <= m["HR@1"] <= m["HR@5"] <= 1.0 for m in saved.values())
+    assert list(saved) == ["random", "popularity", "sasrec", "shown"]
+    assert all(m["n"] == 25 and m["candidates"] == 20 and 0.0 <= m["HR@1"] <= m["HR@5"] <= 1.0 for m in saved.values())
     assert "| SASRec |" in output.with_suffix(".md").read_text()
 
 
@@ -175,20 +176,87 @@ def test_baselines_command_reads_a_settings_file(tmp_path, isolated_caches) -> N
     settings = tmp_path / "eval.yaml"
     settings.write_text("baselines:\n  methods: [random, popularity]\n  limit: 5\n")
     output = tmp_path / "r.json"
-    args = ["baselines", "--dataset", str(registry), "--config", "grocery", "--output", str(output)]
-    result = CliRunner().invoke(rrec_app(), [*args, "--settings", str(settings), "--methods", "random"])
+    args = ["baselines", "--dataset", str(registry), "--subset", "grocery", "--output", str(output)]
+    result = CliRunner().invoke(rrec_app(), [*args, "--config", str(settings), "--methods", "random"])
     assert result.exit_code == 0, result.output
+    assert "deprecated" not in result.output
     # The command line (--methods) overrides the file; the file's limit still applies.
     saved = json.loads(output.read_text())
-    assert list(saved) == ["Random"] and saved["Random"]["n"] == 5
+    assert list(saved) == ["random"] and saved["random"]["n"] == 5
+
+
+def test_old_spellings_still_work_with_a_deprecation_message(tmp_path, isolated_caches) -> None:
+    registry = make_release(tmp_path / "registry", n_users=12, with_git_tag="v1.0.0")
+    settings = tmp_path / "eval.yaml"
+    settings.write_text("baselines:\n  methods: [popularity]\n  limit: 4\n")
+    output = tmp_path / "r.json"
+    old = ["baselines", "--dataset", str(registry), "--config", "grocery", "--settings", str(settings), "--output", str(output)]
+    result = CliRunner().invoke(rrec_app(), old)
+    assert result.exit_code == 0, result.output
+    assert "deprecated: --config grocery names a dataset subset; use --subset grocery" in result.stderr
+    assert f"deprecated: --settings {settings}; use --config {settings}" in result.stderr
+    assert json.loads(output.read_text())["popularity"]["n"] == 4
+
+
+def test_subset_given_twice_or_missing_is_a_one_line_error(tmp_path, isolated_caches) -> None:
+    registry = make_release(tmp_path / "registry", n_users=6, with_git_tag="v1.0.0")
+    base = ["baselines", "--dataset", str(registry), "--output", str(tmp_path / "r.json"), "--methods", "random"]
+    twice = CliRunner().invoke(rrec_app(), [*base, "--subset", "grocery", "--config", "office"])
+    missing = CliRunner().invoke(rrec_app(), base)
+    no_file = CliRunner().invoke(rrec_app(), [*base, "--subset", "grocery", "--config", str(tmp_path / "absent.yaml")])
+    for result, expected in ((twice, "given twice"), (missing, "add --subset NAME"), (no_file, "no such settings file")):
+        assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
 
 
 def test_baselines_command_reports_an_unknown_version_in_one_line(tmp_path, isolated_caches) -> None:
     registry = make_release(tmp_path / "registry", n_users=10, with_git_tag="v1.0.0")
     result = CliRunner().invoke(
         rrec_app(),
-        ["baselines", "--dataset", str(registry), "--config", "grocery", "--revision", "v9.9.9", "--output", str(tmp_path / "r.json")],
+        ["baselines", "--dataset", str(registry), "--subset", "grocery", "--revision", "v9.9.9", "--output", str(tmp_path / "r.json")],
     )
     assert result.exit_code == 2
     assert "v9.9.9" in result.output and "error:" in result.output
     assert "Traceback" not in result.output
+
+
+def test_baselines_learn_every_known_item_and_never_a_validation_or_test_target(tmp_path, isolated_caches) -> None:
+    registry = make_release(tmp_path / "registry", n_users=30)
+    train, validation, test = (load_split(str(registry), "grocery", "v1.0.0", split).to_list() for split in ("train", "validation", "test"))
+    kept = train[::2]  # the self-filter dropped every other user's train row
+    sequences = training_sequences(kept, validation)
+    # Every user is known, filtered or not: their sequence up to the validation target.
+    assert set(sequences) == {row["user_id"] for row in validation}
+    test_targets = {row["user_id"]: row["target"]["parent_asin"] for row in test}
+    for row in validation:
+        known = sequences[row["user_id"]]
+        assert known == [event["parent_asin"] for event in row["history"]]
+        assert row["target"]["parent_asin"] not in known and test_targets[row["user_id"]] not in known
+    for row in kept:
+        assert row["target"]["parent_asin"] in sequences[row["user_id"]]
+
+
+def test_truncated_histories_are_joined_into_one_sequence() -> None:
+    # max_history 4: the train row sees a..d then e; the validation history only the last four, c..f.
+    letters = "abcdef"
+    train = [{"user_id": "u", "history": [{"parent_asin": x} for x in letters[:4]], "target": {"parent_asin": "e"}}]
+    validation = [{"user_id": "u", "history": [{"parent_asin": x} for x in letters[2:]], "target": {"parent_asin": "g"}}]
+    assert training_sequences(train, validation) == {"u": list(letters)}
+    assert training_sequences(train) == {"u": list("abcde")}
+
+
+def test_shown_sits_at_chance_under_the_protocol_and_far_above_with_a_shortlist(tmp_path, isolated_caches) -> None:
+    """A scorer that knows only which candidates the prompt lists: chance when the prompt lists
+    all or none (the protocol), far above chance when it lists a shortlist holding the target."""
+    registry = make_release(tmp_path / "registry", n_users=400, num_negatives=49, shards=1)
+    train, validation, test = (load_split(str(registry), "grocery", "v1.0.0", split).to_list() for split in ("train", "validation", "test"))
+    chance = 1 / 50
+    results = {
+        shown: evaluate_baselines(train, test, BaselineSettings(methods=["shown"], shown_num_candidates=shown), validation)["shown"]
+        for shown in (0, 50, 10)
+    }
+    for protocol in (0, 50):  # the default prompt (no list) and the prompt listing every candidate
+        assert results[protocol]["candidates"] == 50
+        assert abs(results[protocol]["HR@1"] - chance) < 0.02
+        assert abs(results[protocol]["HR@5"] - 5 * chance) < 0.05
+    # The old kind of prompt (10 of the 50, the target always among them) leaks the answer.
+    assert results[10]["HR@1"] > 3 * chance and results[10]["HR@5"] > 0.4

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from training.metrics import (
+    candidates_per_row,
     generation_metrics,
     judge_generation,
     markdown_table,
@@ -106,9 +107,9 @@ def test_a_title_shared_with_the_target_counts_as_naming_it() -> None:
 
 def test_results_accumulate_into_one_json_and_table(tmp_path) -> None:
     output = tmp_path / "results" / "grocery.json"
-    write_results(output, "grocery", {"random": {"HR@1": 0.01, "HR@5": 0.05, "NDCG@5": 0.03, "n": 100}})
+    write_results(output, "grocery", {"random": {"HR@1": 0.01, "HR@5": 0.05, "NDCG@5": 0.03, "n": 100, "candidates": 100}})
     json_path, table_path = write_results(
-        output, "grocery", {"A": {"HR@1": 0.0683, "HR@5": 0.1853, "NDCG@5": 0.1258, "n": 100, "gen_HR@1": 0.05}}
+        output, "grocery", {"A": {"HR@1": 0.0683, "HR@5": 0.1853, "NDCG@5": 0.1258, "n": 100, "gen_HR@1": 0.05, "candidates": 100}}
     )
     saved = json.loads(json_path.read_text())
     assert list(saved) == ["random", "A"]
@@ -116,7 +117,23 @@ def test_results_accumulate_into_one_json_and_table(tmp_path) -> None:
     table = table_path.read_text()
     assert table_path.name == "grocery.md"
     assert "| A | 6.83 | 18.53 | 12.58 |" in table
-    assert "| random | 1.00 | 5.00 | 3.00 |" in table
+    assert "| Random | 1.00 | 5.00 | 3.00 |" in table
+    assert "candidates ranked per row: grocery: 100" in table
+
+
+def test_one_table_refuses_methods_ranking_different_candidate_sets(tmp_path) -> None:
+    output = tmp_path / "grocery.json"
+    write_results(output, "grocery", {"popularity": {"HR@1": 0.05, "HR@5": 0.2, "NDCG@5": 0.1, "n": 10, "candidates": 100}})
+    with pytest.raises(ValueError, match="different candidate sets"):
+        write_results(output, "grocery", {"A": {"HR@1": 0.2, "HR@5": 0.6, "NDCG@5": 0.4, "n": 10, "candidates": 20}})
+    assert list(json.loads(output.read_text())) == ["popularity"]  # nothing written
+
+
+def test_candidates_per_row_is_the_count_or_the_mean_of_unequal_rows() -> None:
+    assert candidates_per_row([{"candidates": [1] * 100}] * 3) == 100
+    assert candidates_per_row([{"candidates": [1] * 100}, {"candidates": [1] * 99}]) == 99.5
+    with pytest.raises(ValueError, match="empty"):
+        candidates_per_row([])
 
 
 def test_results_refuse_to_overwrite_a_foreign_file(tmp_path) -> None:

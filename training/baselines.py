@@ -2,15 +2,24 @@
 
 - ``random``: a uniform random score per candidate, seeded from (seed, user_id), so a row's
   ranking never depends on which other rows are evaluated.
-- ``popularity``: the number of distinct training users who interacted with the candidate.
-- ``sasrec``: :mod:`training.sasrec` trained on the training sequences, early-stopped on
-  NDCG@5 over the validation split's rows (their own candidates), as the reference code does.
+- ``popularity``: the number of distinct users whose known sequence holds the candidate.
+- ``sasrec``: :mod:`training.sasrec` trained on the known sequences, early-stopped on NDCG@5
+  over the validation split's rows (their own candidates), as the reference code does.
+- ``shown``: 1 for a candidate the student prompt lists, else 0 -- a scorer that knows only
+  what the prompt shows. Under the evaluation protocol (the prompt lists every candidate or
+  none) it ranks at chance; a prompt listing a subset around the target would lift it far
+  above (the leak of issue 10), which is how this method checks a prompt setting.
 
-"Training interactions" are what the train split holds: for every user, the history of their
-train row(s) plus the train target, i.e. the whole sequence except the validation and test
-targets (leave-one-out). With ``train_targets: all`` a user has one row per prefix; the longest
-one is that user's sequence. Test rows are then ranked over their own candidates with the
-tie rule of :mod:`training.metrics`.
+What the baselines learn from (:func:`training_sequences`): everything a recommender may know
+about a user at test time, i.e. the user's whole sequence except the validation and test
+targets. The train rows give history plus train target; the validation rows' histories carry
+the rest (up to the item before the validation target), also for users whose train rows the
+self-filter removed. Test rows, and the validation targets, never reach training. Every row of
+the evaluated split is then ranked over its own candidates with the tie rule of
+:mod:`training.metrics`, and the results record how many candidates each row ranked.
+
+Results map the method name (``random``, ``popularity``, ``sasrec``, ``shown``) to ``HR@1``,
+``HR@5``, ``NDCG@5``, ``n`` and ``candidates`` (DESIGN.md, "Command-line contract").
 """
 
 from __future__ import annotations
@@ -26,13 +35,13 @@ from pydantic import Field
 
 from core.config import StageSettings
 from core.progress import track
-from training.metrics import ranking_metrics, target_rank
+from training.metrics import candidates_per_row, ranking_metrics, target_rank
+from training.prompts import PromptSettings, select_candidates
 from training.sasrec import SasRec, SasRecConfig, score_candidates, score_many, train_sasrec
 
 log = logging.getLogger(__name__)
 
-Method = Literal["random", "popularity", "sasrec"]
-METHOD_LABELS: dict[str, str] = {"random": "Random", "popularity": "Popularity", "sasrec": "SASRec"}
+Method = Literal["random", "popularity", "sasrec", "shown"]
 Row = Mapping[str, Any]
 Scorer = Callable[[Row], Sequence[float]]
 
@@ -40,9 +49,14 @@ Scorer = Callable[[Row], Sequence[float]]
 class BaselineSettings(StageSettings):
     """Settings of ``rrec baselines`` (section ``baselines`` of the config file)."""
 
-    methods: list[Method] = Field(default_factory=lambda: ["random", "popularity", "sasrec"])
+    methods: list[Method] = Field(default_factory=lambda: ["random", "popularity", "sasrec", "shown"])
     seed: int = 42
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N test rows.")
+    shown_num_candidates: int = Field(
+        PromptSettings().num_candidates,
+        ge=0,
+        description="Prompt candidate count the `shown` method checks (default: the student prompt's).",
+    )
     split: Literal["validation", "test"] = "test"
     sasrec_hidden: int = Field(64, ge=1)
     sasrec_blocks: int = Field(2, ge=1)
@@ -77,13 +91,39 @@ def user_seed(seed: int, user_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, digest])
 
 
-def training_sequences(train_rows: Iterable[Row]) -> dict[str, list[str]]:
-    """Each user's training interactions in order (parent_asins): longest history + target."""
+def _merge_windows(known: list[str], window: list[str]) -> list[str]:
+    """Join two windows of one user's chronological sequence (items are unique per user).
+
+    Histories are the last ``max_history`` items before a target, so two windows of one user
+    overlap or one holds the other; the union keeps the earlier start and the later end.
+    """
+    if not known:
+        return list(window)
+    if known[0] in window:
+        start = window.index(known[0])
+        tail = window[start:] if len(window) - start > len(known) else known
+        return window[:start] + tail
+    if window[0] in known:
+        start = known.index(window[0])
+        return known[:start] + (window if len(window) > len(known) - start else known[start:])
+    # Disjoint windows cannot come from one release; keep both, the longer first.
+    return known + window if len(known) >= len(window) else window + known
+
+
+def training_sequences(train_rows: Iterable[Row], validation_rows: Iterable[Row] = ()) -> dict[str, list[str]]:
+    """Each user's known interactions in order (parent_asins): all but the validation and test targets.
+
+    A train row contributes its history and its target; a validation row only its history
+    (everything before the validation target, which stays held out). Test rows are never read.
+    """
     sequences: dict[str, list[str]] = {}
     for row in train_rows:
-        sequence = [event["parent_asin"] for event in row["history"]] + [row["target"]["parent_asin"]]
-        if len(sequence) > len(sequences.get(row["user_id"], ())):
-            sequences[row["user_id"]] = sequence
+        window = [event["parent_asin"] for event in row["history"]] + [row["target"]["parent_asin"]]
+        sequences[row["user_id"]] = _merge_windows(sequences.get(row["user_id"], []), window)
+    for row in validation_rows:
+        window = [event["parent_asin"] for event in row["history"]]
+        if window:
+            sequences[row["user_id"]] = _merge_windows(sequences.get(row["user_id"], []), window)
     return sequences
 
 
@@ -100,6 +140,16 @@ def random_scorer(seed: int) -> Scorer:
 def popularity_scorer(counts: Mapping[str, int]) -> Scorer:
     """Scores = training popularity; unseen items score 0 (ties by candidate position)."""
     return lambda row: [float(counts.get(c["parent_asin"], 0)) for c in row["candidates"]]
+
+
+def shown_scorer(prompt: PromptSettings) -> Scorer:
+    """1.0 for each candidate the student prompt ``prompt`` lists for the row, else 0.0."""
+
+    def score(row: Row) -> Sequence[float]:
+        listed = {candidate["parent_asin"] for candidate in select_candidates(row, prompt)}
+        return [1.0 if candidate["parent_asin"] in listed else 0.0 for candidate in row["candidates"]]
+
+    return score
 
 
 def _ndcg_at_5(rows: Sequence[tuple[list[int], list[int]]], targets: Sequence[int]) -> Callable[[SasRec], float] | None:
@@ -159,42 +209,51 @@ def evaluate_baselines(
     eval_rows: Sequence[Row],
     settings: BaselineSettings,
     validation_rows: Sequence[Row] = (),
+    *,
+    early_stop: bool = True,
 ) -> dict[str, dict[str, float | int]]:
-    """Train every requested baseline on ``train_rows`` and rank ``eval_rows``.
+    """Train every requested baseline on what users are known to have bought and rank ``eval_rows``.
 
-    ``validation_rows`` (held-out rows, never the evaluated ones) early-stop SASRec.
+    ``train_rows`` and ``validation_rows`` (the release's train and validation splits) give the
+    known sequences (:func:`training_sequences`). With ``early_stop``, SASRec keeps the epoch
+    with the best NDCG@5 on ``validation_rows``; pass ``early_stop=False`` when the validation
+    rows are the evaluated ones.
 
-    Returns method label (``Random``, ``Popularity``, ``SASRec``) -> HR@1, HR@5, NDCG@5, n.
+    Returns method name (``random``, ``popularity``, ``sasrec``, ``shown``) -> ``HR@1``,
+    ``HR@5``, ``NDCG@5``, ``n``, ``candidates`` (fractions; candidates ranked per row).
     """
-    sequences = training_sequences(train_rows)
+    sequences = training_sequences(train_rows, validation_rows)
     if not sequences:
-        raise ValueError("the train split is empty: the baselines have nothing to learn from")
-    log.info("%d training users, %d training interactions", len(sequences), sum(map(len, sequences.values())))
+        raise ValueError("the train and validation splits are empty: the baselines have nothing to learn from")
+    log.info("%d known users, %d known interactions", len(sequences), sum(map(len, sequences.values())))
+    candidates = candidates_per_row(eval_rows)
     results: dict[str, dict[str, float | int]] = {}
     for method in settings.methods:
         if method == "random":
             scorer = random_scorer(settings.seed)
         elif method == "popularity":
             scorer = popularity_scorer(popularity_counts(sequences))
+        elif method == "shown":
+            scorer = shown_scorer(PromptSettings(num_candidates=settings.shown_num_candidates))
         else:
-            scorer = sasrec_scorer(sequences, eval_rows, settings.sasrec_config(), validation_rows)
-        label = METHOD_LABELS[method]
-        results[label] = ranking_metrics(rank_rows(eval_rows, scorer, f"ranking with {label}"))
-        log.info("%s: %s", label, results[label])
+            scorer = sasrec_scorer(sequences, eval_rows, settings.sasrec_config(), validation_rows if early_stop else ())
+        results[method] = {**ranking_metrics(rank_rows(eval_rows, scorer, f"ranking with {method}")), "candidates": candidates}
+        log.info("%s: %s", method, results[method])
     return results
 
 
 def run_baselines(dataset: str, config: str, revision: str | None, settings: BaselineSettings) -> dict[str, dict[str, float | int]]:
     """Load a released config and evaluate the baselines on its test (or validation) split.
 
-    SASRec is early-stopped on the validation split when the test split is evaluated; when the
-    validation split itself is evaluated it trains for the full ``sasrec_epochs`` instead.
+    The baselines learn from the train split plus the validation rows' histories. SASRec is
+    early-stopped on the validation split when the test split is evaluated; when the validation
+    split itself is evaluated it trains for the full ``sasrec_epochs`` instead.
     """
-    from training.data import load_split
+    from training.data import load_resolved, load_split_with_source
 
-    train = load_split(dataset, config, revision, "train")
-    evaluated = load_split(dataset, config, revision, settings.split)
+    train, source = load_split_with_source(dataset, config, revision, "train")
+    validation = load_resolved(source, "validation").to_list()
+    evaluated = validation if settings.split == "validation" else load_resolved(source, "test").to_list()
     if settings.limit is not None:
-        evaluated = evaluated.select(range(min(settings.limit, len(evaluated))))
-    validation = load_split(dataset, config, revision, "validation").to_list() if settings.split == "test" else []
-    return evaluate_baselines(train, evaluated.to_list(), settings, validation)
+        evaluated = evaluated[: settings.limit]
+    return evaluate_baselines(train, evaluated, settings, validation, early_stop=settings.split == "test")

@@ -1,10 +1,12 @@
 """``rrec evaluate`` and ``rrec baselines``: metrics tables over a released config.
 
-Both take ``--dataset PATH_OR_ID --config NAME [--revision TAG] --output FILE.json``
-(DESIGN.md, "Command-line contract"). ``--config`` is the dataset config (domain), so the
-YAML settings file is ``--settings``, as for ``rrec train``. Results accumulate: a method
-already in ``--output`` is kept unless evaluated again, so baselines and variants end up in one
-JSON and one Markdown table (``FILE.md``) laid out like the paper's Table 1.
+Both take ``--dataset PATH_OR_ID --subset NAME [--revision TAG] --output FILE.json`` and the
+YAML settings file as ``--config FILE`` (sections ``evaluate``, ``baselines``); the old
+spellings (``--config NAME`` for the subset, ``--settings FILE``) still work with a deprecation
+message (:mod:`training.cli_options`). Results accumulate: a method already in ``--output`` is
+kept unless evaluated again, so baselines and variants end up in one JSON and one Markdown
+table (``FILE.md``) laid out like the paper's Table 1. Every method records the candidates it
+ranked per row (``candidates``): one table compares methods on the same candidate sets.
 """
 
 from __future__ import annotations
@@ -15,18 +17,10 @@ from typing import Annotated
 import typer
 
 from core.cli_common import user_errors
+from training.cli_options import ConfigOpt, DatasetOpt, RevisionOpt, SettingsOpt, SubsetOpt, dataset_options
 
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="Release to read: a local registry or release folder, or a Hub dataset id.")]
-DatasetConfigOpt = Annotated[str, typer.Option("--config", help="Dataset config (domain), e.g. grocery.")]
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Version tag, e.g. v1.0.0 (default: the newest of a local registry).")]
 OutputOpt = Annotated[
     Path, typer.Option("--output", help="Results JSON (method -> metrics as fractions); FILE.md gets the table.", dir_okay=False)
-]
-SettingsFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--settings", help="YAML settings file (sections `evaluate`, `baselines`); options override it.", exists=True, dir_okay=False
-    ),
 ]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N rows of the split.", min=1)]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Split to evaluate: test (default) or validation.")]
@@ -44,8 +38,8 @@ def evaluate_command(
         Path, typer.Option("--model", help="Trained model folder (`rrec train sft` / `grpo` output).", exists=True, file_okay=False)
     ],
     dataset: DatasetOpt,
-    config: DatasetConfigOpt,
     output: OutputOpt,
+    subset: SubsetOpt = None,
     revision: RevisionOpt = None,
     variant: Annotated[
         str | None,
@@ -69,13 +63,15 @@ def evaluate_command(
             "--generations", help="Parquet file for the generations (default: OUTPUT.<variant>.generations.parquet).", dir_okay=False
         ),
     ] = None,
-    settings_file: SettingsFileOpt = None,
+    config: ConfigOpt = None,
+    settings_file: SettingsOpt = None,
 ) -> None:
     """Evaluate a trained model: candidate ranking by likelihood and greedy generation.
 
     Ranking gives HR@1, HR@5, NDCG@5; generation gives generative HR@1, valid and
     hallucination rates. The generations (sequence key + rationale) are saved as Parquet so a
-    judge can score the rationales.
+    judge can score the rationales. Prompt settings that list a subset of the candidates are
+    refused: the prompt shows every candidate or none (DESIGN.md, "Evaluation protocol").
     """
     from core.cli_common import settings_for
     from training.evaluate import VARIANT_INFERS_RATIONALE, EvalSettings, default_variant, evaluate
@@ -84,8 +80,9 @@ def evaluate_command(
     chosen = (variant or default_variant(model)).upper()
     if chosen not in VARIANT_INFERS_RATIONALE:
         raise ValueError(f"--variant must be A, B or C, not {variant!r}")
+    options = dataset_options(subset, config, settings_file)
     settings, _ = settings_for(
-        settings_file,
+        options.config_file,
         "evaluate",
         EvalSettings,
         limit=limit,
@@ -98,8 +95,9 @@ def evaluate_command(
         prompt_seed=prompt_seed,
         generations=generations or output.with_name(f"{output.stem}.{chosen}.generations.parquet"),
     )
-    metrics = evaluate(model, dataset, config, revision, infer_rationale=VARIANT_INFERS_RATIONALE[chosen], settings=settings)
-    json_path, table_path = write_results(output, config, {chosen: metrics})
+    infer_rationale = VARIANT_INFERS_RATIONALE[chosen]
+    metrics = evaluate(model, dataset, options.subset, revision, infer_rationale=infer_rationale, settings=settings)
+    json_path, table_path = write_results(output, options.subset, {chosen: metrics})
     typer.echo(table_path.read_text(encoding="utf-8"))
     typer.echo(f"variant {chosen}: results in {json_path} and {table_path}; generations in {settings.generations}")
 
@@ -107,10 +105,12 @@ def evaluate_command(
 @user_errors
 def baselines_command(
     dataset: DatasetOpt,
-    config: DatasetConfigOpt,
     output: OutputOpt,
+    subset: SubsetOpt = None,
     revision: RevisionOpt = None,
-    methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated: random,popularity,sasrec (default: all).")] = None,
+    methods: Annotated[
+        str | None, typer.Option("--methods", help="Comma-separated: random,popularity,sasrec,shown (default: all four).")
+    ] = None,
     limit: LimitOpt = None,
     split: SplitOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the random baseline and of SASRec.")] = None,
@@ -124,19 +124,23 @@ def baselines_command(
     sasrec_patience: Annotated[
         int | None, typer.Option("--sasrec-patience", help="Validation checks without gain before SASRec stops (0: never).", min=0)
     ] = None,
-    settings_file: SettingsFileOpt = None,
+    config: ConfigOpt = None,
+    settings_file: SettingsOpt = None,
 ) -> None:
-    """Evaluate the random, popularity and SASRec baselines.
+    """Evaluate the random, popularity, SASRec and shown baselines.
 
-    Each is trained on the train split and ranks exactly the candidates of the evaluated split
-    (SASRec early-stops on the validation split).
+    Each learns from every user's sequence except the validation and test targets (train rows
+    plus the validation rows' histories) and ranks exactly the candidates of the evaluated split
+    (SASRec early-stops on the validation split). `shown` scores only whether the student prompt
+    lists a candidate: it must sit at chance.
     """
     from core.cli_common import settings_for
     from training.baselines import BaselineSettings, run_baselines
     from training.metrics import write_results
 
+    options = dataset_options(subset, config, settings_file)
     settings, _ = settings_for(
-        settings_file,
+        options.config_file,
         "baselines",
         BaselineSettings,
         methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
@@ -150,7 +154,7 @@ def baselines_command(
         sasrec_lr=sasrec_lr,
         sasrec_patience=sasrec_patience,
     )
-    results = run_baselines(dataset, config, revision, settings)
-    json_path, table_path = write_results(output, config, results)
+    results = run_baselines(dataset, options.subset, revision, settings)
+    json_path, table_path = write_results(output, options.subset, results)
     typer.echo(table_path.read_text(encoding="utf-8"))
     typer.echo(f"results in {json_path} and {table_path}")

@@ -29,12 +29,15 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 RANKING_KS = (1, 5)
 NDCG_K = 5
 TABLE_COLUMNS = ("HR@1", "HR@5", "NDCG@5")
+# Table labels of the baselines (the JSON keys are the method names of ``rrec baselines``).
+METHOD_LABELS = {"random": "Random", "popularity": "Popularity", "sasrec": "SASRec", "shown": "Shown in prompt (chance check)"}
 
 _PUNCTUATION = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACES = re.compile(r"\s+")
@@ -82,6 +85,22 @@ def ranking_metrics(ranks: Sequence[int]) -> dict[str, float | int]:
     metrics[f"NDCG@{NDCG_K}"] = sum(ndcg_at(r, NDCG_K) for r in ranks) / n
     metrics["n"] = n
     return metrics
+
+
+def candidates_per_row(rows: Iterable[Mapping[str, Any]]) -> int | float:
+    """The number of candidates ranked per row, recorded with every method's metrics (key ``candidates``).
+
+    A release gives every row the same count (the target plus ``num_negatives``); when rows
+    differ (a catalog too small for the negatives asked for) the mean is recorded, rounded to
+    two decimals, and a warning says so.
+    """
+    counts = [len(row["candidates"]) for row in rows]
+    if not counts:
+        raise ValueError("no rows were ranked: the split is empty (or --limit is 0)")
+    if len(set(counts)) == 1:
+        return counts[0]
+    log.warning("rows rank between %d and %d candidates; recording the mean", min(counts), max(counts))
+    return round(sum(counts) / len(counts), 2)
 
 
 def normalise_title(title: str) -> str:
@@ -174,17 +193,18 @@ def markdown_table(results: Mapping[str, Mapping[str, Mapping[str, float | int]]
     header = ["Method"] + [f"{domain} {column}" for domain in domains for column in TABLE_COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for method in methods:
-        cells = [method]
+        cells = [METHOD_LABELS.get(method, method)]
         for domain in domains:
             metrics = results[domain].get(method)
             cells.extend(f"{100 * metrics[c]:.2f}" if metrics and c in metrics else "-" for c in TABLE_COLUMNS)
         lines.append("| " + " | ".join(cells) + " |")
-    counts = ", ".join(f"{d}: n = {_row_count(results[d])}" for d in domains)
-    return "\n".join(lines) + f"\n\nValues in %; {counts} test rows.\n"
+    counts = ", ".join(f"{d}: n = {_row_count(results[d], 'n')}" for d in domains)
+    candidates = ", ".join(f"{d}: {_row_count(results[d], 'candidates')}" for d in domains)
+    return "\n".join(lines) + f"\n\nValues in %; {counts} test rows; candidates ranked per row: {candidates}.\n"
 
 
-def _row_count(per_method: Mapping[str, Mapping[str, float | int]]) -> str:
-    counts = sorted({int(m["n"]) for m in per_method.values() if "n" in m})
+def _row_count(per_method: Mapping[str, Mapping[str, float | int]], key: str) -> str:
+    counts = sorted({m[key] for m in per_method.values() if key in m})
     return "/".join(str(c) for c in counts) or "?"
 
 
@@ -192,7 +212,9 @@ def write_results(output: Path, domain: str, new_results: Mapping[str, Mapping[s
     """Add methods' metrics to ``output`` (JSON) and rewrite the Markdown table beside it.
 
     Methods already in an existing ``output`` are kept unless re-evaluated, so ``rrec
-    baselines`` and ``rrec evaluate`` runs accumulate into one table. Returns (json, markdown).
+    baselines`` and ``rrec evaluate`` runs accumulate into one table. Methods that ranked a
+    different number of candidates per row (key ``candidates``) are refused: one table compares
+    methods on the same candidate sets. Returns (json, markdown).
     """
     output = Path(output)
     merged: dict[str, dict[str, float | int]] = {}
@@ -205,6 +227,12 @@ def write_results(output: Path, domain: str, new_results: Mapping[str, Mapping[s
             raise ValueError(f"{output} exists but does not map methods to metrics; choose another --output")
         log.info("adding %s to the results already in %s", ", ".join(new_results), output)
     merged.update({method: dict(metrics) for method, metrics in new_results.items()})
+    ranked = {method: metrics["candidates"] for method, metrics in merged.items() if "candidates" in metrics}
+    if len(set(ranked.values())) > 1:
+        raise ValueError(
+            f"{output} would mix methods ranking different candidate sets per row ({ranked}); one table compares methods "
+            "on the same candidates: choose another --output"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(merged, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     table_path = output.with_suffix(".md")

@@ -2,8 +2,15 @@
 
 The system turn states the output format (rationale first, ``<think>..</think><item>..</item>``,
 or item only, ``<item>..</item>``); the user turn lists the last K history items with their
-ratings and, optionally, M candidates drawn from the row's candidate list. The assistant turn
-(the training target) comes from :func:`build_completion`.
+ratings and, optionally, candidates from the row's candidate list. The assistant turn (the
+training target) comes from :func:`build_completion`.
+
+Evaluation protocol (DESIGN.md): every method ranks exactly the row's candidates, and the prompt
+shows exactly that set or none at all. The default shows none. A prompt that lists a subset
+drawn around the target (``0 < num_candidates < len(candidates)``) hands the model a shortlist
+that always holds the answer: a scorer that only knows which titles are listed beats every
+real method. Such prompts can still train a model, but :func:`check_candidate_protocol`
+refuses them for evaluation.
 
 The teacher prompt that writes the rationales lives in ``pipeline/`` and has its own version;
 this one is :data:`STUDENT_PROMPT_VERSION`, recorded with every trained model.
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,7 +47,9 @@ class PromptSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     history_k: int = Field(10, ge=1, description="Last K history items shown (most recent last).")
-    num_candidates: int = Field(20, ge=0, description="Candidates shown, the target included; 0 = no candidate list.")
+    num_candidates: int = Field(
+        0, ge=0, description="Candidates shown: 0 = no list (default); at least the row's count = every candidate of the row."
+    )
     seed: int = 42
 
 
@@ -66,6 +76,24 @@ def select_candidates(row: dict[str, Any], settings: PromptSettings) -> list[dic
     shown = [candidates[target_index], *rng.sample(negatives, settings.num_candidates - 1)]
     rng.shuffle(shown)
     return shown
+
+
+def check_candidate_protocol(settings: PromptSettings, candidate_counts: Iterable[int]) -> None:
+    """Refuse prompt settings that would show a subset of some row's candidates.
+
+    Under the evaluation protocol the prompt lists none of the row's candidates or all of them,
+    so the likelihood ranking over every candidate is not helped by a shortlist that holds the
+    target. Raises ``ValueError`` naming the setting and the fix.
+    """
+    if settings.num_candidates == 0:
+        return
+    largest = max(candidate_counts, default=0)
+    if settings.num_candidates < largest:
+        raise ValueError(
+            f"the prompt would list {settings.num_candidates} of the {largest} candidates ranked per row, the target always "
+            "among them, so a model could score by copying a listed title (every method must rank the same candidates, "
+            f"and the prompt shows all of them or none); pass --num-candidates 0 (no list) or --num-candidates {largest} (all)"
+        )
 
 
 def _format_rating(rating: float | None) -> str:
