@@ -3,13 +3,17 @@
 The in-memory builder (``release.layout.load_domains`` + ``write_data``) holds every row of a
 domain in one process. This one writes the same files holding one partition at a time:
 
-1. **plan**: each sequences part file reports its row count and a sample of its sorted user
-   ids; the driver cuts the user ids into ranges of about ``partition_rows`` rows;
-2. **join**: one task per user range reads the sequences and filtered rows of its users
-   (Parquet statistics skip the files and row groups outside the range), joins them with the
-   reference :func:`release.layout.join_release_rows`, writes the rows per split into a
-   staging folder and returns their :class:`~datacards.statistics.RowStatistics`; a user's
-   rows all fall in one range, so the ranges in order are the release's row order;
+1. **plan**: each sequences part file reports its row count, its first and last user id,
+   whether it is in user order, and a sample of its sorted user ids;
+2. **join**: a partition is a run of whole users of about ``partition_rows`` rows. Its
+   sequences rows are joined with their filtered rows by the reference
+   :func:`release.layout.join_release_rows`, written per split into a staging folder, and
+   summed up as :class:`~datacards.statistics.RowStatistics`. A user's rows all fall in one
+   partition, so the partitions in user order are the release's row order. The sequences stage
+   writes parts in user order with disjoint user ranges: then one task per part streams it in
+   batches (each part read once, one batch held at a time). Any other layout is cut into user
+   ranges from the sampled ids, one task per range reading its users with a filter (correct
+   for any input, but every task scans the row groups its range overlaps);
 3. **items**: one task keeps the catalog rows of the items the ranges mention;
 4. **shards**: one task per shard reads the slices of the staging files that fall in its rows
    (``shard_rows`` per shard, numbered across the whole split), writes the shard a row group at
@@ -27,22 +31,25 @@ import logging
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from core.progress import track
-from core.schemas import ITEMS, RELEASE_ROW, SPLITS
+from core.schemas import ITEMS, RELEASE_ROW, SEQUENCES, SPLITS
 from core.tables import dataset, parts
 from datacards.statistics import RowStatistics, category_counts
 from release.layout import (
     ITEMS_SPLIT,
     DomainRelease,
     DomainSource,
+    ReleaseError,
     WrittenTable,
     catalog_of,
     join_release_rows,
@@ -64,25 +71,52 @@ _ASINS = "asins.parquet"
 class RangeResult:
     """What one user-range task wrote into its staging folder."""
 
-    index: int
+    folder: str
     rows: dict[str, int]
     statistics: RowStatistics
     train_without_rationale: int
+    rationales: int
 
 
-def user_sample(path: str, stride: int) -> tuple[int, list[str]]:
-    """Row count of one sequences part file and every ``stride``-th of its user ids in sorted order."""
-    users = pq.read_table(path, columns=["user_id"])["user_id"]
+@dataclass(frozen=True)
+class PartSample:
+    """What the plan knows of one sequences part file."""
+
+    path: str
+    rows: int
+    first: str | None
+    last: str | None
+    in_user_order: bool
+    users: list[str]
+
+
+def user_sample(path: str, stride: int) -> PartSample:
+    """One sequences part file's rows, user range, order, and every ``stride``-th of its user ids in sorted order."""
+    users = pq.read_table(path, columns=["user_id"])["user_id"].combine_chunks()
     ordered = users.take(pc.sort_indices(users))
-    return len(users), ordered.take(pa.array(range(0, len(ordered), stride), pa.int64())).to_pylist()
+    sampled = ordered.take(pa.array(range(0, len(ordered), stride), pa.int64())).to_pylist()
+    if not len(users):
+        return PartSample(path, 0, None, None, True, [])
+    in_order = len(users) < 2 or bool(pc.all(pc.less_equal(users[:-1], users[1:])).as_py())
+    return PartSample(path, len(users), ordered[0].as_py(), ordered[-1].as_py(), in_order, sampled)
 
 
-def range_bounds(samples: Iterable[tuple[int, list[str]]], stride: int, partition_rows: int) -> list[str]:
+def ordered_parts(samples: list[PartSample]) -> list[PartSample] | None:
+    """The non-empty parts in user order if each is in user order and their user ranges are disjoint, else None."""
+    parts_with_rows = sorted((s for s in samples if s.rows), key=lambda s: s.first or "")
+    if not all(s.in_user_order for s in parts_with_rows):
+        return None
+    if any(a.last >= b.first for a, b in pairwise(parts_with_rows)):  # type: ignore[operator]
+        return None
+    return parts_with_rows
+
+
+def range_bounds(samples: Iterable[PartSample], stride: int, partition_rows: int) -> list[str]:
     """User ids that start each range after the first, so that a range holds about ``partition_rows`` rows.
 
     Each sampled id stands for the ``stride`` rows that follow it in its part's sorted order.
     """
-    ids = sorted(user for _, users in samples for user in users)
+    ids = sorted(user for sample in samples for user in sample.users)
     bounds: list[str] = []
     held = 0
     for user in ids:
@@ -104,18 +138,54 @@ def _user_range(low: str | None, high: str | None) -> pc.Expression | None:
     return conditions[0] if len(conditions) == 1 else conditions[0] & conditions[1]
 
 
-def build_range(run: str, low: str | None, high: str | None, folder: str) -> RangeResult:
-    """Release rows of the users in ``[low, high)`` (None: unbounded), written per split into ``folder``."""
-    user_filter = _user_range(low, high)
-    sequences = dataset(Path(run) / "sequences", "sequences").to_table(filter=user_filter)
-    filtered = dataset(Path(run) / "filtered", "filtered").to_table(filter=user_filter)
+def _join_and_stage(sequences: pa.Table, filtered: pa.Table, folder: str) -> RangeResult:
+    """Join one partition (reference join), write its rows per split and the items it mentions into ``folder``."""
     splits, dropped = join_release_rows(sequences, filtered)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     for split, table in splits.items():
         pq.write_table(table, out / f"{split}.parquet", compression="lz4")
     pq.write_table(pa.table({"parent_asin": mentioned_items(splits.values())}), out / _ASINS, compression="lz4")
-    return RangeResult(int(out.name), {s: t.num_rows for s, t in splits.items()}, RowStatistics.of_splits(splits), dropped)
+    rows = {s: t.num_rows for s, t in splits.items()}
+    return RangeResult(folder, rows, RowStatistics.of_splits(splits), dropped, filtered.num_rows)
+
+
+def build_range(run: str, low: str | None, high: str | None, folder: str) -> RangeResult:
+    """Release rows of the users in ``[low, high)`` (None: unbounded), written per split into ``folder``."""
+    user_filter = _user_range(low, high)
+    sequences = dataset(Path(run) / "sequences", "sequences").to_table(filter=user_filter)
+    filtered = dataset(Path(run) / "filtered", "filtered").to_table(filter=user_filter)
+    return _join_and_stage(sequences, filtered, folder)
+
+
+def _whole_user_batches(path: str, partition_rows: int) -> Iterable[pa.Table]:
+    """A part file in user order as tables of about ``partition_rows`` rows that never split a user."""
+    pending: pa.Table | None = None
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=partition_rows):
+        table = pa.Table.from_batches([batch]).select(SEQUENCES.names).cast(SEQUENCES)
+        table = table if pending is None else pa.concat_tables([pending, table])
+        cut = pc.index(table["user_id"], table["user_id"][-1]).as_py()
+        if cut > 0:
+            yield table.slice(0, cut)
+            table = table.slice(cut)
+        pending = table
+    if pending is not None and pending.num_rows:
+        yield pending
+
+
+def build_part(run: str, part: PartSample, folder: str, partition_rows: int) -> list[RangeResult]:
+    """Release rows of one part file in user order, a batch of whole users at a time, into ``folder-NNNNN``."""
+    filtered = dataset(Path(run) / "filtered", "filtered").to_table(
+        filter=_user_range(part.first, None) & (pc.field("user_id") <= part.last)
+    )
+    filtered = filtered.take(pc.sort_indices(filtered["user_id"]))
+    keys = np.asarray(filtered["user_id"].to_pylist(), dtype=object)
+    results = []
+    for index, sequences in enumerate(_whole_user_batches(part.path, partition_rows)):
+        users = sequences["user_id"]
+        low, high = np.searchsorted(keys, users[0].as_py(), "left"), np.searchsorted(keys, users[-1].as_py(), "right")
+        results.append(_join_and_stage(sequences, filtered.slice(low, high - low), f"{folder}-{index:05d}"))
+    return results
 
 
 def build_items(run: str, staging: str) -> tuple[int, dict[str, int]]:
@@ -163,24 +233,44 @@ def _map(client: Any, function: Callable[..., Any], description: str, *arguments
     return gather_with_progress(client.map(function, *arguments, pure=False), description)
 
 
-def _stream_domain(
-    source: DomainSource, release_dir: Path, staging: Path, shard_rows: int, partition_rows: int, client: Any
-) -> DomainRelease:
-    """Plan, join, items and shards of one domain (see the module docstring)."""
+def _join_partitions(source: DomainSource, staging: Path, partition_rows: int, client: Any) -> list[RangeResult]:
+    """Plan and join one domain's partitions (steps 1 and 2 of the module docstring), in release row order."""
     part_files = [str(p) for p in parts(source.run / "sequences")]
     stride = max(1, partition_rows // SAMPLES_PER_PARTITION)
     samples = _map(client, user_sample, f"{source.config}: planning", part_files, [stride] * len(part_files))
-    bounds = range_bounds(samples, stride, partition_rows)
-    lows, highs = [None, *bounds], [*bounds, None]
-    folders = [str(staging / f"{index:05d}") for index in range(len(lows))]
-    log.info("%s: %d sequences rows in %d user ranges", source.config, sum(n for n, _ in samples), len(lows))
-    runs = [str(source.run)] * len(lows)
-    results = sorted(_map(client, build_range, f"{source.config}: joining", runs, lows, highs, folders), key=lambda r: r.index)
+    ordered = ordered_parts(samples)
+    runs = [str(source.run)] * len(samples)
+    if ordered:
+        folders = [str(staging / f"{index:05d}") for index in range(len(ordered))]
+        found = _map(
+            client, build_part, f"{source.config}: joining", runs[: len(ordered)], ordered, folders, [partition_rows] * len(ordered)
+        )
+        results = [result for part in found for result in part]
+    else:
+        bounds = range_bounds(samples, stride, partition_rows)
+        lows, highs = [None, *bounds], [*bounds, None]
+        folders = [str(staging / f"{index:05d}-00000") for index in range(len(lows))]
+        results = _map(client, build_range, f"{source.config}: joining", [str(source.run)] * len(lows), lows, highs, folders)
+    log.info("%s: %d sequences rows joined in %d partitions", source.config, sum(s.rows for s in samples), len(results))
+    rationales = dataset(source.run / "filtered", "filtered").count_rows()
+    if (orphans := rationales - sum(r.rationales for r in results)) > 0:
+        raise ReleaseError(
+            f"the filtered table holds {orphans} rationale(s) for sequences that are not in the sequences table; "
+            f"it was built from an older sequences table: rerun `rrec annotate --force` and `rrec filter --force` on {source.run}"
+        )
+    return sorted(results, key=lambda r: r.folder)
+
+
+def _stream_domain(
+    source: DomainSource, release_dir: Path, staging: Path, shard_rows: int, partition_rows: int, client: Any
+) -> DomainRelease:
+    """Join, catalog and shards of one domain (see the module docstring)."""
+    results = _join_partitions(source, staging, partition_rows, client)
     ((catalog_rows, categories),) = _map(client, build_items, f"{source.config}: catalog", [str(source.run)], [str(staging)])
 
     jobs: list[tuple[str, list[tuple[str, int, int]], pa.Schema]] = []
     for split in SPLITS:
-        files = [(f"{folder}/{split}.parquet", result.rows[split]) for folder, result in zip(folders, results)]
+        files = [(f"{result.folder}/{split}.parquet", result.rows[split]) for result in results]
         pieces = shard_pieces(files, shard_rows)
         jobs += [(f"data/{source.config}/{shard_name(split, i, len(pieces))}", p, RELEASE_ROW) for i, p in enumerate(pieces)]
     pieces = shard_pieces([(str(staging / f"{ITEMS_SPLIT}.parquet"), catalog_rows)], shard_rows)

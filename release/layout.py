@@ -131,6 +131,8 @@ def join_release_rows(sequences: pa.Table, filtered: pa.Table) -> tuple[dict[str
     that the released files do not depend on how the run folder was partitioned. Returns the
     tables and the number of train sequences left out for lack of a passing rationale.
     """
+    # One contiguous copy: each split's take would otherwise concatenate every chunk again.
+    sequences = sequences.combine_chunks()
     target = sequences["target"]
     keyed = sequences.append_column("target_parent_asin", pc.struct_field(target, "parent_asin"))
     keyed = keyed.append_column("_row", pa.array(range(keyed.num_rows), pa.int64()))

@@ -21,7 +21,7 @@ from test_dask_cluster import scheduler_address  # noqa: F401  (the real schedul
 
 from core.tables import read_table, write_part
 from datacards.statistics import domain_statistics
-from release.builder import build_range, range_bounds, stream_release, user_sample
+from release.builder import build_range, ordered_parts, range_bounds, stream_release, user_sample
 from release.checksums import file_checksums, verify_release
 from release.layout import DomainSource, ReleaseError, check_domains, load_domains, write_data
 from release.loading import load_release
@@ -161,3 +161,11 @@ def test_release_runs_unchanged_on_a_multi_worker_scheduler_cluster(runs, refere
     assert {"user_sample", "build_range", "build_items", "write_shard_from"} <= set(prefixes)
     assert data_checksums(registry) == data_checksums(ref_dir)
     assert verify_release(registry)["files"] == result.manifest["files"]
+
+
+def test_parts_in_user_order_stream_part_by_part_and_other_layouts_are_cut_into_ranges(runs, tmp_path) -> None:
+    (source,) = check_domains(runs[:1])
+    in_order = [user_sample(str(p), 1) for p in sorted((source.run / "sequences").glob("*.parquet"))]
+    assert [p.rows for p in ordered_parts(in_order)] == [p.rows for p in in_order]
+    shuffled = shuffled_copy(source, tmp_path, parts=3)
+    assert ordered_parts([user_sample(str(p), 1) for p in sorted((shuffled.run / "sequences").glob("*.parquet"))]) is None

@@ -1,0 +1,267 @@
+"""The whole chain, raw files to a validated, carded, tagged release, timed as a user runs it.
+
+    python benchmarks/chain_bench.py --users 150000      # the embedded Grocery domain, 150k users
+    python benchmarks/chain_bench.py --reviews 14000000  # a full-size domain
+
+1. generates one synthetic Grocery domain with `rrec sample`'s generator (cached in --workdir);
+2. the pyarrow floor: the time `pyarrow.json` alone takes to read the same review file on the
+   same number of local Dask workers (64 MiB newline-aligned blocks, the raw review fields as
+   an explicit schema, as ingest reads them), cluster start-up excluded;
+3. first command: `rrec run --until sequences` (ingest + sequences), timed whole;
+4. second command: `rrec run` (annotate with the template annotator, filter, judge (heuristic),
+   validate, card and release; ingest and sequences are skipped as unchanged), timed whole;
+5. each command's peak memory, sampled every 50 ms over its process tree (driver and Dask
+   workers): the largest single process and the sum;
+6. stage wall times from the run manifest, and a check that the release loads with
+   `release.loading.load_release`.
+
+Prints a table and writes a JSON record (--output) for docs/PERFORMANCE.md. Targets (issue 13):
+second / first <= 3 and no process above 4 GB at 150k users. Exits 1 if a command fails or the
+release does not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.pipeline_bench import DOMAIN, warm_page_cache  # noqa: E402
+
+CONFIG = "grocery"
+VERSION = "1.0.0"
+FLOOR_BLOCK = 64 << 20
+CHAIN_STAGES = ("ingest", "sequences", "annotate", "filter", "judge", "validate")
+
+
+@dataclass
+class Command:
+    """One measured command: wall time, peak memory of its largest process and of the whole tree."""
+
+    wall_s: float
+    peak_process_mb: float
+    peak_tree_mb: float
+    processes: int
+    returncode: int
+
+
+def measure_tree(cmd: list[str], log_path: Path) -> Command:
+    """Run ``cmd``; wall time and the peak RSS per process and summed over its process tree (50 ms samples)."""
+    with open(log_path, "w") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        root = psutil.Process(proc.pid)
+        per_process: dict[int, int] = {}
+        tree_peak = 0
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal tree_peak
+            while not done.is_set():
+                try:
+                    procs = [root, *root.children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    procs = []
+                total = 0
+                for p in procs:
+                    try:
+                        rss = p.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        continue
+                    total += rss
+                    per_process[p.pid] = max(per_process.get(p.pid, 0), rss)
+                tree_peak = max(tree_peak, total)
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        returncode = proc.wait()
+        wall = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    if returncode != 0:
+        print(f"command failed ({returncode}): {' '.join(cmd)}; log: {log_path}", file=sys.stderr)
+        print(log_path.read_text()[-3000:], file=sys.stderr)
+    return Command(
+        round(wall, 2), round(max(per_process.values(), default=0) / 2**20, 1), round(tree_peak / 2**20, 1), len(per_process), returncode
+    )
+
+
+def newline_blocks(path: Path, block: int) -> list[tuple[int, int]]:
+    """``(start, end)`` byte ranges of about ``block`` bytes, each ending after a newline."""
+    size = path.stat().st_size
+    bounds = [0]
+    with open(path, "rb") as handle:
+        while bounds[-1] + block < size:
+            handle.seek(bounds[-1] + block)
+            handle.readline()
+            bounds.append(min(handle.tell(), size))
+    return list(zip(bounds, [*bounds[1:], size]))
+
+
+def read_block_with_pyarrow(path: str, start: int, end: int) -> int:
+    """Rows ``pyarrow.json`` reads from one block of review lines (the raw review fields, typed)."""
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
+    schema = pa.schema(
+        [
+            ("rating", pa.float64()),
+            ("title", pa.string()),
+            ("text", pa.string()),
+            ("asin", pa.string()),
+            ("parent_asin", pa.string()),
+            ("user_id", pa.string()),
+            ("timestamp", pa.int64()),
+            ("helpful_vote", pa.int64()),
+            ("verified_purchase", pa.bool_()),
+        ]
+    )
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        data = handle.read(end - start)
+    table = pajson.read_json(
+        pa.BufferReader(data),
+        read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1),
+        parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+    )
+    return table.num_rows
+
+
+def pyarrow_floor(reviews: Path, workers: int) -> dict[str, float | int]:
+    """Seconds ``pyarrow.json`` takes to read ``reviews`` in parallel blocks on ``workers`` local Dask workers."""
+    from pipeline.cluster import dask_client
+
+    blocks = newline_blocks(reviews, FLOOR_BLOCK)
+    with dask_client(workers) as client:
+        client.run(lambda: __import__("pyarrow.json"))  # imports are start-up, not reading
+        warm_page_cache(reviews)
+        started = time.perf_counter()
+        futures = [client.submit(read_block_with_pyarrow, str(reviews), s, e, pure=False) for s, e in blocks]
+        rows = sum(client.gather(futures))
+        seconds = time.perf_counter() - started
+    return {"wall_s": round(seconds, 2), "rows": rows, "blocks": len(blocks), "block_bytes": FLOOR_BLOCK}
+
+
+def write_config(path: Path, args: argparse.Namespace, reviews: Path, meta: Path) -> None:
+    config = {  # YAML is a superset of JSON
+        "workers": args.workers,
+        "run": {"inputs": {DOMAIN: {"reviews": [str(reviews)], "meta": [str(meta)]}}, "judge": True},
+        "sequences": {"k": 5, "train_targets": args.train_targets, "max_history": 50, "num_negatives": 99},
+        "annotate": {"annotator": "template", "splits": ["train"]},
+        "judge": {"judge": "heuristic", "sample": 300},
+        "release": {"version": VERSION},
+    }
+    path.write_text(json.dumps(config, indent=2))
+
+
+def loads_back(registry: Path) -> dict[str, int]:
+    """Rows per split of the released config, read with the project's loader (verifies checksums)."""
+    from release.loading import load_release
+
+    dataset = load_release(registry, CONFIG, revision=f"v{VERSION}", cache_dir=registry.parent / "load-cache")
+    return {split: len(rows) for split, rows in dataset.items()}
+
+
+def _machine() -> str:
+    memory = psutil.virtual_memory().total / 2**30
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("--users", type=int, help="users of the generated Grocery domain (the issue's 150k: --users 150000)")
+    size.add_argument("--reviews", type=int, help="about this many reviews (users = reviews / 9)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/rrec-chain-bench"), help="data and run folders (data is reused)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="local Dask workers of the chain and of the floor")
+    parser.add_argument("--train-targets", choices=["all", "last"], default="last")
+    parser.add_argument("--note", default="", help="free text stored in the record (e.g. machine load)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON record (default: WORKDIR/chain-<size>.json)")
+    args = parser.parse_args(argv)
+
+    from pipeline.sample import SampleSettings, generate_domain, users_for_reviews
+
+    users = args.users or users_for_reviews(args.reviews)
+    label = f"users-{users}"
+    data = args.workdir / f"data-{label}"
+    reviews, meta = data / f"{DOMAIN}.jsonl", data / f"meta_{DOMAIN}.jsonl"
+    if not reviews.exists():
+        print(f"generating {users:,} users into {data} ...", flush=True)
+        report = generate_domain(data, DOMAIN, SampleSettings(users=users))
+        print(f"  {report.reviews:,} reviews, {report.items:,} items", flush=True)
+
+    print(f"pyarrow floor: pyarrow.json over {reviews.stat().st_size / 2**20:,.0f} MiB on {args.workers} workers ...", flush=True)
+    floor = pyarrow_floor(reviews, args.workers)
+    print(f"  {floor}", flush=True)
+
+    out = args.workdir / f"out-{label}"
+    shutil.rmtree(out, ignore_errors=True)
+    config = args.workdir / f"chain-{label}.yaml"
+    write_config(config, args, reviews, meta)
+    rrec = [str(Path(sys.executable).with_name("rrec")), "--log-level", "WARNING", "run", "--out", str(out), "--config", str(config)]
+    print("first command: rrec run --until sequences ...", flush=True)
+    warm_page_cache(reviews, meta)
+    first = measure_tree([*rrec, "--until", "sequences"], args.workdir / "first.log")
+    print(f"  {first}", flush=True)
+    print("second command: rrec run (annotate .. release) ...", flush=True)
+    second = measure_tree(rrec, args.workdir / "second.log") if first.returncode == 0 else first
+    print(f"  {second}", flush=True)
+    if first.returncode or second.returncode:
+        return 1
+
+    stages = json.loads((out / "runs" / DOMAIN / "manifest.json").read_text())["stages"]
+    stage_s = {name: stages[name]["wall_time_s"] for name in CHAIN_STAGES if name in stages}
+    after_sequences = sum(stage_s.get(name, 0.0) for name in CHAIN_STAGES[2:])
+    loaded = loads_back(out / "registry")
+    release = json.loads((out / "registry" / "manifest.json").read_text())
+    shard_bytes = [info["bytes"] for name, info in release["files"].items() if name.startswith(f"data/{CONFIG}/")]
+    record = {
+        "users_generated": users,
+        "reviews": stages["ingest"].get("rows_in"),
+        "review_file_bytes": reviews.stat().st_size,
+        "sequences_rows": stages["sequences"].get("rows_out"),
+        "released_rows": release["row_counts"],
+        "loaded_rows": loaded,
+        "largest_shard_mb": round(max(shard_bytes) / 2**20, 1),
+        "workers": args.workers,
+        "machine": _machine(),
+        "note": args.note,
+        "pyarrow_floor": floor,
+        "ingest_over_floor": round(stage_s["ingest"] / floor["wall_s"], 2) if floor["wall_s"] else None,
+        "stage_wall_s": stage_s,
+        "release_and_startup_s": round(second.wall_s - after_sequences, 2),
+        "first_command": {"cmd": "rrec run --until sequences", **asdict(first)},
+        "second_command": {"cmd": "rrec run", **asdict(second)},
+        "second_over_first": round(second.wall_s / first.wall_s, 2),
+        "command": "python benchmarks/chain_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    output = args.output or args.workdir / f"chain-{label}.json"
+    output.write_text(json.dumps(record, indent=2))
+    print()
+    print("| | wall (s) | peak, largest process (MB) | peak, process tree (MB) |\n|---|---|---|---|")
+    print(f"| pyarrow.json floor (read only) | {floor['wall_s']} | | |")
+    for name, seconds in stage_s.items():
+        print(f"| stage {name} | {seconds} | | |")
+    print(f"| release + start-up (rest of 2nd) | {record['release_and_startup_s']} | | |")
+    for name, cmd in (("1st: rrec run --until sequences", first), ("2nd: rrec run", second)):
+        print(f"| {name} | {cmd.wall_s} | {cmd.peak_process_mb} | {cmd.peak_tree_mb} |")
+    print(f"second / first = {record['second_over_first']}x; ingest / floor = {record['ingest_over_floor']}x; record: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
