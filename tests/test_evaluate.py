@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from release_fixture import _catalog, make_release
 
 TINY = TinyModelSettings(vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, max_positions=1024)
-TRAINED_PROMPT = {"history_k": 3, "num_candidates": 5, "seed": 7}
+# The rows of the `rows` fixture have 8 candidates: the model was trained with all of them listed.
+TRAINED_PROMPT = {"history_k": 3, "num_candidates": 8, "seed": 7}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -133,7 +134,7 @@ def test_evaluate_saves_generations_with_the_sequence_key(tiny, rows, tmp_path) 
     settings = EvalSettings(limit=5, max_new_tokens=10, generations=generations)
     metrics = evaluate(folder, str(release), "grocery", "v1.0.0", infer_rationale=True, settings=settings)
     assert set(metrics) >= {"HR@1", "HR@5", "NDCG@5", "n", "gen_HR@1", "valid_rate", "hallucination_rate"}
-    assert metrics["n"] == 5
+    assert metrics["n"] == 5 and metrics["candidates"] == 8
     assert 0.0 <= metrics["HR@1"] <= metrics["HR@5"] <= 1.0
     saved = pq.read_table(generations).to_pylist()
     assert [r["user_id"] for r in saved] == [r["user_id"] for r in test_rows[:5]]
@@ -156,12 +157,12 @@ def test_evaluate_command_adds_the_variant_to_the_results_table(tiny, rows, tmp_
     folder, _, _ = tiny
     release, _ = rows
     output = tmp_path / "results.json"
-    output.write_text(json.dumps({"Random": {"HR@1": 0.1, "HR@5": 0.5, "NDCG@5": 0.3, "n": 3}}))
-    args = ["evaluate", "--model", str(folder), "--dataset", str(release), "--config", "grocery", "--revision", "v1.0.0"]
+    output.write_text(json.dumps({"random": {"HR@1": 0.1, "HR@5": 0.5, "NDCG@5": 0.3, "n": 3, "candidates": 8}}))
+    args = ["evaluate", "--model", str(folder), "--dataset", str(release), "--subset", "grocery", "--revision", "v1.0.0"]
     result = CliRunner().invoke(_rrec_app(), [*args, "--output", str(output), "--variant", "B", "--limit", "3", "--max-new-tokens", "8"])
     assert result.exit_code == 0, result.output
     saved = json.loads(output.read_text())
-    assert list(saved) == ["Random", "B"] and saved["B"]["n"] == 3
+    assert list(saved) == ["random", "B"] and saved["B"]["n"] == 3 and saved["B"]["candidates"] == 8
     assert "| B |" in output.with_suffix(".md").read_text()
     generations = pq.read_table(tmp_path / "results.B.generations.parquet")
     assert generations.num_rows == 3 and not any(generations.column("infer_rationale").to_pylist())
@@ -169,7 +170,27 @@ def test_evaluate_command_adds_the_variant_to_the_results_table(tiny, rows, tmp_
 
 def test_evaluate_command_rejects_an_unknown_variant_in_one_line(tiny, tmp_path) -> None:
     folder, _, _ = tiny
-    args = ["evaluate", "--model", str(folder), "--dataset", str(tmp_path), "--config", "grocery", "--output", str(tmp_path / "r.json")]
+    args = ["evaluate", "--model", str(folder), "--dataset", str(tmp_path), "--subset", "grocery", "--output", str(tmp_path / "r.json")]
     result = CliRunner().invoke(_rrec_app(), [*args, "--variant", "D"])
     assert result.exit_code == 2
     assert "--variant must be A, B or C" in result.output
+
+
+def test_evaluate_refuses_a_prompt_listing_a_subset_of_the_candidates(tiny, rows, tmp_path) -> None:
+    folder, model, tokenizer = tiny
+    release, test_rows = rows
+    args = ["evaluate", "--model", str(folder), "--dataset", str(release), "--subset", "grocery", "--output", str(tmp_path / "r.json")]
+    result = CliRunner().invoke(_rrec_app(), [*args, "--num-candidates", "5"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "would list 5 of the 8 candidates" in result.output and "--num-candidates 0" in result.output
+    assert not (tmp_path / "r.json").exists()
+    # The library function refuses the same settings; none and all are accepted.
+    shortlist = PromptSettings(history_k=3, num_candidates=5)
+    with pytest.raises(ValueError, match="5 of the 8 candidates"):
+        evaluate_model(model, tokenizer, test_rows[:1], infer_rationale=False, prompt_settings=shortlist, settings=EvalSettings())
+    for shown in (0, 8):
+        run = evaluate_model(
+            model, tokenizer, test_rows[:1], infer_rationale=False, prompt_settings=PromptSettings(num_candidates=shown),
+            settings=EvalSettings(max_new_tokens=4),
+        )  # fmt: skip
+        assert run.metrics["candidates"] == 8

@@ -142,10 +142,10 @@ def test_bad_sources_are_one_line_cli_errors(registry, tmp_path):
     app = typer.Typer()
     register(app)
     runner = CliRunner()
-    base = ["train", "sft", "--config", "grocery", "--output", str(tmp_path / "out"), "--model", "tiny"]
+    base = ["train", "sft", "--subset", "grocery", "--output", str(tmp_path / "out"), "--model", "tiny"]
     not_a_source = runner.invoke(app, [*base, "--dataset", str(tmp_path / "nowhere")])
     assert not_a_source.exit_code == 2 and "neither an existing registry or release folder nor a Hub dataset id" in not_a_source.output
-    wrong_config = runner.invoke(app, [*base, "--dataset", str(registry), "--config", "office"])
+    wrong_config = runner.invoke(app, [*base[:2], *base[4:], "--dataset", str(registry), "--subset", "office"])
     assert wrong_config.exit_code == 2 and "has no config 'office'" in wrong_config.output
     assert "Traceback" not in not_a_source.output + wrong_config.output
 

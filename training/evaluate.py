@@ -41,6 +41,7 @@ from core.progress import track
 from core.rationale_format import ITEM_CLOSE, ITEM_OPEN, THINK_CLOSE, THINK_OPEN, parse
 from training.metrics import (
     GenerationOutcome,
+    candidates_per_row,
     generation_metrics,
     iter_titles,
     judge_generation,
@@ -48,7 +49,7 @@ from training.metrics import (
     ranking_metrics,
     target_rank,
 )
-from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_messages
+from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_messages, check_candidate_protocol
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,13 @@ def evaluate_model(
     settings: EvalSettings,
     catalog_titles: Iterable[str] | None = None,
 ) -> EvaluationRun:
-    """Generate and rank for every row with an in-memory model (see the module docstring)."""
+    """Generate and rank for every row with an in-memory model (see the module docstring).
+
+    Refuses (``ValueError``) prompt settings that list a subset of a row's candidates (the
+    evaluation protocol, :func:`training.prompts.check_candidate_protocol`). The metrics carry
+    ``candidates``, the number of candidates ranked per row.
+    """
+    check_candidate_protocol(prompt_settings, (len(row["candidates"]) for row in rows))
     catalog_keys = frozenset(normalise_title(t) for t in catalog_titles if t) if catalog_titles is not None else None
     generator = Generator(model, tokenizer, settings.max_new_tokens)
     scorer = CandidateScorer(model, tokenizer, settings.candidate_batch_size)
@@ -286,6 +293,7 @@ def evaluate_model(
             rank = target_rank(scorer.score(prefix, titles), target_index)
             results.append(RowResult(rank, outcome, text, parsed.rationale, parsed.item))
     metrics = ranking_metrics([r.rank for r in results])
+    metrics["candidates"] = candidates_per_row(rows)
     metrics.update(generation_metrics([r.outcome for r in results]))
     return EvaluationRun(metrics, results)
 
@@ -331,7 +339,7 @@ def evaluate(
 ) -> dict[str, float | int]:
     """Evaluate a trained model folder on a released config; returns the metrics as fractions.
 
-    Keys: ``HR@1``, ``HR@5``, ``NDCG@5``, ``n``, ``gen_HR@1``, ``valid_rate``,
+    Keys: ``HR@1``, ``HR@5``, ``NDCG@5``, ``n``, ``candidates``, ``gen_HR@1``, ``valid_rate``,
     ``hallucination_rate``, ``well_formed_rate``, ``in_candidates_rate``. With
     ``settings.generations`` set, the generations are written there as Parquet.
     """
@@ -348,8 +356,10 @@ def evaluate(
     except ValueError as exc:
         log.warning("no item catalog (%s): only the row's candidates count as real items", exc)
         catalog_titles = None
-    model, tokenizer = load_for_inference(model_dir)
     prompt_settings = prompt_settings_for(model_dir, settings)
+    # Before the model loads: settings that break the protocol fail at once.
+    check_candidate_protocol(prompt_settings, (len(row["candidates"]) for row in rows))
+    model, tokenizer = load_for_inference(model_dir)
     log.info(
         "evaluating %s on %d %s rows of %s/%s (%s), prompt %s",
         model_dir, len(rows), settings.split, dataset, config,
