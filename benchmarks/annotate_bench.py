@@ -10,6 +10,13 @@ Measures, on generated data:
 
 Targets: request phase >= 90% of ideal; cached rerun >= 5,000 rows per second.
 Run: ``.venv/bin/python benchmarks/annotate_bench.py`` (a few minutes on 2 cores).
+
+``--compare REV --users N`` instead times this checkout against commit ``REV`` (checked out in a
+``git worktree`` under /tmp) in the same invocation, alternating the two: ``rrec sample --users
+N`` + ingest + sequences once, then for each side and round, on its own copy of the run folder,
+the template annotate stage with ``force`` and the cached rerun of the OpenAI annotator (each
+side's cache filled with its own prompts first). Each side runs in its own process with its
+own two-worker Dask cluster; times are the stage calls, cluster start excluded.
 """
 
 from __future__ import annotations
@@ -88,6 +95,87 @@ def fill_cache(run: Path, settings: AnnotateSettings) -> None:
                 cache.put(request.request_hash, options.model, options.prompt_version, answer)
 
 
+SIDE = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from annotate_bench import _settings, fill_cache
+from pipeline.annotate import AnnotateSettings, run_annotate
+from pipeline.cluster import dask_client
+
+run, rounds = Path(sys.argv[1]), int(sys.argv[2])
+openai = _settings("http://127.0.0.1:9/v1", 64)
+times = {"template_s": [], "cached_openai_s": []}
+with dask_client(workers=2) as client:
+    fill_cache(run, openai)
+    for _ in range(rounds):
+        started = time.perf_counter()
+        entry = run_annotate(run, AnnotateSettings(), client, force=True)
+        times["template_s"].append(round(time.perf_counter() - started, 3))
+        started = time.perf_counter()
+        cached = run_annotate(run, openai, client, force=True)
+        times["cached_openai_s"].append(round(time.perf_counter() - started, 3))
+        assert cached["requests_sent"] == 0, cached
+times["rows"] = entry["rows_out"]["annotations"]
+print(json.dumps(times))
+"""
+
+
+def _rrec(*args: str, cwd: Path) -> None:
+    done = subprocess.run([str(Path(sys.executable).with_name("rrec")), *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"rrec {args[0]} failed: {done.stderr[-2000:]}")
+
+
+def compare(rev: str, users: int, rounds: int) -> dict[str, object]:
+    """Template annotate and cached OpenAI rerun: this checkout against commit ``rev``."""
+    tmp = Path(tempfile.mkdtemp(prefix="annotate-compare-"))
+    old_root = tmp / "old"
+    subprocess.run(["git", "worktree", "add", "--detach", str(old_root), rev], cwd=REPO, check=True, capture_output=True)
+    try:
+        _rrec("sample", "--out", str(tmp / "raw"), "--users", str(users), "--domains", "All_Beauty", cwd=REPO)
+        base = tmp / "run"
+        _rrec(
+            "ingest",
+            "--run",
+            str(base),
+            "--reviews",
+            str(tmp / "raw" / "All_Beauty.jsonl"),
+            "--meta",
+            str(tmp / "raw" / "meta_All_Beauty.jsonl"),
+            cwd=REPO,
+        )
+        _rrec("sequences", "--run", str(base), cwd=REPO)
+        results: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
+        for side in results:
+            subprocess.run(["cp", "-r", str(base), str(tmp / f"run-{side}")], check=True)
+        for _ in range(rounds):
+            for side, root in (("old", old_root), ("new", REPO)):
+                env = {**os.environ, "PYTHONPATH": str(root), "OPENAI_API_KEY": "sk-benchmark-not-a-real-key"}
+                done = subprocess.run(
+                    [sys.executable, "-c", SIDE, str(tmp / f"run-{side}"), "1", str(REPO / "benchmarks")],
+                    cwd=root,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items():
+                    results[side].setdefault(key, []).extend(value if isinstance(value, list) else [value])
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old_root)], cwd=REPO, capture_output=True)
+    best = {side: {k: min(v) for k, v in r.items() if k.endswith("_s")} for side, r in results.items()}
+    return {
+        "compare_rev": rev,
+        "users": users,
+        "rows": results["new"]["rows"][0],
+        "runs": results,
+        "best_s": best,
+        "template_speedup": round(best["old"]["template_s"] / best["new"]["template_s"], 2),
+        "cached_openai_speedup": round(best["old"]["cached_openai_s"] / best["new"]["cached_openai_s"], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=2000, help="train rows annotated through the slow server")
@@ -96,7 +184,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--compare", metavar="REV", help="time this checkout against commit REV instead (see the docstring)")
+    parser.add_argument("--users", type=int, default=20000, help="with --compare: users of the sampled domain")
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare: alternating rounds per side")
     args = parser.parse_args()
+    if args.compare:
+        load_before = os.getloadavg()[0]
+        figures = compare(args.compare, args.users, args.rounds)
+        figures["machine"] = f"{psutil.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, shared"
+        figures["load_average_1min_before_after"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+        print(json.dumps(figures, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+        return
     os.environ.setdefault("OPENAI_API_KEY", "sk-benchmark-not-a-real-key")
     load_before = os.getloadavg()[0]
     figures: dict[str, object] = {

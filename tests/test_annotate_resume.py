@@ -110,6 +110,38 @@ def test_sigkill_then_rerun_repeats_no_answered_request_and_equals_an_uninterrup
     assert resumed_rows == reference_rows
 
 
+RREC = str(Path(sys.executable).with_name("rrec"))
+
+
+@pytest.mark.slow
+def test_template_annotate_killed_mid_stage_resumes_from_its_parts_and_equals_an_uninterrupted_run(tmp_path, dask_client):
+    interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
+    make_run(interrupted, users=120)
+    make_run(reference, users=120)
+    config = tmp_path / "config.yaml"
+    config.write_text("annotate:\n  partition_rows: 2\n")
+    args = [RREC, "annotate", "--run", str(interrupted), "--config", str(config), "--workers", "1"]
+    with open(tmp_path / "annotate.log", "w") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(interrupted.glob(".tmp-annotate-*/annotations/part-00005.parquet")):
+            assert process.poll() is None, (tmp_path / "annotate.log").read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert RunDir(interrupted).entry("annotate") is None  # nothing half-committed
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    entry = RunDir(interrupted).entry("annotate")
+    assert entry["resumed_parts"] >= 6 and entry["complete"] is True
+    run_annotate(reference, AnnotateSettings(partition_rows=2), dask_client)
+    assert _annotations(interrupted) == _annotations(reference)
+    assert RunDir(reference).entry("annotate")["resumed_parts"] == 0
+
+
 def test_batch_api_round_trip_maps_results_back_and_bills_half_price(tmp_path, dask_client, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     run = tmp_path / "run"

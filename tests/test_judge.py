@@ -53,6 +53,17 @@ def test_heuristic_judge_saves_a_seeded_sample_and_its_distribution(filtered_run
     assert sorted(map(json.dumps, _judged(filtered_run))) == sorted(map(json.dumps, rows))
 
 
+def test_the_heuristic_judge_says_what_it_is_and_resumes_from_its_parts(filtered_run, dask_client):
+    entry = run_judge(filtered_run, JudgeSettings(sample=1000), dask_client)
+    assert entry["judge_kind"] == "heuristic" and entry["model"] is None and entry["cost_usd"] == 0.0
+    assert entry["resumed_parts"] == 0 and entry["complete"] is True
+    reference = sorted(json.dumps(r, sort_keys=True) for r in _judged(filtered_run))
+    # A forced rerun (no resumption) gives the same rows, whatever the part files.
+    again = run_judge(filtered_run, JudgeSettings(sample=1000), dask_client, force=True)
+    assert sorted(json.dumps(r, sort_keys=True) for r in _judged(filtered_run)) == reference
+    assert again["score_distribution"] == entry["score_distribution"]
+
+
 def test_sample_larger_than_the_data_judges_every_kept_row(filtered_run, dask_client):
     entry = run_judge(filtered_run, JudgeSettings(sample=1000), dask_client)
     kept = pads.dataset(str(filtered_run / "filtered")).count_rows()
@@ -76,6 +87,10 @@ def test_llm_judge_uses_the_cache_and_records_unusable_answers(filtered_run, das
         again = run_judge(filtered_run, settings, dask_client, force=True)
         assert len(server.chat_bodies) == 8  # all cached
     assert entry["judge"] == "gpt-4o" and entry["sample_size"] == 7 and entry["unscored"] == 1
+    assert entry["judge_kind"] == "llm" and entry["model"] == "gpt-4o" and entry["prompt_version"] == "judge-v1"
+    # The one cost accounting of the send loop: tokens and cost of the rows' answers.
+    rows = _judged(filtered_run)
+    assert entry["input_tokens"] == sum(r["input_tokens"] for r in rows) > 0
     assert sum(entry["score_distribution"].values()) == 7
     assert entry["cost_usd"] > 0 and entry["requests_sent"] == 8
     assert again["cache_hits"] == 8 and again["requests_sent"] == 0
