@@ -1,8 +1,9 @@
 """``rrec train sft | grpo | variants``: train rationale-first recommenders on a released version.
 
 Heavy imports (torch, transformers, trl) happen inside the commands so ``rrec --help`` stays fast.
-As for ``rrec evaluate``, ``--config`` names the dataset config (domain); the YAML settings
-file is ``--settings`` (sections ``sft``, ``grpo``, ``evaluate``).
+As for ``rrec evaluate``: ``--subset NAME`` is the dataset subset (domain), ``--revision`` the
+version and ``--config FILE`` the YAML settings file (sections ``sft``, ``grpo``, ``evaluate``);
+the old ``--config NAME`` / ``--settings FILE`` spellings still work with a deprecation message.
 """
 
 from __future__ import annotations
@@ -15,17 +16,11 @@ import typer
 
 from core.cli_common import user_errors
 from core.config import load_config, section
+from training.cli_options import ConfigOpt, DatasetOpt, RevisionOpt, SettingsOpt, SubsetOpt, dataset_options
 
-DatasetOpt = Annotated[
-    str, typer.Option("--dataset", help="Release to train on: a local registry, a pulled release folder or a Hub dataset id.")
-]
-DatasetConfigOpt = Annotated[str, typer.Option("--config", help="Dataset config (domain), e.g. grocery.")]
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Version tag, e.g. v1.0.0 (default: a registry's newest).")]
 OutputOpt = Annotated[Path, typer.Option("--output", help="Folder for the trained model, checkpoints and training_config.json.")]
-SettingsOpt = Annotated[
-    Path | None,
-    typer.Option("--settings", help="YAML settings file; command-line options override its values.", exists=True, dir_okay=False),
-]
+ReportToOpt = Annotated[str | None, typer.Option(help="Where to log training: none (default) or tensorboard (when installed).")]
+PushOpt = Annotated[str | None, typer.Option("--push-to-hub", help="Push the trained model with a model card to this Hub repo ORG/NAME.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in OUTPUT/checkpoints.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Delete OUTPUT and train from scratch.")]
 
@@ -36,7 +31,19 @@ train_app = typer.Typer(
 )
 
 
-_NOT_SETTINGS = {"sft_model", "dataset", "config", "output", "revision", "settings_file", "resume", "force"}
+_NOT_SETTINGS = {"sft_model", "dataset", "subset", "config", "output", "revision", "settings_file", "resume", "force", "push_to_hub"}
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _push(model_dir: Path, repo_id: str | None) -> None:
+    if repo_id:
+        from training.hub_push import push_model
+
+        commit = push_model(model_dir, repo_id)
+        typer.echo(f"pushed to {repo_id} (commit {commit[:12]})")
 
 
 def _settings(settings_file: Path | None, name: str, model: type, overrides: dict[str, Any]) -> Any:
@@ -47,9 +54,10 @@ def _settings(settings_file: Path | None, name: str, model: type, overrides: dic
 @user_errors
 def sft_command(
     dataset: DatasetOpt,
-    config: DatasetConfigOpt,
     output: OutputOpt,
+    subset: SubsetOpt = None,
     revision: RevisionOpt = None,
+    config: ConfigOpt = None,
     settings_file: SettingsOpt = None,
     model: Annotated[str | None, typer.Option(help="Hub id or local folder of the base model, or 'tiny' (offline, CPU).")] = None,
     variant: Annotated[str | None, typer.Option(help="A or B: train with rationales; C: item-only targets.")] = None,
@@ -70,6 +78,12 @@ def sft_command(
     limit_train: Annotated[int | None, typer.Option(help="Use only the first N train rows.")] = None,
     limit_eval: Annotated[int | None, typer.Option(help="Use only the first N evaluation rows.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    report_to: ReportToOpt = None,
+    tiny_vocab_size: Annotated[int | None, typer.Option(help="Tiny model: tokenizer vocabulary size.", min=300)] = None,
+    tiny_hidden_size: Annotated[int | None, typer.Option(help="Tiny model: hidden size.", min=8)] = None,
+    tiny_num_layers: Annotated[int | None, typer.Option(help="Tiny model: transformer layers.", min=1)] = None,
+    tiny_num_heads: Annotated[int | None, typer.Option(help="Tiny model: attention heads.", min=1)] = None,
+    push_to_hub: PushOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
 ) -> None:
@@ -83,11 +97,14 @@ def sft_command(
     overrides = {key: value for key, value in locals().items() if key not in _NOT_SETTINGS}
     from training.sft import SFTSettings, run_sft
 
-    settings = _settings(settings_file, "sft", SFTSettings, overrides)
-    result = run_sft(dataset, config, revision, output, settings, resume=resume, force=force)
+    options = dataset_options(subset, config, settings_file)
+    settings = _settings(options.config_file, "sft", SFTSettings, overrides)
+    result = run_sft(dataset, options.subset, revision, output, settings, resume=resume, force=force)
     before = "n/a" if result.eval_loss_before is None else f"{result.eval_loss_before:.4f}"
     typer.echo(f"SFT variant {settings.variant}: {result.global_step} steps, eval loss {before} -> {result.eval_loss_after:.4f}")
+    typer.echo(f"eval loss on item tokens {_loss(result.eval_item_loss)}, on rationale tokens {_loss(result.eval_rationale_loss)}")
     typer.echo(f"model saved in {result.output_dir}")
+    _push(result.output_dir, push_to_hub)
 
 
 @train_app.command("grpo")
@@ -95,9 +112,10 @@ def sft_command(
 def grpo_command(
     sft_model: Annotated[Path, typer.Option("--sft-model", help="Output folder of `rrec train sft` to start from.")],
     dataset: DatasetOpt,
-    config: DatasetConfigOpt,
     output: OutputOpt,
+    subset: SubsetOpt = None,
     revision: RevisionOpt = None,
+    config: ConfigOpt = None,
     settings_file: SettingsOpt = None,
     format_weight: Annotated[float | None, typer.Option(help="Weight of the format reward.")] = None,
     validity_weight: Annotated[float | None, typer.Option(help="Weight of the validity reward.")] = None,
@@ -112,6 +130,8 @@ def grpo_command(
     batch_size: Annotated[int | None, typer.Option(help="Completions per device and step (multiple of --num-generations).")] = None,
     limit_train: Annotated[int | None, typer.Option(help="Use only the first N train rows.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    report_to: ReportToOpt = None,
+    push_to_hub: PushOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
 ) -> None:
@@ -122,19 +142,24 @@ def grpo_command(
     overrides = {key: value for key, value in locals().items() if key not in _NOT_SETTINGS}
     from training.grpo import GRPOSettings, run_grpo
 
-    settings = _settings(settings_file, "grpo", GRPOSettings, overrides)
-    result = run_grpo(sft_model, dataset, config, revision, output, settings, resume=resume, force=force)
+    options = dataset_options(subset, config, settings_file)
+    settings = _settings(options.config_file, "grpo", GRPOSettings, overrides)
+    result = run_grpo(sft_model, dataset, options.subset, revision, output, settings, resume=resume, force=force)
     typer.echo(f"GRPO: {result.global_step} steps; last reward means {json.dumps(result.rewards)}")
+    if result.skipped_without_title:
+        typer.echo(f"left out {result.skipped_without_title} train rows whose target has no title")
     typer.echo(f"model saved in {result.output_dir}")
+    _push(result.output_dir, push_to_hub)
 
 
 @train_app.command("variants")
 @user_errors
 def variants_command(
     dataset: DatasetOpt,
-    config: DatasetConfigOpt,
     output: OutputOpt,
+    subset: SubsetOpt = None,
     revision: RevisionOpt = None,
+    config: ConfigOpt = None,
     settings_file: SettingsOpt = None,
     model: Annotated[str | None, typer.Option(help="Hub id or local folder of the base model, or 'tiny'.")] = None,
     full: Annotated[bool | None, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")] = None,
@@ -142,26 +167,34 @@ def variants_command(
     epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N test rows.")] = None,
+    grpo: Annotated[bool, typer.Option("--grpo/--no-grpo", help="Also train A further with GRPO: the SFT+GRPO row.")] = True,
+    grpo_max_steps: Annotated[int | None, typer.Option(help="Stop GRPO after N optimizer steps.")] = None,
     force: ForceOpt = False,
 ) -> None:
-    """Train variants A (with rationales) and C (without) once, evaluate A, B and C; print one table.
+    """Train variants A (with rationales) and C (without) once, evaluate A, B, C and SFT+GRPO; print one table.
 
-    Writes OUTPUT/A and OUTPUT/C (models), OUTPUT/variants.json, variants.md, generations_*.parquet.
+    Writes OUTPUT/A, OUTPUT/C and OUTPUT/A_grpo (models), OUTPUT/variants.json, variants.md,
+    generations_*.parquet. A and C train and are checked on the same rows; the table reports
+    each model's loss on item tokens apart from rationale tokens.
 
-    SFT settings come from the `sft` section of --settings, evaluation settings from `evaluate`.
+    SFT settings come from the `sft` section of --config FILE, GRPO settings from `grpo`,
+    evaluation settings from `evaluate`.
     """
     from rich.console import Console
     from rich.markdown import Markdown
 
     from training.evaluate import EvalSettings
+    from training.grpo import GRPOSettings
     from training.sft import SFTSettings
     from training.variants import markdown_table, run_variants
 
-    loaded = load_config(settings_file)
+    options = dataset_options(subset, config, settings_file)
+    loaded = load_config(options.config_file)
     sft_overrides = {"model": model, "full": full, "max_steps": max_steps, "epochs": epochs, "learning_rate": learning_rate}
     settings = section(loaded, "sft", SFTSettings, sft_overrides)
     eval_settings = section(loaded, "evaluate", EvalSettings, {"limit": limit})
-    results = run_variants(dataset, config, revision, output, settings, eval_settings, force=force)
+    grpo_settings = section(loaded, "grpo", GRPOSettings, {"max_steps": grpo_max_steps}) if grpo else None
+    results = run_variants(dataset, options.subset, revision, output, settings, eval_settings, force=force, grpo_settings=grpo_settings)
     Console().print(Markdown(markdown_table(results)))
     typer.echo(json.dumps(results, indent=2, sort_keys=True))
 

@@ -108,21 +108,27 @@ class ChatExamples:
     skipped_without_title: int = 0
 
 
-def to_chat_examples(rows: datasets.Dataset, settings: PromptSettings, with_rationale: bool) -> ChatExamples:
+def to_chat_examples(
+    rows: datasets.Dataset, settings: PromptSettings, with_rationale: bool, require_rationale: bool | None = None
+) -> ChatExamples:
     """Conversational prompt-completion examples (``prompt``: system + user turns, ``completion``: assistant turn).
 
     ``with_rationale`` selects the rationale-first prompt and target (variants A/B in training);
     otherwise the item-only prompt and target (variant C in training). Rows without a rationale
     cannot be rationale-first targets, nor rows whose target has no title (an item without
-    metadata): both are left out and counted, never silently.
+    metadata): both are left out and counted, never silently. ``require_rationale`` (default:
+    ``with_rationale``) leaves out rows without a rationale also for item-only targets, so that
+    variant C trains and is checked on exactly the rows variant A uses.
     """
+    if require_rationale is None:
+        require_rationale = with_rationale
     prompts, completions, user_ids = [], [], []
     skipped = untitled = 0
     for row in rows:
         if not row["target"].get("title"):
             untitled += 1
             continue
-        if with_rationale and not row.get("rationale"):
+        if require_rationale and not row.get("rationale"):
             skipped += 1
             continue
         prompts.append(build_messages(row, settings, infer_rationale=with_rationale))

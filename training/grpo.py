@@ -5,7 +5,10 @@ same adapter (with ``beta > 0`` TRL keeps a frozen copy of it as the reference),
 merged model gets a fresh LoRA adapter (or trains every weight with ``full``). Prompts are the
 rationale-first student prompts built with the SFT run's prompt settings; the four rewards of
 :mod:`training.rewards` are passed as separate functions, weighted by ``*_weight``, and logged
-one by one (``rewards/<name>/mean``).
+one by one (``rewards/<name>/mean``), with a fifth of weight 0 that logs the spread of the total
+reward within each prompt's group (``rewards/reward_group_std/mean``; GRPO learns only from
+groups whose completions score differently). Rows whose target has no title (an item without
+metadata) cannot be rewarded for naming it: they are left out and counted, as SFT does.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from training.models import (
     write_training_config,
 )
 from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_messages, select_candidates
-from training.rewards import catalog_keys, format_reward, hit_reward, rank_reward, validity_reward
-from training.sft import CHECKPOINTS_DIR, prepare_output_dir
+from training.rewards import catalog_keys, format_reward, hit_reward, rank_reward, reward_group_std, validity_reward
+from training.sft import CHECKPOINTS_DIR, check_report_to, prepare_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class GRPOSettings(StageSettings):
     hit_weight: float = Field(1.0, description="Weight of the hit reward.")
     rank_weight: float = Field(0.5, description="Weight of the rank-aware reward.")
     num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the GRPO group).")
+    report_to: str = Field("none", description="Where to log: none, tensorboard (when installed; logs under OUTPUT/checkpoints/runs).")
     max_completion_length: int = Field(256, ge=4)
     temperature: float = Field(1.0, gt=0.0)
     beta: float = Field(0.0, ge=0.0, description="KL coefficient against the SFT policy (0: no reference model).")
@@ -70,6 +74,7 @@ class GRPOSettings(StageSettings):
     seed: int = 42
 
     def reward_weights(self) -> list[float]:
+        """Weights of the four rewards of :func:`reward_functions` (the logged group spread gets 0)."""
         return [self.format_weight, self.validity_weight, self.hit_weight, self.rank_weight]
 
 
@@ -80,6 +85,7 @@ class GRPOResult:
     output_dir: Path
     global_step: int
     rewards: dict[str, float]
+    skipped_without_title: int = 0
 
 
 def prompt_settings_from_sft(sft_record: dict[str, Any], settings: GRPOSettings) -> PromptSettings:
@@ -94,20 +100,44 @@ def prompt_settings_from_sft(sft_record: dict[str, Any], settings: GRPOSettings)
     )
 
 
-def to_grpo_prompts(rows: datasets.Dataset, prompts: PromptSettings) -> datasets.Dataset:
-    """Rationale-first prompts plus the columns the rewards read (target, shown candidates, group id)."""
+@dataclass(frozen=True)
+class GRPOPrompts:
+    """GRPO prompts built from released rows, with the rows left out because their target has no title."""
+
+    dataset: datasets.Dataset
+    skipped_without_title: int
+
+
+def to_grpo_prompts(rows: datasets.Dataset, prompts: PromptSettings) -> GRPOPrompts:
+    """Rationale-first prompts plus the columns the rewards read (target, shown candidates, group id).
+
+    A row whose target has no title is left out and counted (nothing could name it). Candidate
+    titles stay ``None`` for untitled items: the rewards never match them.
+    """
     records: dict[str, list[Any]] = {"prompt": [], "target_title": [], "candidate_titles": [], "prompt_id": []}
+    untitled = 0
     for index, row in enumerate(rows):
+        if not row["target"].get("title"):
+            untitled += 1
+            continue
         records["prompt"].append(build_messages(row, prompts, infer_rationale=True))
         records["target_title"].append(row["target"]["title"])
-        records["candidate_titles"].append([candidate["title"] for candidate in select_candidates(row, prompts)])
+        records["candidate_titles"].append([candidate.get("title") for candidate in select_candidates(row, prompts)])
         records["prompt_id"].append(f"{index}:{row['user_id']}")
-    return datasets.Dataset.from_dict(records)
+    if untitled:
+        log.warning("left out %d of %d rows whose target has no title (no metadata)", untitled, len(rows))
+    return GRPOPrompts(datasets.Dataset.from_dict(records), untitled)
 
 
-def reward_functions(catalog_titles: list[str | None]) -> list[Any]:
-    """The four reward functions in the order of :meth:`GRPOSettings.reward_weights`."""
-    return [format_reward, functools.partial(validity_reward, catalog_titles=catalog_keys(catalog_titles)), hit_reward, rank_reward]
+def reward_functions(catalog_titles: list[str | None], weights: list[float] | None = None) -> list[Any]:
+    """The four reward functions in the order of :meth:`GRPOSettings.reward_weights`, then the group spread.
+
+    The fifth, :func:`training.rewards.reward_group_std`, is given weight 0 by :func:`run_grpo`:
+    it is logged, never learned from. ``weights`` are the four reward weights it totals.
+    """
+    keys = catalog_keys(catalog_titles)
+    spread = functools.partial(reward_group_std, weights=weights or GRPOSettings().reward_weights(), catalog_titles=keys)
+    return [format_reward, functools.partial(validity_reward, catalog_titles=keys), hit_reward, rank_reward, spread]
 
 
 def _record_base(sft_dir: Path, output_dir: Path) -> str:
@@ -171,7 +201,7 @@ def run_grpo(
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
         beta=settings.beta,
-        reward_weights=settings.reward_weights(),
+        reward_weights=[*settings.reward_weights(), 0.0],
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=settings.save_total_limit,
@@ -179,14 +209,17 @@ def run_grpo(
         bf16=training_dtype() == torch.bfloat16,
         seed=settings.seed,
         data_seed=settings.seed,
-        report_to="none",
+        report_to=check_report_to(settings.report_to),
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    grpo_prompts = to_grpo_prompts(train_rows, prompts)
+    if len(grpo_prompts.dataset) == 0:
+        raise ValueError(f"no train row of {dataset} config {config} has a titled target: GRPO has nothing to reward")
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=reward_functions(catalog["title"]),
+        reward_funcs=reward_functions(catalog["title"], settings.reward_weights()),
         args=args,
-        train_dataset=to_grpo_prompts(train_rows, prompts),
+        train_dataset=grpo_prompts.dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
@@ -214,18 +247,22 @@ def run_grpo(
             "dataset": source.to_dict(),
             "prompt_version": STUDENT_PROMPT_VERSION,
             "format_version": FORMAT_VERSION,
-            "rows": {"train": len(train_rows)},
+            "rows": {"train": len(grpo_prompts.dataset), "skipped_without_title": grpo_prompts.skipped_without_title},
             "rewards_last": reward_means,
             "global_step": trainer.state.global_step,
             "resumed_from": resume_from,
         },
     )
     log.info("GRPO finished after %d steps; last reward means: %s", trainer.state.global_step, reward_means)
-    return GRPOResult(output_dir, trainer.state.global_step, reward_means)
+    return GRPOResult(output_dir, trainer.state.global_step, reward_means, grpo_prompts.skipped_without_title)
 
 
 def _last_reward_means(log_history: list[dict[str, Any]]) -> dict[str, float]:
-    """The last logged ``rewards/<name>/mean`` of each reward function and of the weighted total."""
+    """The last logged ``rewards/<name>/mean`` of each reward function, the weighted total and its spread.
+
+    ``reward_group_std`` is the mean spread of the total within prompt groups,
+    ``frac_reward_zero_std`` TRL's share of groups whose completions all scored the same.
+    """
     means: dict[str, float] = {}
     for entry in log_history:
         for key, value in entry.items():
@@ -233,4 +270,6 @@ def _last_reward_means(log_history: list[dict[str, Any]]) -> dict[str, float]:
                 means[key.split("/")[1]] = value
             elif key == "reward":
                 means["total"] = value
+            elif key == "frac_reward_zero_std":
+                means[key] = value
     return means

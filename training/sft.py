@@ -6,11 +6,15 @@ only (``completion_only_loss``), a PEFT LoRA adapter by default or every weight 
 evaluates on the validation split, keeps checkpoints, stops early and can resume.
 
 Variants (the paper's three): A and B train with rationales (they differ only at inference),
-C trains on item-only targets.
+C trains on item-only targets. By default C trains and is checked on exactly the rows A uses
+(rows with a rationale; ``same_rows_as_a``), and after training the loss on the item tokens is
+reported apart from the loss on the rationale tokens (:mod:`training.loss_parts`), so A and C
+can be compared on the part they share.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import shutil
@@ -25,6 +29,7 @@ from pydantic import Field
 from core.config import StageSettings
 from core.rationale_format import FORMAT_VERSION
 from training.data import catalog_config, load_resolved, load_split_with_source, to_chat_examples
+from training.loss_parts import completion_losses
 from training.models import (
     BASE_MODEL_DIR,
     DEFAULT_MODEL,
@@ -68,11 +73,15 @@ class SFTSettings(StageSettings):
     limit_eval: int | None = Field(None, ge=1, description="Use only the first N evaluation rows.")
     eval_holdout: int = Field(64, ge=1, description="Train rows held out for evaluation when the validation split has no rationales.")
     history_k: int = Field(10, ge=1)
-    num_candidates: int = Field(20, ge=0)
+    num_candidates: int = Field(0, ge=0, description="Candidates listed in the prompt: 0 = none, or every one (see prompts).")
     seed: int = 42
+    same_rows_as_a: bool = Field(True, description="Variant C trains and is checked on the rows A uses (rows with a rationale).")
+    loss_parts_rows: int = Field(256, ge=1, description="Evaluation rows on which the item and rationale losses are reported.")
+    report_to: str = Field("none", description="Where to log: none, tensorboard (when installed; logs under OUTPUT/checkpoints/runs).")
     tiny_vocab_size: int = Field(1024, ge=300)
     tiny_hidden_size: int = Field(64, ge=8)
     tiny_num_layers: int = Field(2, ge=1)
+    tiny_num_heads: int = Field(4, ge=1)
 
     @property
     def with_rationale(self) -> bool:
@@ -82,7 +91,17 @@ class SFTSettings(StageSettings):
         return PromptSettings(history_k=self.history_k, num_candidates=self.num_candidates, seed=self.seed)
 
     def tiny_settings(self) -> TinyModelSettings:
-        return TinyModelSettings(vocab_size=self.tiny_vocab_size, hidden_size=self.tiny_hidden_size, num_layers=self.tiny_num_layers)
+        return TinyModelSettings(
+            vocab_size=self.tiny_vocab_size,
+            hidden_size=self.tiny_hidden_size,
+            num_layers=self.tiny_num_layers,
+            num_heads=self.tiny_num_heads,
+        )
+
+    @property
+    def requires_rationale(self) -> bool:
+        """Whether rows without a rationale are left out (always for A/B; for C with ``same_rows_as_a``)."""
+        return self.with_rationale or self.same_rows_as_a
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,8 @@ class SFTResult:
     best_checkpoint: str | None
     global_step: int
     resumed_from: str | None
+    eval_item_loss: float | None = None
+    eval_rationale_loss: float | None = None
 
 
 def _take(rows: datasets.Dataset, limit: int | None) -> datasets.Dataset:
@@ -113,8 +134,12 @@ def tokenizer_corpus(rows: datasets.Dataset, catalog: datasets.Dataset, prompts:
 def _split_eval(
     train_rows: datasets.Dataset, validation_rows: datasets.Dataset, settings: SFTSettings
 ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
-    """Train and evaluation rows; rationale variants fall back to held-out train rows without validation rationales."""
-    if not settings.with_rationale or any(validation_rows["rationale"]):
+    """Train and evaluation rows; without validation rationales, held-out train rows are evaluated instead.
+
+    The fallback applies to every variant that requires rationales (C too, by default), so A
+    and C are checked on the same rows.
+    """
+    if not settings.requires_rationale or any(validation_rows["rationale"]):
         return train_rows, validation_rows, "validation"
     if len(train_rows) <= settings.eval_holdout:
         raise ValueError(
@@ -128,6 +153,26 @@ def _split_eval(
     )
     split = train_rows.train_test_split(test_size=settings.eval_holdout, seed=settings.seed)
     return split["train"], split["test"], "train_holdout"
+
+
+def rows_fingerprint(examples: datasets.Dataset) -> str:
+    """A sha256 over the user ids of the examples, in order: equal for two runs on the same rows."""
+    return hashlib.sha256("\n".join(examples["user_id"]).encode("utf-8")).hexdigest()
+
+
+def check_report_to(report_to: str) -> str:
+    """The ``report_to`` value for the trainer: ``none`` or an installed integration such as ``tensorboard``."""
+    if report_to == "none":
+        return report_to
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = get_available_reporting_integrations()
+    if report_to not in available:
+        raise ValueError(
+            f"--report-to {report_to}: not installed here (available: {', '.join(available) or 'none'}); "
+            f"install it (e.g. pip install {report_to}) or use --report-to none"
+        )
+    return report_to
 
 
 def prepare_output_dir(output_dir: Path, resume: bool, force: bool) -> str | None:
@@ -194,7 +239,7 @@ def _sft_config(settings: SFTSettings, output_dir: Path, tiny: bool) -> Any:
         bf16=training_dtype() == torch.bfloat16,
         seed=settings.seed,
         data_seed=settings.seed,
-        report_to="none",
+        report_to=check_report_to(settings.report_to),
         dataset_num_proc=None,
     )
 
@@ -229,8 +274,9 @@ def run_sft(
     catalog = load_resolved(source, "items", catalog_config(config))
     train_rows, eval_rows, eval_source = _split_eval(train_rows, validation_rows, settings)
     prompts = settings.prompt_settings()
-    train = to_chat_examples(_take(train_rows, settings.limit_train), prompts, settings.with_rationale)
-    evaluation = to_chat_examples(_take(eval_rows, settings.limit_eval), prompts, settings.with_rationale)
+    required = settings.requires_rationale
+    train = to_chat_examples(_take(train_rows, settings.limit_train), prompts, settings.with_rationale, required)
+    evaluation = to_chat_examples(_take(eval_rows, settings.limit_eval), prompts, settings.with_rationale, required)
     if len(train.dataset) == 0 or len(evaluation.dataset) == 0:
         raise ValueError(f"no usable {'train' if len(train.dataset) == 0 else 'evaluation'} rows in {dataset} config {config}")
 
@@ -260,6 +306,8 @@ def run_sft(
         log.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
     eval_loss_after = trainer.evaluate()["eval_loss"]
+    parts = completion_losses(trainer.model, tokenizer, _take(evaluation.dataset, settings.loss_parts_rows))
+    log.info("evaluation loss on item tokens %s, on rationale tokens %s", parts.item, parts.rationale)
 
     _save(trainer, tokenizer, output_dir, settings)
     write_training_config(
@@ -283,6 +331,11 @@ def run_sft(
             },
             "eval_loss_before": eval_loss_before,
             "eval_loss_after": eval_loss_after,
+            "eval_item_loss": parts.item,
+            "eval_rationale_loss": parts.rationale,
+            "loss_parts_tokens": {"item": parts.item_tokens, "rationale": parts.rationale_tokens},
+            # Which rows, compactly: A and C of one release show the same two fingerprints.
+            "rows_fingerprint": {"train": rows_fingerprint(train.dataset), "eval": rows_fingerprint(evaluation.dataset)},
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "global_step": trainer.state.global_step,
             "resumed_from": resume_from,
@@ -291,7 +344,14 @@ def run_sft(
     if eval_loss_before is not None and not math.isnan(eval_loss_before):
         log.info("validation loss %.4f -> %.4f", eval_loss_before, eval_loss_after)
     return SFTResult(
-        output_dir, eval_loss_before, eval_loss_after, trainer.state.best_model_checkpoint, trainer.state.global_step, resume_from
+        output_dir,
+        eval_loss_before,
+        eval_loss_after,
+        trainer.state.best_model_checkpoint,
+        trainer.state.global_step,
+        resume_from,
+        parts.item,
+        parts.rationale,
     )
 
 
