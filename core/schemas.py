@@ -79,6 +79,8 @@ SEQUENCES = pa.schema(
 )
 
 SPLITS = ("train", "validation", "test")
+ITEMS_SPLIT = "items"
+"""The one split of a release's item-catalog configs (``<config>_items``)."""
 
 _ANNOTATION_FIELDS = [
     ("user_id", pa.string()),

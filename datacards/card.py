@@ -3,30 +3,44 @@
 The YAML block is produced by ``huggingface_hub.DatasetCardData`` and ``datasets``'
 ``DatasetInfosDict`` (configs with ``data_files`` per split, ``dataset_info`` with features
 and sizes), so the Hub and ``load_dataset`` read exactly what they would write themselves. The
-prose comes from the Jinja template ``datacards/template.md``.
+prose comes from the Jinja template ``datacards/template.md``. What the card says about the
+input, the annotator and the judge follows the run manifests (:mod:`datacards.provenance`):
+synthetic data is named as such in the title, template rationales are never called
+LLM-written, and a source that was not recorded is never called real.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import datasets
 import pyarrow as pa
 from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
 from huggingface_hub import DatasetCard, DatasetCardData
+from pydantic import Field
 
 from core.config import StageSettings
-from core.schemas import ITEMS, RELEASE_ROW
+from core.schemas import ITEMS, ITEMS_SPLIT, RELEASE_ROW
 from core.stage import code_version
 from datacards.figures import render_figures
-from datacards.statistics import DomainStatistics, domain_statistics
-from release.layout import ITEMS_SPLIT, DomainRelease
-from release.registry import version_tag
+from datacards.provenance import (
+    DomainProvenance,
+    annotation_statement,
+    domain_provenance,
+    judge_statement,
+    rebuild_configs,
+    source_datasets,
+    source_statement,
+    title_note,
+)
+from datacards.statistics import DomainStatistics, ReleasedDomain, domain_statistics
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +54,10 @@ RELEASE_FIELD_DESCRIPTIONS = {
     "target": "The item the user reviewed next (the label), with categories, store, rating and timestamp.",
     "candidates": "The target plus sampled negatives, shuffled (parent_asin, title).",
     "target_index": "Position of the target in `candidates`.",
-    "rationale": "Why the target follows the history, written by the annotator; null when not annotated.",
+    "rationale": "Why the target follows the history, written by the annotator named in `annotator`; null when not annotated.",
     "user_preferences": "The annotator's short summary of the user's preferences; null when not annotated.",
-    "annotator": "Annotator kind (`openai`, `openai-batch`, `template`).",
-    "model": "Model that wrote the rationale.",
+    "annotator": "Annotator kind: `openai` / `openai-batch` (an LLM) or `template` (fixed sentences filled from the history, no LLM).",
+    "model": "Model (LLM annotators) or template version that wrote the rationale.",
     "prompt_version": "Version id of the teacher prompt.",
 }
 ITEM_FIELD_DESCRIPTIONS = {
@@ -68,6 +82,19 @@ class CardSettings(StageSettings):
     license: str = "other"
     license_name: str = "amazon-reviews-2023"
     license_link: str = "https://amazon-reviews-2023.github.io/"
+    code_repository: str | None = Field(None, description="address of the code that builds the dataset (the card's Sources)")
+    contact: str | None = Field(None, description="who answers questions about the dataset: an e-mail address or an issue tracker")
+
+
+class CardDomain(ReleasedDomain, Protocol):
+    """What the card reads of a released domain (``release.layout.CardDomain``)."""
+
+    splits: Mapping[str, Any]
+    items: Any
+    validation: dict[str, Any]
+
+    @property
+    def items_config(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -112,8 +139,13 @@ def _dataset_info(config: str, features: datasets.Features, tables: dict[str, pa
     )
 
 
-def card_data(domains: list[DomainRelease], release_dir: Path, settings: CardSettings) -> DatasetCardData:
-    """The YAML metadata block: configs with data_files per split and dataset_info with features and sizes."""
+def card_data(
+    domains: list[CardDomain], release_dir: Path, settings: CardSettings, provenances: list[DomainProvenance], title: str
+) -> DatasetCardData:
+    """The YAML metadata block: configs with data_files per split and dataset_info with features and sizes.
+
+    ``source_datasets`` names a dataset only for real input; synthetic data is tagged ``synthetic``.
+    """
     configs: list[dict[str, Any]] = []
     infos = DatasetInfosDict()
     release_features = datasets.Features.from_arrow_schema(RELEASE_ROW)
@@ -137,17 +169,25 @@ def card_data(domains: list[DomainRelease], release_dir: Path, settings: CardSet
             domain.items_config, item_features, {ITEMS_SPLIT: domain.items}, release_dir / "data" / domain.items_config
         )
     total_rows = sum(sum(d.row_counts().values()) for d in domains)
+    synthetic = any(p.source.kind == "synthetic" for p in provenances)
     data = DatasetCardData(
-        pretty_name=settings.pretty_name,
+        pretty_name=title,
         license=settings.license,
         license_name=settings.license_name if settings.license == "other" else None,
         license_link=settings.license_link if settings.license == "other" else None,
         language=["en"],
         task_categories=["text-generation"],
         size_categories=[size_category(total_rows)],
-        source_datasets=["McAuley-Lab/Amazon-Reviews-2023"],
+        source_datasets=source_datasets(provenances),
         annotations_creators=["machine-generated"],
-        tags=["recommendation", "sequential-recommendation", "rationale", "explainable-recommendation", "amazon-reviews"],
+        tags=[
+            "recommendation",
+            "sequential-recommendation",
+            "rationale",
+            "explainable-recommendation",
+            "amazon-reviews",
+            *(["synthetic"] if synthetic else []),
+        ],
         configs=configs,
     )
     infos.to_dataset_card_data(data)
@@ -158,8 +198,8 @@ def _field_rows(schema: pa.Schema, descriptions: dict[str, str]) -> list[FieldRo
     return [FieldRow(f.name, str(f.type), descriptions.get(f.name, "")) for f in schema]
 
 
-def example_record(domain: DomainRelease) -> str:
-    """One real released record as JSON, lists cut to a few entries so the card stays readable."""
+def example_record(domain: CardDomain) -> str:
+    """The first released record as JSON, lists cut to a few entries so the card stays readable."""
     split = "train" if domain.splits["train"].num_rows else "test"
     table = domain.splits[split]
     if not table.num_rows:
@@ -217,40 +257,119 @@ def _config_context(stats: DomainStatistics, figures: dict[str, str]) -> dict[st
     }
 
 
+@dataclass(frozen=True)
+class TableCheck:
+    """The validation results of one table, by severity (``critical`` failures block a release)."""
+
+    table: str
+    critical: int
+    critical_failed: int
+    warnings: int
+    warnings_failed: int
+    not_evaluated: int
+    failed: list[str]
+
+
+def validation_checks(validation: dict[str, Any]) -> list[TableCheck]:
+    """Per table of a run's ``validation/summary.json``: expectations and failures by severity."""
+    checks = []
+    for table, suite in (validation.get("suites") or {}).items():
+        if not suite.get("present", True):
+            continue
+        expectations = suite.get("expectations") or []
+        critical = [e for e in expectations if e.get("severity") == "critical"]
+        warnings = [e for e in expectations if e.get("severity") != "critical"]
+        checks.append(
+            TableCheck(
+                table=table,
+                critical=len(critical),
+                critical_failed=sum(e.get("success") is False for e in critical),
+                warnings=len(warnings),
+                warnings_failed=sum(e.get("success") is False for e in warnings),
+                not_evaluated=sum(e.get("success") is None for e in expectations),
+                failed=[f"{e['name']} ({e.get('severity')})" for e in expectations if e.get("success") is False],
+            )
+        )
+    return checks
+
+
+def _tag(version: str) -> str:
+    if not re.fullmatch(r"v?\d+\.\d+\.\d+", version):
+        raise ValueError(f"version {version!r} is not semantic (X.Y.Z, e.g. 1.0.0)")
+    return "v" + version.removeprefix("v")
+
+
+def _commit_of(version: str) -> str | None:
+    """The git commit in a code version ``X.Y.Z+g<commit>``, when there is one."""
+    return version.split("+g", 1)[1] if "+g" in version else None
+
+
+def _rebuild(domains: list[CardDomain], provenances: list[DomainProvenance], settings: CardSettings, release: dict[str, Any]) -> Any:
+    configs = rebuild_configs(
+        provenances, {d.config: d.stages for d in domains}, settings.model_dump(mode="json", exclude_none=True), release
+    )
+    return [
+        {"configs": names, "file": "rebuild.yaml" if len(configs) == 1 else f"rebuild-{i}.yaml", "yaml": text}
+        for i, (names, text) in enumerate(configs, 1)
+    ]
+
+
 def build_card(
-    domains: list[DomainRelease],
+    domains: list[CardDomain],
     release_dir: Path,
     version: str,
     settings: CardSettings | None = None,
     repo_id: str | None = None,
+    release: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``README.md`` and the statistics figures of a release into ``release_dir``.
 
-    ``repo_id`` (``ORG/NAME``) adds a Hub loading snippet. Data files already written under
-    ``release_dir/data`` give the card its download sizes; without them the sizes are omitted.
+    ``repo_id`` (``ORG/NAME``) adds a Hub loading snippet; ``release`` (the ``release`` config
+    section, default: just the version) goes into the config that rebuilds the version. Data
+    files already written under ``release_dir/data`` give the card its download sizes; without
+    them the sizes are omitted.
     """
     settings = settings or CardSettings()
     release_dir = Path(release_dir)
     release_dir.mkdir(parents=True, exist_ok=True)
-    tag = version_tag(version)
+    tag = _tag(version)
+    provenances = [domain_provenance(d.config, d.domain, d.stages) for d in domains]
+    note = title_note(provenances)
+    title = f"{settings.pretty_name} ({note})" if note else settings.pretty_name
     configs = []
-    for domain in domains:
+    for domain, provenance in zip(domains, provenances):
         stats = domain_statistics(domain)
-        configs.append(_config_context(stats, render_figures(stats, release_dir)))
+        context = _config_context(stats, render_figures(stats, release_dir))
+        context.update(
+            provenance=provenance,
+            source_statement=source_statement(provenance),
+            annotation_statement=annotation_statement(provenance),
+            judge_statement=judge_statement(provenance),
+            checks=validation_checks(domain.validation),
+        )
+        configs.append(context)
     example_domain = next((d for d in domains if d.splits["train"].num_rows), domains[0])
+    current = code_version()
     card = DatasetCard.from_template(
-        card_data(domains, release_dir, settings),
+        card_data(domains, release_dir, settings, provenances, title),
         template_path=str(TEMPLATE),
-        pretty_name=settings.pretty_name,
+        title=title,
+        settings=settings,
         tag=tag,
-        code_version=code_version(),
+        code_version=current,
+        code_commit=_commit_of(current),
         repo_id=repo_id,
         domain_list=", ".join(d.domain for d in domains),
         first_config=domains[0].config,
         configs=configs,
+        kinds=sorted({p.source.kind for p in provenances}),
+        llm_annotated=[p.config for p in provenances if p.annotation.llm],
+        template_annotated=[p.config for p in provenances if p.annotation.annotator == "template"],
+        rebuild=_rebuild(domains, provenances, settings, release or {"version": tag[1:]}),
         fields=_field_rows(RELEASE_ROW, RELEASE_FIELD_DESCRIPTIONS),
         item_fields=_field_rows(ITEMS, ITEM_FIELD_DESCRIPTIONS),
         example_config=example_domain.config,
+        example_synthetic=next(p for p in provenances if p.config == example_domain.config).source.kind == "synthetic",
         example=example_record(example_domain),
         license_link=settings.license_link if settings.license == "other" else None,
     )

@@ -1,4 +1,8 @@
-"""``rrec release`` and ``rrec pull`` (heavy imports stay inside the commands)."""
+"""``rrec release``, ``rrec card`` and ``rrec pull`` (heavy imports stay inside the commands).
+
+``rrec card`` lives here, not in ``datacards``: it reads run folders the way a release does
+(``release.layout``), and ``datacards`` sits below ``release`` in the layers.
+"""
 
 from __future__ import annotations
 
@@ -112,6 +116,33 @@ def register(app: typer.Typer) -> None:
             typer.echo("  from datasets import load_dataset")
             for config_name in configs:
                 typer.echo(f'  {config_name} = load_dataset("{settings.repo_id}", "{config_name}", revision="{result.tag}")')
+
+    @app.command("card", context_settings=MANY_VALUES)
+    @user_errors
+    def card_command(
+        ctx: typer.Context,
+        runs: RunsOpt,
+        out: Annotated[Path, typer.Option("--out", help="Folder for README.md and figures/ (created if missing).")],
+        version: Annotated[str, typer.Option("--version", help="Version the card describes (X.Y.Z).")] = "1.0.0",
+        repo_id: Annotated[str | None, typer.Option("--repo-id", help="Hub dataset id ORG/NAME for the loading snippet.")] = None,
+        pretty_name: Annotated[str | None, typer.Option("--pretty-name", help="Human-readable dataset name.")] = None,
+        license: Annotated[str | None, typer.Option("--license", help="Hub license id of the release (default: other).")] = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        """Build the dataset card (README.md with Hub YAML metadata and datasheet) and its figures.
+
+        Reads validated run folders (one per domain). `rrec release` builds the same card inside
+        every release; this command previews it.
+        """
+        from datacards.card import CardSettings, build_card
+        from release.layout import load_domains
+        from release.registry import version_tag
+
+        settings, _ = settings_for(config, "card", CardSettings, pretty_name=pretty_name, license=license)
+        tag = version_tag(version)
+        domains = load_domains(collect_runs(runs, ctx))
+        path = build_card(domains, out, tag, settings, repo_id=repo_id)
+        typer.echo(f"Wrote the dataset card {path} and its figures in {path.parent / 'figures'}.")
 
     @app.command("pull")
     @user_errors

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,16 +22,21 @@ import psutil
 from pydantic import Field
 
 from core.config import StageSettings
-from core.stage import HASH_ALGORITHM, code_version
+from core.stage import HASH_ALGORITHM, RunDir, code_version
 from datacards.card import CardSettings, build_card
 from datacards.statistics import filter_summary
 from release.builder import stream_release
 from release.changelog import CHANGELOG_NAME, diff_releases, render_changelog, render_section
 from release.checksums import MANIFEST_NAME, file_checksums, release_files, sha256_file
-from release.layout import DomainRelease, ReleaseError, check_domains, write_validation
+from release.layout import DomainRelease, DomainSource, ReleaseError, check_domains, write_validation
 from release.registry import Registry, crash_point, parse_version, version_tag
 
 log = logging.getLogger(__name__)
+
+VALIDATION_DIR = "validation"
+# The reports `rrec validate` renders into RUN/validation/ (validation.runner): Data Docs and GX results.
+DATA_DOCS_DIR = "data_docs"
+RESULTS_DIR = "results"
 
 
 # The ingest stage fingerprints its input files with core.stage.hash_file.
@@ -80,9 +86,18 @@ def source_checksums(domain: DomainRelease) -> dict[str, str]:
 
 
 def manifest_core(
-    domains: list[DomainRelease], settings: ReleaseSettings, card_settings: CardSettings, previous_tag: str | None
+    domains: list[DomainRelease],
+    settings: ReleaseSettings,
+    card_settings: CardSettings,
+    previous_tag: str | None,
+    provenance: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Everything the manifest says except the file checksums (which cover the changelog too)."""
+    """Everything the manifest says except the file checksums (which cover the changelog too).
+
+    ``provenance`` maps each config to its run's provenance chain (``RunDir.provenance()``:
+    per stage the fingerprint, code version, settings, inputs, consumed upstream outputs and
+    outputs, and the ingest stage's ``source``), so a pulled version says what produced it.
+    """
     row_counts: dict[str, dict[str, int]] = {}
     schema: dict[str, dict[str, str]] = {}
     filters: dict[str, dict[str, Any]] = {}
@@ -118,6 +133,7 @@ def manifest_core(
         "validation": {
             d.config: {"critical_failures": d.validation["critical_failures"], "success": d.validation["success"]} for d in domains
         },
+        "provenance": provenance or {},
     }
 
 
@@ -141,6 +157,7 @@ def build_release(
     settings: ReleaseSettings,
     card_settings: CardSettings,
     registry: Registry,
+    provenance: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write the complete release folder (data already written); return its manifest.
 
@@ -150,8 +167,8 @@ def build_release(
     tag = version_tag(settings.version)
     previous_tag = registry.previous(tag)
     write_validation(domains, release_dir)
-    build_card(domains, release_dir, tag, card_settings, repo_id=settings.repo_id)
-    manifest = manifest_core(domains, settings, card_settings, previous_tag)
+    build_card(domains, release_dir, tag, card_settings, repo_id=settings.repo_id, release=rebuild_settings(settings))
+    manifest = manifest_core(domains, settings, card_settings, previous_tag, provenance)
     _write_changelog(release_dir, manifest, registry, previous_tag)
     known = {name: info for domain in domains for name, info in domain.files.items()}
     manifest["files"] = {
@@ -160,6 +177,30 @@ def build_release(
     }
     (release_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return manifest
+
+
+def rebuild_settings(settings: ReleaseSettings) -> dict[str, Any]:
+    """The ``release`` config section that rebuilds this version (what the card's rebuild config shows)."""
+    return settings.model_dump(mode="json", include={"version", "shard_rows"})
+
+
+def copy_validation_reports(sources: list[DomainSource], release_dir: Path) -> None:
+    """Copy each run's rendered Data Docs and GX results into ``validation/<config>/`` of the release.
+
+    Hidden files (GX store bookkeeping) are left out: they are not part of the report.
+    """
+    for source in sources:
+        validation = Path(source.run) / VALIDATION_DIR
+        for report in (DATA_DOCS_DIR, RESULTS_DIR):
+            folder = validation / report
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*")):
+                relative = path.relative_to(folder)
+                if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+                    target = release_dir / VALIDATION_DIR / source.config / report / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target)
 
 
 def _hub() -> Any:
@@ -221,7 +262,9 @@ def release_runs(
         crash_point("staged")
         if registry.has(tag):
             return _already_released(registry, tag, release_dir, staging, settings)
-        manifest = build_release(domains, release_dir, settings, card_settings, registry)
+        copy_validation_reports(sources, release_dir)
+        provenance = {source.config: RunDir(source.run).provenance() for source in sources}
+        manifest = build_release(domains, release_dir, settings, card_settings, registry, provenance)
         commit = registry.publish(release_dir, tag, f"Release {tag}: {', '.join(d.config for d in domains)}")
         hub_commit = _push(release_dir, settings, tag)
     return ReleaseResult(tag, registry.path, "released", commit, manifest, hub_commit)

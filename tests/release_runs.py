@@ -35,10 +35,16 @@ def make_run(
     with_validation: bool = True,
     with_judge: bool = True,
     extra_users: int = 0,
+    source: dict | None = None,
+    annotator: str = "template",
+    model: str = "template-v1",
+    judge_kind: str | None = None,
 ) -> Path:
     """A complete run folder of ``domain`` with ``users`` (+ ``extra_users``) users.
 
-    Every fourth user's train rationale was rejected by the filter, so train has fewer rows than
+    ``source`` is the ingest entry's provenance record (omitted: a run from before it was
+    recorded); ``annotator``/``model`` and ``judge_kind`` are what the annotate and judge entries
+    record. Every fourth user's train rationale was rejected by the filter, so train has fewer rows than
     test. Users are derived from ``seed`` and their index, so a run with ``extra_users`` holds the
     same users as one without plus new ones.
     """
@@ -96,8 +102,8 @@ def make_run(
                         "rationale": f"After buying {events[cut - 1]['title']} the user keeps exploring {target['categories'][1].lower()}, so {target['title']} fits.",
                         "user_preferences": f"Likes {target['categories'][1].lower()}.",
                         "coherent": True,
-                        "annotator": "template",
-                        "model": "template-v1",
+                        "annotator": annotator,
+                        "model": model,
                         "prompt_version": "teacher-v1",
                         "input_tokens": 120,
                         "output_tokens": 30,
@@ -109,7 +115,13 @@ def make_run(
         "ingest", fingerprint_of({"i": domain}), config={"domain": domain}, inputs={f"/data/{domain}.jsonl.gz": "abc123"}
     ) as out:
         write_part(pa.Table.from_pylist(items, schema=ITEMS), out.table_dir("items"), 0, ITEMS)
-        out.record(rows_in=500, rows_out={"interactions": 480, "items": len(items)}, rejects_by_reason={"invalid_json": 20}, domain=domain)
+        out.record(
+            rows_in=500,
+            rows_out={"interactions": 480, "items": len(items)},
+            rejects_by_reason={"invalid_json": 20},
+            domain=domain,
+            **({"source": source} if source is not None else {}),
+        )
     seq_config = {"k": 5, "max_history": 50, "num_negatives": 4, "train_targets": "last", "seed": 42}
     with rundir.stage("sequences", fingerprint_of({"s": seed, "n": users + extra_users}), config=seq_config) as out:
         half = len(sequences) // 2
@@ -125,11 +137,11 @@ def make_run(
     rejected = sum(1 for user_index in range(users + extra_users) if user_index % 4 == 3)
     reasons = {"annotator_incoherent": rejected - 1, "too_short": 1} if rejected > 1 else {"annotator_incoherent": rejected}
     annotated = len(filtered) + rejected
-    with rundir.stage("annotate", fingerprint_of({"a": seed}), config={"annotator": "template"}) as out:
+    with rundir.stage("annotate", fingerprint_of({"a": seed}), config={"annotator": annotator}) as out:
         out.record(
             rows_in=annotated,
-            annotator="template",
-            model="template-v1",
+            annotator=annotator,
+            model=model,
             prompt_version="teacher-v1",
             input_tokens=120 * annotated,
             output_tokens=30 * annotated,
@@ -141,7 +153,13 @@ def make_run(
         out.record(rows_in=annotated, rows_out={"filtered": len(filtered)}, rejects_by_reason=reasons)
     if with_judge:
         with rundir.stage("judge", fingerprint_of({"j": seed}), config={"sample": 10}) as out:
-            out.record(judge="heuristic", score_distribution={"0": 1, "1": 2, "2": 3, "3": 4}, mean_score=2.0, sample_size=10)
+            out.record(
+                judge="heuristic" if judge_kind in (None, "heuristic") else "gpt-4o",
+                **({"judge_kind": judge_kind} if judge_kind else {}),
+                score_distribution={"0": 1, "1": 2, "2": 3, "3": 4},
+                mean_score=2.0,
+                sample_size=10,
+            )
     if with_validation:
         write_validation(run, critical_failures)
     return run
@@ -160,11 +178,9 @@ def write_validation(run: Path, critical_failures: int) -> None:
 
 
 def rrec_commands() -> typer.Typer:
-    """An ``rrec`` app with the card, release and pull commands, registered as ``pipeline.cli`` does."""
-    from datacards.cli import register as register_card
+    """An ``rrec`` app with the card, release and pull commands, registered as the ``rrec`` CLI does."""
     from release.cli import register as register_release
 
     app = typer.Typer(pretty_exceptions_enable=False)
-    register_card(app)
     register_release(app)
     return app

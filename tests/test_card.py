@@ -21,6 +21,9 @@ app = rrec_commands()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATASHEET_SECTIONS = [
     "## Dataset Summary",
+    "## Uses",
+    "### Direct Use",
+    "### Out-of-Scope Use",
     "## How to load",
     "## Dataset Structure",
     "### Data Fields",
@@ -31,18 +34,38 @@ DATASHEET_SECTIONS = [
     "### Source Data",
     "### Annotations",
     "#### Annotation process",
+    "#### Who are the annotators?",
+    "### Validation",
     "## Personal and Sensitive Information",
     "### Discussion of Biases",
     "### Other Known Limitations",
+    "## How to rebuild this version",
+    "### Dataset Sources",
     "### Licensing Information",
     "### Citation Information",
+    "### Dataset Card Contact",
 ]
+
+
+def real_source(domain: str) -> dict:
+    """The ingest entry's ``source`` for real files of ``domain`` downloaded from the Hub."""
+    return {
+        "kind": "real",
+        "synthetic": None,
+        "files": [
+            {"name": f"{domain}.jsonl.gz", "role": "reviews", "bytes": 1_000, "xxh3": "ab" * 16, "hub_repo": None, "hub_revision": None},
+            {"name": f"meta_{domain}.jsonl.gz", "role": "meta", "bytes": 500, "xxh3": "cd" * 16, "hub_repo": None, "hub_revision": None},
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
 def carded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     root = tmp_path_factory.mktemp("card")
-    runs = [make_run(root / "runs", "Grocery_and_Gourmet_Food"), make_run(root / "runs", "Office_Products", with_judge=False)]
+    runs = [
+        make_run(root / "runs", "Grocery_and_Gourmet_Food", source=real_source("Grocery_and_Gourmet_Food")),
+        make_run(root / "runs", "Office_Products", with_judge=False, source=real_source("Office_Products")),
+    ]
     domains = load_domains(runs)
     out = root / "release"
     write_data(domains, out, shard_rows=100)
@@ -154,7 +177,7 @@ def test_category_and_size_buckets() -> None:
 
 
 def test_rrec_card_writes_the_card_of_run_folders(carded: tuple[Path, list], tmp_path: Path) -> None:
-    runs = make_run(tmp_path / "runs", "Office_Products")
+    runs = make_run(tmp_path / "runs", "Office_Products", source=real_source("Office_Products"))
     result = runner.invoke(
         app, ["card", "--runs", str(runs), "--out", str(tmp_path / "card"), "--version", "2.0.0", "--pretty-name", "Office rationales"]
     )

@@ -160,3 +160,13 @@ def test_pull_takes_revision_and_the_old_version_spelling_still_works_with_a_war
     assert verify_release(tmp_path / "b")["tag"] == "v1.0.0"
     both = runner.invoke(app, ["pull", str(base_registry), "--version", "v1.0.0", "--revision", "v1.0.0", "--out", str(tmp_path / "c")])
     assert both.exit_code == 2 and "give only --revision" in both.output
+
+
+def test_resolve_source_pins_the_newest_version_or_lists_the_published_ones(base_registry: Path) -> None:
+    from release.loading import resolve_source
+
+    pinned = resolve_source(str(base_registry), "grocery", None)
+    assert (pinned.kind, pinned.revision) == ("registry", "v1.0.0")
+    assert pinned.commit == git(base_registry, "rev-list", "-n", "1", "v1.0.0").strip()
+    with pytest.raises(ReleaseError, match=r"version v2\.0\.0 is not in registry .*available: v1\.0\.0"):
+        resolve_source(str(base_registry), "grocery", "2.0.0")
