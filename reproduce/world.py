@@ -181,7 +181,8 @@ def _majority(values: Sequence[str]) -> str:
 def rule_rationale(history: Sequence[WorldItem], target: WorldItem) -> str:
     """The world's teacher: why ``target`` follows ``history``, stated forward, rule by rule.
 
-    Evidence from the history first (the last family and its follow-up, the store most of the
+    ``history`` is what the student prompt shows (its last ``history_k`` items), so every fact
+    the rationale states about the history can be read from the prompt. Evidence from the history first (the last family and its follow-up, the store most of the
     history comes from, the price band it keeps to), each compared with the target; the title
     itself is never named. A few dozen words, so a small model can learn to write it.
     """
