@@ -54,7 +54,7 @@ from core.protocol import Stage, StageContext
 from core.schemas import ANNOTATIONS, FILTER_REJECTS, FILTERED
 from core.stage import RunDir
 from core.tables import part_name, parts, read_table, write_part
-from pipeline.annotators.context import KEY_COLUMNS, load_contexts_for_keys
+from pipeline.annotators.context import GROUNDING_COLUMNS, KEY_COLUMNS, load_contexts_for_keys
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import ExampleContext
 from pipeline.text_rules import (
@@ -237,7 +237,7 @@ def reject_reasons(
 def filter_partition(run_path: str, annotations_file: str, settings: FilterSettings) -> tuple[pa.Table, pa.Table]:
     """Filter one annotations part file: (kept rows, rejected rows), both in input order."""
     annotations = pads.dataset(annotations_file, format="parquet", schema=ANNOTATIONS).to_table()
-    contexts = load_contexts_for_keys(Path(run_path), annotations) if annotations.num_rows else {}
+    contexts = load_contexts_for_keys(Path(run_path), annotations, catalog_columns=GROUNDING_COLUMNS) if annotations.num_rows else {}
     reasons = pa.array(reject_reasons(annotations, contexts, settings), type=pa.string())
     kept_mask = pc.is_null(reasons)
     kept = annotations.filter(kept_mask).cast(FILTERED)

@@ -89,16 +89,21 @@ PROMPT_INJECTION = re.compile(
     r"|(?:^|\n)\s*#{0,4}\s*(?:system|assistant|user|instruction)\s*:",
     re.IGNORECASE,
 )
-_WHITESPACE_RUN = re.compile(r"\S+")
 
 # Pre-screens in RE2 syntax (pyarrow.compute, one call per column). For an ASCII text each is a
 # superset of its rules: no match proves the rules cannot fire, so a row can skip them. A
 # non-ASCII text is always checked in full (Unicode case folding, NFKC, Unicode \s and \d).
 _WS = r"[\t-\r\x1c-\x20]"  # what Python's \s matches among ASCII characters
-MAY_BE_HOSTILE_RE2 = (
-    rf"(?i)[<&=\[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|s{_WS}*c{_WS}*r{_WS}*i{_WS}*p{_WS}*t{_WS}*:|data|document|window|eval"
-    rf"|fromcharcode|alert|ignore|disregard|forget|override|bypass|skip|you{_WS}+are{_WS}+now|from{_WS}+now|system|developer"
-    rf"|jailbr|anything|instruction|reveal|print|repeat|show|pretend|act{_WS}+as|user{_WS}*:|assistant"
+MAY_BE_HOSTILE_RE2 = "(?i)" + "|".join(
+    [
+        r"[<\[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|&(?:lt|#0*60|#x0*3c);",  # tags, chat tokens, controls, escaped tags
+        rf"on[a-z]{{3,24}}{_WS}*=|s{_WS}*c{_WS}*r{_WS}*i{_WS}*p{_WS}*t{_WS}*:|data{_WS}*:{_WS}*text/html",  # EVENT_HANDLER
+        rf"(?:document|window){_WS}*\.|(?:eval|fromcharcode|alert){_WS}*\(",  # SCRIPT without a tag
+        rf"(?:ignore|disregard|forget|override|bypass|skip){_WS}|you{_WS}+are{_WS}+now|from{_WS}+now{_WS}+on",
+        rf"system{_WS}+(?:prompt|message)|developer{_WS}+(?:message|mode)|jailbr|do{_WS}+anything{_WS}+now",
+        rf"instructions{_WS}*:|(?:reveal|print|repeat|show){_WS}+(?:me{_WS}+)?(?:your|the){_WS}",
+        rf"pretend{_WS}+(?:to|you){_WS}|act{_WS}+as{_WS}|(?:system|assistant|user|instruction){_WS}*:",
+    ]
 )
 MAY_REFUSE_RE2 = r"(?i)sorry|apologi|cannot|can't|unable|won'?t|as an ai|must decline"
 MAY_HOLD_EMAIL_RE2 = "@"
@@ -107,7 +112,7 @@ MAY_HOLD_PHONE_RE2 = rf"[0-9]{{3}}(?:{_WS}|[.-])[0-9]{{4}}"
 
 
 def _longest_word(text: str) -> int:
-    return max((len(word) for word in _WHITESPACE_RUN.findall(text)), default=0)
+    return max(map(len, text.split()), default=0)
 
 
 def hostile_text_reason(
@@ -249,6 +254,12 @@ def normalise(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=1 << 16)
+def _phrase(text: str) -> str:
+    """:func:`normalise` of a short text that recurs (a quoted mention, a store, a category)."""
+    return normalise(text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def title_facts(title: str) -> tuple[str, frozenset[str], str]:
     """A title's normal form, its word set and its lead (first four words); cached per title."""
     norm = normalise(title)
@@ -268,7 +279,7 @@ def _overlap(mention_norm: str, mention_words: set[str], title: str) -> float:
 
 def matches_title(mention: str, titles: list[str], min_overlap: float) -> bool:
     """Whether a quoted mention names one of ``titles`` (prefix, substring or word overlap)."""
-    mention_norm = normalise(mention)
+    mention_norm = _phrase(mention)
     if not mention_norm:
         return True
     mention_words = set(mention_norm.split())
@@ -302,14 +313,33 @@ def is_grounded(rationale: str, context: ExampleContext, min_overlap: float) -> 
         lead = title_facts(item.title)[2]
         if len(lead) >= 8 and f" {lead} " in text:
             return True
-        if any(f" {normalise(a)} " in text for a in _attributes(item)):
+        if any(f" {_phrase(a)} " in text for a in _attributes(item)):
             return True
     return False
 
 
-def _norm_position(text: str, index: int) -> int:
-    """Where ``text[index]`` falls in ``f" {NORMALISE.sub(' ', text.lower())} "`` (a phrase found there starts at its space)."""
-    return len(NORMALISE.sub(" ", text[:index].lower()))
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def norm_positions(text: str, indices: list[int]) -> list[int]:
+    """Where ``text[i]`` falls in ``f" {NORMALISE.sub(' ', text.lower())} "`` for ascending ``indices``.
+
+    The position equals ``len(NORMALISE.sub(" ", text[:i].lower()))`` (a phrase found in the
+    padded form starts at its leading space), computed in one pass over the text: a run of
+    separators cut by an index is one space, counted in the segment where it starts.
+    """
+    low = text.lower()
+    if len(low) != len(text):  # a letter whose lower case is longer: prefix by prefix
+        return [len(NORMALISE.sub(" ", text[:i].lower())) for i in indices]
+    positions, total, previous = [], 0, 0
+    for index in indices:
+        segment = NORMALISE.sub(" ", low[previous:index])
+        total += len(segment)
+        if segment.startswith(" ") and previous > 0 and low[previous - 1] not in _ALNUM:
+            total -= 1
+        positions.append(total)
+        previous = index
+    return positions
 
 
 def names_target_first(rationale: str, context: ExampleContext, min_overlap: float) -> bool:
@@ -326,17 +356,20 @@ def names_target_first(rationale: str, context: ExampleContext, min_overlap: flo
     history_titles = [item.title for item in context.history if item.title]
     target_spans: list[tuple[int, int]] = []
     evidence_at: list[int] = []
-    for match in QUOTED.finditer(rationale):
-        mention_norm = normalise(match.group(1))
+    matches = list(QUOTED.finditer(rationale))
+    bounds = norm_positions(rationale, [i for match in matches for i in match.span()])
+    for number, match in enumerate(matches):
+        mention_norm = _phrase(match.group(1))
         if not mention_norm:
             continue
         words = set(mention_norm.split())
         target_score = _overlap(mention_norm, words, context.target.title)
-        history_score = max((_overlap(mention_norm, words, t) for t in history_titles), default=0.0)
-        if target_score >= min_overlap and target_score > history_score:
-            target_spans.append((_norm_position(rationale, match.start()), _norm_position(rationale, match.end())))
-        elif history_score >= min_overlap:
-            evidence_at.append(_norm_position(rationale, match.start()))
+        # At least as good for a history item: evidence (when it names one well enough at all).
+        floor = target_score if target_score >= min_overlap else min_overlap
+        if any(_overlap(mention_norm, words, title) >= floor for title in history_titles):
+            evidence_at.append(bounds[2 * number])
+        elif target_score >= min_overlap:
+            target_spans.append((bounds[2 * number], bounds[2 * number + 1]))
     history_leads = {title_facts(t)[2] for t in history_titles}
     target_lead = title_facts(context.target.title)[2]
     if len(target_lead) >= 8 and target_lead not in history_leads and (found := padded.find(f" {target_lead} ")) >= 0:
@@ -345,7 +378,7 @@ def names_target_first(rationale: str, context: ExampleContext, min_overlap: flo
         return False
     first_target = min(start for start, _ in target_spans)
     phrases = {lead for lead in history_leads if len(lead) >= 8}
-    phrases |= {normalise(a) for item in context.history for a in _attributes(item)}
+    phrases |= {_phrase(a) for item in context.history for a in _attributes(item)}
     for phrase in phrases:
         found = padded.find(f" {phrase} ")
         while found >= 0 and any(start <= found < end for start, end in target_spans):

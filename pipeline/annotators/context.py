@@ -82,13 +82,19 @@ def _optional_dataset(run_path: Path, name: str) -> pads.Dataset | None:
     return dataset(folder, name)
 
 
-def read_item_facts(run_path: Path, asins: list[str]) -> dict[str, dict[str, Any]]:
-    """Catalog metadata of ``asins`` from the run's ``items`` table (empty when absent)."""
+ITEM_FACT_COLUMNS = ("parent_asin", "categories", "store", "price", "features", "main_category")
+"""The catalog columns an :class:`ItemFacts` can use."""
+GROUNDING_COLUMNS = ("parent_asin", "categories", "store", "main_category")
+"""The catalog columns the filter's rules read (features are most of a catalog's bytes)."""
+
+
+def read_item_facts(run_path: Path, asins: list[str], columns: tuple[str, ...] = ITEM_FACT_COLUMNS) -> dict[str, dict[str, Any]]:
+    """Catalog metadata (``columns``) of ``asins`` from the run's ``items`` table (empty when absent)."""
     items = _optional_dataset(run_path, "items")
     if items is None or not asins:
         return {}
     rows = items.to_table(
-        columns=["parent_asin", "categories", "store", "price", "features", "main_category"],
+        columns=list(columns),
         filter=pc.field("parent_asin").isin(pa.array(sorted(set(asins)), type=pa.string())),
     ).to_pylist()
     return {row["parent_asin"]: row for row in rows}
@@ -189,13 +195,16 @@ def sequences_for_keys(run_path: Path, keys: pa.Table) -> pa.Table:
     return sequences.take(rows.take(pc.sort_indices(rows)))
 
 
-def load_contexts_for_keys(run_path: Path, keys: pa.Table, review_titles: bool = False) -> dict[tuple[str, str, str], ExampleContext]:
+def load_contexts_for_keys(
+    run_path: Path, keys: pa.Table, review_titles: bool = False, catalog_columns: tuple[str, ...] = ITEM_FACT_COLUMNS
+) -> dict[tuple[str, str, str], ExampleContext]:
     """Example contexts of the examples named by ``keys``, by key: the one loader of filter and judge.
 
     Per partition and cheap: the users' sequences rows (:func:`sequences_for_keys`) and the
     catalog facts of their items (:func:`read_item_facts`), plus the users' own review titles
-    when ``review_titles`` (the filter and the judge do not show them). A key with no sequences
-    row has no entry: the caller decides what a missing context means.
+    when ``review_titles`` (the filter and the judge do not show them). ``catalog_columns``
+    narrows the catalog facts read (the filter passes :data:`GROUNDING_COLUMNS`; a prompt needs
+    them all). A key with no sequences row has no entry: the caller decides what that means.
     """
     sequences = sequences_for_keys(Path(run_path), keys)
     if sequences.num_rows == 0:
@@ -209,6 +218,6 @@ def load_contexts_for_keys(run_path: Path, keys: pa.Table, review_titles: bool =
             ]
         )
     ).to_pylist()
-    catalog = read_item_facts(Path(run_path), asins)
+    catalog = read_item_facts(Path(run_path), asins, catalog_columns)
     titles = read_review_titles(Path(run_path), pc.unique(sequences.column("user_id")).to_pylist()) if review_titles else {}
     return {context.key: context for context in contexts_from_rows(rows, catalog, titles)}
