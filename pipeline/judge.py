@@ -44,16 +44,17 @@ from core.progress import gather_with_progress
 from core.protocol import Stage, StageContext, StageResult
 from core.schemas import FILTERED
 from core.stage import RunDir
-from core.tables import dataset, part_name, parts, read_table, write_part
+from core.tables import part_name, parts, read_table, write_part
 from pipeline.annotators import template
 from pipeline.annotators.cache import CACHE_FILE, CachedAnswer, request_hash
-from pipeline.annotators.context import CONTEXT_COLUMNS, contexts_from_rows, read_item_facts
+from pipeline.annotators.context import KEY_COLUMNS, load_contexts_for_keys
 from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, resolve_api_key
 from pipeline.annotators.pricing import PriceTable, estimate_tokens
 from pipeline.annotators.send_loop import LLMCall, accounting, answer_requests, offline_accounting, usage_of
 from pipeline.filter import QUOTED, FilterSettings, matches_title
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import AnswerParseError, ExampleContext, context_payload, data_block
+from pipeline.text_rules import hostile_text_reason
 
 log = logging.getLogger(__name__)
 
@@ -220,30 +221,26 @@ def choose_sample(filtered: Path, size: int, seed: int) -> set[tuple[str, str, s
 # -- per-partition work -------------------------------------------------------------------
 
 
+def _key_table(keys: set[tuple[str, str, str]]) -> pa.Table:
+    ordered = sorted(keys)
+    return pa.table({column: pa.array([key[i] for key in ordered], pa.string()) for i, column in enumerate(KEY_COLUMNS)})
+
+
 def load_judge_cases(run_path: str, filtered_file: str, keys: set[tuple[str, str, str]]) -> list[tuple[dict[str, Any], ExampleContext]]:
-    """The sampled filtered rows of one part file with their example contexts, in file order."""
-    rows = [
-        r
-        for r in pads.dataset(filtered_file, format="parquet", schema=FILTERED).to_table().to_pylist()
-        if (r["user_id"], r["split"], r["target_parent_asin"]) in keys
-    ]
-    if not rows:
+    """The sampled filtered rows of one part file with their example contexts, in file order.
+
+    The sample is selected by a join on the key columns and the contexts come from the one
+    loader the filter uses too (:func:`pipeline.annotators.context.load_contexts_for_keys`).
+    """
+    table = pads.dataset(filtered_file, format="parquet", schema=FILTERED).to_table()
+    table = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+    sampled = table.join(_key_table(keys), KEY_COLUMNS, join_type="inner")
+    if sampled.num_rows == 0:
         return []
-    users = sorted({r["user_id"] for r in rows})
-    sequences = (
-        dataset(Path(run_path) / "sequences", "sequences")
-        .to_table(columns=CONTEXT_COLUMNS, filter=pc.field("user_id").isin(users))
-        .to_pylist()
-    )
-    wanted = {(r["user_id"], r["split"], r["target_parent_asin"]) for r in rows}
-    seq_rows = [s for s in sequences if (s["user_id"], s["split"], s["target"]["parent_asin"]) in wanted]
-    catalog = read_item_facts(Path(run_path), [i["parent_asin"] for s in seq_rows for i in [*(s["history"] or []), s["target"]]])
-    contexts = {c.key: c for c in contexts_from_rows(seq_rows, catalog, {})}
-    return [
-        (r, contexts[(r["user_id"], r["split"], r["target_parent_asin"])])
-        for r in rows
-        if (r["user_id"], r["split"], r["target_parent_asin"]) in contexts
-    ]
+    sampled = sampled.take(pc.sort_indices(sampled.column("_row"))).drop_columns(["_row"])
+    contexts = load_contexts_for_keys(Path(run_path), sampled)
+    rows = sampled.to_pylist()
+    return [(r, contexts[key]) for r in rows if (key := (r["user_id"], r["split"], r["target_parent_asin"])) in contexts]
 
 
 def _row(
@@ -448,7 +445,7 @@ def score_cases(
     requests = [judge_request(row, context, options, settings.max_prompt_history) for row, context in cases]
     call = LLMCall(options=options, prices=PriceTable(settings.prices), max_cost=settings.max_cost, label="judging")
     result = answer_requests(requests, cache_path, call)
-    rows, used = [], []
+    rows, used, unusable = [], [], Counter()
     for (row, _), request in zip(cases, requests, strict=True):
         answer = result.get(request.request_hash)
         used.append(answer)
@@ -456,10 +453,19 @@ def score_cases(
             continue
         try:
             parsed = parse_judge_answer(answer)
-            rows.append(_row(row, parsed.score, options.model, parsed.explanation, JUDGE_PROMPT_VERSION, answer, request.request_hash))
         except AnswerParseError as exc:
+            unusable["unparsable_output"] += 1
             rows.append(_row(row, None, options.model, str(exc), JUDGE_PROMPT_VERSION, answer, request.request_hash))
-    return rows, {**_extras(settings), **accounting(usage_of(used), result, settings.max_cost)}
+            continue
+        if (reason := hostile_text_reason(parsed.explanation)) is not None:
+            # Markup, scripts or instructions in the judge's own text: not stored, not scored.
+            unusable[reason] += 1
+            explanation = f"judge answer rejected: {reason} (see pipeline/text_rules.py)"
+            rows.append(_row(row, None, options.model, explanation, JUDGE_PROMPT_VERSION, answer, request.request_hash))
+            continue
+        rows.append(_row(row, parsed.score, options.model, parsed.explanation, JUDGE_PROMPT_VERSION, answer, request.request_hash))
+    extras = {**_extras(settings), **accounting(usage_of(used), result, settings.max_cost)}
+    return rows, {**extras, "unusable_answers": dict(sorted(unusable.items()))}
 
 
 def _heuristic(row: dict[str, Any], context: ExampleContext) -> tuple[int, str, str, str]:
