@@ -142,6 +142,24 @@ def _without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+MAX_BRACKETS = 200
+"""A line with this many ``[`` and ``{`` might nest deeper than ``json.loads`` can follow."""
+
+
+def _shallow(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per line: whether it holds fewer than :data:`MAX_BRACKETS` brackets.
+
+    ``json.loads`` rejects a line nested deeper than Python's recursion limit (``invalid_json``)
+    that the Arrow reader reads, even when the nesting sits in an ignored field; such lines go
+    line by line, so both paths agree. Only lines long enough to hold that many are counted.
+    """
+    shallow = np.ones(len(starts), bool)
+    for index in np.flatnonzero(ends - starts >= MAX_BRACKETS).tolist():
+        line = data[starts[index] : ends[index]]
+        shallow[index] = line.count(b"[") + line.count(b"{") < MAX_BRACKETS
+    return shallow
+
+
 def _parse_lines(
     block: LineBlock, max_line_bytes: int, reader: FastReader | None, values: Callable[[Any], tuple[Any, ...]], schema: pa.Schema
 ) -> tuple[_Pieces, int]:
@@ -169,7 +187,7 @@ def _parse_lines(
         if finished is None:
             return None
         table, vouched = finished
-        return table, vouched & (lengths[lo:hi] <= max_line_bytes)
+        return table, vouched & (lengths[lo:hi] <= max_line_bytes) & _shallow(data, starts[lo:hi], ends[lo:hi])
 
     def slow_path(indexes: np.ndarray, pieces: _Pieces) -> None:
         rows, kept = [], []
