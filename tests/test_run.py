@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import datasets
 import pytest
@@ -28,7 +29,7 @@ SMALL_CHAIN = {
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory, dask_client) -> dict:
     """One `rrec run` of both domains on the session cluster, then a rerun of the same command."""
-    from pipeline.cli import app
+    from rrec.cli import app
 
     root = tmp_path_factory.mktemp("chain")
     config = root / "chain.yaml"
@@ -45,7 +46,7 @@ def test_rrec_run_releases_both_domains_and_says_how_to_load_them(chain: dict) -
     assert first.exit_code == 0, first.output
     registry = chain["out"] / "registry"
     assert f"Released v1.0.0 (grocery, office) into the local registry {registry}" in first.output
-    assert f'load_dataset("{registry}", "grocery")' in first.output
+    assert f'load_release("{registry}", "grocery", revision="v1.0.0")' in first.output
     assert sorted(p.name for p in (chain["out"] / "runs").iterdir()) == ["Grocery_and_Gourmet_Food", "Office_Products"]
     for run in (chain["out"] / "runs").iterdir():
         stages = json.loads((run / "manifest.json").read_text())["stages"]
@@ -84,7 +85,7 @@ def test_the_release_of_the_chain_loads_every_config_and_split(chain: dict) -> N
 
 
 def test_until_stops_after_the_named_stage_of_every_domain_without_a_release(tmp_path, dask_client) -> None:
-    from pipeline.cli import app
+    from rrec.cli import app
 
     config = tmp_path / "chain.yaml"
     config.write_text(yaml.safe_dump({**SMALL_CHAIN, "annotate": {"annotator": "openai"}}))  # never reached: needs no key
@@ -111,3 +112,24 @@ def test_until_stops_after_the_named_stage_of_every_domain_without_a_release(tmp
 
     wrong = runner.invoke(app, [*command[:-1], "publish"])
     assert wrong.exit_code != 0 and "--until" in wrong.output and "sequences" in wrong.output
+
+
+@pytest.mark.parametrize(
+    ("domains", "message"),
+    [
+        (["../../ESCAPED_RUN"], "not allowed"),
+        (["/tmp/ABSOLUTE_RUN"], "not allowed"),
+        (["Foo", "Foo_Items"], "foo_items"),
+    ],
+)
+def test_rrec_run_refuses_names_that_escape_or_collide_before_any_work(tmp_path: Path, domains: list[str], message: str) -> None:
+    from rrec.cli import app
+
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text("")
+    config = tmp_path / "hostile.yaml"
+    config.write_text(yaml.safe_dump({"run": {"inputs": {d: {"reviews": [str(reviews)]} for d in domains}}}))
+    out = tmp_path / "nested" / "out"
+    result = CliRunner().invoke(app, ["run", "--out", str(out), "--config", str(config), "--workers", "1"])
+    assert result.exit_code == 2 and message in result.output
+    assert not out.exists() and not (tmp_path / "ESCAPED_RUN").exists() and not Path("/tmp/ABSOLUTE_RUN").exists()
