@@ -86,6 +86,9 @@ def cut_lines(
     emitted, the line's first bytes are kept for ``raw`` and the rest is skipped up to its line
     end. A :class:`StreamEnd` turns the partial last line into a reject with its reason. Lines
     are separated by ``\\n``; a last line without one is still a line.
+
+    One function of ~75 lines on purpose: the block so far, the partial line and the skipping
+    state change together at every chunk, and keeping them in one loop keeps that visible.
     """
     parts: list[bytes] = []
     size = 0
