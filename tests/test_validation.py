@@ -755,12 +755,13 @@ def test_validate_refuses_a_run_whose_table_stage_is_stale(tmp_path: Path, dask_
     run = write_run(tmp_path / "Grocery", {t: tables[t] for t in ("interactions", "items", "sequences")})
     sequences_hash = RunDir(run).entry("sequences")["outputs"]["sequences"]
     with RunDir(run).stage("filter", fingerprint="f", config={}, upstream={"sequences": {"sequences": sequences_hash}}) as out:
+        folder = out.table_dir("filtered")
         for index, rows in enumerate(tables["filtered"]):
-            write_part(pa.Table.from_pylist(rows, schema=FILTERED), out.table_dir("filtered"), index, FILTERED)
+            write_part(pa.Table.from_pylist(rows, schema=FILTERED), folder, index, FILTERED)
     tables["sequences"][0].pop()
     write_run(run, {"sequences": tables["sequences"]})
 
-    with pytest.raises(StageError, match="stage 'filter' .* is stale.*rrec filter --run"):
+    with pytest.raises(StageError, match=r"stage 'filter' .* is stale.*rrec filter --run"):
         run_validation(run, dask_client)
 
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from validation.spec import COMPUTED_BY_LABEL, SEVERITY_LABEL, load_suite_json
+from validation.spec import COMPUTED_BY_GX, COMPUTED_BY_LABEL, COMPUTED_BY_RREC, SEVERITY_LABEL, TABLE_SCOPE, load_suite_json
 from validation.summary import ExpectationSummary, SuiteSummary, ValidationSummary
 
 DATA_DOCS_DIR = "data_docs"
@@ -22,9 +22,18 @@ RESULTS_DIR = "results"
 RUN_NAME = "validate"
 
 
+def computed_by_label(entry: ExpectationSummary) -> str:
+    """Who computed an expectation, in words: GX, or rrec's Dask code (per partition or whole-table)."""
+    if entry.computed_by == COMPUTED_BY_GX:
+        return COMPUTED_BY_LABEL[COMPUTED_BY_GX]
+    if entry.scope == TABLE_SCOPE:
+        return f"{COMPUTED_BY_LABEL[COMPUTED_BY_RREC]} (whole table)"
+    return f"{COMPUTED_BY_LABEL[COMPUTED_BY_RREC]} (vectorised, per partition)"
+
+
 def labelled_description(entry: ExpectationSummary) -> str:
     """The description Data Docs render: severity and "computed by" labels, then the rule."""
-    return f"[{SEVERITY_LABEL[entry.severity]} · {COMPUTED_BY_LABEL[entry.computed_by]}] {entry.description or entry.name}"
+    return f"[{SEVERITY_LABEL[entry.severity]} · {computed_by_label(entry)}] {entry.description or entry.name}"
 
 
 def _gx_expectation_result(entry: ExpectationSummary) -> Any:
