@@ -271,6 +271,15 @@ def template_partition_to_part(run_path: str, spec: PartitionSpec, seed: int, fo
     return table.num_rows
 
 
+def _plan(run: RunDir, settings: AnnotateSettings) -> tuple[list[PartitionSpec], bool]:
+    """The partitions to annotate, and whether ``--limit`` left selected rows out."""
+    specs = plan_partitions(run.table("sequences"), settings.splits, settings.partition_rows, settings.limit)
+    if settings.limit is None:
+        return specs, False
+    probe = plan_partitions(run.table("sequences"), settings.splits, settings.partition_rows, settings.limit + 1)
+    return specs, sum(len(spec.row_indices) for spec in probe) > settings.limit
+
+
 class AnnotateStage(Stage[AnnotateSettings]):
     """Write a rationale for every selected sequences row into table ``annotations``.
 
@@ -314,7 +323,7 @@ class AnnotateStage(Stage[AnnotateSettings]):
         prices = PriceTable(settings.prices)
         _price_check(settings, prices)
         self.plan(run, settings)  # the upstream checks
-        specs = plan_partitions(run.table("sequences"), settings.splits, settings.partition_rows, settings.limit)
+        specs, _ = _plan(run, settings)
         if settings.annotator == "template":
             rows = sum(len(spec.row_indices) for spec in specs)
             return _dry_run_report(settings, [], prices) | {"rows": rows, "max_output_tokens": 0}
@@ -322,16 +331,22 @@ class AnnotateStage(Stage[AnnotateSettings]):
 
     def run(self, ctx: StageContext[AnnotateSettings]) -> None:
         settings = ctx.settings
-        specs = plan_partitions(ctx.run.table("sequences"), settings.splits, settings.partition_rows, settings.limit)
+        specs, limited = _plan(ctx.run, settings)
         try:
             if settings.annotator == "template":
                 self._run_template(ctx, specs)
             else:
                 self._run_llm(ctx, specs)
+            # A --limit that left rows out is a partial run too: the whole split is not annotated.
+            ctx.out.record(limited=limited, complete=bool(ctx.out.extra["complete"]) and not limited)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise StageError(out_of_space_message(ctx.run.path)) from None
+
+    def can_skip(self, settings: AnnotateSettings, entry: dict[str, Any]) -> bool:
+        # A --limit run stands when every row it selected is annotated (same limit, same rows).
+        return bool(entry.get("complete", True) or (entry.get("limited") and entry.get("rows_pending") == 0))
 
     def _common(self, settings: AnnotateSettings, rows_in: int) -> dict[str, Any]:
         return {

@@ -115,6 +115,12 @@ def test_splits_and_limit_select_rows_in_table_order(tmp_path, dask_client):
     assert entry["rows_in"] == entry["rows_out"]["annotations"] == 7
     assert {r["split"] for r in rows} <= {"validation", "test"}
     assert entry["splits"] == ["test", "validation"]
+    # A --limit that leaves rows out is a partial run; the same command is not repeated for it.
+    assert entry["limited"] is True and entry["complete"] is False
+    again = run_annotate(run, AnnotateSettings(splits="validation,test", limit=7, partition_rows=3), dask_client)
+    assert again["finished_at"] == entry["finished_at"]
+    whole = run_annotate(run, AnnotateSettings(splits="validation,test", partition_rows=3), dask_client)
+    assert whole["limited"] is False and whole["complete"] is True and whole["rows_in"] == 20
 
 
 def test_annotate_skips_when_unchanged_and_requires_sequences(tmp_path, dask_client):
