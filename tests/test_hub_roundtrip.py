@@ -417,7 +417,7 @@ def test_cli_release_push_creates_the_tagged_version_on_the_hub(hub: LoopbackHub
 
 def test_cli_pull_from_the_hub_verifies_and_the_version_loads_with_datasets(hub: LoopbackHub, cli_release: dict[str, Any]) -> None:
     out = cli_release["work"] / "pulled"
-    pulled = run_rrec(cli_release["env"], "pull", CLI_REPO_ID, "--version", "v1.0.0", "--out", str(out), cwd=cli_release["work"])
+    pulled = run_rrec(cli_release["env"], "pull", CLI_REPO_ID, "--revision", "v1.0.0", "--out", str(out), cwd=cli_release["work"])
     assert pulled.returncode == 0, pulled.stderr[-3000:]
     repo = hub.repo("dataset", CLI_REPO_ID)
     published = {path: content for path, content in repo.commits[repo.tags["v1.0.0"]].files.items() if path != ".gitattributes"}
@@ -451,7 +451,7 @@ def test_cli_pull_refuses_a_version_whose_tag_was_moved_to_tampered_files(hub: L
     repo.tags["v1.0.0"] = repo.add_commit("main", "tampered", files).oid
     try:
         out = cli_release["work"] / "tampered"
-        pulled = run_rrec(cli_release["env"], "pull", CLI_REPO_ID, "--version", "v1.0.0", "--out", str(out), cwd=cli_release["work"])
+        pulled = run_rrec(cli_release["env"], "pull", CLI_REPO_ID, "--revision", "v1.0.0", "--out", str(out), cwd=cli_release["work"])
     finally:
         repo.tags["v1.0.0"], repo.branches["main"] = genuine, head
     assert pulled.returncode == 2

@@ -189,7 +189,7 @@ def test_schema_changes_name_added_removed_and_retyped_columns() -> None:
 
 
 def test_pull_from_a_registry_verifies_and_loads_with_datasets(released: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["pull", str(released), "--version", "v1.0.0", "--out", str(tmp_path / "pulled")])
+    result = runner.invoke(app, ["pull", str(released), "--revision", "v1.0.0", "--out", str(tmp_path / "pulled")])
     assert result.exit_code == 0, result.output
     assert "files verified" in result.output
     manifest = verify_release(tmp_path / "pulled")
@@ -220,7 +220,7 @@ def _tamper(registry: Path, tmp_path: Path, change: str) -> Path:
 def test_pull_refuses_a_tampered_or_missing_file_and_writes_nothing(change: str, released: Path, tmp_path: Path) -> None:
     tampered = _tamper(released, tmp_path, change)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["pull", str(tampered), "--version", "v1.0.0", "--out", str(out)])
+    result = runner.invoke(app, ["pull", str(tampered), "--revision", "v1.0.0", "--out", str(out)])
     assert result.exit_code == 2
     expected = "checksum mismatch" if change == "modified" else "missing"
     assert expected in result.output and "train-00000-of-00002.parquet" in result.output
@@ -239,7 +239,7 @@ def test_verify_refuses_a_file_that_the_manifest_does_not_list(released: Path, t
 def test_unknown_version_and_unknown_source_are_clear_errors(released: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["pull", str(released), "--version", "v9.9.9", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "available: v1.0.0" in result.output
-    result = runner.invoke(app, ["pull", str(tmp_path), "--version", "v1.0.0", "--out", str(tmp_path / "y")])
+    result = runner.invoke(app, ["pull", str(tmp_path), "--revision", "v1.0.0", "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "not a release registry" in result.output
 
 
@@ -343,13 +343,13 @@ def test_release_push_then_pull_from_the_hub_verifies_checksums_and_refuses_a_ta
         assert pushed["exit_code"] == 0, pushed["output"]
         assert "Pushed v1.0.0 to the Hub dataset rrec/demo" in pushed["output"]
         assert 'load_dataset("rrec/demo", "grocery", revision="v1.0.0")' in pushed["output"]
-        pulled = _rrec_against_hub(hub, tmp_path / "hf", ["pull", "rrec/demo", "--version", "v1.0.0", "--out", str(tmp_path / "pulled")])
+        pulled = _rrec_against_hub(hub, tmp_path / "hf", ["pull", "rrec/demo", "--revision", "v1.0.0", "--out", str(tmp_path / "pulled")])
         assert pulled["exit_code"] == 0, pulled["output"]
         manifest = verify_release(tmp_path / "pulled")
         assert manifest == json.loads((registry / "manifest.json").read_text())
 
         hub.repo("dataset", "rrec/demo").resolve("v1.0.0").files["data/grocery/test-00000-of-00001.parquet"] += b"tampered"
-        refused = _rrec_against_hub(hub, tmp_path / "hf2", ["pull", "rrec/demo", "--version", "v1.0.0", "--out", str(tmp_path / "bad")])
+        refused = _rrec_against_hub(hub, tmp_path / "hf2", ["pull", "rrec/demo", "--revision", "v1.0.0", "--out", str(tmp_path / "bad")])
         assert refused["exit_code"] == 2
         assert "checksum mismatch: data/grocery/test-00000-of-00001.parquet" in refused["output"]
         assert not (tmp_path / "bad").exists()
