@@ -557,6 +557,7 @@ def test_real_sample_is_ingested_whole(tmp_path, dask_client, real_reviews):
     assert read_table(tmp_path / "run" / "items").num_rows == 0
 
 
+@pytest.mark.slow
 def test_output_is_the_same_for_any_block_size_worker_count_and_compression(tmp_path, dask_client):
     data, _expected, _valid = malformed_corpus()
     body = (
@@ -839,6 +840,7 @@ def test_generated_data_is_recorded_as_synthetic_and_local_files_as_real(tmp_pat
     assert RunDir(tmp_path / "real-run").provenance()["ingest"]["source"] == real
 
 
+@pytest.mark.slow
 def test_hub_input_is_recorded_as_real_with_its_repository_and_revision(tmp_path):
     from hub_loopback import LoopbackHub, Repo
 
@@ -873,8 +875,9 @@ INGEST_ONLY = (
 """``rrec ingest`` exactly as registered, without the other subcommands."""
 
 
+@pytest.mark.slow
 def test_a_killed_ingest_resumes_from_its_complete_blocks(tmp_path, dask_client):
-    body = jsonl([review(i) for i in range(6000)])
+    body = jsonl([review(i) for i in range(3000)])
     reviews = tmp_path / "Grocery.jsonl.gz"
     reviews.write_bytes(gzip.compress(body))
     meta_path = tmp_path / "meta_Grocery.jsonl"
@@ -891,7 +894,7 @@ def test_a_killed_ingest_resumes_from_its_complete_blocks(tmp_path, dask_client)
     )
     try:
         deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline and len(list(run.glob(".tmp-ingest-*/blocks/part-*.json"))) < 8:
+        while process.poll() is None and time.monotonic() < deadline and len(list(run.glob(".tmp-ingest-*/blocks/part-*.json"))) < 5:
             time.sleep(0.01)
         assert process.poll() is None, "the ingest ended before it could be killed"
         os.killpg(process.pid, signal.SIGKILL)
@@ -909,7 +912,7 @@ def test_a_killed_ingest_resumes_from_its_complete_blocks(tmp_path, dask_client)
         tmp_path / "reference", IngestSettings(reviews=[str(reviews)], meta=[str(meta_path)], block_size=16384), dask_client
     )
     entry = RunDir(run).entry("ingest")
-    assert entry["resumed_parts"] >= 8 and reference["resumed_parts"] == 0
+    assert entry["resumed_parts"] >= 5 and reference["resumed_parts"] == 0
     assert entry["outputs"] == reference["outputs"]  # the same part files, byte for byte
     assert entry["rows_out"] == reference["rows_out"] and entry["rejects_by_reason"] == {"duplicate_parent_asin": 1}
     assert not list(run.glob(".tmp-*"))
