@@ -21,7 +21,6 @@ commits what it has with ``complete: false`` in the manifest; the next run does 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -39,10 +38,10 @@ from core.config import ConfigError
 from core.progress import gather_with_progress
 from core.protocol import Stage, StageContext, StageResult
 from core.schemas import ANNOTATIONS, SPLITS
-from core.stage import RunDir, StageError
+from core.stage import RunDir
 from core.tables import part_name, write_part
 from pipeline.annotators import template
-from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, out_of_space_message, request_hash
+from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash, stop_when_full
 from pipeline.annotators.context import PartitionSpec, load_partition_contexts, plan_partitions
 from pipeline.annotators.openai_batch import BatchOptions
 from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, resolve_api_key
@@ -332,17 +331,13 @@ class AnnotateStage(Stage[AnnotateSettings]):
     def run(self, ctx: StageContext[AnnotateSettings]) -> None:
         settings = ctx.settings
         specs, limited = _plan(ctx.run, settings)
-        try:
+        with stop_when_full(ctx.run.path):
             if settings.annotator == "template":
                 self._run_template(ctx, specs)
             else:
                 self._run_llm(ctx, specs)
-            # A --limit that left rows out is a partial run too: the whole split is not annotated.
-            ctx.out.record(limited=limited, complete=bool(ctx.out.extra["complete"]) and not limited)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise StageError(out_of_space_message(ctx.run.path)) from None
+        # A --limit that left rows out is a partial run too: the whole split is not annotated.
+        ctx.out.record(limited=limited, complete=bool(ctx.out.extra["complete"]) and not limited)
 
     def can_skip(self, settings: AnnotateSettings, entry: dict[str, Any]) -> bool:
         # A --limit run stands when every row it selected is annotated (same limit, same rows).

@@ -46,7 +46,7 @@ from core.schemas import FILTERED
 from core.stage import RunDir
 from core.tables import part_name, parts, read_table, write_part
 from pipeline.annotators import template
-from pipeline.annotators.cache import CACHE_FILE, CachedAnswer, request_hash
+from pipeline.annotators.cache import CACHE_FILE, CachedAnswer, request_hash, stop_when_full
 from pipeline.annotators.context import KEY_COLUMNS, load_contexts_for_keys
 from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, resolve_api_key
 from pipeline.annotators.pricing import PriceTable, estimate_tokens
@@ -324,6 +324,10 @@ class JudgeStage(Stage[JudgeSettings]):
         )
 
     def run(self, ctx: StageContext[JudgeSettings]) -> None:
+        with stop_when_full(ctx.run.path):
+            self._run(ctx)
+
+    def _run(self, ctx: StageContext[JudgeSettings]) -> None:
         settings, run = ctx.settings, ctx.run
         files = parts(run.table("filtered"))
         keys = choose_sample(run.table("filtered"), settings.sample, settings.seed)

@@ -212,3 +212,21 @@ def test_a_full_disk_stops_with_one_line_and_no_answer_is_paid_twice(tmp_path, d
         assert not set(first_answers) & set(second_answers), "an answer received before the disk filled was paid again"
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_the_template_annotator_on_a_full_disk_stops_with_one_line(tmp_path, dask_client):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "16m"):
+        pytest.skip("mounting a size-limited tmpfs needs root on this machine")
+    try:
+        run = disk / "run"
+        make_run(run, users=200)
+        _fill(disk)
+        with pytest.raises(StageError) as failure:
+            run_annotate(run, AnnotateSettings(partition_rows=20), dask_client)
+        assert "no space left" in str(failure.value) and str(run) in str(failure.value)
+        (disk / "ballast").unlink()
+        entry = run_annotate(run, AnnotateSettings(partition_rows=20), dask_client)
+        assert entry["complete"] is True and entry["rows_out"]["annotations"] == 200
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

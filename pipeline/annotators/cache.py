@@ -19,13 +19,14 @@ after freeing space pays for no answer twice.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,17 @@ def out_of_space_message(folder: Path) -> str:
         f"no space left on the device of {folder}: free some space and rerun the same command "
         "(every answer received so far is in the cache and is not requested again)"
     )
+
+
+@contextlib.contextmanager
+def stop_when_full(folder: Path) -> Iterator[None]:
+    """Turn a write that fails for lack of space into the one-line :class:`CacheFullError`."""
+    try:
+        yield
+    except OSError as exc:
+        if not _is_out_of_space(exc):
+            raise
+        raise CacheFullError(out_of_space_message(folder)) from None
 
 
 class AnswerCache:
