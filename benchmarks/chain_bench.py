@@ -13,7 +13,10 @@
 5. each command's peak memory, sampled every 50 ms over its process tree (driver and Dask
    workers): the largest single process and the sum;
 6. stage wall times from the run manifest, and a check that the release loads with
-   `release.loading.load_release`.
+   `release.loading.load_release`;
+7. with --release-memory P1,P2,...: `rrec release` of the same run folder once per partition
+   size (`release.partition_rows`), in one process without a cluster, with its peak memory:
+   how the streaming builder's memory follows the partition, not the release.
 
 Prints a table and writes a JSON record (--output) for docs/PERFORMANCE.md. Targets (issue 13):
 second / first <= 3 and no process above 4 GB at 150k users. Exits 1 if a command fails or the
@@ -176,6 +179,23 @@ def loads_back(registry: Path) -> dict[str, int]:
     return {split: len(rows) for split, rows in dataset.items()}
 
 
+def release_memory(run: Path, workdir: Path, partition_rows: list[int]) -> dict[int, dict[str, float]]:
+    """Peak memory of `rrec release` of ``run`` (one process, no cluster) per ``release.partition_rows``."""
+    rrec = str(Path(sys.executable).with_name("rrec"))
+    found = {}
+    for rows in partition_rows:
+        config = workdir / f"release-{rows}.yaml"
+        config.write_text(json.dumps({"release": {"partition_rows": rows}}))
+        registry = workdir / f"release-memory-{rows}"
+        shutil.rmtree(registry, ignore_errors=True)
+        cmd = [rrec, "--log-level", "WARNING", "release", "--runs", str(run), "--registry", str(registry), "--version", VERSION]
+        measured = measure_tree([*cmd, "--config", str(config)], workdir / f"release-{rows}.log")
+        found[rows] = {"wall_s": measured.wall_s, "peak_process_mb": measured.peak_process_mb, "returncode": measured.returncode}
+        print(f"  partition_rows {rows:,}: {found[rows]}", flush=True)
+        shutil.rmtree(registry, ignore_errors=True)
+    return found
+
+
 def _machine() -> str:
     memory = psutil.virtual_memory().total / 2**30
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
@@ -190,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="local Dask workers of the chain and of the floor")
     parser.add_argument("--train-targets", choices=["all", "last"], default="last")
     parser.add_argument("--note", default="", help="free text stored in the record (e.g. machine load)")
+    parser.add_argument("--release-memory", default="", help="comma-separated release.partition_rows values to measure `rrec release` at")
     parser.add_argument("--output", type=Path, default=None, help="JSON record (default: WORKDIR/chain-<size>.json)")
     args = parser.parse_args(argv)
 
@@ -229,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     loaded = loads_back(out / "registry")
     release = json.loads((out / "registry" / "manifest.json").read_text())
     shard_bytes = [info["bytes"] for name, info in release["files"].items() if name.startswith(f"data/{CONFIG}/")]
+    sizes = [int(v) for v in args.release_memory.split(",") if v]
+    if sizes:
+        print("rrec release alone, per partition size ...", flush=True)
+    by_partition = release_memory(out / "runs" / DOMAIN, args.workdir, sizes)
     record = {
         "users_generated": users,
         "reviews": stages["ingest"].get("rows_in"),
@@ -247,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         "first_command": {"cmd": "rrec run --until sequences", **asdict(first)},
         "second_command": {"cmd": "rrec run", **asdict(second)},
         "second_over_first": round(second.wall_s / first.wall_s, 2),
+        "release_alone_by_partition_rows": by_partition,
+        "load_average_at_end": os.getloadavg(),
         "command": "python benchmarks/chain_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     output = args.output or args.workdir / f"chain-{label}.json"
