@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 
 PARENT_ASIN_PATTERN = r"^[A-Z0-9]{10}$"
-"""Amazon's item ids: ten upper-case letters or digits."""
+"""Amazon's item ids: ten upper-case letters or digits (ASINs, and ISBN-10s of books, whose check
+digit may be ``X``). Checked against every id of the real-record sample and of ``rrec sample``."""
 PARENT_ASIN = re.compile(PARENT_ASIN_PATTERN)
 
 EARLIEST_TIMESTAMP_MS = 804_556_800_000
@@ -27,6 +28,11 @@ FUTURE_SLACK_MS = 24 * 3600 * 1000
 """How far past the moment of the check a timestamp may lie."""
 
 RATING_MIN, RATING_MAX = 1.0, 5.0
+
+OUT_OF_RANGE = "out_of_range"
+"""Reject code (``core/reasons.py``) of a value outside its bounds, recorded as ``out_of_range:<field>``."""
+INVALID_ID = "invalid_id"
+"""Reject code of an item id that does not match :data:`PARENT_ASIN_PATTERN` (``invalid_id:parent_asin``)."""
 
 REQUIRED_REVIEW_FIELDS = ("rating", "parent_asin", "user_id", "timestamp")
 """Fields a review must carry (non-null, non-empty) to be kept; the others may be null."""
@@ -62,3 +68,13 @@ def review_bounds(now_ms: int | None = None) -> dict[str, Bounds]:
 def valid_parent_asin(value: str) -> bool:
     """Whether ``value`` has the form of an Amazon item id."""
     return PARENT_ASIN.match(value) is not None
+
+
+def rating_in_range(value: float) -> bool:
+    """Whether a star rating lies within [:data:`RATING_MIN`, :data:`RATING_MAX`]."""
+    return RATING_MIN <= value <= RATING_MAX
+
+
+def timestamp_in_range(value: int, now_ms: int | None = None) -> bool:
+    """Whether a timestamp is plausible epoch milliseconds at ``now_ms`` (seconds are not)."""
+    return EARLIEST_TIMESTAMP_MS <= value <= latest_timestamp_ms(now_ms)

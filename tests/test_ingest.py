@@ -21,9 +21,10 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 import typer
+from sequences_fixtures import tricky_reviews
 from typer.testing import CliRunner
 
-from core.records import EARLIEST_TIMESTAMP_MS, FUTURE_SLACK_MS, review_bounds, valid_parent_asin
+from core.records import EARLIEST_TIMESTAMP_MS, FUTURE_SLACK_MS, rating_in_range, review_bounds, timestamp_in_range, valid_parent_asin
 from core.schemas import INTERACTIONS, ITEMS, REJECTS
 from core.stage import RunDir, hash_file
 from core.tables import read_table
@@ -733,6 +734,9 @@ def test_real_and_generated_item_ids_match_the_pattern(real_reviews, tmp_path):
     report = generate_domain(tmp_path, "Office_Products", SampleSettings(users=40))
     with open(report.reviews_path) as handle:
         assert all(valid_parent_asin(json.loads(line)["parent_asin"]) for line in handle)
+    assert all(valid_parent_asin(r["parent_asin"]) for r in tricky_reviews(seed=3))  # the exactness corpus
+    assert rating_in_range(1) and rating_in_range(5.0) and not rating_in_range(5.5)
+    assert timestamp_in_range(NOW_MS) and not timestamp_in_range(1_600_000_000) and not timestamp_in_range(NOW_MS + 2 * FUTURE_SLACK_MS)
 
 
 # -- damaged compressed input ------------------------------------------------------------------

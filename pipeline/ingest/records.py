@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.records import REQUIRED_REVIEW_FIELDS, Bounds, review_bounds, valid_parent_asin
+from core.records import INVALID_ID, OUT_OF_RANGE, REQUIRED_REVIEW_FIELDS, Bounds, review_bounds, valid_parent_asin
 from pipeline.ingest.settings import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN
 
 RAW_REVIEW = pa.schema(
@@ -178,14 +178,14 @@ def current_review_bounds() -> dict[str, Bounds]:
 
 def _within(value: float, name: str) -> Any:
     if not current_review_bounds()[name].contains(value):
-        raise RecordRejected(f"out_of_range:{name}")
+        raise RecordRejected(f"{OUT_OF_RANGE}:{name}")
     return value
 
 
 def _item_id(value: Any, name: str) -> str:
     text = _text(value, name)
     if not valid_parent_asin(text):
-        raise RecordRejected(f"invalid_id:{name}")
+        raise RecordRejected(f"{INVALID_ID}:{name}")
     return text
 
 
