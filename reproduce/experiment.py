@@ -47,7 +47,7 @@ class ExperimentSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    users: int = Field(1000, ge=50, description="Users of the world (one test row each).")
+    users: int = Field(500, ge=50, description="Users of the world (one test row each).")
     seeds: int = Field(3, ge=1, description="Training seeds per variant.")
     world_seed: int = 7
     model: WordModelSettings = WordModelSettings()

@@ -48,13 +48,13 @@ class WordModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(4, ge=1)
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
-    max_steps: int = Field(600, ge=1, description="Optimizer steps of each SFT run.")
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(2e-3, gt=0.0)
-    history_k: int = Field(10, ge=1, description="History items in the prompt.")
+    max_steps: int = Field(500, ge=1, description="Optimizer steps of each SFT run.")
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(3e-3, gt=0.0)
+    history_k: int = Field(8, ge=1, description="History items in the prompt.")
 
 
 def word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
