@@ -1,0 +1,144 @@
+"""Annotation rows, built per partition on the Dask workers (plain functions, testable without Dask).
+
+The template annotator finishes a partition here and writes its part file
+(:func:`template_partition_to_part`). For the OpenAI annotators a partition's prompts are
+built and looked up in the answer cache here (:func:`prepare_partition`); the rows of cached
+answers are built on the worker too, so a cached rerun leaves the driver only the writing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from core.schemas import ANNOTATIONS
+from core.tables import write_part
+from pipeline.annotators import template
+from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash
+from pipeline.annotators.context import PartitionSpec, load_partition_contexts
+from pipeline.annotators.openai_chat import ChatOptions, ChatRequest
+from pipeline.annotators.pricing import estimate_tokens
+from pipeline.teacher_prompt import PROMPT_VERSION, AnswerParseError, ExampleContext, TeacherAnswer, build_messages, parse_answer
+
+MAX_STORED_RAW_CHARS = 4000
+"""Longest raw answer text kept as the rationale of an unparsable answer (the filter rejects it)."""
+
+
+def template_request_hash(context: ExampleContext, seed: int, answer: TeacherAnswer) -> str:
+    """A stable id of a template annotation: the example (version, seed, key, history items)
+    and the text written for it (building the prompt's JSON document for this cost a quarter
+    of the template's time)."""
+    parts = [template.TEMPLATE_VERSION, str(seed), *context.key, *(item.parent_asin for item in context.history)]
+    payload = "\x1f".join([*parts, answer.rationale, answer.user_preferences])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def template_rows(contexts: list[ExampleContext], seed: int) -> list[dict[str, Any]]:
+    """Annotation rows of the template annotator for a list of contexts."""
+    rows = []
+    for context in contexts:
+        answer = template.annotate(context, seed)
+        rows.append(
+            {
+                "user_id": context.user_id,
+                "split": context.split,
+                "target_parent_asin": context.target.parent_asin,
+                "rationale": answer.rationale,
+                "user_preferences": answer.user_preferences,
+                "coherent": answer.coherent,
+                "annotator": "template",
+                "model": template.TEMPLATE_VERSION,
+                "prompt_version": template.TEMPLATE_VERSION,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "request_hash": template_request_hash(context, seed, answer),
+            }
+        )
+    return rows
+
+
+def annotate_partition_with_template(run_path: str, spec: PartitionSpec, seed: int) -> pa.Table:
+    """The template annotations of one partition."""
+    contexts = load_partition_contexts(Path(run_path), spec)
+    return pa.Table.from_pylist(template_rows(contexts, seed), schema=ANNOTATIONS)
+
+
+@dataclass(frozen=True)
+class PreparedPartition:
+    """One partition's requests (in row order) and the answers the cache already holds."""
+
+    index: int
+    keys: list[tuple[str, str, str]]
+    requests: list[ChatRequest]
+    cached: dict[str, CachedAnswer]
+    rows: list[dict[str, Any] | None]
+    """The annotation row of each cached answer, built on the worker; None where the answer
+    has yet to come (a cached rerun leaves the driver only the writing)."""
+
+
+def chat_request(context: ExampleContext, options: ChatOptions, max_history: int) -> ChatRequest:
+    """The chat request that annotates one example."""
+    messages = build_messages(context, max_history)
+    return ChatRequest(
+        request_hash=request_hash(options.model, options.prompt_version, messages, options.generation_params()),
+        messages=messages,
+        estimated_input_tokens=estimate_tokens(messages),
+    )
+
+
+def prepare_partition(
+    run_path: str, spec: PartitionSpec, options: ChatOptions, max_history: int, annotator: str = "openai"
+) -> PreparedPartition:
+    """Build one partition's prompts and look them up in the run's cache (read only)."""
+    contexts = load_partition_contexts(Path(run_path), spec)
+    requests = [chat_request(context, options, max_history) for context in contexts]
+    with AnswerCache(Path(run_path) / CACHE_FILE) as cache:
+        cached = cache.get_many(r.request_hash for r in requests)
+    keys = [c.key for c in contexts]
+    rows = [
+        answer_row(key, request, cached[request.request_hash], annotator, options.model) if request.request_hash in cached else None
+        for key, request in zip(keys, requests, strict=True)
+    ]
+    # Answered requests travel back without their messages: a cached rerun moves keys, not prompts.
+    requests = [dataclasses.replace(r, messages=[]) if r.request_hash in cached else r for r in requests]
+    return PreparedPartition(spec.index, keys, requests, cached, rows)
+
+
+def answer_row(key: tuple[str, str, str], request: ChatRequest, answer: CachedAnswer, annotator: str, model: str) -> dict[str, Any]:
+    """An annotation row from a model answer.
+
+    A refusal or an answer that is not the requested JSON is kept with ``coherent`` null and the
+    raw text as rationale, so the filter can reject it with its reason instead of losing it.
+    """
+    row: dict[str, Any] = {
+        "user_id": key[0],
+        "split": key[1],
+        "target_parent_asin": key[2],
+        "annotator": annotator,
+        "model": model,
+        "prompt_version": PROMPT_VERSION,
+        "input_tokens": answer.input_tokens,
+        "output_tokens": answer.output_tokens,
+        "request_hash": request.request_hash,
+        "user_preferences": None,
+        "coherent": None,
+    }
+    if answer.refusal:
+        return {**row, "rationale": answer.refusal[:MAX_STORED_RAW_CHARS]}
+    try:
+        parsed = parse_answer(answer.content)
+    except AnswerParseError:
+        return {**row, "rationale": (answer.content or "")[:MAX_STORED_RAW_CHARS]}
+    return {**row, "rationale": parsed.rationale, "user_preferences": parsed.user_preferences, "coherent": parsed.coherent}
+
+
+def template_partition_to_part(run_path: str, spec: PartitionSpec, seed: int, folder: str) -> int:
+    """Annotate one partition with the template and write its part file; returns its rows."""
+    table = annotate_partition_with_template(run_path, spec, seed)
+    write_part(table, Path(folder), spec.index, ANNOTATIONS)
+    return table.num_rows
