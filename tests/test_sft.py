@@ -85,12 +85,18 @@ def test_cli_full_fine_tuning_resumes_from_its_last_checkpoint(release, tmp_path
         "sft",
         "--dataset",
         str(release),
-        "--config",
+        "--subset",
         "grocery",
         "--output",
         str(out),
         "--model",
         "tiny",
+        "--tiny-hidden-size",
+        "32",
+        "--tiny-num-layers",
+        "1",
+        "--tiny-num-heads",
+        "2",
         "--variant",
         "C",
         "--full",
@@ -108,7 +114,7 @@ def test_cli_full_fine_tuning_resumes_from_its_last_checkpoint(release, tmp_path
     runner = CliRunner()
     first = runner.invoke(app, [*common, "--max-steps", "2"])
     assert first.exit_code == 0, first.output
-    assert "eval loss" in first.output
+    assert "eval loss" in first.output and "eval loss on item tokens" in first.output
 
     again = runner.invoke(app, [*common, "--max-steps", "4"])
     assert again.exit_code == 2 and "already holds a trained model" in again.output
@@ -121,9 +127,12 @@ def test_cli_full_fine_tuning_resumes_from_its_last_checkpoint(release, tmp_path
     assert record["rows"]["eval_source"] == "validation" and record["with_rationale"] is False
     model, _ = load_for_inference(out)
     assert model.config.model_type == "gemma3_text"
+    # The model size options reached the tiny model.
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads) == (32, 1, 2)
 
 
 def test_resume_without_checkpoints_is_a_clear_cli_error(release, tmp_path):
+    # The old spelling of the subset (--config NAME) still works, with a deprecation message.
     result = CliRunner().invoke(
         app,
         [
@@ -142,6 +151,37 @@ def test_resume_without_checkpoints_is_a_clear_cli_error(release, tmp_path):
     )
     assert result.exit_code == 2
     assert "no checkpoint to resume from" in result.output
+    assert "deprecated: --config grocery names a dataset subset; use --subset grocery" in result.stderr
+
+
+def test_report_to_an_integration_that_is_not_installed_is_a_clear_error_before_training(release, tmp_path):
+    from transformers.integrations import get_available_reporting_integrations
+
+    if "tensorboard" in get_available_reporting_integrations():
+        pytest.skip("tensorboard is installed here")
+    args = ["train", "sft", "--dataset", str(release), "--subset", "grocery", "--output", str(tmp_path / "m"), "--model", "tiny"]
+    result = CliRunner().invoke(app, [*args, "--report-to", "tensorboard"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--report-to tensorboard: not installed here" in result.output and "--report-to none" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_c_trains_and_is_checked_on_the_rows_a_uses_and_losses_are_split(tmp_path):
+    """Without validation rationales A is checked on held-out train rows: C is checked (and trains) on exactly those rows too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RREC_CACHE", str(tmp_path / "cache"))
+        release = make_release(tmp_path / "registry", n_users=16, annotated_splits=("train",))
+        records = {}
+        for variant in ("A", "C"):
+            settings = SFTSettings(**TINY_SFT, variant=variant, max_steps=1, eval_steps=1, eval_holdout=4, early_stopping_patience=0)
+            result = run_sft(str(release), "grocery", None, tmp_path / variant, settings)
+            records[variant] = json.loads((tmp_path / variant / "training_config.json").read_text())
+            assert result.eval_item_loss == records[variant]["eval_item_loss"] > 0
+    assert records["A"]["rows_fingerprint"] == records["C"]["rows_fingerprint"]
+    assert records["C"]["rows"]["eval_source"] == "train_holdout" == records["A"]["rows"]["eval_source"]
+    assert records["A"]["eval_rationale_loss"] > 0 and records["C"]["eval_rationale_loss"] is None
+    assert records["A"]["loss_parts_tokens"]["rationale"] > records["A"]["loss_parts_tokens"]["item"] > 0
 
 
 @pytest.mark.slow

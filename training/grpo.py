@@ -173,6 +173,7 @@ def run_grpo(
             f"--batch-size x --gradient-accumulation ({settings.batch_size * settings.gradient_accumulation}) "
             f"must be a multiple of --num-generations ({settings.num_generations})"
         )
+    check_report_to(settings.report_to)
     # The SFT model first: a wrong --sft-model must fail before the output folder is touched.
     model, tokenizer = load_for_training(sft_dir)
     sft_record = read_training_config(sft_dir)

@@ -266,6 +266,7 @@ def run_sft(
     from trl import SFTTrainer
 
     output_dir = Path(output_dir)
+    check_report_to(settings.report_to)
     resume_from = prepare_output_dir(output_dir, resume, force)
     output_dir.mkdir(parents=True, exist_ok=True)
 
