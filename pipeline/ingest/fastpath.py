@@ -19,13 +19,13 @@ import pyarrow.compute as pc
 from core.records import PARENT_ASIN_PATTERN
 from core.schemas import ITEMS
 from pipeline.ingest.records import (
-    _REVIEW_IDS,
     RAW_REVIEW,
     REQUIRED_REVIEW_KEYS,
+    REVIEW_IDS,
     REVIEW_KEYS,
     RecordRejected,
-    _details,
     current_review_bounds,
+    details_json,
 )
 from pipeline.ingest.settings import INT32_MAX, INT32_MIN
 
@@ -81,7 +81,7 @@ def vouched_reviews(raw: pa.Table) -> np.ndarray | None:
                 column.validate(full=True)
             except pa.ArrowInvalid:
                 return None
-            if name in _REVIEW_IDS:
+            if name in REVIEW_IDS:
                 require(pc.not_equal(column, ""))
     rating, timestamp = raw.column("rating"), raw.column("timestamp")
     bounds = current_review_bounds()
@@ -128,8 +128,8 @@ def _details_text(line: bytes) -> str | None:
     if key >= 0 and b"\\" not in line and line.find(_DETAILS_KEY, key + 1) < 0:
         separator = _KEY_VALUE_SEPARATOR.match(line, key + len(_DETAILS_KEY))
         if separator:
-            return _details(_JSON.raw_decode(line[separator.end() :].decode("utf-8"))[0])
-    return _details(json.loads(line.decode("utf-8", "surrogateescape"))["details"])
+            return details_json(_JSON.raw_decode(line[separator.end() :].decode("utf-8"))[0])
+    return details_json(json.loads(line.decode("utf-8", "surrogateescape"))["details"])
 
 
 def _finish_meta(raw: pa.Table, lines: LineSlice) -> tuple[pa.Table, np.ndarray] | None:

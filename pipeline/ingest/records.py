@@ -45,7 +45,8 @@ REQUIRED_REVIEW_KEYS = REQUIRED_REVIEW_FIELDS
 empty id rejects the line. The other kept fields (title, text, asin, helpful_vote,
 verified_purchase) may be absent or null and are kept as null, as the benchmark scripts keep
 such a review; a value of the wrong type still rejects the line."""
-_REVIEW_IDS = ("parent_asin", "user_id")
+REVIEW_IDS = ("parent_asin", "user_id")
+"""The ids of a review: an empty string is as missing as null."""
 _NO_PRICE = {"", "none", "null", "nan", "n/a", "na", "-", "\u2013", "\u2014"}
 
 _JSON_TEXT = json.JSONEncoder(ensure_ascii=False)
@@ -145,7 +146,7 @@ def review_values(record: Any) -> tuple[Any, ...]:
         if value is None and name not in REQUIRED_REVIEW_KEYS:
             values.append(None)
             continue
-        if value is None or (value == "" and name in _REVIEW_IDS):
+        if value is None or (value == "" and name in REVIEW_IDS):
             raise RecordRejected(f"missing_field:{name}")
         if name == "rating":
             values.append(_within(_finite(value, name), name))
@@ -228,7 +229,8 @@ def _description(value: Any) -> str | None:
     return _optional_text(value, "description") or None
 
 
-def _details(value: Any) -> str | None:
+def details_json(value: Any) -> str | None:
+    """``details`` (a dict, or its JSON text) as the JSON string ``items`` stores; None when absent."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -284,5 +286,5 @@ def meta_values(record: Any) -> tuple[Any, ...]:
         _rating_number(record.get("rating_number")),
         _text_list(record.get("features"), "features"),
         _description(record.get("description")),
-        _details(record.get("details")),
+        details_json(record.get("details")),
     )
