@@ -335,7 +335,9 @@ def build_card(
     tag = _tag(version)
     provenances = [domain_provenance(d.config, d.domain, d.stages) for d in domains]
     note = title_note(provenances)
-    title = f"{settings.pretty_name} ({note})" if note else settings.pretty_name
+    # A name that already says synthetic ("... (synthetic demo)") needs no second note.
+    named = note == "synthetic data" and "synthetic" in settings.pretty_name.lower()
+    title = f"{settings.pretty_name} ({note})" if note and not named else settings.pretty_name
     configs = []
     for domain, provenance in zip(domains, provenances):
         stats = domain_statistics(domain)

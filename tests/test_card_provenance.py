@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from huggingface_hub import DatasetCard
 from release_runs import make_run
 
@@ -198,3 +199,44 @@ def test_a_release_carries_the_data_docs_the_validation_summary_by_severity_and_
     assert provenance["filter"]["outputs"] == stages["filter"]["outputs"]
     assert re.search(r"rrec run --out rebuild --config rebuild\.yaml", text)
     assert json.loads((registry / "manifest.json").read_text())["provenance"]["grocery"] == provenance
+
+
+def test_a_synthetic_name_that_says_so_gets_no_second_note(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "runs", source=synthetic_source("Grocery_and_Gourmet_Food"))
+    build_card(load_domains([run]), tmp_path / "card", "1.0.0", CardSettings(pretty_name="Rationales (synthetic demo)"))
+    assert "\n# Rationales (synthetic demo)\n" in (tmp_path / "card" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_rebuild_command_and_config_of_a_demo_card_rebuild_the_same_data(tmp_path: Path) -> None:
+    """`rrec run` of a small synthetic demo, then the card's own command and config: the data files are identical."""
+    import subprocess
+    import sys
+
+    rrec = str(Path(sys.executable).with_name("rrec"))
+    demo = {
+        "workers": 1,
+        "sample": {"domains": ["Office_Products"], "users": 300, "seed": 11},
+        "sequences": {"num_negatives": 9},
+        "annotate": {"annotator": "template"},
+        "judge": {"judge": "heuristic", "sample": 10},
+        "release": {"version": "1.0.0", "shard_rows": 100},
+    }
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo))
+    first = subprocess.run(
+        [rrec, "run", "--out", "first", "--config", "demo.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    card = (tmp_path / "first" / "registry" / "README.md").read_text()
+    assert "\n# Rationale-augmented Amazon Reviews 2023 for sequential recommendation (synthetic data)\n" in card
+    assert "written by the deterministic `template` annotator" in card and "written by an LLM" not in card
+    rebuild = section_text(card, "## How to rebuild this version")
+    command = rebuild.split("```bash\n", 1)[1].split("\n", 1)[0]
+    assert command == "rrec run --out rebuild --config rebuild.yaml"
+    (tmp_path / "rebuild.yaml").write_text(rebuild.split("```yaml\n", 1)[1].split("```", 1)[0])
+    again = subprocess.run([rrec, *command.split()[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    before = json.loads((tmp_path / "first" / "registry" / "manifest.json").read_text())["files"]
+    after = json.loads((tmp_path / "rebuild" / "registry" / "manifest.json").read_text())["files"]
+    data = {name: info["sha256"] for name, info in before.items() if name.startswith("data/")}
+    assert len(data) >= 4 and data == {name: info["sha256"] for name, info in after.items() if name.startswith("data/")}
