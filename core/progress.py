@@ -67,9 +67,7 @@ class LoggedProgress(Progress):
 
     def log_state(self, final: bool = False) -> None:
         """Log one line per task: done / total, percentage and elapsed time (``final``: every task)."""
-        with self._lock:
-            tasks = list(self._tasks.values())
-        for task in tasks:
+        for task in self.tasks:
             if task.finished and not final:
                 continue
             total = f"/{task.total:,.0f}" if task.total is not None else ""
