@@ -1,0 +1,160 @@
+"""``rrec filter`` of the current code against an earlier commit's, in one invocation.
+
+    python benchmarks/filter_bench.py --users 20000 --baseline 2659bfe
+
+1. prepares a run folder of one synthetic domain of --users users with the rrec commands
+   (sample, ingest, sequences, annotate with the template annotator, all splits), cached in
+   --workdir;
+2. extracts the baseline commit's ``core/`` and ``pipeline/`` packages into the work folder, so
+   the baseline side runs that commit's filter (rules, context loading, stage) on today's tables;
+3. filters the run (``--force``) with each side in turn, --repeats times, each in a fresh
+   process with its own LocalCluster of --workers; times the stage (``wall_time_s`` of its
+   manifest entry: cluster start-up excluded) and the whole process; also times one partition
+   in-process on each side (contexts + rules, no cluster) to show where the time goes;
+4. checks that both sides keep the same rows (the current filter has more rules: on template
+   rationales that reason forward, none of them fires).
+
+Prints a table and writes a JSON record (--output) for docs/PERFORMANCE.md. Exits 1 if the
+kept rows differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DOMAIN = "Grocery_and_Gourmet_Food"
+
+
+def _rrec(*args: str) -> None:
+    rrec = Path(sys.executable).with_name("rrec")
+    subprocess.run([str(rrec), *args], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def prepare_run(workdir: Path, users: int, workers: int) -> Path:
+    """A run folder with ingest .. annotate done (kept between invocations)."""
+    data, run = workdir / "data", workdir / "runs" / DOMAIN
+    if not data.exists():
+        _rrec("sample", "--out", str(data), "--domains", DOMAIN, "--users", str(users), "--no-gzip")
+    reviews, meta = data / f"{DOMAIN}.jsonl", data / f"meta_{DOMAIN}.jsonl"
+    common = ["--run", str(run), "--workers", str(workers)]
+    _rrec("ingest", *common, "--reviews", str(reviews), "--meta", str(meta), "--domain", DOMAIN)
+    _rrec("sequences", *common)
+    _rrec("annotate", *common, "--splits", "train,validation,test")
+    return run
+
+
+def extract_baseline(revision: str, into: Path) -> Path:
+    """The baseline commit's ``core/`` and ``pipeline/`` packages under ``into`` (for PYTHONPATH)."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "core", "pipeline"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def measure(run: Path, workers: int, pythonpath: Path | None) -> dict[str, object]:
+    """One filter stage in a fresh process; seconds of the stage and of the whole process."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, __file__, "--driver", str(run), "--workers", str(workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tempfile.gettempdir(),  # not the repository: its packages would shadow the baseline's
+    )
+    process_s = time.perf_counter() - started
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "process_s": round(process_s, 2)}
+
+
+def driver(run: Path, workers: int) -> None:
+    """Inside the measured process: one partition in-process, then the stage on a cluster; JSON out."""
+    import pyarrow.dataset as pads
+
+    import pipeline.filter as stage
+    from core.tables import parts
+    from pipeline.cluster import dask_client
+
+    first = str(parts(run / "annotations")[0])
+    started = time.perf_counter()
+    stage.filter_partition(str(run), first, stage.FilterSettings())
+    partition_s = time.perf_counter() - started
+    with dask_client(workers=workers) as client:
+        modules = client.run(lambda: __import__("pipeline.filter").filter.__file__)
+        entry = stage.run_filter(run, stage.FilterSettings(), client, force=True)
+    kept = pads.dataset(str(run / "filtered"), format="parquet").to_table(columns=["user_id", "split", "target_parent_asin"])
+    keys = sorted(zip(*(kept.column(c).to_pylist() for c in kept.column_names), strict=True))
+    print(
+        json.dumps(
+            {
+                "stage_s": entry["wall_time_s"],
+                "partition_s": round(partition_s, 3),
+                "rows_in": entry["rows_in"],
+                "kept": len(keys),
+                "kept_hash": hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16],
+                "rejects_by_reason": entry["rejects_by_reason"],
+                "module": stage.__file__,
+                "worker_modules": sorted(set(modules.values())),
+            }
+        )
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=20000)
+    parser.add_argument("--baseline", default="2659bfe", help="commit whose core/ and pipeline/ packages are the baseline")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "rrec-filter-bench")
+    parser.add_argument("--run", type=Path, default=None, help="an annotated run folder to use instead of preparing one")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--driver", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.driver is not None:
+        driver(args.driver, args.workers)
+        return 0
+
+    workdir = args.workdir / f"users-{args.users}"
+    run = args.run or prepare_run(workdir, args.users, args.workers)
+    sides = {"baseline": extract_baseline(args.baseline, workdir / f"baseline-{args.baseline}"), "current": None}
+    times: dict[str, list[dict[str, object]]] = {side: [] for side in sides}
+    for repeat in range(args.repeats):
+        for side, path in sides.items():
+            times[side].append(measure(run, args.workers, path))
+            print(f"round {repeat + 1} {side}: {times[side][-1]}", flush=True)
+    keys = ("stage_s", "partition_s", "process_s")
+    median = {side: {k: statistics.median(float(t[k]) for t in runs) for k in keys} for side, runs in times.items()}
+    same = len({t["kept_hash"] for runs in times.values() for t in runs}) == 1
+    record = {
+        "command": " ".join(["python", "benchmarks/filter_bench.py", *sys.argv[1:]]),
+        "machine": f"{platform.node()} {os.cpu_count()} cores (shared)",
+        "load_average": os.getloadavg(),
+        "baseline": args.baseline,
+        "rows_in": times["current"][-1]["rows_in"],
+        "runs": times,
+        "median": median,
+        "speedup": {k: round(median["baseline"][k] / median["current"][k], 2) for k in keys},
+        "same_kept_rows": same,
+    }
+    print(json.dumps(record, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
