@@ -84,7 +84,7 @@ def test_a_synthetic_template_card_says_synthetic_and_template_everywhere(synthe
     assert "| sample.users | 300 |" in text and "| sample.seed | 7 |" in text
     assert "scored by the `heuristic` stand-in judge (rules, not an LLM" in text
     # Nothing claims real data or LLM-written rationales.
-    assert "written by an LLM" not in text and "by an LLM annotator" not in text
+    assert "written by an LLM" not in text and "by an LLM annotator" not in text and "by one LLM" not in text
     assert "one real" not in text.lower() and "Real input" not in text and "McAuley-Lab/Amazon-Reviews-2023" not in text
     assert "The data is synthetic: user ids, items and histories were generated" in text
 
