@@ -38,6 +38,13 @@ def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _check_push(repo_id: str | None) -> None:
+    if repo_id:
+        from training.hub_push import check_push_target
+
+        check_push_target(repo_id)
+
+
 def _push(model_dir: Path, repo_id: str | None) -> None:
     if repo_id:
         from training.hub_push import push_model
@@ -98,6 +105,7 @@ def sft_command(
     from training.sft import SFTSettings, run_sft
 
     options = dataset_options(subset, config, settings_file)
+    _check_push(push_to_hub)
     settings = _settings(options.config_file, "sft", SFTSettings, overrides)
     result = run_sft(dataset, options.subset, revision, output, settings, resume=resume, force=force)
     before = "n/a" if result.eval_loss_before is None else f"{result.eval_loss_before:.4f}"
@@ -143,6 +151,7 @@ def grpo_command(
     from training.grpo import GRPOSettings, run_grpo
 
     options = dataset_options(subset, config, settings_file)
+    _check_push(push_to_hub)
     settings = _settings(options.config_file, "grpo", GRPOSettings, overrides)
     result = run_grpo(sft_model, dataset, options.subset, revision, output, settings, resume=resume, force=force)
     typer.echo(f"GRPO: {result.global_step} steps; last reward means {json.dumps(result.rewards)}")

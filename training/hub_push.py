@@ -61,23 +61,30 @@ def model_card(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_push_target(repo_id: str) -> None:
+    """Fail before training when a push could not happen: a malformed repo id or no token."""
+    from huggingface_hub import get_token
+
+    if repo_id.count("/") != 1 or repo_id.startswith("/") or repo_id.endswith("/"):
+        raise ValueError(f"--push-to-hub {repo_id!r} is not of the form ORG/NAME")
+    if get_token() is None:
+        raise ValueError("no Hugging Face token: set HF_TOKEN to a token with write access and retry the push")
+
+
 def push_model(model_dir: Path, repo_id: str, private: bool = False) -> str:
     """Push a trained model folder (adapter or full model, tokenizer, record, card) to the Hub model repo ``repo_id``.
 
     Writes the model card into the folder first. Returns the commit id. Raises ``ValueError``
     with one actionable line when there is no token, the token is rejected, or the Hub fails.
     """
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     model_dir = Path(model_dir)
     record = read_training_config(model_dir)
     if not record:
         raise ValueError(f"{model_dir} has no {TRAINING_CONFIG}: push a folder written by `rrec train sft` or `rrec train grpo`")
-    if repo_id.count("/") != 1:
-        raise ValueError(f"--push-to-hub {repo_id!r} is not of the form ORG/NAME")
-    if get_token() is None:
-        raise ValueError("no Hugging Face token: set HF_TOKEN to a token with write access and retry the push")
+    check_push_target(repo_id)
     (model_dir / MODEL_CARD).write_text(model_card(record), encoding="utf-8")
     api = HfApi()
     try:
