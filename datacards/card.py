@@ -247,6 +247,7 @@ def _config_context(stats: DomainStatistics, figures: dict[str, str]) -> dict[st
         "cost": cost,
         "filter_kept": f"{_number(stats.filter_passed)} of {_number(stats.annotated)} annotated rationales",
         "filter_rate": "n/a" if stats.filter_rate is None else f"{100 * stats.filter_rate:.1f}%",
+        "target_first": "n/a" if not stats.annotated else f"{100 * stats.filter_reasons.get('target_first', 0) / stats.annotated:.1f}%",
         "dropped": dropped,
         "judge_scores": judge_scores,
         "judge_mean": judge_mean,
