@@ -97,9 +97,10 @@ def figure(results: Mapping[str, Any], path: Path) -> None:
         axis.set_xticks(x, METHODS, rotation=35, ha="right")
         axis.set_title(metric)
         axis.set_ylabel("%")
-    axes[0].legend(title="world")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, [f"{label} world" for label in labels], loc="lower center", ncol=len(WORLDS), frameon=False)
     fig.suptitle(f"Known-answer world: {results['n']} test rows, seeds {results['seeds']} (95% bootstrap intervals)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
