@@ -142,8 +142,9 @@ def _without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-MAX_BRACKETS = 200
-"""A line with this many ``[`` and ``{`` might nest deeper than ``json.loads`` can follow."""
+MAX_BRACKETS = 500
+"""A line with this many ``[`` and ``{`` might nest deeper than ``json.loads`` follows (Python's
+recursion limit, 1,000 frames, less the frames of the worker that parses it)."""
 
 
 def _shallow(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -151,12 +152,13 @@ def _shallow(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
     ``json.loads`` rejects a line nested deeper than Python's recursion limit (``invalid_json``)
     that the Arrow reader reads, even when the nesting sits in an ignored field; such lines go
-    line by line, so both paths agree. Only lines long enough to hold that many are counted.
+    line by line, so both paths agree. Only lines long enough to hold that many are counted
+    (few: a review line is typically shorter), in place, without copying them.
     """
     shallow = np.ones(len(starts), bool)
     for index in np.flatnonzero(ends - starts >= MAX_BRACKETS).tolist():
-        line = data[starts[index] : ends[index]]
-        shallow[index] = line.count(b"[") + line.count(b"{") < MAX_BRACKETS
+        start, end = int(starts[index]), int(ends[index])
+        shallow[index] = data.count(b"[", start, end) + data.count(b"{", start, end) < MAX_BRACKETS
     return shallow
 
 
