@@ -121,6 +121,10 @@ def baselines_command(
     sasrec_blocks: Annotated[int | None, typer.Option("--sasrec-blocks", help="Self-attention blocks of SASRec.", min=1)] = None,
     sasrec_max_len: Annotated[int | None, typer.Option("--sasrec-max-len", help="Longest history SASRec reads.", min=1)] = None,
     sasrec_lr: Annotated[float | None, typer.Option("--sasrec-lr", help="Adam learning rate of SASRec.", min=0.0)] = None,
+    sasrec_batch_size: Annotated[int | None, typer.Option("--sasrec-batch-size", help="Sequences per SASRec step.", min=1)] = None,
+    sasrec_loss: Annotated[
+        str | None, typer.Option("--sasrec-loss", help="ce: softmax over the catalog (default); bce: one sampled negative.")
+    ] = None,
     sasrec_patience: Annotated[
         int | None, typer.Option("--sasrec-patience", help="Validation checks without gain before SASRec stops (0: never).", min=0)
     ] = None,
@@ -152,6 +156,8 @@ def baselines_command(
         sasrec_blocks=sasrec_blocks,
         sasrec_max_len=sasrec_max_len,
         sasrec_lr=sasrec_lr,
+        sasrec_batch_size=sasrec_batch_size,
+        sasrec_loss=sasrec_loss,
         sasrec_patience=sasrec_patience,
     )
     results = run_baselines(dataset, options.subset, revision, settings)
