@@ -85,6 +85,7 @@ def register(app: typer.Typer) -> None:
         from core.config import load_config, section
         from datacards.card import CardSettings
         from release.publish import ReleaseSettings, release_runs
+        from release.registry import Registry
 
         run_dirs = collect_runs(runs, ctx)
         settings, _ = settings_for(
@@ -106,7 +107,9 @@ def register(app: typer.Typer) -> None:
                 f"{result.tag} is already released in {result.registry} with the same data (commit {result.commit[:12]}); nothing to do."
             )
         else:
-            typer.echo(f"Released {result.tag} into {result.registry} (commit {result.commit[:12]}).")
+            newest = Registry(result.registry).newest()
+            where = "" if newest == result.tag else f" as a tag only; the working tree stays at the newest version {newest}"
+            typer.echo(f"Released {result.tag} into {result.registry} (commit {result.commit[:12]}){where}.")
             for config_name, counts in sorted(result.manifest["row_counts"].items()):
                 typer.echo(f"  {config_name}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
         configs = sorted(c for c in result.manifest["row_counts"] if not c.endswith("_items"))

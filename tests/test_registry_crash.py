@@ -131,6 +131,7 @@ def test_a_version_not_above_the_newest_is_refused_and_allow_older_adds_only_a_t
 
     older = runner.invoke(app, ["release", "--runs", str(runs[1]), "--registry", str(registry), "--version", "1.0.5", "--allow-older"])
     assert older.exit_code == 0, older.output
+    assert "Released v1.0.5" in older.output and "as a tag only; the working tree stays at the newest version v1.1.0" in older.output
     assert Registry(registry).versions() == ["v1.0.0", "v1.0.5", "v1.1.0"]
     # The working tree, main and the CHANGELOG stay at the newest version.
     assert_clean_registry(registry, "v1.1.0")
