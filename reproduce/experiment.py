@@ -213,7 +213,12 @@ def baseline_ranks(data: dict[str, Any], settings: ExperimentSettings, seed: int
 
 
 def run_experiment(out: Path, settings: ExperimentSettings, *, force: bool = False) -> dict[str, Any]:
-    """The whole experiment into ``out``; returns the ``results.json`` content."""
+    """The whole experiment into ``out``; returns the ``results.json`` content.
+
+    The outputs are rewritten after every seed (``seeds`` lists the seeds done so far), so a
+    long run that is stopped keeps the results of its finished seeds; a rerun reuses every
+    trained model.
+    """
     import torch
 
     started = time.monotonic()
@@ -222,24 +227,27 @@ def run_experiment(out: Path, settings: ExperimentSettings, *, force: bool = Fal
     torch.set_num_threads(1)  # small matrices: one thread per process beats two on a shared 2-core machine
     registry = release_world(out, settings, force)
     data = world_rows(registry, settings)
-    seeds = list(range(1, settings.seeds + 1))
+    context = {
+        "protocol": {
+            "prompt_candidates": PROMPT_CANDIDATES,
+            "history_k": settings.model.history_k,
+            "candidates_ranked": len(data["test"][0]["candidates"]),
+        },
+        "reference": {"rules_HR@1": rules_hit_rate(data["test"], settings)},
+        "settings": settings.model_dump(),
+    }
     per_seed: dict[str, dict[str, list[np.ndarray]]] = {world: {method: [] for method in METHODS} for world in WORLDS}
-    for seed in seeds:
+    seeds: list[int] = []
+    for seed in range(1, settings.seeds + 1):
         llm = llm_ranks(out, data, registry, settings, seed)
         baselines = baseline_ranks(data, settings, seed)
         for world in WORLDS:
             for method in METHODS:
                 per_seed[world][method].append(llm[world][method] if method in llm[world] else baselines[method])
-    ranks = {world: {method: np.stack(per_seed[world][method]) for method in METHODS} for world in WORLDS}
-    results = summarise(ranks, seeds, settings.bootstrap)
-    results["protocol"] = {
-        "prompt_candidates": PROMPT_CANDIDATES,
-        "history_k": settings.model.history_k,
-        "candidates_ranked": len(data["test"][0]["candidates"]),
-    }
-    results["reference"] = {"rules_HR@1": rules_hit_rate(data["test"], settings)}
-    results["settings"] = settings.model_dump()
-    results["wall_time_s"] = round(time.monotonic() - started, 1)
-    write_outputs(out, results)
-    (out / "ranks.json").write_text(json.dumps({w: {m: r.tolist() for m, r in ranks[w].items()} for w in WORLDS}), encoding="utf-8")
+        seeds.append(seed)
+        ranks = {world: {method: np.stack(per_seed[world][method]) for method in METHODS} for world in WORLDS}
+        results = {**summarise(ranks, seeds, settings.bootstrap), **context, "wall_time_s": round(time.monotonic() - started, 1)}
+        write_outputs(out, results)
+        (out / "ranks.json").write_text(json.dumps({w: {m: r.tolist() for m, r in ranks[w].items()} for w in WORLDS}), encoding="utf-8")
+        log.info("seed %d of %d done after %.0f s: results in %s", seed, settings.seeds, results["wall_time_s"], out / "results.json")
     return results
