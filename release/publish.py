@@ -124,7 +124,9 @@ def manifest_core(
         "config": {
             "release": settings.model_dump(include={"version", "shard_rows", "repo_id"}),
             "card": card_settings.model_dump(),
-            "stages": {d.config: {stage: entry.get("config", {}) for stage, entry in sorted(d.stages.items())} for d in domains},
+            "stages": {
+                d.config: {stage: _public_config(entry.get("config", {})) for stage, entry in sorted(d.stages.items())} for d in domains
+            },
         },
         "sources": {d.config: {"domain": d.domain, "hash": SOURCE_HASH, "files": source_checksums(d)} for d in domains},
         "row_counts": row_counts,
@@ -177,6 +179,40 @@ def build_release(
     }
     (release_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return manifest
+
+
+def _file_name(location: str) -> str:
+    """A local path's file name; a URL (``hub:``, ``s3://``, ...) is kept whole."""
+    return location if ":" in location.split("/", 1)[0] else Path(location).name
+
+
+def _public_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stage's recorded settings with local input paths cut to their file names (folders stay private)."""
+    return {
+        k: [_file_name(str(v)) for v in value] if k in ("reviews", "meta") and isinstance(value, list) else value
+        for k, value in config.items()
+    }
+
+
+def public_provenance(provenance: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A run's provenance chain as published: local input paths become file names.
+
+    The release says which files, with their content hashes, produced it, not the folders they
+    sat in on the machine that built it (as ``sources`` always did).
+    """
+    public = {}
+    for stage, entry in provenance.items():
+        entry = dict(entry)
+        entry["config"] = _public_config(entry.get("config") or {})
+        entry["inputs"] = {_public_input_key(key): digest for key, digest in (entry.get("inputs") or {}).items()}
+        public[stage] = entry
+    return public
+
+
+def _public_input_key(key: str) -> str:
+    """``reviews[0] /home/me/raw/X.jsonl`` -> ``reviews[0] X.jsonl``; a key without a path is kept."""
+    label, _, location = key.partition(" ")
+    return f"{label} {_file_name(location)}" if location else _file_name(key)
 
 
 def rebuild_settings(settings: ReleaseSettings) -> dict[str, Any]:
@@ -263,7 +299,7 @@ def release_runs(
         if registry.has(tag):
             return _already_released(registry, tag, release_dir, staging, settings)
         copy_validation_reports(sources, release_dir)
-        provenance = {source.config: RunDir(source.run).provenance() for source in sources}
+        provenance = {source.config: public_provenance(RunDir(source.run).provenance()) for source in sources}
         manifest = build_release(domains, release_dir, settings, card_settings, registry, provenance)
         commit = registry.publish(release_dir, tag, f"Release {tag}: {', '.join(d.config for d in domains)}")
         hub_commit = _push(release_dir, settings, tag)

@@ -18,7 +18,7 @@ from datacards.provenance import stage_sections
 from pipeline.sample import SampleSettings, sample_provenance
 from release.checksums import verify_release
 from release.layout import load_domains
-from release.publish import ReleaseSettings, release_runs
+from release.publish import ReleaseSettings, public_provenance, release_runs
 
 SYNTHETIC_SETTINGS = SampleSettings(domains=["Grocery_and_Gourmet_Food", "Office_Products"], users=300, seed=7, gzip=True)
 HUB_REPO = "McAuley-Lab/Amazon-Reviews-2023"
@@ -197,6 +197,12 @@ def test_a_release_carries_the_data_docs_the_validation_summary_by_severity_and_
     assert provenance["ingest"]["source"]["synthetic"]["seed"] == 7
     assert provenance["sequences"]["fingerprint"] == stages["sequences"]["fingerprint"]
     assert provenance["filter"]["outputs"] == stages["filter"]["outputs"]
+    # Input files are named with their hashes; the folders they sat in stay private.
+    assert stages["ingest"]["inputs"] == {"/data/Grocery_and_Gourmet_Food.jsonl.gz": "abc123"}
+    assert provenance["ingest"]["inputs"] == {"Grocery_and_Gourmet_Food.jsonl.gz": "abc123"}
+    assert public_provenance({"ingest": {"config": {"reviews": ["/home/me/raw/a b.jsonl", "hub:raw/x.jsonl"]}, "inputs": {}}}) == {
+        "ingest": {"config": {"reviews": ["a b.jsonl", "hub:raw/x.jsonl"]}, "inputs": {}}
+    }
     assert re.search(r"rrec run --out rebuild --config rebuild\.yaml", text)
     assert json.loads((registry / "manifest.json").read_text())["provenance"]["grocery"] == provenance
 
