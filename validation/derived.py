@@ -13,10 +13,46 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 EVALUATION_SPLITS = ("validation", "test")
 # Joins a history's parent_asins into one string so Dask can shuffle and compare it cheaply.
 ASIN_SEPARATOR = " "
+
+
+SEQUENCE_CHECK_FIELDS: dict[str, frozenset[str] | None] = {
+    "user_id": None,
+    "split": None,
+    "history": frozenset({"parent_asin", "timestamp"}),
+    "target": frozenset({"parent_asin", "timestamp"}),
+    "candidates": frozenset({"parent_asin"}),
+    "target_index": None,
+}
+"""The parts of a sequences row the checks read: the titles (most of the bytes) are left unread."""
+EVALUATION_FIELDS: dict[str, frozenset[str] | None] = {
+    "user_id": None,
+    "split": None,
+    "history": frozenset({"parent_asin"}),
+    "target": frozenset({"parent_asin"}),
+}
+
+
+def read_fields(part: str, fields: dict[str, frozenset[str] | None]) -> pa.Table:
+    """Read only ``fields`` of a part file: whole columns (None) or some leaves of a nested one.
+
+    Leaves are picked from the file's own column paths (``history.list.item.timestamp`` or
+    ``...element...`` depending on the writer), so no selection is ever silently empty.
+    """
+    parquet = pq.ParquetFile(part)
+    paths = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
+    chosen = [
+        p for p in paths if p.split(".")[0] in fields and (fields[p.split(".")[0]] is None or p.split(".")[-1] in fields[p.split(".")[0]])
+    ]
+    table = parquet.read(columns=chosen)
+    missing = [name for name in fields if name not in table.column_names]
+    if missing:
+        raise ValueError(f"{part} has no column {', '.join(missing)}")
+    return table
 
 
 def _flat_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.StructArray, np.ndarray]:

@@ -138,11 +138,11 @@ def check_partition(
 
 def read_partition(table_name: str, part: str) -> pa.Table:
     """The scalar columns the row expectations check in one part file (derived for ``sequences``)."""
-    from validation.derived import sequence_check_columns
+    from validation.derived import SEQUENCE_CHECK_FIELDS, read_fields, sequence_check_columns
 
-    arrow = pq.read_table(part)
     if table_name == "sequences":
-        return sequence_check_columns(arrow)
+        return sequence_check_columns(read_fields(part, SEQUENCE_CHECK_FIELDS))
+    arrow = pq.read_table(part)
     # List columns (categories, features) have no row expectations.
     return arrow.select([f.name for f in arrow.schema if not pa.types.is_nested(f.type)])
 

@@ -40,7 +40,6 @@ from validation.spec import (
     CRITICAL,
     EMAIL_REGEX,
     INDEX_COLUMNS,
-    PARENT_ASIN_REGEX,
     PHONE_REGEX,
     ROW_SCOPE,
     SCHEMAS,
@@ -52,6 +51,7 @@ from validation.spec import (
     load_suite_json,
     suite_file,
 )
+from validation.suite_builders import expect, not_null, param, parent_asin_format, table_basics, timestamp_plausible, true_on_every_row
 
 __all__ = [
     "CRITICAL",
@@ -74,101 +74,13 @@ __all__ = [
 ]
 
 
-def _param(name: str) -> dict[str, str]:
-    return {"$PARAMETER": name}
-
-
-def _expect(
-    expectation: type[gxe.Expectation],
-    name: str,
-    severity: str,
-    description: str,
-    scope: str = ROW_SCOPE,
-    derived: str | None = None,
-    **kwargs: Any,
-) -> gxe.Expectation:
-    meta: dict[str, Any] = {"name": name, "severity": severity, "scope": scope}
-    if derived:
-        meta["derived"] = derived
-    return expectation(meta=meta, severity=severity, description=description, **kwargs)
-
-
-def _table_basics(table: str) -> list[gxe.Expectation]:
-    return [
-        _expect(
-            gxe.ExpectTableColumnsToMatchOrderedList,
-            f"{table}_columns_match_schema",
-            CRITICAL,
-            f"Every part file of `{table}` has exactly the columns (names, order and Arrow types) of its declared schema.",
-            scope=TABLE_SCOPE,
-            column_list=SCHEMAS[table].names,
-        ),
-        _expect(
-            gxe.ExpectTableRowCountToBeBetween,
-            f"{table}_not_empty",
-            CRITICAL,
-            f"The `{table}` table has at least one row.",
-            scope=TABLE_SCOPE,
-            min_value=1,
-        ),
-    ]
-
-
-def _not_null(table: str, column: str, severity: str = CRITICAL) -> gxe.Expectation:
-    return _expect(
-        gxe.ExpectColumnValuesToNotBeNull,
-        f"{table}_{column}_not_null",
-        severity,
-        f"`{column}` is set on every row.",
-        column=column,
-    )
-
-
-def _parent_asin_format(name: str, column: str, description: str) -> gxe.Expectation:
-    return _expect(
-        gxe.ExpectColumnValuesToMatchRegex,
-        name,
-        CRITICAL,
-        description,
-        column=column,
-        regex=PARENT_ASIN_REGEX,
-    )
-
-
-def _timestamp_plausible(name: str, column: str, derived: str | None = None) -> gxe.Expectation:
-    return _expect(
-        gxe.ExpectColumnValuesToBeBetween,
-        name,
-        CRITICAL,
-        "Timestamps are epoch milliseconds between July 1995 and the time of validation plus one day "
-        "(core/records.py; catches seconds-for-milliseconds mistakes and future dates).",
-        derived=derived,
-        column=column,
-        min_value=_param("earliest_timestamp_ms"),
-        max_value=_param("latest_timestamp_ms"),
-    )
-
-
-def _true_on_every_row(name: str, column: str, description: str, derived: str, scope: str = ROW_SCOPE) -> gxe.Expectation:
-    return _expect(
-        gxe.ExpectColumnValuesToBeInSet,
-        name,
-        CRITICAL,
-        description,
-        scope=scope,
-        derived=derived,
-        column=column,
-        value_set=[True],
-    )
-
-
 def interactions_suite() -> gx.ExpectationSuite:
     """Expectations of the ``interactions`` table (one row per kept review)."""
     return gx.ExpectationSuite(
         name="interactions",
         expectations=[
-            *_table_basics("interactions"),
-            _expect(
+            *table_basics("interactions"),
+            expect(
                 gxe.ExpectCompoundColumnsToBeUnique,
                 "interactions_source_rows_unique",
                 CRITICAL,
@@ -176,11 +88,11 @@ def interactions_suite() -> gx.ExpectationSuite:
                 scope=TABLE_SCOPE,
                 column_list=["src_file", "src_line"],
             ),
-            _not_null("interactions", "user_id"),
-            _not_null("interactions", "parent_asin"),
-            _parent_asin_format("interactions_parent_asin_format", "parent_asin", "parent_asin matches ^[A-Z0-9]{10}$."),
-            _not_null("interactions", "rating"),
-            _expect(
+            not_null("interactions", "user_id"),
+            not_null("interactions", "parent_asin"),
+            parent_asin_format("interactions_parent_asin_format", "parent_asin", "parent_asin matches ^[A-Z0-9]{10}$."),
+            not_null("interactions", "rating"),
+            expect(
                 gxe.ExpectColumnValuesToBeBetween,
                 "interactions_rating_in_range",
                 CRITICAL,
@@ -189,9 +101,9 @@ def interactions_suite() -> gx.ExpectationSuite:
                 min_value=RATING_MIN,
                 max_value=RATING_MAX,
             ),
-            _not_null("interactions", "timestamp"),
-            _timestamp_plausible("interactions_timestamp_plausible", "timestamp"),
-            _expect(
+            not_null("interactions", "timestamp"),
+            timestamp_plausible("interactions_timestamp_plausible", "timestamp"),
+            expect(
                 gxe.ExpectColumnValuesToBeBetween,
                 "interactions_helpful_vote_non_negative",
                 WARNING,
@@ -208,8 +120,8 @@ def items_suite() -> gx.ExpectationSuite:
     return gx.ExpectationSuite(
         name="items",
         expectations=[
-            *_table_basics("items"),
-            _expect(
+            *table_basics("items"),
+            expect(
                 gxe.ExpectColumnValuesToBeUnique,
                 "items_parent_asin_unique",
                 CRITICAL,
@@ -217,10 +129,10 @@ def items_suite() -> gx.ExpectationSuite:
                 scope=TABLE_SCOPE,
                 column="parent_asin",
             ),
-            _not_null("items", "parent_asin"),
-            _parent_asin_format("items_parent_asin_format", "parent_asin", "parent_asin matches ^[A-Z0-9]{10}$."),
-            _not_null("items", "title", severity=WARNING),
-            _expect(
+            not_null("items", "parent_asin"),
+            parent_asin_format("items_parent_asin_format", "parent_asin", "parent_asin matches ^[A-Z0-9]{10}$."),
+            not_null("items", "title", severity=WARNING),
+            expect(
                 gxe.ExpectColumnValuesToBeBetween,
                 "items_average_rating_in_range",
                 WARNING,
@@ -229,7 +141,7 @@ def items_suite() -> gx.ExpectationSuite:
                 min_value=1,
                 max_value=5,
             ),
-            _expect(
+            expect(
                 gxe.ExpectColumnValuesToBeBetween,
                 "items_rating_number_non_negative",
                 WARNING,
@@ -237,7 +149,7 @@ def items_suite() -> gx.ExpectationSuite:
                 column="rating_number",
                 min_value=0,
             ),
-            _expect(
+            expect(
                 gxe.ExpectColumnValuesToBeBetween,
                 "items_price_non_negative",
                 WARNING,
@@ -254,8 +166,8 @@ def sequences_suite() -> gx.ExpectationSuite:
     return gx.ExpectationSuite(
         name="sequences",
         expectations=[
-            *_table_basics("sequences"),
-            _expect(
+            *table_basics("sequences"),
+            expect(
                 gxe.ExpectColumnValuesToBeUnique,
                 "sequences_one_row_per_user_and_evaluation_split",
                 CRITICAL,
@@ -264,7 +176,7 @@ def sequences_suite() -> gx.ExpectationSuite:
                 derived="user_id and split of validation and test rows (null on train rows, which GX ignores)",
                 column="evaluation_key",
             ),
-            _true_on_every_row(
+            true_on_every_row(
                 "sequences_validation_history_is_test_history_minus_last",
                 "validation_history_matches_test",
                 "A user's validation history equals the test history minus its last item (compared on "
@@ -272,15 +184,15 @@ def sequences_suite() -> gx.ExpectationSuite:
                 derived="joins each user's validation and test rows across the table with Dask",
                 scope=TABLE_SCOPE,
             ),
-            _true_on_every_row(
+            true_on_every_row(
                 "sequences_validation_target_is_last_test_history_item",
                 "validation_target_matches_test",
                 "A user's validation target is the last item of the test history.",
                 derived="joins each user's validation and test rows across the table with Dask",
                 scope=TABLE_SCOPE,
             ),
-            _not_null("sequences", "user_id"),
-            _expect(
+            not_null("sequences", "user_id"),
+            expect(
                 gxe.ExpectColumnValuesToBeInSet,
                 "sequences_split_known",
                 CRITICAL,
@@ -288,14 +200,14 @@ def sequences_suite() -> gx.ExpectationSuite:
                 column="split",
                 value_set=["train", "validation", "test"],
             ),
-            _not_null("sequences", "split"),
-            _parent_asin_format(
+            not_null("sequences", "split"),
+            parent_asin_format(
                 "sequences_target_parent_asin_format",
                 "target_parent_asin",
                 "The target's parent_asin matches ^[A-Z0-9]{10}$ (derived column: target.parent_asin).",
             ),
-            _timestamp_plausible("sequences_target_timestamp_plausible", "target_timestamp", derived="target.timestamp"),
-            _expect(
+            timestamp_plausible("sequences_target_timestamp_plausible", "target_timestamp", derived="target.timestamp"),
+            expect(
                 gxe.ExpectColumnValuesToBeBetween,
                 "sequences_history_length_in_bounds",
                 CRITICAL,
@@ -303,48 +215,48 @@ def sequences_suite() -> gx.ExpectationSuite:
                 "itself (GX's length expectation lets empty lists pass).",
                 derived="number of items in history",
                 column="history_length",
-                min_value=_param("min_history"),
-                max_value=_param("max_history"),
+                min_value=param("min_history"),
+                max_value=param("max_history"),
             ),
-            _true_on_every_row(
+            true_on_every_row(
                 "sequences_history_chronological",
                 "history_chronological",
                 "History timestamps never decrease.",
                 derived="history timestamps are non-decreasing",
             ),
-            _true_on_every_row(
+            true_on_every_row(
                 "sequences_history_before_target",
                 "history_before_target",
                 "Every history timestamp is at most the target's timestamp.",
                 derived="max(history.timestamp) <= target.timestamp",
             ),
-            _true_on_every_row(
+            true_on_every_row(
                 "sequences_target_in_candidates_once_at_index",
                 "target_once_at_index",
                 "The target occurs exactly once among the candidates, at target_index.",
                 derived="candidates[target_index] is the target and no other candidate is",
             ),
-            _true_on_every_row(
+            true_on_every_row(
                 "sequences_candidates_unique",
                 "candidates_unique",
                 "No candidate appears twice in a row's candidate list.",
                 derived="distinct candidate parent_asins == number of candidates",
             ),
-            _true_on_every_row(
+            true_on_every_row(
                 "sequences_candidates_not_in_history",
                 "candidates_not_in_history",
                 "No candidate is an item of the user's history.",
                 derived="candidate parent_asins and history parent_asins are disjoint",
             ),
-            _expect(
+            expect(
                 gxe.ExpectColumnValuesToBeBetween,
                 "sequences_candidate_count",
                 CRITICAL,
                 "Each row has exactly 1 + num_negatives candidates.",
                 derived="number of items in candidates",
                 column="candidate_count",
-                min_value=_param("num_candidates"),
-                max_value=_param("num_candidates"),
+                min_value=param("num_candidates"),
+                max_value=param("num_candidates"),
             ),
         ],
     )
@@ -355,8 +267,8 @@ def filtered_suite() -> gx.ExpectationSuite:
     return gx.ExpectationSuite(
         name="filtered",
         expectations=[
-            *_table_basics("filtered"),
-            _expect(
+            *table_basics("filtered"),
+            expect(
                 gxe.ExpectCompoundColumnsToBeUnique,
                 "filtered_one_rationale_per_example",
                 CRITICAL,
@@ -364,8 +276,8 @@ def filtered_suite() -> gx.ExpectationSuite:
                 scope=TABLE_SCOPE,
                 column_list=["user_id", "split", "target_parent_asin"],
             ),
-            _not_null("filtered", "rationale"),
-            _expect(
+            not_null("filtered", "rationale"),
+            expect(
                 gxe.ExpectColumnValuesToMatchRegex,
                 "filtered_rationale_not_blank",
                 CRITICAL,
@@ -373,17 +285,17 @@ def filtered_suite() -> gx.ExpectationSuite:
                 column="rationale",
                 regex=r"\S",
             ),
-            _expect(
+            expect(
                 gxe.ExpectColumnValueLengthsToBeBetween,
                 "filtered_rationale_length_in_bounds",
                 CRITICAL,
                 "Rationale length in characters is between rationale_min_chars and rationale_max_chars.",
                 column="rationale",
-                min_value=_param("rationale_min_chars"),
-                max_value=_param("rationale_max_chars"),
+                min_value=param("rationale_min_chars"),
+                max_value=param("rationale_max_chars"),
             ),
-            _not_null("filtered", "coherent"),
-            _expect(
+            not_null("filtered", "coherent"),
+            expect(
                 gxe.ExpectColumnValuesToBeInSet,
                 "filtered_coherent_true",
                 CRITICAL,
@@ -391,7 +303,7 @@ def filtered_suite() -> gx.ExpectationSuite:
                 column="coherent",
                 value_set=[True],
             ),
-            _expect(
+            expect(
                 gxe.ExpectColumnValuesToNotMatchRegex,
                 "filtered_rationale_no_email",
                 CRITICAL,
@@ -399,7 +311,7 @@ def filtered_suite() -> gx.ExpectationSuite:
                 column="rationale",
                 regex=EMAIL_REGEX,
             ),
-            _expect(
+            expect(
                 gxe.ExpectColumnValuesToNotMatchRegex,
                 "filtered_rationale_no_phone",
                 CRITICAL,
@@ -407,7 +319,7 @@ def filtered_suite() -> gx.ExpectationSuite:
                 column="rationale",
                 regex=PHONE_REGEX,
             ),
-            _expect(
+            expect(
                 gxe.ExpectColumnValuesToNotMatchRegex,
                 "filtered_rationale_no_url",
                 CRITICAL,
@@ -415,7 +327,7 @@ def filtered_suite() -> gx.ExpectationSuite:
                 column="rationale",
                 regex=URL_REGEX,
             ),
-            _expect(
+            expect(
                 gxe.ExpectColumnValuesToNotMatchRegexList,
                 "filtered_user_preferences_no_contact_details",
                 CRITICAL,
@@ -423,7 +335,7 @@ def filtered_suite() -> gx.ExpectationSuite:
                 column="user_preferences",
                 regex_list=[EMAIL_REGEX, PHONE_REGEX, URL_REGEX],
             ),
-            _not_null("filtered", "prompt_version", severity=WARNING),
+            not_null("filtered", "prompt_version", severity=WARNING),
         ],
     )
 

@@ -24,7 +24,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from core.progress import gather_with_progress
-from validation.derived import compare_validation_with_test, evaluation_key_frame, evaluation_rows, pair_validation_with_test
+from validation.derived import (
+    EVALUATION_FIELDS,
+    compare_validation_with_test,
+    evaluation_key_frame,
+    evaluation_rows,
+    pair_validation_with_test,
+    read_fields,
+)
 from validation.spec import SCHEMAS
 from validation.summary import CheckResult
 
@@ -99,7 +106,7 @@ def repeated_keys(pieces: list[pd.DataFrame], columns: list[str], examples: int)
 
 def evaluation_row_buckets(part: str, buckets: int) -> list[pd.DataFrame]:
     """Map step: the validation and test rows of one sequences part file, bucketed by user."""
-    rows = evaluation_rows(pq.read_table(part, columns=["user_id", "split", "history", "target"]))
+    rows = evaluation_rows(read_fields(part, EVALUATION_FIELDS))
     bucket = _bucket_of(rows[["user_id"]], buckets)
     return [rows[bucket == b] for b in range(buckets)]
 
