@@ -267,13 +267,17 @@ def title_facts(title: str) -> tuple[str, frozenset[str], str]:
     return norm, frozenset(words), " ".join(words[:4])
 
 
-def _overlap(mention_norm: str, mention_words: set[str], title: str) -> float:
-    """How well a quoted mention names ``title``: 1.0 for a substring match, else the word overlap."""
+@functools.lru_cache(maxsize=1 << 16)
+def _overlap(mention_norm: str, title: str) -> float:
+    """How well a quoted (normalised, non-empty) mention names ``title``: 1.0 for a substring
+    match, else the share of the mention's words in the title. Cached: the same mentions and
+    titles recur across a user's examples and across users of popular items."""
     title_norm, title_words, _ = title_facts(title)
     if not title_norm:
         return 0.0
     if mention_norm in title_norm or (len(title_norm) >= 8 and title_norm in mention_norm):
         return 1.0
+    mention_words = set(mention_norm.split())
     return len(mention_words & title_words) / len(mention_words)
 
 
@@ -282,8 +286,7 @@ def matches_title(mention: str, titles: list[str], min_overlap: float) -> bool:
     mention_norm = _phrase(mention)
     if not mention_norm:
         return True
-    mention_words = set(mention_norm.split())
-    return any(_overlap(mention_norm, mention_words, title) >= min_overlap for title in titles)
+    return any(_overlap(mention_norm, title) >= min_overlap for title in titles)
 
 
 def is_english(text: str, min_function_word_ratio: float, max_non_ascii_letter_ratio: float) -> bool:
@@ -362,11 +365,10 @@ def names_target_first(rationale: str, context: ExampleContext, min_overlap: flo
         mention_norm = _phrase(match.group(1))
         if not mention_norm:
             continue
-        words = set(mention_norm.split())
-        target_score = _overlap(mention_norm, words, context.target.title)
+        target_score = _overlap(mention_norm, context.target.title)
         # At least as good for a history item: evidence (when it names one well enough at all).
         floor = target_score if target_score >= min_overlap else min_overlap
-        if any(_overlap(mention_norm, words, title) >= floor for title in history_titles):
+        if any(_overlap(mention_norm, title) >= floor for title in history_titles):
             evidence_at.append(bounds[2 * number])
         elif target_score >= min_overlap:
             target_spans.append((bounds[2 * number], bounds[2 * number + 1]))
