@@ -9,8 +9,9 @@
    the baseline side runs that commit's filter (rules, context loading, stage) on today's tables;
 3. filters the run (``--force``) with each side in turn, --repeats times, each in a fresh
    process with its own LocalCluster of --workers; times the stage (``wall_time_s`` of its
-   manifest entry: cluster start-up excluded) and the whole process; also times one partition
-   in-process on each side (contexts + rules, no cluster) to show where the time goes;
+   manifest entry: cluster start-up excluded) and the whole process; before that, the CPU time
+   of loading contexts and of applying the rules to the first --partitions parts in-process
+   (no cluster), to show where the time goes with less noise from a shared machine;
 4. checks that both sides keep the same rows (the current filter has more rules: on template
    rationales that reason forward, none of them fires).
 
@@ -62,14 +63,14 @@ def extract_baseline(revision: str, into: Path) -> Path:
     return into
 
 
-def measure(run: Path, workers: int, pythonpath: Path | None) -> dict[str, object]:
+def measure(run: Path, workers: int, partitions: int, pythonpath: Path | None) -> dict[str, object]:
     """One filter stage in a fresh process; seconds of the stage and of the whole process."""
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, __file__, "--driver", str(run), "--workers", str(workers)],
+        [sys.executable, __file__, "--driver", str(run), "--workers", str(workers), "--partitions", str(partitions)],
         check=True,
         capture_output=True,
         text=True,
@@ -80,18 +81,42 @@ def measure(run: Path, workers: int, pythonpath: Path | None) -> dict[str, objec
     return {**json.loads(result.stdout.strip().splitlines()[-1]), "process_s": round(process_s, 2)}
 
 
-def driver(run: Path, workers: int) -> None:
-    """Inside the measured process: one partition in-process, then the stage on a cluster; JSON out."""
+def cpu_breakdown(stage: object, run: Path, files: list[Path]) -> dict[str, float]:
+    """CPU seconds of loading contexts and of applying the rules to ``files``, in-process.
+
+    CPU time rather than wall time: on a shared machine the wall time of a few seconds of work
+    moves with the other processes far more than its CPU time does.
+    """
+    import pyarrow.dataset as pads
+
+    settings = stage.FilterSettings()
+    context_s = rules_s = 0.0
+    for file in files:
+        annotations = pads.dataset(str(file), format="parquet", schema=stage.ANNOTATIONS).to_table()
+        started = time.process_time()
+        if hasattr(stage, "load_contexts_for_keys"):  # the current code
+            contexts = stage.load_contexts_for_keys(run, annotations, catalog_columns=stage.GROUNDING_COLUMNS)
+        else:  # the baseline: its own per-stage loader
+            contexts = stage._contexts_for(run, annotations)
+        loaded = time.process_time()
+        if hasattr(stage, "reject_reasons"):
+            stage.reject_reasons(annotations, contexts, settings)
+        else:
+            stage.filter_rows(annotations.to_pylist(), contexts, settings)
+        context_s += loaded - started
+        rules_s += time.process_time() - loaded
+    return {"contexts_cpu_s": round(context_s, 3), "rules_cpu_s": round(rules_s, 3)}
+
+
+def driver(run: Path, workers: int, partitions: int) -> None:
+    """Inside the measured process: CPU of a few partitions in-process, then the stage on a cluster; JSON out."""
     import pyarrow.dataset as pads
 
     import pipeline.filter as stage
     from core.tables import parts
     from pipeline.cluster import dask_client
 
-    first = str(parts(run / "annotations")[0])
-    started = time.perf_counter()
-    stage.filter_partition(str(run), first, stage.FilterSettings())
-    partition_s = time.perf_counter() - started
+    breakdown = cpu_breakdown(stage, run, parts(run / "annotations")[:partitions])
     with dask_client(workers=workers) as client:
         modules = client.run(lambda: __import__("pipeline.filter").filter.__file__)
         entry = stage.run_filter(run, stage.FilterSettings(), client, force=True)
@@ -101,7 +126,8 @@ def driver(run: Path, workers: int) -> None:
         json.dumps(
             {
                 "stage_s": entry["wall_time_s"],
-                "partition_s": round(partition_s, 3),
+                **breakdown,
+                "partition_cpu_s": round((breakdown["contexts_cpu_s"] + breakdown["rules_cpu_s"]) / partitions, 3),
                 "rows_in": entry["rows_in"],
                 "kept": len(keys),
                 "kept_hash": hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16],
@@ -121,11 +147,12 @@ def main() -> int:
     parser.add_argument("--run", type=Path, default=None, help="an annotated run folder to use instead of preparing one")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--partitions", type=int, default=6, help="annotation parts timed in-process (CPU)")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--driver", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.driver is not None:
-        driver(args.driver, args.workers)
+        driver(args.driver, args.workers, args.partitions)
         return 0
 
     workdir = args.workdir / f"users-{args.users}"
@@ -134,9 +161,9 @@ def main() -> int:
     times: dict[str, list[dict[str, object]]] = {side: [] for side in sides}
     for repeat in range(args.repeats):
         for side, path in sides.items():
-            times[side].append(measure(run, args.workers, path))
+            times[side].append(measure(run, args.workers, args.partitions, path))
             print(f"round {repeat + 1} {side}: {times[side][-1]}", flush=True)
-    keys = ("stage_s", "partition_s", "process_s")
+    keys = ("stage_s", "process_s", "contexts_cpu_s", "rules_cpu_s", "partition_cpu_s")
     median = {side: {k: statistics.median(float(t[k]) for t in runs) for k in keys} for side, runs in times.items()}
     same = len({t["kept_hash"] for runs in times.values() for t in runs}) == 1
     record = {
