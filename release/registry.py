@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,10 +71,17 @@ def version_tag(version: str) -> str:
     return f"v{major}.{minor}.{patch}"
 
 
-def crash_point(step: str) -> None:
-    """Kill this process (and its process group when it leads one) if the crash tests ask for ``step``."""
+def crash_point(step: str, holding: Path | None = None) -> None:
+    """Kill this process (and its process group when it leads one) if the crash tests ask for ``step``.
+
+    With ``holding`` (a git lock file), wait up to two seconds for a running git to take it, so
+    the kill lands while git holds its lock, as a ``kill -9`` during ``git add`` would.
+    """
     if os.environ.get(CRASH_ENV) != step:
         return
+    deadline = time.monotonic() + 2.0
+    while holding is not None and not holding.exists() and time.monotonic() < deadline:
+        time.sleep(0.0005)
     if os.getpgrp() == os.getpid():
         os.killpg(os.getpgrp(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -107,7 +115,7 @@ class Registry:
         except FileNotFoundError:
             raise ReleaseError("the `git` command is not installed; install git to use a local registry") from None
         if crash_at:
-            crash_point(crash_at)
+            crash_point(crash_at, holding=Path(full_env.get("GIT_INDEX_FILE", self.git_dir / "index")).with_suffix(".lock"))
         stdout, stderr = process.communicate()
         if process.returncode != 0:
             message = stderr if isinstance(stderr, str) else stderr.decode(errors="replace")
@@ -316,8 +324,7 @@ class Registry:
         crash_point("tagged")
         if moves_main:
             self._git("update-ref", "HEAD", commit, *([parent] if parent else []))
-            crash_point("working-tree")
-            self._git("reset", "--hard", "--quiet", commit)
+            self._git("reset", "--hard", "--quiet", commit, crash_at="working-tree")
             self._git("clean", "-d", "--force", "--quiet")
         log.info("published %s to registry %s (commit %s%s)", tag, self.path, commit[:12], "" if moves_main else ", tag only")
         return commit
