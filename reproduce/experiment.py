@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,18 @@ def world_rows(registry: Path, settings: ExperimentSettings) -> dict[str, Any]:
     }
 
 
+def models_dir(out: Path, settings: ExperimentSettings) -> Path:
+    """Where the trained models of these settings live: ``OUT/models/<fingerprint>``.
+
+    The fingerprint covers everything a model depends on (world, model, trainings), not the
+    number of seeds or the evaluation, so a rerun with more seeds reuses the finished ones and
+    a rerun with another world or model never picks up a stale model.
+    """
+    relevant = settings.model_dump(exclude={"seeds", "bootstrap", "workers", "sasrec_epochs"})
+    digest = hashlib.blake2b(json.dumps(relevant, sort_keys=True).encode(), digest_size=6).hexdigest()
+    return Path(out) / "models" / digest
+
+
 def rules_hit_rate(test: list[dict[str, Any]], settings: ExperimentSettings) -> float:
     """Share of test rows whose target is the item the three rules predict from the shown history.
 
@@ -160,7 +174,7 @@ def llm_ranks(out: Path, data: dict[str, Any], registry: Path, settings: Experim
     from training.grpo import GRPOSettings, run_grpo
     from training.prompts import PromptSettings
 
-    base = Path(out) / "models" / f"seed{seed}"
+    base = models_dir(out, settings) / f"seed{seed}"
     prompts = PromptSettings(history_k=settings.model.history_k, num_candidates=PROMPT_CANDIDATES, seed=seed)
     tokenizer = word_tokenizer(tokenizer_texts(data["planted"], data["titles"], prompts))
     test, titles = data["test"], data["titles"]
@@ -225,6 +239,8 @@ def run_experiment(out: Path, settings: ExperimentSettings, *, force: bool = Fal
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # small matrices: one thread per process beats two on a shared 2-core machine
+    if force:
+        shutil.rmtree(models_dir(out, settings), ignore_errors=True)
     registry = release_world(out, settings, force)
     data = world_rows(registry, settings)
     context = {
