@@ -152,7 +152,7 @@ def register(app: typer.Typer) -> None:
     def pull_command(
         source: Annotated[str, typer.Argument(help="A local registry folder or a Hub dataset id ORG/NAME.")],
         out: Annotated[Path, typer.Option("--out", help="Folder to write the release into (new or empty).")],
-        revision: Annotated[str | None, typer.Option("--revision", help="Version tag to fetch, e.g. v1.0.0.")] = None,
+        revision: Annotated[str | None, typer.Option("--revision", help="Version tag to fetch, e.g. v1.0.0 (required).")] = None,
         version: Annotated[
             str | None, typer.Option("--version", help="Deprecated spelling of --revision (removed in the next release).", hidden=True)
         ] = None,
