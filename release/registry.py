@@ -202,10 +202,13 @@ class Registry:
             newest = versions[-1]
             newest_commit = self.commit_of(newest)
             tagged = {self.commit_of(tag): tag for tag in versions}
+            if head is None:  # the first release was killed between its tag and main
+                self._git("update-ref", "HEAD", newest_commit)
+                done.append(f"pointed main at the first version {newest}")
+                head = newest_commit
             if head not in tagged:
-                what = f"commit {head[:12]}" if head else "no commit"
                 raise ReleaseError(
-                    f"the main branch of registry {self.path} is at {what}, which no version tag names "
+                    f"the main branch of registry {self.path} is at commit {head[:12]}, which no version tag names "
                     f"(a commit made by hand or by an interrupted older rrec); to go back to the newest version run "
                     f"`git -C {self.path} reset --hard {newest}` and retry"
                 )

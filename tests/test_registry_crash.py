@@ -91,6 +91,16 @@ def test_a_release_killed_at_any_step_is_finished_by_the_next_release(
     assert git(registry, "rev-list", "--count", "HEAD").strip() == "2"
 
 
+@pytest.mark.parametrize("point", ["tagged", "working-tree"])
+def test_a_first_release_killed_after_its_tag_is_finished_by_the_next_release(point: str, runs: tuple[Path, Path], tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    killed = release_killed_at(point, runs[0], registry, "1.0.0")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert Registry(registry).versions() == ["v1.0.0"]
+    assert release_runs([runs[0]], registry, ReleaseSettings(version="1.0.0")).status == "already_released"
+    assert_clean_registry(registry, "v1.0.0")
+
+
 def test_a_stale_git_index_lock_and_staging_folder_are_cleared_under_the_release_lock(
     runs: tuple[Path, Path], base_registry: Path, tmp_path: Path
 ) -> None:
