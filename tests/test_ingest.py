@@ -920,3 +920,17 @@ def test_a_killed_ingest_resumes_from_its_complete_blocks(tmp_path, dask_client)
     assert entry["outputs"] == reference["outputs"]  # the same part files, byte for byte
     assert entry["rows_out"] == reference["rows_out"] and entry["rejects_by_reason"] == {"duplicate_parent_asin": 1}
     assert not list(run.glob(".tmp-*"))
+
+
+def test_a_resumed_attempt_reuses_blocks_only_when_they_were_cut_the_same_way(tmp_path):
+    from pipeline.ingest.stage import _keep_blocks_of_same_plan
+
+    tmp = tmp_path / ".tmp-ingest-resume-x"
+    (tmp / "blocks").mkdir(parents=True)
+    (tmp / "blocks" / "part-00000.json").write_text("{}")
+    same = IngestSettings(reviews=["r.jsonl"], block_size=4096)
+    _keep_blocks_of_same_plan(tmp, same)
+    _keep_blocks_of_same_plan(tmp, same)
+    assert (tmp / "blocks" / "part-00000.json").exists()  # same block size: the blocks stand
+    _keep_blocks_of_same_plan(tmp, IngestSettings(reviews=["r.jsonl"], block_size=8192))
+    assert [p.name for p in tmp.iterdir()] == ["block-plan.json"]  # other cuts: nothing is reused
