@@ -145,6 +145,6 @@ def _submit_parquet(runner: BlockRunner, source: SourceFile, dirs: TableDirs, bl
             share = source.size * group_bytes // total_bytes
             part = runner.part()
             if not runner.reuse(part, share):
-                runner.submit(ingest_parquet_row_groups, source, group, first_row, group_rows, part, dirs, source_bytes=share)
+                runner.submit(ingest_parquet_row_groups, source, group, first_row, part, dirs, source_bytes=share)
             first_row += group_rows
             group, group_bytes, group_rows = [], 0, 0

@@ -144,17 +144,28 @@ def ingest_plain_range(
     return write_block(_merge(parsed), source, part, dirs)
 
 
-def ingest_parquet_row_groups(
-    source: SourceFile, row_groups: list[int], first_row: int, rows: int, part: int, dirs: TableDirs
-) -> BlockResult:
-    """Parse row groups of a Parquet file (rows numbered from ``first_row``) and write them."""
+def ingest_parquet_row_groups(source: SourceFile, row_groups: list[int], first_row: int, part: int, dirs: TableDirs) -> BlockResult:
+    """Parse row groups of a Parquet file (rows numbered from ``first_row``) and write them.
+
+    When the groups cannot be read together, each is read on its own: only the rows of a damaged
+    group are rejected (``unreadable_parquet``), whatever ``block_size`` grouped them with.
+    """
     parse = parse_review_rows if source.kind == "reviews" else parse_meta_rows
     try:
         with fsspec.open(source.url, "rb") as handle:
             table = pq.ParquetFile(handle).read_row_groups(row_groups)
     except (pa.ArrowException, OSError):
-        # A damaged row group: its rows cannot be read, and each is reported as such.
-        rejects = [(first_row + i, "unreadable_parquet", "") for i in range(rows)]
-        empty = (INTERACTIONS if source.kind == "reviews" else ITEMS).empty_table()
-        return write_block(ParsedBlock(empty, rejects_table(source, rejects), rows), source, part, dirs)
+        parsed = []
+        with fsspec.open(source.url, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            for group in row_groups:
+                count = parquet.metadata.row_group(group).num_rows
+                try:
+                    parsed.append(parse(parquet.read_row_group(group), source, first_row))
+                except (pa.ArrowException, OSError):
+                    rejects = [(first_row + i, "unreadable_parquet", "") for i in range(count)]
+                    empty = (INTERACTIONS if source.kind == "reviews" else ITEMS).empty_table()
+                    parsed.append(ParsedBlock(empty, rejects_table(source, rejects), count))
+                first_row += count
+        return write_block(_merge(parsed), source, part, dirs)
     return write_block(parse(table, source, first_row), source, part, dirs)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import json
 import zlib
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 MAX_LINE_BYTES = 4096
@@ -194,6 +198,23 @@ def main() -> None:
     case("meta_truncated.jsonl", "meta", plain_cut, ["kept"] * plain_cut.count(b"\n") + ["invalid_json"], damage="plain file cut mid-line")
     case("reviews_empty.jsonl", "reviews", b"", [], damage="an empty file")
 
+    parquet = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([review(i) for i in range(150)]), parquet, row_group_size=50, compression="zstd")
+    broken = bytearray(parquet.getvalue())
+    text = pq.ParquetFile(io.BytesIO(bytes(broken))).metadata.row_group(1).column(2)  # the `text` column of rows 51-100
+    middle = text.data_page_offset + text.total_compressed_size // 2
+    broken[middle : middle + 16] = b"\xff" * 16
+    outcomes = ["kept"] * 50 + ["unreadable_parquet"] * 50 + ["kept"] * 50
+    case("reviews_damaged_row_group.parquet", "reviews", bytes(broken), outcomes, damage="a damaged page in the second of three row groups")
+    (HERE / "reviews_not_parquet.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 20)
+    cases.append(
+        {
+            "file": "reviews_not_parquet.parquet",
+            "kind": "reviews",
+            "expect": {"unreadable_parquet": "0"},
+            "damage": "Parquet magic, then garbage",
+        }
+    )
     (HERE / "reviews_bzip2.jsonl.bz2").write_bytes(bz2.compress(body[:2000]))
     cases.append({"file": "reviews_bzip2.jsonl.bz2", "kind": "reviews", "error": "bzip2-compressed", "damage": "a format ingest refuses"})
     (HERE / "reviews_one_valid.jsonl").write_bytes(line(review(0)) + b"\n")
