@@ -934,3 +934,14 @@ def test_a_resumed_attempt_reuses_blocks_only_when_they_were_cut_the_same_way(tm
     assert (tmp / "blocks" / "part-00000.json").exists()  # same block size: the blocks stand
     _keep_blocks_of_same_plan(tmp, IngestSettings(reviews=["r.jsonl"], block_size=8192))
     assert [p.name for p in tmp.iterdir()] == ["block-plan.json"]  # other cuts: nothing is reused
+
+
+def test_a_provenance_sidecar_that_is_not_json_is_refused_in_one_line(tmp_path, rrec):
+    reviews_path = tmp_path / "Office_Products.jsonl"
+    reviews_path.write_bytes(jsonl([review(1)]))
+    (tmp_path / "Office_Products.jsonl.provenance.json").write_text("{not json")
+    result = CliRunner().invoke(rrec, ["ingest", "--run", str(tmp_path / "run"), "--reviews", str(reviews_path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is not a JSON provenance record" in lines[0]
+    assert not (tmp_path / "run").exists()
