@@ -23,7 +23,7 @@ from core.tables import read_table, write_part
 from datacards.statistics import domain_statistics
 from release.builder import build_range, ordered_parts, range_bounds, stream_release, user_sample
 from release.checksums import file_checksums, verify_release
-from release.layout import DomainSource, ReleaseError, check_domains, load_domains, write_data
+from release.layout import DomainSource, ReleaseError, check_domains, load_domains, release_memory_estimate, write_data
 from release.loading import load_release
 from release.publish import ReleaseSettings, release_runs
 
@@ -169,3 +169,14 @@ def test_parts_in_user_order_stream_part_by_part_and_other_layouts_are_cut_into_
     assert [p.rows for p in ordered_parts(in_order)] == [p.rows for p in in_order]
     shuffled = shuffled_copy(source, tmp_path, parts=3)
     assert ordered_parts([user_sample(str(p), 1) for p in sorted((shuffled.run / "sequences").glob("*.parquet"))]) is None
+
+
+def test_the_memory_refusal_counts_one_partition_not_the_whole_release(runs, tmp_path) -> None:
+    whole, partition = release_memory_estimate(runs[0]), release_memory_estimate(runs[0], rows_per_task=10)
+    assert 0 < partition < whole
+    registry = tmp_path / "registry"
+    with pytest.raises(ReleaseError, match=r"lower release\.partition_rows"):
+        release_runs([runs[0]], registry, ReleaseSettings(max_memory_gb=partition / 2 / 2**30, partition_rows=10))
+    # Too much for the in-memory builder, enough for partitions of 10 rows.
+    between = ReleaseSettings(max_memory_gb=(partition + whole) / 2 / 2**30, partition_rows=10)
+    assert release_runs([runs[0]], registry, between).status == "released"
