@@ -189,12 +189,14 @@ def test_max_cost_stops_cleanly_and_a_larger_budget_continues_without_repeats(tm
 def test_dry_run_reports_rows_tokens_and_cost_and_sends_nothing(tmp_path, dask_client, api_key):
     run = tmp_path / "run"
     make_run(run, users=6)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
     with LoopbackOpenAI() as server:
         report = run_annotate(run, _settings(server, dry_run=True, splits="train,test"), dask_client)
         assert server.chat_bodies == []
     assert report["rows"] == report["requests_to_send"] == 12
     assert report["estimated_input_tokens"] > 0 and report["max_cost_usd"] > 0
     assert "annotate" not in __import__("core.stage", fromlist=["RunDir"]).RunDir(run).manifest()["stages"]
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before, "a dry run wrote nothing"
 
 
 def test_rate_limit_holds_for_the_whole_run_across_partitions(tmp_path, dask_client, api_key):

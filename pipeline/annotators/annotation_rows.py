@@ -97,8 +97,11 @@ def prepare_partition(
     """Build one partition's prompts and look them up in the run's cache (read only)."""
     contexts = load_partition_contexts(Path(run_path), spec)
     requests = [chat_request(context, options, max_history) for context in contexts]
-    with AnswerCache(Path(run_path) / CACHE_FILE) as cache:
-        cached = cache.get_many(r.request_hash for r in requests)
+    cache_path = Path(run_path) / CACHE_FILE
+    cached: dict[str, CachedAnswer] = {}
+    if cache_path.exists():  # a dry run before any answer must not create the cache
+        with AnswerCache(cache_path) as cache:
+            cached = cache.get_many(r.request_hash for r in requests)
     keys = [c.key for c in contexts]
     rows = [
         answer_row(key, request, cached[request.request_hash], annotator, options.model) if request.request_hash in cached else None
