@@ -143,14 +143,32 @@ def contexts_from_rows(
     catalog: dict[str, dict[str, Any]],
     review_titles: dict[tuple[str, str], str],
 ) -> list[ExampleContext]:
-    """Example contexts from sequences rows (as dicts) plus catalog and review-title lookups."""
+    """Example contexts from sequences rows (as dicts) plus catalog and review-title lookups.
+
+    An item's facts are built once per (item, title, rating) and shared (they are frozen): a
+    user's examples repeat most of one history, and popular items recur across users. With
+    review titles the user is part of that key.
+    """
     contexts = []
+    shared: dict[tuple[Any, ...], ItemFacts] = {}
     for row in rows:
         user_id = row["user_id"]
-        history = tuple(_facts(item, catalog, review_titles, user_id) for item in row["history"] or [])
+        history = []
+        for item in row["history"] or []:
+            key = (
+                user_id if review_titles else None,
+                item["parent_asin"],
+                item.get("title"),
+                item.get("rating"),
+                tuple(item.get("categories") or ()),
+                item.get("store"),
+            )
+            if (facts := shared.get(key)) is None:
+                facts = shared[key] = _facts(item, catalog, review_titles, user_id)
+            history.append(facts)
         # The target's own rating and review would leak the outcome: they never enter the prompt.
         target = _facts({**row["target"], "rating": None}, catalog, None, user_id)
-        contexts.append(ExampleContext(user_id=user_id, split=row["split"], history=history, target=target))
+        contexts.append(ExampleContext(user_id=user_id, split=row["split"], history=tuple(history), target=target))
     return contexts
 
 
@@ -172,27 +190,56 @@ KEY_COLUMNS = ["user_id", "split", "target_parent_asin"]
 """The columns that name an example in annotation, filter and judge tables."""
 
 
-def sequences_for_keys(run_path: Path, keys: pa.Table) -> pa.Table:
-    """The sequences rows (context columns) of the examples named by ``keys``.
+FileSignature = tuple[tuple[str, int, int], ...]
 
-    ``keys`` holds :data:`KEY_COLUMNS` (extra columns are ignored; duplicates are fine). Only
-    the users in ``keys`` are read (an ``isin`` filter pushed down to Parquet, so row groups of
-    other users are skipped by their statistics); the rows of other splits and targets of those
-    users are dropped by a join, not a Python loop.
+
+def _signature(folder: Path) -> FileSignature:
+    return tuple((str(f), (st := f.stat()).st_mtime_ns, st.st_size) for f in parts(folder))
+
+
+@functools.lru_cache(maxsize=1)
+def _key_index(signature: FileSignature) -> pa.Table:
+    """Key, part file number and row of every sequences row: read once per worker process.
+
+    The sequences part files each span the whole user range (their Parquet statistics prune
+    nothing), so a filter pushed down per partition would read every file every time.
     """
-    users = pc.unique(keys.column("user_id"))
-    sequences = dataset(run_path / "sequences", "sequences").to_table(columns=CONTEXT_COLUMNS, filter=pc.field("user_id").isin(users))
-    located = pa.table(
-        {
-            "user_id": sequences.column("user_id"),
-            "split": sequences.column("split"),
-            "target_parent_asin": pc.struct_field(sequences.column("target"), "parent_asin"),
-            "_row": pa.array(range(sequences.num_rows), type=pa.int64()),
-        }
-    )
+    tables = []
+    for number, (file, _, _) in enumerate(signature):
+        table = pq.read_table(file, columns=["user_id", "split", "target"])
+        tables.append(
+            pa.table(
+                {
+                    "user_id": table.column("user_id"),
+                    "split": table.column("split"),
+                    "target_parent_asin": pc.struct_field(table.column("target"), "parent_asin"),
+                    "_file": pa.array([number] * table.num_rows, type=pa.int32()),
+                    "_row": pa.array(range(table.num_rows), type=pa.int64()),
+                }
+            )
+        )
+    return pa.concat_tables(tables)
+
+
+def sequences_for_keys(run_path: Path, keys: pa.Table) -> pa.Table:
+    """The sequences rows (context columns) of the examples named by ``keys``, in table order.
+
+    ``keys`` holds :data:`KEY_COLUMNS` (extra columns are ignored; duplicates are fine). The
+    keys are found by a join against the run's key index (:func:`_key_index`, read once per
+    worker), and the rows are taken from the one or few part files that hold them (each read
+    once per worker and kept while consecutive partitions use it, as the annotator does).
+    """
+    signature = _signature(Path(run_path) / "sequences")
     wanted = keys.select(KEY_COLUMNS).group_by(KEY_COLUMNS).aggregate([])
-    rows = located.join(wanted, KEY_COLUMNS, join_type="inner").column("_row")
-    return sequences.take(rows.take(pc.sort_indices(rows)))
+    found = _key_index(signature).join(wanted, KEY_COLUMNS, join_type="inner")
+    found = found.sort_by([("_file", "ascending"), ("_row", "ascending")])
+    pieces = []
+    for number in pc.unique(found.column("_file")).to_pylist():
+        rows = found.filter(pc.equal(found.column("_file"), number)).column("_row")
+        pieces.append(_context_columns(*signature[number]).take(rows))
+    if not pieces:
+        return dataset(Path(run_path) / "sequences", "sequences").schema.empty_table().select(CONTEXT_COLUMNS)
+    return pa.concat_tables(pieces)
 
 
 def load_contexts_for_keys(
