@@ -68,7 +68,7 @@ class BaselineSettings(StageSettings):
     sasrec_lr: float = Field(1e-3, gt=0.0)
     sasrec_eval_every: int = Field(10, ge=1, description="Epochs between validation checks.")
     sasrec_patience: int = Field(5, ge=0, description="Checks without gain before stopping (0: never).")
-    sasrec_loss: Literal["ce", "bce"] = Field("ce", description="ce: softmax over the catalog; bce: one sampled negative (reference).")
+    sasrec_loss: Literal["bce", "ce"] = Field("bce", description="bce: one sampled negative (reference); ce: softmax over the catalog.")
 
     def sasrec_config(self) -> SasRecConfig:
         return SasRecConfig(

@@ -123,7 +123,7 @@ def baselines_command(
     sasrec_lr: Annotated[float | None, typer.Option("--sasrec-lr", help="Adam learning rate of SASRec.", min=0.0)] = None,
     sasrec_batch_size: Annotated[int | None, typer.Option("--sasrec-batch-size", help="Sequences per SASRec step.", min=1)] = None,
     sasrec_loss: Annotated[
-        str | None, typer.Option("--sasrec-loss", help="ce: softmax over the catalog (default); bce: one sampled negative.")
+        str | None, typer.Option("--sasrec-loss", help="bce: one sampled negative (default, the reference); ce: softmax over the catalog.")
     ] = None,
     sasrec_patience: Annotated[
         int | None, typer.Option("--sasrec-patience", help="Validation checks without gain before SASRec stops (0: never).", min=0)
