@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
@@ -9,6 +17,7 @@ from annotation_data import make_run
 from test_hostile_filter import CASES, annotation_row, case_texts, forward_rationale, write_annotations
 
 from core.schemas import ANNOTATIONS
+from core.stage import RunDir
 from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.annotators.context import KEY_COLUMNS, contexts_from_rows, load_contexts_for_keys, read_item_facts
 from pipeline.filter import FULL_SCREEN, REASONS, FilterSettings, Screen, reject_reason, reject_reasons, run_filter, screens
@@ -265,3 +274,41 @@ def test_the_context_loader_reads_exactly_the_named_examples(tmp_path):
     assert set(loaded) == set(wanted)
     assert all(loaded[key] == every[key] for key in wanted)
     assert load_contexts_for_keys(run, keys.slice(0, 0)) == {}
+
+
+FILTER_ONLY = (
+    "import sys, typer; from pipeline.filter import register; app = typer.Typer(); "
+    "app.callback()(lambda: None); register(app); app(sys.argv[1:])"
+)
+"""``rrec filter`` exactly as registered, without the other subcommands."""
+
+
+@pytest.mark.slow
+def test_a_killed_filter_resumes_from_its_complete_parts(tmp_path, dask_client):
+    run = tmp_path / "run"
+    contexts = contexts_from_rows(make_run(run, users=40), {}, {})
+    write_annotations(run, [annotation_row(context, forward_rationale(context), "Likes tea.") for context in contexts], rows_per_part=2)
+    shutil.copytree(run, tmp_path / "reference")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    command = [sys.executable, "-c", FILTER_ONLY, "filter", "--run", str(run), "--workers", "1"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline and len(list(run.glob(".tmp-filter-*/filtered/part-*.parquet"))) < 5:
+            time.sleep(0.01)
+        assert process.poll() is None, "the filter ended before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert RunDir(run).entry("filter") is None
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = run_filter(tmp_path / "reference", FilterSettings(), dask_client)
+    entry = RunDir(run).entry("filter")
+    assert entry["resumed_parts"] >= 5 and reference["resumed_parts"] == 0
+    assert entry["outputs"] == reference["outputs"]  # the same part files, byte for byte
+    assert entry["rows_in"] == len(contexts) and entry["rejects_by_reason"] == reference["rejects_by_reason"]
+    assert not list(run.glob(".tmp-*"))
