@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from core.reasons import check_reasons
 from core.stage import RunDir
 from core.tables import read_table
-from pipeline.ingest import LineBlock, SourceFile, parse_review_block, register
+from pipeline.ingest import LineBlock, SourceFile, parse_meta_block, parse_review_block, register
 
 CORPUS = Path(__file__).resolve().parent / "hostile" / "ingest"
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text(encoding="utf-8"))
@@ -95,7 +95,7 @@ def kept_lines(run: Path, case: dict[str, Any], path: Path) -> list[int]:
     for number, content in enumerate(lines, start=1):
         try:
             first_line_of.setdefault(json.loads(content)["parent_asin"], number)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue
     return [first_line_of[item] for item in ids]
 
@@ -132,20 +132,29 @@ def test_every_line_ends_kept_or_rejected_with_its_expected_reason(name, block_s
     assert all(r["raw"].startswith(f"[{r['reason']} at byte ") for r in damage)
 
 
-def test_each_malformed_line_has_the_same_outcome_inside_a_large_clean_block():
+@pytest.mark.parametrize("name", ["reviews_malformed.jsonl", "meta_malformed.jsonl"])
+def test_each_malformed_line_has_the_same_outcome_inside_a_large_clean_block(name):
     # Inside a large clean block the fast Arrow reader runs first: its checks must give every
     # hostile line the outcome the per-line reference gives it in the corpus run above.
-    case = CASES["reviews_malformed.jsonl"]
+    case = CASES[name]
     expected = expected_outcomes(case)
     lines = (CORPUS / case["file"]).read_bytes().split(b"\n")[:-1]
-    clean = (CORPUS / MANIFEST["reviews_for_meta_cases"]).read_bytes() * 600
-    source = SourceFile("block.jsonl", "block.jsonl", "reviews", 0, "jsonl", 0)
+    if case["kind"] == "reviews":
+        clean, parse = (CORPUS / MANIFEST["reviews_for_meta_cases"]).read_bytes() * 600, parse_review_block
+    else:
+        clean, parse = (
+            b"".join(json.dumps({"parent_asin": f"C{i:09d}", "title": "Clean"}).encode() + b"\n" for i in range(600)),
+            parse_meta_block,
+        )
+    source = SourceFile("block.jsonl", "block.jsonl", case["kind"], 0, "jsonl", 0)
     for number, content in enumerate(lines, start=1):
         data = clean[: len(clean) // 2] + content + b"\n" + clean[len(clean) // 2 :]
-        parsed = parse_review_block(LineBlock(source, 1, data), MANIFEST["max_line_bytes"])
+        parsed = parse(LineBlock(source, 1, data), MANIFEST["max_line_bytes"])
         reasons = [r["reason"] for r in parsed.rejects.to_pylist()]
         outcome = reasons[0] if reasons else "kept"
-        assert (number, outcome) == (number, expected[number]), case["what"][str(number)]
+        # Duplicates are found across blocks by the stage, after the per-block parse.
+        wanted = "kept" if expected[number] == "duplicate_parent_asin" else expected[number]
+        assert (number, outcome) == (number, wanted), case["what"][str(number)]
         assert parsed.table.num_rows + len(reasons) == 601
 
 

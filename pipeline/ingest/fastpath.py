@@ -162,7 +162,7 @@ def _finish_meta(raw: pa.Table, lines: LineSlice) -> tuple[pa.Table, np.ndarray]
     for index in np.flatnonzero(vouched & columns["details"].is_valid().to_numpy(zero_copy_only=False)).tolist():
         try:
             details[index] = _details_text(lines.line(index))
-        except (RecordRejected, UnicodeDecodeError, ValueError, KeyError):
+        except (RecordRejected, UnicodeDecodeError, ValueError, KeyError, RecursionError):
             vouched[index] = False  # the per-line path gives its reason
     description = pc.binary_join(columns["description"], "\n")
     no_list = pa.scalar([], pa.list_(pa.string()))

@@ -236,6 +236,8 @@ def details_json(value: Any) -> str | None:
             value = json.loads(value)
         except ValueError:
             raise RecordRejected("wrong_type:details") from None
+        except RecursionError:
+            raise RecordRejected("invalid_json") from None  # nested deeper than the parser follows
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -244,6 +246,8 @@ def details_json(value: Any) -> str | None:
         text = _JSON_TEXT.encode(value)
     except (TypeError, ValueError):
         raise RecordRejected("wrong_type:details") from None
+    except RecursionError:
+        raise RecordRejected("invalid_json") from None
     try:
         text.encode("utf-8")  # an escaped lone surrogate ("\ud800") decodes but is no UTF-8
     except UnicodeEncodeError:

@@ -126,6 +126,11 @@ def malformed_meta() -> list[tuple[bytes, str, str]]:
         (line(meta(6, details={"Brand": "bad \udc80"})), "invalid_utf8:details", "a lone surrogate in details"),
         (line(meta(1, title="Second record of item 1")), "duplicate_parent_asin", "a later record of a kept item"),
         (b"{broken", "invalid_json", "JSON cut short"),
+        (
+            line(meta(8)).replace(b'"details": {"Brand": "Shop"}', b'"details": {"Brand": ' + b"[" * 1500 + b"]" * 1500 + b"}"),
+            "invalid_json",
+            "details nested deeper than a parser follows",
+        ),
         (line(meta(7, price="$1,299.00", details=json.dumps({"Brand": "Hub"}))), "kept", "the Hub conversion's string forms"),
     ]
 
