@@ -945,3 +945,37 @@ def test_a_provenance_sidecar_that_is_not_json_is_refused_in_one_line(tmp_path, 
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "is not a JSON provenance record" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_moving_staged_items_into_place_can_be_repeated_after_a_kill(tmp_path):
+    from pipeline.ingest.items import ItemFolders, finalize_items
+    from pipeline.ingest.tasks import TableDirs, write_block
+
+    folders = ItemFolders(*(tmp_path / name for name in ("staged_items", "staged_rejects", "blocks", "items", "rejects")))
+    for folder in (folders.staged_items, folders.staged_rejects, folders.blocks, folders.items, folders.rejects):
+        folder.mkdir()
+    dirs = TableDirs(str(folders.staged_items), str(folders.staged_rejects), str(folders.blocks))
+    src = SourceFile("meta_X.jsonl", "meta_X.jsonl", "meta", 0, "jsonl", 0)
+    blocks = [jsonl([meta(i) for i in range(5)]) + b"{broken\n", jsonl([meta(3), meta(7), meta(1)])]
+    results, first = [], 1
+    for part, data in enumerate(blocks):
+        results.append(write_block(parse_meta_block(LineBlock(src, first, data), MAX_LINE), src, part, dirs))
+        first += data.count(b"\n")
+
+    def tables() -> tuple[list[str], list[tuple[int, str]]]:
+        items = read_table(folders.items, "items").column("parent_asin").to_pylist()
+        rejects = [(r["line"], r["reason"]) for r in read_table(folders.rejects, "rejects").to_pylist()]
+        return items, rejects
+
+    # Killed after the first part's rejects were written, before its items moved: repeat from there.
+    (folders.staged_items / "part-00000.parquet").rename(tmp_path / "held")
+    finalize_items(results[:1], [src], folders)
+    (tmp_path / "held").rename(folders.staged_items / "part-00000.parquet")
+    assert finalize_items(results, [src], folders) == {0: 2}
+    once = tables()
+    assert once == (
+        [f"P{i:09d}" for i in (0, 1, 2, 3, 4, 7)],
+        [(6, "invalid_json"), (7, "duplicate_parent_asin"), (9, "duplicate_parent_asin")],
+    )
+    finalize_items(results, [src], folders)  # and again after it completed: nothing changes
+    assert tables() == once
