@@ -225,25 +225,26 @@ def domain_from_name(name: str) -> str:
 
 # -- hashes and provenance -------------------------------------------------------------------
 
-_HASHES: dict[tuple[str, int, int], str] = {}
+_HASHES: dict[tuple[str, str], str] = {}
 _HASHES_LOCK = threading.Lock()
 
 
 def content_hash(url: str) -> str:
     """Content hash (xxh3-128) of a file's bytes, the digest ``core.stage.hash_file`` gives.
 
-    A local file's hash is remembered for its (path, size, modification time), so the checks
-    one command makes before and after starting a cluster read a large input once.
+    The hash is remembered for the file's identity as its file system reports it (fsspec's
+    ``ukey``: size and modification time, an object store's ETag), so the checks one command
+    makes before and after starting a cluster read a large input, local or remote, once.
     """
-    local = url[len("file://") :] if url.startswith("file://") else (None if "://" in url else url)
-    key = None
-    if local is not None:
-        stat = os.stat(local)
-        key = (os.path.abspath(local), stat.st_size, stat.st_mtime_ns)
-        with _HASHES_LOCK:
-            if key in _HASHES:
-                return _HASHES[key]
-    with fsspec.open(url, "rb") as handle:
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        key: tuple[str, str] | None = (url, str(fs.ukey(path)))
+    except (OSError, NotImplementedError, ValueError):
+        key = None
+    with _HASHES_LOCK:
+        if key is not None and key in _HASHES:
+            return _HASHES[key]
+    with fs.open(path, "rb") as handle:
         digest = hash_stream(handle)
     if key is not None:
         with _HASHES_LOCK:
