@@ -185,21 +185,6 @@ def _context_reason(rationale: str, context: ExampleContext | None, settings: Fi
     return None
 
 
-def filter_rows(
-    rows: list[dict[str, Any]], contexts: dict[tuple[str, str, str], ExampleContext], settings: FilterSettings
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split annotation rows into kept rows and rejected rows (with ``reason``): the reference."""
-    kept, rejected = [], []
-    for row in rows:
-        key = (row["user_id"], row["split"], row["target_parent_asin"])
-        reason = reject_reason(row, contexts.get(key), settings)
-        if reason is None:
-            kept.append(row)
-        else:
-            rejected.append({**row, "reason": reason})
-    return kept, rejected
-
-
 def _may_match(texts: list[pa.ChunkedArray], pattern: str) -> list[bool]:
     """Per row: whether ``pattern`` (RE2) matches any of ``texts``, or a text is not ASCII."""
     filled = [pc.fill_null(text, "") for text in texts]
