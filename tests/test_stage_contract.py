@@ -124,6 +124,8 @@ def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(killed
     assert RunDir(run).entry("sequences")["outputs"] == RunDir(reference).entry("sequences")["outputs"]
     assert content(run, "sequences") == content(reference, "sequences")
     assert not list(run.glob(".tmp-*"))
+    # the last kill came after part 2 was complete: the rerun reused what was done, not from zero
+    assert RunDir(run).entry("sequences")["resumed_parts"] >= 1
 
 
 def test_rerun_skips_force_reruns_changed_settings_rerun(killed_then_rerun):
