@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.annotators.context import KEY_COLUMNS, contexts_from_rows, load_contexts_for_keys, read_item_facts
 from pipeline.filter import FULL_SCREEN, REASONS, FilterSettings, Screen, reject_reason, reject_reasons, run_filter, screens
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
+from pipeline.text_rules import NORMALISE, norm_positions
 
 TEA = ("Grocery & Gourmet Food", "Beverages", "Coffee, Tea & Cocoa", "Tea")
 CONTEXT = ExampleContext(
@@ -312,3 +314,12 @@ def test_a_killed_filter_resumes_from_its_complete_parts(tmp_path, dask_client):
     assert entry["outputs"] == reference["outputs"]  # the same part files, byte for byte
     assert entry["rows_in"] == len(contexts) and entry["rejects_by_reason"] == reference["rejects_by_reason"]
     assert not list(run.glob(".tmp-*"))
+
+
+def test_normalised_positions_in_one_pass_equal_the_prefix_by_prefix_form():
+    rng = random.Random(3)
+    alphabet = 'ab1 ,."“”-\u0130\u03a3\u03c3\u00e9\n'  # separators, quotes, letters whose lower case changes length
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        indices = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
+        assert norm_positions(text, indices) == [len(NORMALISE.sub(" ", text[:i].lower())) for i in indices], (text, indices)
