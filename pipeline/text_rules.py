@@ -86,7 +86,7 @@ PROMPT_INJECTION = re.compile(
     r"|\b(?:reveal|print|repeat|show)\s+(?:me\s+)?(?:your|the)\s+(?:hidden\s+|initial\s+|original\s+)?(?:instructions|prompt)"
     r"|\bpretend\s+(?:to\s+be|you\s+are)\b|\bact\s+as\s+(?:an?\s+)?(?:unrestricted|unfiltered|evil|different)\b"
     r"|<\|[a-z_]+\|>|\[/?(?:inst|sys|system)\]|<<\s*sys\s*>>"
-    r"|(?:^|\n)\s*#{0,4}\s*(?:system|assistant|user|instruction)\s*:",
+    r"|(?:^|\n)\s*#{0,4}\s*(?:system|assistant|instruction)\s*:",  # not "User:": preferences may start so
     re.IGNORECASE,
 )
 
