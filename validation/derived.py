@@ -100,6 +100,9 @@ def sequence_check_columns(table: pa.Table) -> pa.Table:
     ``candidates_not_in_history``, plus ``evaluation_key`` (``user_id|split`` on validation and
     test rows, null on train rows) for the one-row-per-user-and-split check. A null list counts
     as empty, so it fails the length checks instead of slipping through.
+
+    One function (about 65 lines) because the rules share the flattened lists, their row
+    indices and the shared string codes; split up, each piece would recompute or pass them on.
     """
     n_rows = table.num_rows
     target = table.column("target").combine_chunks()

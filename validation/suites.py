@@ -162,7 +162,10 @@ def items_suite() -> gx.ExpectationSuite:
 
 
 def sequences_suite() -> gx.ExpectationSuite:
-    """Expectations of the ``sequences`` table (leave-one-out examples with candidates)."""
+    """Expectations of the ``sequences`` table (leave-one-out examples with candidates).
+
+    A declarative list, long because the table has many rules.
+    """
     return gx.ExpectationSuite(
         name="sequences",
         expectations=[
@@ -263,7 +266,10 @@ def sequences_suite() -> gx.ExpectationSuite:
 
 
 def filtered_suite() -> gx.ExpectationSuite:
-    """Expectations of the ``filtered`` table (rationales kept by the self-filter)."""
+    """Expectations of the ``filtered`` table (rationales kept by the self-filter).
+
+    A declarative list, long because the table has many rules.
+    """
     return gx.ExpectationSuite(
         name="filtered",
         expectations=[
