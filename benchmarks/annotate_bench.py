@@ -16,7 +16,8 @@ Run: ``.venv/bin/python benchmarks/annotate_bench.py`` (a few minutes on 2 cores
 N`` + ingest + sequences once, then for each side and round, on its own copy of the run folder,
 the template annotate stage with ``force`` and the cached rerun of the OpenAI annotator (each
 side's cache filled with its own prompts first). Each side runs in its own process with its
-own two-worker Dask cluster; times are the stage calls, cluster start excluded.
+own two-worker Dask cluster; times are the stage calls, cluster start excluded, as wall time and
+as CPU time of the driver and both workers (steadier than wall time on a shared machine).
 """
 
 from __future__ import annotations
@@ -99,24 +100,36 @@ SIDE = """
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from annotate_bench import _settings, fill_cache
+from annotate_bench import _cluster_cpu_s, _settings, fill_cache
 from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.cluster import dask_client
+from pipeline.judge import JudgeSettings, run_judge
 
-run, rounds = Path(sys.argv[1]), int(sys.argv[2])
+run, rounds, judge_run, parts = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[4]), sys.argv[5].split(",")
 openai = _settings("http://127.0.0.1:9/v1", 64)
-times = {"template_s": [], "cached_openai_s": []}
+times = {}
+
+
+def timed(name, stage, folder, settings, client):
+    started, cpu = time.perf_counter(), _cluster_cpu_s(client)
+    entry = stage(folder, settings, client, force=True)
+    times.setdefault(name + "_s", []).append(round(time.perf_counter() - started, 3))
+    times.setdefault(name + "_cpu_s", []).append(round(_cluster_cpu_s(client) - cpu, 3))
+    return entry
+
+
 with dask_client(workers=2) as client:
-    fill_cache(run, openai)
+    if "annotate" in parts:
+        fill_cache(run, openai)
     for _ in range(rounds):
-        started = time.perf_counter()
-        entry = run_annotate(run, AnnotateSettings(), client, force=True)
-        times["template_s"].append(round(time.perf_counter() - started, 3))
-        started = time.perf_counter()
-        cached = run_annotate(run, openai, client, force=True)
-        times["cached_openai_s"].append(round(time.perf_counter() - started, 3))
-        assert cached["requests_sent"] == 0, cached
-times["rows"] = entry["rows_out"]["annotations"]
+        if "judge" in parts:
+            judged = timed("heuristic_judge", run_judge, judge_run, JudgeSettings(sample=10**8), client)
+            times["judged_rows"] = judged["sample_size"]
+        if "annotate" in parts:
+            entry = timed("template", run_annotate, run, AnnotateSettings(), client)
+            cached = timed("cached_openai", run_annotate, run, openai, client)
+            assert cached["requests_sent"] == 0, cached
+            times["rows"] = entry["rows_out"]["annotations"]
 print(json.dumps(times))
 """
 
@@ -127,8 +140,9 @@ def _rrec(*args: str, cwd: Path) -> None:
         raise SystemExit(f"rrec {args[0]} failed: {done.stderr[-2000:]}")
 
 
-def compare(rev: str, users: int, rounds: int) -> dict[str, object]:
-    """Template annotate and cached OpenAI rerun: this checkout against commit ``rev``."""
+def compare(rev: str, users: int, rounds: int, parts: str) -> dict[str, object]:
+    """Template annotate and cached OpenAI rerun (``parts`` has ``annotate``) and the heuristic
+    judge of every kept row (``judge``): this checkout against commit ``rev``."""
     tmp = Path(tempfile.mkdtemp(prefix="annotate-compare-"))
     old_root = tmp / "old"
     subprocess.run(["git", "worktree", "add", "--detach", str(old_root), rev], cwd=REPO, check=True, capture_output=True)
@@ -149,11 +163,26 @@ def compare(rev: str, users: int, rounds: int) -> dict[str, object]:
         results: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
         for side in results:
             subprocess.run(["cp", "-r", str(base), str(tmp / f"run-{side}")], check=True)
+        if "judge" in parts:
+            # The judge's input: the template annotations of this checkout, filtered.
+            _rrec("annotate", "--run", str(base), cwd=REPO)
+            _rrec("filter", "--run", str(base), cwd=REPO)
+            for side in results:
+                subprocess.run(["cp", "-r", str(base), str(tmp / f"judge-{side}")], check=True)
         for _ in range(rounds):
             for side, root in (("old", old_root), ("new", REPO)):
                 env = {**os.environ, "PYTHONPATH": str(root), "OPENAI_API_KEY": "sk-benchmark-not-a-real-key"}
                 done = subprocess.run(
-                    [sys.executable, "-c", SIDE, str(tmp / f"run-{side}"), "1", str(REPO / "benchmarks")],
+                    [
+                        sys.executable,
+                        "-c",
+                        SIDE,
+                        str(tmp / f"run-{side}"),
+                        "1",
+                        str(REPO / "benchmarks"),
+                        str(tmp / f"judge-{side}"),
+                        parts,
+                    ],
                     cwd=root,
                     env=env,
                     check=True,
@@ -162,18 +191,13 @@ def compare(rev: str, users: int, rounds: int) -> dict[str, object]:
                 )
                 for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items():
                     results[side].setdefault(key, []).extend(value if isinstance(value, list) else [value])
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"a measured side failed: {exc.stderr[-3000:]}") from None
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old_root)], cwd=REPO, capture_output=True)
     best = {side: {k: min(v) for k, v in r.items() if k.endswith("_s")} for side, r in results.items()}
-    return {
-        "compare_rev": rev,
-        "users": users,
-        "rows": results["new"]["rows"][0],
-        "runs": results,
-        "best_s": best,
-        "template_speedup": round(best["old"]["template_s"] / best["new"]["template_s"], 2),
-        "cached_openai_speedup": round(best["old"]["cached_openai_s"] / best["new"]["cached_openai_s"], 2),
-    }
+    ratios = {f"{key}_old_over_new": round(best["old"][key] / best["new"][key], 2) for key in best["new"]}
+    return {"compare_rev": rev, "users": users, "parts": parts, "runs": results, "best_s": best, **ratios}
 
 
 def main() -> None:
@@ -187,10 +211,11 @@ def main() -> None:
     parser.add_argument("--compare", metavar="REV", help="time this checkout against commit REV instead (see the docstring)")
     parser.add_argument("--users", type=int, default=20000, help="with --compare: users of the sampled domain")
     parser.add_argument("--rounds", type=int, default=2, help="with --compare: alternating rounds per side")
+    parser.add_argument("--parts", default="annotate,judge", help="with --compare: annotate, judge or both")
     args = parser.parse_args()
     if args.compare:
         load_before = os.getloadavg()[0]
-        figures = compare(args.compare, args.users, args.rounds)
+        figures = compare(args.compare, args.users, args.rounds, args.parts)
         figures["machine"] = f"{psutil.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, shared"
         figures["load_average_1min_before_after"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         print(json.dumps(figures, indent=2))
