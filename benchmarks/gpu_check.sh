@@ -68,14 +68,14 @@ fi
 
 echo "== SFT: $STEPS steps of $BATCH examples (variant A, LoRA)"
 sft_start=$EPOCHREALTIME
-"$RREC" train sft --dataset "$OUT/release" --config grocery --revision v1.0.0 --output "$OUT/sft" \
+"$RREC" train sft --dataset "$OUT/release" --subset grocery --revision v1.0.0 --output "$OUT/sft" \
   --model "$MODEL" --variant A --max-steps "$STEPS" --batch-size "$BATCH" --eval-steps "$STEPS" \
   --limit-eval 32 --early-stopping-patience 0
 sft_end=$EPOCHREALTIME
 
 echo "== evaluate: $EVAL_LIMIT test rows x 100 candidates (variant A)"
 eval_start=$EPOCHREALTIME
-"$RREC" evaluate --model "$OUT/sft" --dataset "$OUT/release" --config grocery --revision v1.0.0 \
+"$RREC" evaluate --model "$OUT/sft" --dataset "$OUT/release" --subset grocery --revision v1.0.0 \
   --output "$OUT/results.json" --variant A --limit "$EVAL_LIMIT"
 eval_end=$EPOCHREALTIME
 
