@@ -780,3 +780,28 @@ def test_summary_json_reads_back_into_the_typed_summary(good_run: Path, dask_cli
     run_validation(good_run, dask_client)
     on_disk = json.loads((good_run / "validation" / "summary.json").read_text())
     assert read_summary(good_run).to_json() == on_disk
+
+
+def test_results_do_not_depend_on_the_partitioning(tmp_path: Path, dask_client) -> None:
+    tables = json.loads(json.dumps(_good_rows()))
+    for name in ROW_DEFECTS_BY_TABLE["sequences"]:
+        DEFECTS[name][1](tables)
+    rows = tables["sequences"][0] + tables["sequences"][1]
+    summaries = []
+    for layout, partitions in {"one": [rows], "five": [rows[i::5] for i in range(5)]}.items():
+        _write_table_only(tmp_path / layout, "sequences", partitions)
+        run = RunDir(tmp_path / layout)
+        summaries.append(validate_table(run, "sequences", dask_client, suite_parameters(run, ValidateSettings()), examples=3))
+    one, five = summaries
+    assert (one.partitions, five.partitions) == (1, 5)
+
+    # The column check counts part files; every other count is about rows or keys.
+    def counts(summary: Any) -> list[tuple[str, Any, int, int]]:
+        return [
+            (e.name, e.success, e.element_count, e.unexpected_count)
+            for e in summary.expectations
+            if not e.name.endswith("_columns_match_schema")
+        ]
+
+    assert counts(one) == counts(five)
+    assert one.critical_failures >= 3
