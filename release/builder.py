@@ -69,7 +69,11 @@ _ASINS = "asins.parquet"
 
 @dataclass(frozen=True)
 class RangeResult:
-    """What one user-range task wrote into its staging folder."""
+    """What the join of one partition (a batch of a part, or a user range) wrote into its staging folder.
+
+    ``rationales`` counts the filtered rows the partition was given, so the driver can refuse
+    rationales that no partition's users claimed (orphans).
+    """
 
     folder: str
     rows: dict[str, int]
