@@ -27,8 +27,8 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from pydantic import Field
 
 from core.config import StageSettings
+from core.hashing import code_version
 from core.schemas import ITEMS, ITEMS_SPLIT, RELEASE_ROW
-from core.stage import code_version
 from datacards.figures import render_figures
 from datacards.provenance import (
     DomainProvenance,

@@ -37,9 +37,9 @@ from pydantic import Field
 
 from core.cli_common import ConfigOpt, settings_for, user_errors
 from core.config import StageSettings
+from core.hashing import code_version
 from core.names import check_domain_name
 from core.progress import make_progress
-from core.stage import code_version
 
 log = logging.getLogger(__name__)
 

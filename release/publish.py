@@ -22,7 +22,8 @@ import psutil
 from pydantic import Field
 
 from core.config import StageSettings
-from core.stage import HASH_ALGORITHM, RunDir, code_version
+from core.hashing import HASH_ALGORITHM, code_version
+from core.stage import RunDir
 from datacards.card import CardSettings, build_card
 from datacards.statistics import filter_summary
 from release.builder import stream_release

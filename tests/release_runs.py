@@ -15,8 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import typer
 
+from core.hashing import fingerprint_of
 from core.schemas import FILTERED, ITEMS, SEQUENCES
-from core.stage import RunDir, fingerprint_of
+from core.stage import RunDir
 from core.tables import write_part
 
 CATEGORIES = ["Snacks", "Beverages", "Pantry Staples", "Candy & Chocolate", "Breakfast Foods"]

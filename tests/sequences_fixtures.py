@@ -16,8 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from core.hashing import hash_paths
 from core.schemas import INTERACTIONS, ITEMS
-from core.stage import RunDir, hash_paths
+from core.stage import RunDir
 from core.tables import write_part
 
 DAY_MS = 86_400_000

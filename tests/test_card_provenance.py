@@ -12,7 +12,8 @@ from huggingface_hub import DatasetCard
 from release_runs import make_run
 
 from core.config import load_config, section
-from core.stage import RunDir, fingerprint_of
+from core.hashing import fingerprint_of
+from core.stage import RunDir
 from datacards.card import CardSettings, build_card
 from datacards.provenance import stage_sections
 from pipeline.sample import SampleSettings, sample_provenance

@@ -24,9 +24,10 @@ import typer
 from sequences_fixtures import tricky_reviews
 from typer.testing import CliRunner
 
+from core.hashing import hash_file
 from core.records import EARLIEST_TIMESTAMP_MS, FUTURE_SLACK_MS, rating_in_range, review_bounds, timestamp_in_range, valid_parent_asin
 from core.schemas import INTERACTIONS, ITEMS, REJECTS
-from core.stage import RunDir, hash_file
+from core.stage import RunDir
 from core.tables import read_table
 from pipeline.ingest import (
     META_READER,

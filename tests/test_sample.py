@@ -11,7 +11,7 @@ import tracemalloc
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from core.stage import code_version
+from core.hashing import code_version
 from pipeline.sample import SampleSettings, generate_domain, generate_domains
 
 REVIEW_KEYS = ["rating", "title", "text", "images", "asin", "parent_asin", "user_id", "timestamp", "helpful_vote", "verified_purchase"]

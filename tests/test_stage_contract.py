@@ -22,7 +22,8 @@ import pyarrow.dataset as pads
 import pytest
 from sequences_fixtures import tricky_reviews, write_jsonl
 
-from core.stage import RunDir, StageError, hash_path
+from core.hashing import hash_path
+from core.stage import RunDir, StageError
 from pipeline.ingest import IngestSettings, run_ingest
 from pipeline.sequences import SequencesSettings, run_sequences
 

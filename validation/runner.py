@@ -35,10 +35,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from core.config import StageSettings
+from core.hashing import code_version, hash_path
 from core.progress import gather_with_progress
 from core.protocol import Stage, StageContext, StageResult
 from core.records import EARLIEST_TIMESTAMP_MS, latest_timestamp_ms
-from core.stage import RunDir, StageError, code_version, hash_path
+from core.stage import RunDir, StageError
 from core.tables import parts
 from validation.row_checks import check_part
 from validation.spec import (

@@ -27,7 +27,7 @@ from typing import Any
 import fsspec
 import xxhash
 
-from core.stage import hash_stream
+from core.hashing import hash_stream
 from pipeline.ingest.settings import IngestSettings
 
 HUB_PREFIX = "hub:"
