@@ -44,9 +44,9 @@ def _exception_message(info: dict[str, Any]) -> str | None:
     return next((m for m in nested if m), None)
 
 
-def pandas_frame(table_name: str, part: str) -> pd.DataFrame:
+def pandas_frame(table_name: str, part: str, suite: dict[str, Any]) -> pd.DataFrame:
     """One part file's checked columns as the pandas frame GX's pandas data source reads."""
-    arrow = read_partition(table_name, part)
+    arrow = read_partition(table_name, part, suite)
     if table_name == "sequences":
         # Nullable integers stay integers (a missing target timestamp is <NA>, not NaN).
         return arrow.to_pandas(types_mapper={arrow.schema.field("target_timestamp").type: pd.Int64Dtype()}.get)
@@ -87,4 +87,4 @@ def validate_frame(
 
 def gx_check_part(part: str, table: str, suite: dict[str, Any], parameters: dict[str, Any], examples: int) -> dict[str, CheckResult]:
     """Dask task: read one part file and run the row expectations with GX."""
-    return validate_frame(pandas_frame(table, part), table, suite, parameters, examples)
+    return validate_frame(pandas_frame(table, part, suite), table, suite, parameters, examples)

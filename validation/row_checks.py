@@ -136,17 +136,23 @@ def check_partition(
     return results
 
 
-def read_partition(table_name: str, part: str) -> pa.Table:
-    """The scalar columns the row expectations check in one part file (derived for ``sequences``)."""
+def read_partition(table_name: str, part: str, suite: dict[str, Any]) -> pa.Table:
+    """The columns the row expectations of ``suite`` check in one part file, with the key columns
+    shown beside examples (derived columns for ``sequences``).
+
+    Only those columns are read: the review texts, descriptions and titles, most of the bytes,
+    are never checked by a row expectation.
+    """
     from validation.derived import SEQUENCE_CHECK_FIELDS, read_fields, sequence_check_columns
 
     if table_name == "sequences":
         return sequence_check_columns(read_fields(part, SEQUENCE_CHECK_FIELDS))
-    arrow = pq.read_table(part)
+    wanted = {e["kwargs"]["column"] for e in suite["expectations"] if e["meta"]["scope"] == ROW_SCOPE} | set(INDEX_COLUMNS[table_name])
     # List columns (categories, features) have no row expectations.
-    return arrow.select([f.name for f in arrow.schema if not pa.types.is_nested(f.type)])
+    columns = [f.name for f in pq.read_schema(part) if f.name in wanted and not pa.types.is_nested(f.type)]
+    return pq.read_table(part, columns=columns)
 
 
 def check_part(part: str, table: str, suite: dict[str, Any], parameters: dict[str, Any], examples: int) -> dict[str, CheckResult]:
     """Dask task: read one part file and check the suite's row expectations on it."""
-    return check_partition(read_partition(table, part), table, suite, parameters, examples)
+    return check_partition(read_partition(table, part, suite), table, suite, parameters, examples)
