@@ -392,7 +392,8 @@ def write_validation(domains: list[DomainRelease], release_dir: Path) -> Path:
     summary = {
         "critical_failures": sum(int(d.validation["critical_failures"]) for d in domains),
         "success": all(bool(d.validation["success"]) for d in domains),
-        "configs": {d.config: d.validation for d in domains},
+        # The run folder is named, not where it sat on the machine that built the release.
+        "configs": {d.config: {**d.validation, "run": Path(str(d.validation.get("run", d.domain))).name} for d in domains},
     }
     path = release_dir / "validation" / "summary.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -125,6 +125,7 @@ def test_release_has_the_design_layout_and_a_manifest_with_every_checksum(releas
         assert sha256_file(released / name) == info["sha256"], name
     summary = json.loads((released / "validation" / "summary.json").read_text())
     assert summary["critical_failures"] == 0 and set(summary["configs"]) == {"grocery", "office"}
+    assert "/" not in json.dumps({c: v["run"] for c, v in summary["configs"].items()})  # no local folders published
     # The item catalog holds every item a released row mentions, and nothing else.
     items = pq.read_table(released / "data" / "grocery_items").to_pylist()
     mentioned = set()
