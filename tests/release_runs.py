@@ -169,6 +169,7 @@ def make_run(
 def write_validation(run: Path, critical_failures: int) -> None:
     """A validation result of the shape `rrec validate` writes, with ``critical_failures`` failures."""
     summary = {
+        "run": str(Path(run).resolve()),  # rrec validate records where the run folder is
         "critical_failures": critical_failures,
         "success": critical_failures == 0,
         "suites": {"sequences": {"success": critical_failures == 0, "expectations": []}},
