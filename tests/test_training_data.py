@@ -35,7 +35,7 @@ def test_load_split_pins_the_registry_tag_and_reads_release_rows(registry):
 
 
 def test_unknown_version_is_a_clear_error(registry):
-    with pytest.raises(ValueError, match=r"v9\.9\.9 is not in the registry .*published versions: v1\.0\.0"):
+    with pytest.raises(ValueError, match=r"v9\.9\.9 is not in registry .*available: v1\.0\.0"):
         load_split(str(registry), "grocery", "v9.9.9", "train")
 
 

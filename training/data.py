@@ -17,54 +17,14 @@ where they came from, and turns rows into chat examples.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import datasets
 
-from release.checksums import read_manifest
-from release.loading import load_release
-from release.pull import is_local_source
-from release.registry import Registry, version_tag
+from release.loading import DatasetSource, load_release, resolve_source
 from training.prompts import PromptSettings, build_completion, build_messages
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DatasetSource:
-    """A resolved release: what was asked for and the exact version read."""
-
-    dataset: str
-    config: str
-    revision: str | None
-    kind: str  # "hub", "registry" or "folder"
-    commit: str | None = None
-
-    def to_dict(self) -> dict[str, str | None]:
-        return asdict(self)
-
-
-def resolve_source(dataset: str, config: str, revision: str | None) -> DatasetSource:
-    """Pin ``dataset`` to one version: a registry's newest tag when ``revision`` is None."""
-    if not is_local_source(dataset):
-        if dataset.count("/") != 1 or dataset.startswith((".", "/", "~")):
-            raise ValueError(f"{dataset} is neither an existing registry or release folder nor a Hub dataset id ORG/NAME")
-        return DatasetSource(dataset, config, revision, "hub")
-    path = Path(dataset).expanduser().resolve()
-    registry = Registry(path)
-    if registry.exists:
-        versions = registry.versions()
-        if not versions:
-            raise ValueError(f"the registry {path} has no released version yet; publish one with `rrec release`")
-        if revision is None:
-            revision = versions[-1]
-            log.info("no revision given: using the newest version %s of %s", revision, path)
-        if version_tag(revision) not in versions:
-            raise ValueError(f"version {revision} is not in the registry {path} (published versions: {', '.join(versions)})")
-        return DatasetSource(str(path), config, version_tag(revision), "registry", registry.commit_of(revision))
-    # A pulled folder names its own version; loading verifies it against ``revision`` if given.
-    return DatasetSource(str(path), config, revision or read_manifest(path).get("tag"), "folder")
 
 
 def load_resolved(source: DatasetSource, split: str, config: str | None = None) -> datasets.Dataset:
