@@ -11,7 +11,8 @@ from release_fixture import make_release
 from typer.testing import CliRunner
 
 from training.cli import register
-from training.variants import VARIANTS, markdown_table
+from training.paper_variants import VARIANTS
+from training.variants import markdown_table
 
 METRICS = {"HR@1", "HR@5", "NDCG@5", "n", "gen_HR@1", "valid_rate", "hallucination_rate"}
 

@@ -74,11 +74,12 @@ def evaluate_command(
     refused: the prompt shows every candidate or none (DESIGN.md, "Evaluation protocol").
     """
     from core.cli_common import settings_for
-    from training.evaluate import VARIANT_INFERS_RATIONALE, EvalSettings, default_variant, evaluate
+    from training.evaluate import EvalSettings, default_variant, evaluate
     from training.metrics import write_results
+    from training.paper_variants import BY_NAME
 
     chosen = (variant or default_variant(model)).upper()
-    if chosen not in VARIANT_INFERS_RATIONALE:
+    if chosen not in BY_NAME:
         raise ValueError(f"--variant must be A, B or C, not {variant!r}")
     options = dataset_options(subset, config, settings_file)
     settings, _ = settings_for(
@@ -95,7 +96,7 @@ def evaluate_command(
         prompt_seed=prompt_seed,
         generations=generations or output.with_name(f"{output.stem}.{chosen}.generations.parquet"),
     )
-    infer_rationale = VARIANT_INFERS_RATIONALE[chosen]
+    infer_rationale = BY_NAME[chosen].infers_rationale
     metrics = evaluate(model, dataset, options.subset, revision, infer_rationale=infer_rationale, settings=settings)
     json_path, table_path = write_results(output, options.subset, {chosen: metrics})
     typer.echo(table_path.read_text(encoding="utf-8"))

@@ -49,12 +49,12 @@ from training.metrics import (
     ranking_metrics,
     target_rank,
 )
+from training.paper_variants import BY_NAME
 from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_messages, check_candidate_protocol
 
 log = logging.getLogger(__name__)
 
 Variant = Literal["A", "B", "C"]
-VARIANT_INFERS_RATIONALE: dict[str, bool] = {"A": True, "B": False, "C": True}
 
 GENERATIONS_SCHEMA = pa.schema(
     [
@@ -138,7 +138,7 @@ def default_variant(model_dir: Path) -> Variant:
     record = read_training_config(model_dir)
     if record.get("with_rationale") is False:
         return "C"
-    return record.get("variant") if record.get("variant") in VARIANT_INFERS_RATIONALE else "A"
+    return record.get("variant") if record.get("variant") in BY_NAME else "A"
 
 
 class CandidateScorer:

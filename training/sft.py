@@ -40,12 +40,12 @@ from training.models import (
     training_dtype,
     write_training_config,
 )
+from training.paper_variants import BY_NAME
 from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_user_turn, system_prompt
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
-VARIANTS_WITH_RATIONALE = {"A": True, "B": True, "C": False}
 
 
 class SFTSettings(StageSettings):
@@ -85,7 +85,7 @@ class SFTSettings(StageSettings):
 
     @property
     def with_rationale(self) -> bool:
-        return VARIANTS_WITH_RATIONALE[self.variant]
+        return BY_NAME[self.variant].trained_with_rationale
 
     def prompt_settings(self) -> PromptSettings:
         return PromptSettings(history_k=self.history_k, num_candidates=self.num_candidates, seed=self.seed)

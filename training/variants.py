@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.models import TRAINING_CONFIG, read_training_config
+from training.paper_variants import VARIANTS, Variant
 from training.sft import SFTSettings, run_sft
 
 if TYPE_CHECKING:
@@ -41,21 +41,6 @@ GRPO_ROW = "SFT+GRPO"
 GRPO_DIR = "A_grpo"
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One row of the variants table: which SFT run it uses and how it is prompted at inference."""
-
-    name: str
-    trained_with_rationale: bool
-    infers_rationale: bool
-
-    @property
-    def model_variant(self) -> str:
-        """The SFT run the variant evaluates (B reuses A's model)."""
-        return "A" if self.trained_with_rationale else "C"
-
-
-VARIANTS = (Variant("A", True, True), Variant("B", True, False), Variant("C", False, True))
 # Variant A's model trained further with GRPO, prompted as A.
 GRPO_VARIANT = Variant(GRPO_ROW, True, True)
 
