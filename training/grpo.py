@@ -25,7 +25,6 @@ import torch
 from pydantic import Field
 
 from core.config import StageSettings
-from core.rationale_format import FORMAT_VERSION
 from training.data import catalog_config, load_resolved, load_split_with_source
 from training.models import (
     BASE_MODEL_DIR,
@@ -35,9 +34,9 @@ from training.models import (
     load_for_training,
     read_training_config,
     training_dtype,
-    write_training_config,
+    write_run_record,
 )
-from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_messages, select_candidates
+from training.prompts import PromptSettings, build_messages, select_candidates
 from training.rewards import catalog_keys, format_reward, hit_reward, rank_reward, reward_group_std, validity_reward
 from training.sft import CHECKPOINTS_DIR, check_report_to, prepare_output_dir
 
@@ -233,10 +232,13 @@ def run_grpo(
     tokenizer.save_pretrained(output_dir)
 
     reward_means = _last_reward_means(trainer.state.log_history)
-    write_training_config(
+    write_run_record(
         output_dir,
+        "grpo",
+        source.to_dict(),
+        trainer,
+        resume_from,
         {
-            "stage": "grpo",
             "variant": sft_record.get("variant"),
             "with_rationale": sft_record.get("with_rationale", True),
             "sft_model": str(sft_dir.resolve()),
@@ -245,13 +247,8 @@ def run_grpo(
             # The prompt actually used, under the names evaluation reads back (history_k, ...).
             "settings": {**settings.model_dump(), "training_seed": settings.seed, **prompts.model_dump()},
             "prompt_settings": prompts.model_dump(),
-            "dataset": source.to_dict(),
-            "prompt_version": STUDENT_PROMPT_VERSION,
-            "format_version": FORMAT_VERSION,
             "rows": {"train": len(grpo_prompts.dataset), "skipped_without_title": grpo_prompts.skipped_without_title},
             "rewards_last": reward_means,
-            "global_step": trainer.state.global_step,
-            "resumed_from": resume_from,
         },
     )
     log.info("GRPO finished after %d steps; last reward means: %s", trainer.state.global_step, reward_means)

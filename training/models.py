@@ -173,6 +173,28 @@ def write_training_config(model_dir: Path, record: dict[str, Any]) -> None:
     (Path(model_dir) / TRAINING_CONFIG).write_text(json.dumps(record, indent=2, sort_keys=True, default=str), encoding="utf-8")
 
 
+def write_run_record(
+    model_dir: Path, stage: str, dataset: dict[str, Any], trainer: Any, resumed_from: str | None, fields: dict[str, Any]
+) -> None:
+    """The training record of an SFT or GRPO run: what both write alike (the dataset version
+    read, prompt and format versions, steps, resume point) plus the stage's own ``fields``."""
+    from core.rationale_format import FORMAT_VERSION
+    from training.prompts import STUDENT_PROMPT_VERSION
+
+    write_training_config(
+        model_dir,
+        {
+            "stage": stage,
+            **fields,
+            "dataset": dataset,
+            "prompt_version": STUDENT_PROMPT_VERSION,
+            "format_version": FORMAT_VERSION,
+            "global_step": trainer.state.global_step,
+            "resumed_from": resumed_from,
+        },
+    )
+
+
 def is_adapter(model_dir: Path) -> bool:
     return (Path(model_dir) / "adapter_config.json").exists()
 

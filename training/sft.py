@@ -27,7 +27,6 @@ import torch
 from pydantic import Field
 
 from core.config import StageSettings
-from core.rationale_format import FORMAT_VERSION
 from training.data import catalog_config, load_resolved, load_split_with_source, to_chat_examples
 from training.loss_parts import completion_losses
 from training.models import (
@@ -38,10 +37,10 @@ from training.models import (
     build_tiny,
     load_pretrained,
     training_dtype,
-    write_training_config,
+    write_run_record,
 )
 from training.paper_variants import BY_NAME
-from training.prompts import STUDENT_PROMPT_VERSION, PromptSettings, build_user_turn, system_prompt
+from training.prompts import PromptSettings, build_user_turn, system_prompt
 
 log = logging.getLogger(__name__)
 
@@ -311,18 +310,18 @@ def run_sft(
     log.info("evaluation loss on item tokens %s, on rationale tokens %s", parts.item, parts.rationale)
 
     _save(trainer, tokenizer, output_dir, settings)
-    write_training_config(
+    write_run_record(
         output_dir,
+        "sft",
+        source.to_dict(),
+        trainer,
+        resume_from,
         {
-            "stage": "sft",
             "variant": settings.variant,
             "with_rationale": settings.with_rationale,
             "base_model": base_name,
             "adapter": not settings.full and not settings.merge,
             "settings": settings.model_dump(),
-            "dataset": source.to_dict(),
-            "prompt_version": STUDENT_PROMPT_VERSION,
-            "format_version": FORMAT_VERSION,
             "rows": {
                 "train": len(train.dataset),
                 "eval": len(evaluation.dataset),
@@ -338,8 +337,6 @@ def run_sft(
             # Which rows, compactly: A and C of one release show the same two fingerprints.
             "rows_fingerprint": {"train": rows_fingerprint(train.dataset), "eval": rows_fingerprint(evaluation.dataset)},
             "best_checkpoint": trainer.state.best_model_checkpoint,
-            "global_step": trainer.state.global_step,
-            "resumed_from": resume_from,
         },
     )
     if eval_loss_before is not None and not math.isnan(eval_loss_before):
