@@ -120,19 +120,8 @@ def read_block_with_pyarrow(path: str, start: int, end: int) -> int:
     import pyarrow as pa
     import pyarrow.json as pajson
 
-    schema = pa.schema(
-        [
-            ("rating", pa.float64()),
-            ("title", pa.string()),
-            ("text", pa.string()),
-            ("asin", pa.string()),
-            ("parent_asin", pa.string()),
-            ("user_id", pa.string()),
-            ("timestamp", pa.int64()),
-            ("helpful_vote", pa.int64()),
-            ("verified_purchase", pa.bool_()),
-        ]
-    )
+    from pipeline.ingest.records import RAW_REVIEW as schema
+
     with open(path, "rb") as handle:
         handle.seek(start)
         data = handle.read(end - start)

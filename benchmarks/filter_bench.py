@@ -33,34 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DOMAIN = "Grocery_and_Gourmet_Food"
-
-
-def _rrec(*args: str) -> None:
-    rrec = Path(sys.executable).with_name("rrec")
-    subprocess.run([str(rrec), *args], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-
-
-def prepare_run(workdir: Path, users: int, workers: int) -> Path:
-    """A run folder with ingest .. annotate done (kept between invocations)."""
-    data, run = workdir / "data", workdir / "runs" / DOMAIN
-    if not data.exists():
-        _rrec("sample", "--out", str(data), "--domains", DOMAIN, "--users", str(users), "--no-gzip")
-    reviews, meta = data / f"{DOMAIN}.jsonl", data / f"meta_{DOMAIN}.jsonl"
-    common = ["--run", str(run), "--workers", str(workers)]
-    _rrec("ingest", *common, "--reviews", str(reviews), "--meta", str(meta), "--domain", DOMAIN)
-    _rrec("sequences", *common)
-    _rrec("annotate", *common, "--splits", "train,validation,test")
-    return run
-
-
-def extract_baseline(revision: str, into: Path) -> Path:
-    """The baseline commit's ``core/`` and ``pipeline/`` packages under ``into`` (for PYTHONPATH)."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "core", "pipeline"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
+from benchmarks.common import extract_baseline, prepare_run
 
 
 def measure(run: Path, workers: int, partitions: int, pythonpath: Path | None) -> dict[str, object]:
@@ -156,8 +129,8 @@ def main() -> int:
         return 0
 
     workdir = args.workdir / f"users-{args.users}"
-    run = args.run or prepare_run(workdir, args.users, args.workers)
-    sides = {"baseline": extract_baseline(args.baseline, workdir / f"baseline-{args.baseline}"), "current": None}
+    run = args.run or prepare_run(workdir, args.users, args.workers, "filter", ("--splits", "train,validation,test"))
+    sides = {"baseline": extract_baseline(args.baseline, workdir / f"baseline-{args.baseline}", ("core", "pipeline")), "current": None}
     times: dict[str, list[dict[str, object]]] = {side: [] for side in sides}
     for repeat in range(args.repeats):
         for side, path in sides.items():

@@ -33,34 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DOMAIN = "Grocery_and_Gourmet_Food"
-
-
-def _rrec(*args: str) -> None:
-    rrec = Path(sys.executable).with_name("rrec")
-    subprocess.run([str(rrec), *args], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-
-
-def prepare_run(workdir: Path, users: int, workers: int) -> Path:
-    """A run folder with ingest .. filter done (kept between invocations)."""
-    data, run = workdir / "data", workdir / "runs" / DOMAIN
-    if not data.exists():
-        _rrec("sample", "--out", str(data), "--domains", DOMAIN, "--users", str(users))
-    reviews, meta = data / f"{DOMAIN}.jsonl", data / f"meta_{DOMAIN}.jsonl"
-    common = ["--run", str(run), "--workers", str(workers)]
-    _rrec("ingest", *common, "--reviews", str(reviews), "--meta", str(meta), "--domain", DOMAIN)
-    for stage in ("sequences", "annotate", "filter"):
-        _rrec(stage, *common)
-    return run
-
-
-def extract_baseline(revision: str, into: Path) -> Path:
-    """The baseline commit's ``validation/`` package under ``into`` (for PYTHONPATH)."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "validation"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
+from benchmarks.common import extract_baseline, prepare_run
 
 
 def measure(run: Path, workers: int, pythonpath: Path | None, summary_out: Path) -> dict[str, float]:
@@ -143,8 +116,8 @@ def main() -> int:
         return 0
 
     workdir = args.workdir / f"users-{args.users}"
-    run = prepare_run(workdir, args.users, args.workers)
-    baseline_path = extract_baseline(args.baseline, workdir / f"baseline-{args.baseline}")
+    run = prepare_run(workdir, args.users, args.workers, "validate")
+    baseline_path = extract_baseline(args.baseline, workdir / f"baseline-{args.baseline}", ("validation",))
     sides = {"baseline": baseline_path, "current": None}
     times: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     for repeat in range(args.repeats):
