@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,3 +42,22 @@ def extract_baseline(revision: str, into: Path, packages: tuple[str, ...]) -> Pa
     archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, *packages], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def measure_driver(script: str, args: list[str], pythonpath: Path | None) -> dict[str, object]:
+    """Run ``script --driver ARGS`` in a fresh process (with ``pythonpath`` first: a baseline's
+    code) and return the JSON it prints last, plus the whole process's seconds."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, script, "--driver", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tempfile.gettempdir(),  # not the repository: its packages would shadow the baseline's
+    )
+    process_s = time.perf_counter() - started
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "process_s": round(process_s, 2)}

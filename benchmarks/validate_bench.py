@@ -27,31 +27,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import extract_baseline, prepare_run
+from benchmarks.common import extract_baseline, measure_driver, prepare_run
 
 
 def measure(run: Path, workers: int, pythonpath: Path | None, summary_out: Path) -> dict[str, float]:
     """One validation in a fresh process; seconds of the validation and of the whole process."""
-    env = dict(os.environ)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, __file__, "--driver", str(run), "--workers", str(workers), "--output", str(summary_out)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tempfile.gettempdir(),  # not the repository: its validation/ would shadow the baseline's
-    )
-    process_s = time.perf_counter() - started
-    return {**json.loads(result.stdout.strip().splitlines()[-1]), "process_s": round(process_s, 2)}
+    return measure_driver(__file__, [str(run), "--workers", str(workers), "--output", str(summary_out)], pythonpath)
 
 
 def driver(run: Path, workers: int, output: Path) -> None:
