@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real subprocesses and stages: tens of seconds
+
 RRECT = Path(sys.executable).with_name("rrec")
 
 

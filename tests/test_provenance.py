@@ -17,6 +17,8 @@ from pipeline.sequences import SEQUENCES, SequencesSettings
 from release.layout import ReleaseError, check_domain
 from validation.runner import VALIDATE, ValidateSettings
 
+pytestmark = pytest.mark.slow  # real subprocesses and stages: tens of seconds
+
 DOMAIN = "Office_Products"
 
 

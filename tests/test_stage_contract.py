@@ -27,6 +27,8 @@ from core.stage import RunDir, StageError
 from pipeline.ingest import IngestSettings, run_ingest
 from pipeline.sequences import SequencesSettings, run_sequences
 
+pytestmark = pytest.mark.slow  # real subprocesses and stages: tens of seconds
+
 RREC = str(Path(sys.executable).with_name("rrec"))
 SEQUENCE_OPTIONS = ["--k", "5", "--num-negatives", "10", "--events-per-partition", "60", "--workers", "1"]
 
