@@ -36,7 +36,12 @@ REASONS: tuple[Reason, ...] = (
     Reason("wrong_type", "ingest", "a field has a type the schema does not allow (detail: the field)", takes_detail=True),
     Reason("invalid_utf8", "ingest", "a text field holds bytes or escapes that are not valid UTF-8 (detail: the field)", takes_detail=True),
     Reason("out_of_range", "ingest", "a value outside the valid-record ranges of core/records.py (detail: the field)", takes_detail=True),
-    Reason("invalid_id", "ingest", "an item id that does not match the item-id pattern of core/records.py (detail: the field)", takes_detail=True),
+    Reason(
+        "invalid_id",
+        "ingest",
+        "an item id that does not match the item-id pattern of core/records.py (detail: the field)",
+        takes_detail=True,
+    ),
     Reason("unreadable_parquet", "ingest", "a Parquet file (line 0) or row group that cannot be read"),
     Reason("truncated_gzip", "ingest", "the gzip file ends before its stream does; every line before the cut is kept"),
     Reason("corrupt_gzip", "ingest", "the gzip stream is damaged from here on; every line before the damage is kept"),
