@@ -199,24 +199,31 @@ def _ordered_first_pairs(
     return order[first_of_pairs(user_code[order], item_code[order], num_items)]
 
 
-def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> Selection:
-    """Dedupe, k-core, user sampling and chronological ordering of the ``interactions`` table.
+@dataclass
+class _Coded:
+    """The interactions as integer codes after the pair dedupe, in chronological order per user."""
 
-    Every input row is either kept or counted under a reject reason: ``missing_key`` (null
-    user, item or timestamp), ``duplicate_pair`` (a later review of the same user and item),
-    ``kcore`` (removed by the k-core) or ``not_sampled`` (user left out by ``sample_users``).
-    """
-    rows_in = interactions.num_rows
-    rejects: dict[str, int] = {}
-    table = interactions
+    user_code: np.ndarray
+    item_code: np.ndarray
+    order: np.ndarray
+    """Row positions (into ``timestamp`` and ``rating``) of the kept pairs."""
+    timestamp: np.ndarray
+    rating: np.ndarray
+    user_values: pa.Array
+    item_dictionary: pa.Array
+    rank: np.ndarray
+    """Each user code's rank in user_id order."""
+
+
+def _drop_missing_keys(table: pa.Table) -> pa.Table:
     if any(table[name].null_count for name in ("user_id", "parent_asin", "timestamp")):
-        has_keys = pc.and_(
-            pc.and_(pc.is_valid(table["user_id"]), pc.is_valid(table["parent_asin"])),
-            pc.is_valid(table["timestamp"]),
-        )
+        has_keys = pc.and_(pc.and_(pc.is_valid(table["user_id"]), pc.is_valid(table["parent_asin"])), pc.is_valid(table["timestamp"]))
         table = table.filter(has_keys)
-    rejects["missing_key"] = rows_in - table.num_rows
+    return table
 
+
+def _code_and_dedupe(table: pa.Table) -> _Coded:
+    """Code users and items, order each user's events, keep the first review of each pair."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         # Items are coded in a second thread while this one codes users. Users are numbered in
         # order of appearance; their sorted order, which the output follows, is found while the
@@ -245,69 +252,85 @@ def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> 
         second_half = pool.submit(
             _ordered_first_pairs, np.flatnonzero(~in_first_half), user_code, item_code, timestamp, len(item_dictionary)
         )
-        order = np.concatenate(
-            [
-                _ordered_first_pairs(np.flatnonzero(in_first_half), user_code, item_code, timestamp, len(item_dictionary)),
-                second_half.result(),
-            ]
-        )
-        del in_first_half
+        first_half = _ordered_first_pairs(np.flatnonzero(in_first_half), user_code, item_code, timestamp, len(item_dictionary))
+        order = np.concatenate([first_half, second_half.result()])
         rank = user_order.result()[1]
-    rejects["duplicate_pair"] = int(len(user_code) - len(order))
-    user_code, item_code = user_code[order], item_code[order]
+    return _Coded(user_code, item_code, order, timestamp, rating, user_values, item_dictionary, rank)
 
-    counts: dict[str, Any] = {
-        "users_before_kcore": int(np.count_nonzero(np.bincount(user_code))),
-        "items_before_kcore": int(np.count_nonzero(np.bincount(item_code))),
-    }
-    keep, rounds = kcore_mask(user_code, item_code, settings.k)
-    rejects["kcore"] = int(len(keep) - keep.sum())
-    order, user_code, item_code = order[keep], user_code[keep], item_code[keep]
-    item_present = np.bincount(item_code, minlength=len(item_dictionary)) > 0
-    kept_users = np.flatnonzero(np.bincount(user_code, minlength=len(user_values)))
-    catalog_items = np.flatnonzero(item_present)
-    counts.update(
-        kcore_rounds=rounds,
-        users_after_kcore=len(kept_users),
-        items_after_kcore=len(catalog_items),
-        catalog_items=len(catalog_items),
-    )
 
-    if settings.sample_users is not None and settings.sample_users < len(kept_users):
-        keys = user_stream_keys(settings.seed, user_values.take(pa.array(kept_users)).to_pylist())
-        # The N users with the smallest keys: a uniform sample that grows by adding users as
-        # N grows, and that does not depend on the order of the input.
-        chosen = np.zeros(len(user_values), dtype=bool)
-        chosen[kept_users[np.lexsort((rank[kept_users], keys))[: settings.sample_users]]] = True
-        sampled = chosen[user_code]
-        rejects["not_sampled"] = int(len(sampled) - sampled.sum())
-        order, user_code, item_code = order[sampled], user_code[sampled], item_code[sampled]
-    else:
-        rejects["not_sampled"] = 0
+def _sample_users(coded: _Coded, kept_users: np.ndarray, settings: SequencesSettings) -> np.ndarray | None:
+    """Mask of the events of the ``sample_users`` sampled users, or None when all are kept."""
+    if settings.sample_users is None or settings.sample_users >= len(kept_users):
+        return None
+    keys = user_stream_keys(settings.seed, coded.user_values.take(pa.array(kept_users)).to_pylist())
+    # The N users with the smallest keys: a uniform sample that grows by adding users as
+    # N grows, and that does not depend on the order of the input.
+    chosen = np.zeros(len(coded.user_values), dtype=bool)
+    chosen[kept_users[np.lexsort((coded.rank[kept_users], keys))[: settings.sample_users]]] = True
+    return chosen[coded.user_code]
 
+
+def _user_events(coded: _Coded, item_present: np.ndarray) -> UserEvents:
+    """The kept events as one run per user, the runs in user_id order, items as catalog codes."""
+    user_code, order = coded.user_code, coded.order
     # Catalog codes: rank among the k-core items in parent_asin order (item codes are sorted).
     catalog_code = np.cumsum(item_present, dtype=np.int64).astype(np.int32) - 1
-    # Each user's events are one run; the runs go in user_id order.
     starts = np.flatnonzero(np.diff(user_code, prepend=-1)) if len(user_code) else np.zeros(0, dtype=np.int64)
     run_users = user_code[starts]
-    by_user_id = np.argsort(rank[run_users])
+    by_user_id = np.argsort(coded.rank[run_users])
     lengths = np.diff(np.append(starts, len(user_code)))[by_user_id]
     run_starts = starts[by_user_id]
     in_user_order, _ = concat_ranges(run_starts, run_starts + lengths)
     order = order[in_user_order]
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    events = UserEvents(
-        user_ids=user_values.take(pa.array(run_users[by_user_id])),
+    return UserEvents(
+        user_ids=coded.user_values.take(pa.array(run_users[by_user_id])),
         offsets=offsets,
-        item=catalog_code[item_code[in_user_order]],
-        rating=rating[order],
-        timestamp=timestamp[order],
+        item=catalog_code[coded.item_code[in_user_order]],
+        rating=coded.rating[order],
+        timestamp=coded.timestamp[order],
     )
+
+
+def select_interactions(interactions: pa.Table, settings: SequencesSettings) -> Selection:
+    """Dedupe, k-core, user sampling and chronological ordering of the ``interactions`` table.
+
+    Every input row is either kept or counted under a reject reason: ``missing_key`` (null
+    user, item or timestamp), ``duplicate_pair`` (a later review of the same user and item),
+    ``kcore`` (removed by the k-core) or ``not_sampled`` (user left out by ``sample_users``).
+    """
+    table = _drop_missing_keys(interactions)
+    rejects: dict[str, int] = {"missing_key": interactions.num_rows - table.num_rows}
+    coded = _code_and_dedupe(table)
+    del table
+    rejects["duplicate_pair"] = int(len(coded.user_code) - len(coded.order))
+    coded.user_code, coded.item_code = coded.user_code[coded.order], coded.item_code[coded.order]
+
+    counts: dict[str, Any] = {
+        "users_before_kcore": int(np.count_nonzero(np.bincount(coded.user_code))),
+        "items_before_kcore": int(np.count_nonzero(np.bincount(coded.item_code))),
+    }
+    keep, rounds = kcore_mask(coded.user_code, coded.item_code, settings.k)
+    rejects["kcore"] = int(len(keep) - keep.sum())
+    coded.order, coded.user_code, coded.item_code = coded.order[keep], coded.user_code[keep], coded.item_code[keep]
+    item_present = np.bincount(coded.item_code, minlength=len(coded.item_dictionary)) > 0
+    kept_users = np.flatnonzero(np.bincount(coded.user_code, minlength=len(coded.user_values)))
+    catalog_items = np.flatnonzero(item_present)
+    counts.update(
+        kcore_rounds=rounds, users_after_kcore=len(kept_users), items_after_kcore=len(catalog_items), catalog_items=len(catalog_items)
+    )
+
+    sampled = _sample_users(coded, kept_users, settings)
+    rejects["not_sampled"] = 0 if sampled is None else int(len(sampled) - sampled.sum())
+    if sampled is not None:
+        coded.order, coded.user_code, coded.item_code = coded.order[sampled], coded.user_code[sampled], coded.item_code[sampled]
+
+    events = _user_events(coded, item_present)
     counts.update(users_out=events.num_users, interactions_out=events.num_events)
     return Selection(
         events=events,
-        catalog_asins=item_dictionary.take(pa.array(catalog_items)),
+        catalog_asins=coded.item_dictionary.take(pa.array(catalog_items)),
         counts=counts,
         rejects_by_reason=rejects,
     )
