@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from core.cli_common import ConfigOpt, deprecated_alias, settings_for, user_errors
+from core.cli_common import ConfigOpt, SchedulerOpt, WorkersOpt, deprecated_alias, settings_for, user_errors
 
 RunsOpt = Annotated[
     list[Path],
@@ -74,6 +74,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         config: ConfigOpt = None,
+        workers: WorkersOpt = None,
+        scheduler: SchedulerOpt = None,
     ) -> None:
         """Release validated run folders as one versioned dataset (a config per domain).
 
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
         manifest with the sha256 of every file, then commits and tags vX.Y.Z in the local
         registry. An existing version is refused unless its data is unchanged.
         """
-        from core.config import load_config, section
+        from core.config import common, load_config, section
         from datacards.card import CardSettings
         from release.publish import ReleaseSettings, release_runs
         from release.registry import Registry
@@ -101,7 +103,13 @@ def register(app: typer.Typer) -> None:
             max_memory_gb=max_memory_gb,
         )
         card_settings = section(load_config(config), "card", CardSettings)
-        result = release_runs(run_dirs, registry, settings, card_settings)
+        common_settings = common(load_config(config), {"workers": workers, "scheduler": scheduler})
+        from pipeline.cluster import dask_client
+
+        # The release builder maps its joins, statistics and shards over the cluster (DESIGN:
+        # the same --workers/--scheduler as every stage).
+        with dask_client(common_settings.workers, common_settings.scheduler) as client:
+            result = release_runs(run_dirs, registry, settings, card_settings, client)
         if result.status == "already_released":
             typer.echo(
                 f"{result.tag} is already released in {result.registry} with the same data (commit {result.commit[:12]}); nothing to do."
