@@ -37,7 +37,7 @@ def bootstrap(values: np.ndarray, resamples: int, seed: int) -> dict[str, float]
 
 
 def summarise(ranks: Mapping[str, Mapping[str, np.ndarray]], seeds: Sequence[int], resamples: int, seed: int = 0) -> dict[str, Any]:
-    """``results.json``: world -> method -> metric -> {mean, low, high}, plus ``n``, ``seeds`` and ``A_minus_C``."""
+    """``results.json``: world -> method -> metric -> {mean, low, high}, plus ``n``, ``seeds``, ``A_minus_C`` and ``per_seed``."""
     results: dict[str, Any] = {}
     gaps: dict[str, Any] = {}
     n = 0
@@ -51,7 +51,14 @@ def summarise(ranks: Mapping[str, Mapping[str, np.ndarray]], seeds: Sequence[int
             metric: bootstrap(per_row(ranks[world]["A"], metric) - per_row(ranks[world]["C"], metric), resamples, seed)
             for metric in METRICS
         }
-    return {**results, "A_minus_C": gaps, "n": n, "seeds": list(seeds)}
+    per_seed = {
+        world: {
+            method: {metric: [float(per_row(r[None], metric).mean()) for r in ranks[world][method]] for metric in METRICS}
+            for method in METHODS
+        }
+        for world in WORLDS
+    }
+    return {**results, "A_minus_C": gaps, "per_seed": per_seed, "n": n, "seeds": list(seeds)}
 
 
 def _cell(stat: Mapping[str, float]) -> str:
@@ -69,6 +76,12 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines += ["| world | " + " | ".join(METRICS) + " |", "|" + "---|" * (1 + len(METRICS))]
     for world in WORLDS:
         lines.append(f"| {world} | " + " | ".join(_cell(results["A_minus_C"][world][m]) for m in METRICS) + " |")
+    lines += ["", "HR@1 per seed (the intervals above resample test rows, not seeds):", ""]
+    for world in WORLDS:
+        cells = ", ".join(
+            f"{m} {' / '.join(f'{100 * v:.1f}' for v in results['per_seed'][world][m]['HR@1'])}" for m in ("A", "C", "SFT+GRPO")
+        )
+        lines.append(f"- {world}: {cells}")
     if "reference" in results:
         lines += [
             "",
