@@ -20,8 +20,8 @@ import pipeline.judge
 import pipeline.sample
 import pipeline.sequences
 import release.cli
-import reproduce.cli
 import rrec.chain
+import rrec.reproduce.cli
 import training.cli
 import training.eval_cli
 import validation.cli
@@ -74,6 +74,6 @@ for command_module in (
     training.cli,
     training.eval_cli,
     rrec.chain,
-    reproduce.cli,
+    rrec.reproduce.cli,
 ):
     command_module.register(app)

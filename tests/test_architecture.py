@@ -3,7 +3,7 @@
 Layers, bottom up: ``core`` (the base) -> ``pipeline`` (the stages) -> ``validation``,
 ``datacards``, ``release`` (release may use the other two; no cycles) -> ``rrec`` (the CLI and
 ``rrec run``). ``training`` stands beside them and uses only ``core`` and ``release.loading``;
-``reproduce`` and ``benchmarks`` sit on top and may use everything.
+``benchmarks`` sits on top and may use everything.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "pipeline", "validation", "datacards", "release", "training", "reproduce", "rrec", "benchmarks")
+PACKAGES = ("core", "pipeline", "validation", "datacards", "release", "training", "rrec", "benchmarks")
 
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
@@ -25,8 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "datacards": {"core", "pipeline", "validation"},
     "release": {"core", "pipeline", "validation", "datacards"},
     "training": {"core", "release.loading"},
-    "rrec": {"core", "pipeline", "validation", "datacards", "release", "training", "reproduce"},
-    "reproduce": {"core", "pipeline", "validation", "datacards", "release", "training"},
+    "rrec": {"core", "pipeline", "validation", "datacards", "release", "training"},
     "benchmarks": {"core", "pipeline", "validation", "datacards", "release", "training"},
 }
 """What each package may import besides itself (a dotted entry allows that module only)."""

@@ -19,7 +19,7 @@ from pipeline.sample import SampleSettings
 
 REPO = Path(__file__).resolve().parent.parent
 RREC = Path(sys.executable).with_name("rrec")
-SOURCE_FOLDERS = ("core", "pipeline", "validation", "datacards", "release", "training", "rrec", "reproduce", "benchmarks")
+SOURCE_FOLDERS = ("core", "pipeline", "validation", "datacards", "release", "training", "rrec", "benchmarks")
 
 
 def test_a_misspelt_section_is_an_error_naming_the_known_ones(tmp_path: Path) -> None:

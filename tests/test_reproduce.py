@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reproduce.report import METHODS, METRICS, WORLDS, bootstrap, summarise
-from reproduce.world import BANDS, FOLLOW_UP, RULE_PROBABILITY, STORES, build_catalog, oracle_item, rule_rationale, user_sequence
+from rrec.reproduce.report import METHODS, METRICS, WORLDS, bootstrap, summarise
+from rrec.reproduce.world import BANDS, FOLLOW_UP, RULE_PROBABILITY, STORES, build_catalog, oracle_item, rule_rationale, user_sequence
 
 
 def _sequences(n: int) -> list:

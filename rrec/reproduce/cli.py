@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         control world whose rationales are shuffled across rows. Writes OUT/results.json,
         OUT/results.md and OUT/figure.png (95% bootstrap intervals).
         """
-        from reproduce.experiment import ExperimentSettings, run_experiment
+        from rrec.reproduce.experiment import ExperimentSettings, run_experiment
 
         settings = ExperimentSettings.quick() if quick else ExperimentSettings()
         if seeds is not None:

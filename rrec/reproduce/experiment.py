@@ -1,10 +1,10 @@
 """The known-answer experiment: build and release the world, train, evaluate, summarise.
 
-1. :mod:`reproduce.world` writes the world's raw files; ``rrec run``'s chain
+1. :mod:`rrec.reproduce.world` writes the world's raw files; ``rrec run``'s chain
    (:func:`rrec.chain.run_chain`: ingest, sequences with ``train_targets: all``, template
    annotation, self-filter, validation, card, release) releases it into ``OUT/world/registry``.
 2. Rationales: the released train rows get the world teacher's rationale
-   (:func:`reproduce.world.rule_rationale`, which states the three rules on the history the
+   (:func:`rrec.reproduce.world.rule_rationale`, which states the three rules on the history the
    prompt shows); in the **control** world the same rationales are shuffled across rows, so
    they carry no information about their row.
 3. Per seed: C (item only) once, A in each world, SFT+GRPO from each A
@@ -33,9 +33,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from reproduce.report import METHODS, WORLDS, summarise, write_outputs
-from reproduce.wordlm import WordModelSettings
-from reproduce.world import DOMAIN, build_catalog, oracle_item, rule_rationale, write_world
+from rrec.reproduce.report import METHODS, WORLDS, summarise, write_outputs
+from rrec.reproduce.wordlm import WordModelSettings
+from rrec.reproduce.world import DOMAIN, build_catalog, oracle_item, rule_rationale, write_world
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _ranks(
 
 def llm_ranks(out: Path, data: dict[str, Any], registry: Path, settings: ExperimentSettings, seed: int) -> dict[str, dict[str, np.ndarray]]:
     """Test-row ranks of A, B, C and SFT+GRPO in both worlds for one training seed."""
-    from reproduce.wordlm import tokenizer_texts, train_word_model, word_tokenizer
+    from rrec.reproduce.wordlm import tokenizer_texts, train_word_model, word_tokenizer
     from training.grpo import GRPOSettings, run_grpo
     from training.prompts import PromptSettings
 
