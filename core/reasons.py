@@ -118,3 +118,22 @@ def markdown_table(stage: str | None = None) -> str:
     lines = ["| stage | code | meaning |", "|---|---|---|"]
     lines += [f"| {r.stage} | `{r.code}{':FIELD' if r.takes_detail else ''}` | {r.description} |" for r in rows]
     return "\n".join(lines)
+
+
+def reasons_page() -> str:
+    """``docs/reject-reasons.md``: every registered reason, per stage (a test keeps the file equal)."""
+    sections = [
+        "# Reject reasons",
+        "",
+        "Every row a stage does not keep is counted under one of these codes (in `manifest.json`, the",
+        "`rejects` and `filter_rejects` tables and the data card). Generated from `core/reasons.py`:",
+        "`python -m core.reasons > docs/reject-reasons.md`. `:FIELD` marks a code recorded with the field",
+        "it concerns (`missing_field:title`).",
+    ]
+    for stage in dict.fromkeys(r.stage for r in REASONS):
+        sections += ["", f"## {stage}", "", markdown_table(stage)]
+    return "\n".join(sections) + "\n"
+
+
+if __name__ == "__main__":
+    print(reasons_page(), end="")

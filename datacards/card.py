@@ -28,6 +28,7 @@ from pydantic import Field
 
 from core.config import StageSettings
 from core.hashing import code_version
+from core.reasons import describe
 from core.schemas import ITEMS, ITEMS_SPLIT, RELEASE_ROW
 from datacards.figures import render_figures
 from datacards.provenance import (
@@ -247,6 +248,8 @@ def _config_context(stats: DomainStatistics, figures: dict[str, str]) -> dict[st
         "cost": cost,
         "filter_kept": f"{_number(stats.filter_passed)} of {_number(stats.annotated)} annotated rationales",
         "filter_rate": "n/a" if stats.filter_rate is None else f"{100 * stats.filter_rate:.1f}%",
+        # Each reason with its meaning from the one registry (core/reasons.py).
+        "filter_reasons": [(reason, n, describe(reason)) for reason, n in stats.filter_reasons.items()],
         "target_first": "n/a" if not stats.annotated else f"{100 * stats.filter_reasons.get('target_first', 0) / stats.annotated:.1f}%",
         "dropped": dropped,
         "judge_scores": judge_scores,

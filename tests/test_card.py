@@ -11,6 +11,7 @@ from huggingface_hub import DatasetCard
 from release_runs import make_run, rrec_commands
 from typer.testing import CliRunner
 
+from core.reasons import describe
 from datacards.card import CardSettings, build_card, size_category
 from datacards.statistics import category_of, domain_statistics
 from release.layout import load_domains, write_data
@@ -123,7 +124,8 @@ def test_card_reports_annotation_filter_reasons_and_judge_scores(carded: tuple[P
     text = (out / "README.md").read_text()
     stats = domain_statistics(domains[0])
     for reason, count in stats.filter_reasons.items():
-        assert f"| {reason} | {count:,} |" in text
+        # each reason with its meaning from the registry (core/reasons.py)
+        assert f"| `{reason}` | {describe(reason)} | {count:,} |" in text
     assert "annotator `template`" in text and "prompt version\n`teacher-v1`" in text
     assert "USD 0.0000" in text
     # grocery was judged (scores 0-3 with counts 1, 2, 3, 4); office was not.

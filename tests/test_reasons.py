@@ -37,3 +37,12 @@ def test_unregistered_reasons_are_refused(stage: str, reason: str) -> None:
 def test_the_registry_renders_for_docs() -> None:
     table = markdown_table("filter")
     assert "`not_grounded`" in table and "`kcore`" not in table
+
+
+def test_the_docs_page_of_reasons_is_generated_from_the_registry() -> None:
+    from pathlib import Path
+
+    from core.reasons import reasons_page
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "reject-reasons.md"
+    assert page.read_text(encoding="utf-8") == reasons_page(), "regenerate: python -m core.reasons > docs/reject-reasons.md"
