@@ -275,6 +275,8 @@ class RunDir:
         With ``resumable`` the temp folder is named by the fingerprint and survives a kill or an
         interrupt (not an error), so the next attempt with the same fingerprint finds the parts
         already written.
+
+        One function on purpose: the commit protocol (lock, temp folder, reason check, hashes, manifest entry removed, renames, entry written) is safe only in this order, which reads best in one place.
         """
         with _out_of_space_is_a_stage_error(self.path, name), self._lock():
             resume_dir = self.path / f"{TMP_PREFIX}{name}-resume-{fingerprint[:16]}" if resumable else None

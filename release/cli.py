@@ -43,6 +43,12 @@ def print_load_hint(source: str, tag: str, configs: list[str]) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``rrec release``, ``rrec card`` and ``rrec pull`` to the CLI.
+
+    Long only in declarations: each command's options are typer annotations (their help texts
+    are the commands' --help), and each body is a few calls (release_runs, build_card, pull_release).
+    """
+
     @app.command("release", context_settings=MANY_VALUES)
     @user_errors
     def release_command(

@@ -161,7 +161,10 @@ def run_grpo(
     resume: bool = False,
     force: bool = False,
 ) -> GRPOResult:
-    """Train the SFT model in ``sft_dir`` with GRPO on the train split of a release; save to ``output_dir``."""
+    """Train the SFT model in ``sft_dir`` with GRPO on the train split of a release; save to ``output_dir``.
+
+    Long on purpose, as TRL's own scripts are: one linear script over GRPOTrainer (check, load, configure, train, save, record) reads best in the order it runs.
+    """
     from accelerate.utils import is_peft_model
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer

@@ -259,6 +259,8 @@ def run_sft(
     tokenizer, ``training_config.json`` and ``checkpoints/``; the tiny model's base is kept in
     ``base_model/``. Evaluation uses the validation split (for rationale variants, held-out
     train rows when validation rows carry no rationale).
+
+    Long on purpose, as TRL's own scripts are: one linear script over SFTTrainer (check, load, split, configure, train, evaluate, record) reads best in the order it runs.
     """
     from peft import LoraConfig
     from transformers import EarlyStoppingCallback

@@ -165,6 +165,8 @@ def sequences_suite() -> gx.ExpectationSuite:
     """Expectations of the ``sequences`` table (leave-one-out examples with candidates).
 
     A declarative list, long because the table has many rules.
+
+    Long only as a declarative list: one entry per expectation, each with its severity and description.
     """
     return gx.ExpectationSuite(
         name="sequences",
@@ -269,6 +271,8 @@ def filtered_suite() -> gx.ExpectationSuite:
     """Expectations of the ``filtered`` table (rationales kept by the self-filter).
 
     A declarative list, long because the table has many rules.
+
+    Long only as a declarative list: one entry per expectation, each with its severity and description.
     """
     return gx.ExpectationSuite(
         name="filtered",

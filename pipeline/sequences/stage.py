@@ -132,6 +132,8 @@ class SequencesStage(Stage[SequencesSettings]):
         )
 
     def run(self, ctx: StageContext[SequencesSettings]) -> None:
+        """One function on purpose: the driver's phases overlap (workers warm up and items are read while the selection runs; partitions are submitted as their inputs are written), which reads best in the order it happens."""
+
         from core.progress import gather_with_progress
 
         run_dir, settings, client, out = ctx.run, ctx.settings, ctx.client, ctx.out
