@@ -30,11 +30,9 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
@@ -42,65 +40,13 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import measure_tree  # noqa: E402
 from benchmarks.pipeline_bench import DOMAIN, warm_page_cache  # noqa: E402
+from core.stage import STAGE_ORDER  # noqa: E402
 
 CONFIG = "grocery"
 VERSION = "1.0.0"
 FLOOR_BLOCK = 64 << 20
-CHAIN_STAGES = ("ingest", "sequences", "annotate", "filter", "judge", "validate")
-
-
-@dataclass
-class Command:
-    """One measured command: wall time, peak memory of its largest process and of the whole tree."""
-
-    wall_s: float
-    peak_process_mb: float
-    peak_tree_mb: float
-    processes: int
-    returncode: int
-
-
-def measure_tree(cmd: list[str], log_path: Path) -> Command:
-    """Run ``cmd``; wall time and the peak RSS per process and summed over its process tree (50 ms samples)."""
-    with open(log_path, "w") as log:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        root = psutil.Process(proc.pid)
-        per_process: dict[int, int] = {}
-        tree_peak = 0
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal tree_peak
-            while not done.is_set():
-                try:
-                    procs = [root, *root.children(recursive=True)]
-                except psutil.NoSuchProcess:
-                    procs = []
-                total = 0
-                for p in procs:
-                    try:
-                        rss = p.memory_info().rss
-                    except psutil.NoSuchProcess:
-                        continue
-                    total += rss
-                    per_process[p.pid] = max(per_process.get(p.pid, 0), rss)
-                tree_peak = max(tree_peak, total)
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        returncode = proc.wait()
-        wall = time.perf_counter() - started
-        done.set()
-        sampler.join()
-    if returncode != 0:
-        print(f"command failed ({returncode}): {' '.join(cmd)}; log: {log_path}", file=sys.stderr)
-        print(log_path.read_text()[-3000:], file=sys.stderr)
-    return Command(
-        round(wall, 2), round(max(per_process.values(), default=0) / 2**20, 1), round(tree_peak / 2**20, 1), len(per_process), returncode
-    )
 
 
 def newline_blocks(path: Path, block: int) -> list[tuple[int, int]]:
@@ -234,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     stages = json.loads((out / "runs" / DOMAIN / "manifest.json").read_text())["stages"]
-    stage_s = {name: stages[name]["wall_time_s"] for name in CHAIN_STAGES if name in stages}
-    after_sequences = sum(stage_s.get(name, 0.0) for name in CHAIN_STAGES[2:])
+    stage_s = {name: stages[name]["wall_time_s"] for name in STAGE_ORDER if name in stages}
+    after_sequences = sum(stage_s.get(name, 0.0) for name in STAGE_ORDER[2:])
     loaded = loads_back(out / "registry")
     release = json.loads((out / "registry" / "manifest.json").read_text())
     shard_bytes = [info["bytes"] for name, info in release["files"].items() if name.startswith(f"data/{CONFIG}/")]

@@ -1,4 +1,5 @@
-"""What the stage benchmarks share: running ``rrec``, a prepared run folder, a baseline commit's code."""
+"""What the benchmarks share: running ``rrec``, a prepared run folder, a baseline commit's code,
+and a command measured whole (wall time, peak memory of its process tree)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "Grocery_and_Gourmet_Food"
@@ -61,3 +66,56 @@ def measure_driver(script: str, args: list[str], pythonpath: Path | None) -> dic
     )
     process_s = time.perf_counter() - started
     return {**json.loads(result.stdout.strip().splitlines()[-1]), "process_s": round(process_s, 2)}
+
+
+@dataclass
+class Command:
+    """One measured command: wall time, peak memory of its largest process and of the whole tree."""
+
+    wall_s: float
+    peak_process_mb: float
+    peak_tree_mb: float
+    processes: int
+    returncode: int
+
+
+def measure_tree(cmd: list[str], log_path: Path) -> Command:
+    """Run ``cmd``; wall time and the peak RSS per process and summed over its process tree (50 ms samples)."""
+    with open(log_path, "w") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        root = psutil.Process(proc.pid)
+        per_process: dict[int, int] = {}
+        tree_peak = 0
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal tree_peak
+            while not done.is_set():
+                try:
+                    procs = [root, *root.children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    procs = []
+                total = 0
+                for p in procs:
+                    try:
+                        rss = p.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        continue
+                    total += rss
+                    per_process[p.pid] = max(per_process.get(p.pid, 0), rss)
+                tree_peak = max(tree_peak, total)
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        returncode = proc.wait()
+        wall = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    if returncode != 0:
+        print(f"command failed ({returncode}): {' '.join(cmd)}; log: {log_path}", file=sys.stderr)
+        print(log_path.read_text()[-3000:], file=sys.stderr)
+    return Command(
+        round(wall, 2), round(max(per_process.values(), default=0) / 2**20, 1), round(tree_peak / 2**20, 1), len(per_process), returncode
+    )

@@ -28,10 +28,7 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
-import threading
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from itertools import accumulate
@@ -41,6 +38,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks.common import measure_tree  # noqa: E402
 
 DOMAIN = "Grocery_and_Gourmet_Food"
 MASK = (1 << 64) - 1
@@ -53,45 +52,10 @@ class Measured:
     returncode: int
 
 
-def _tree_rss(process: psutil.Process) -> int:
-    total = 0
-    try:
-        procs = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
 def measure(cmd: list[str], log_path: Path) -> Measured:
     """Run ``cmd``; wall time and peak RSS summed over its whole process tree."""
-    with open(log_path, "w") as log:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        handle = psutil.Process(proc.pid)
-        peak = 0
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, _tree_rss(handle))
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        returncode = proc.wait()
-        wall = time.perf_counter() - started
-        done.set()
-        sampler.join()
-    if returncode != 0:
-        print(f"command failed ({returncode}): {' '.join(cmd)}; log: {log_path}", file=sys.stderr)
-        print(log_path.read_text()[-3000:], file=sys.stderr)
-    return Measured(round(wall, 2), round(peak / 2**20, 1), returncode)
+    measured = measure_tree(cmd, log_path)
+    return Measured(measured.wall_s, measured.peak_tree_mb, measured.returncode)
 
 
 def warm_page_cache(*paths: Path) -> None:
