@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 from annotation_data import make_run
+from kill_points import kill_when
 from openai_loopback import LoopbackOpenAI, Reply, messages_key
 
 from core.stage import RunDir, StageError
@@ -121,17 +122,9 @@ def test_template_annotate_killed_mid_stage_resumes_from_its_parts_and_equals_an
     config = tmp_path / "config.yaml"
     config.write_text("annotate:\n  partition_rows: 2\n")
     args = [RREC, "annotate", "--run", str(interrupted), "--config", str(config), "--workers", "1"]
-    with open(tmp_path / "annotate.log", "w") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not any(interrupted.glob(".tmp-annotate-*/annotations/part-00005.parquet")):
-            assert process.poll() is None, (tmp_path / "annotate.log").read_text()[-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    log = tmp_path / "annotate.log"
+    killed = kill_when(args, lambda: any(interrupted.glob(".tmp-annotate-*/annotations/part-00005.parquet")), log=log)
+    assert killed, log.read_text()[-2000:]
     assert RunDir(interrupted).entry("annotate") is None  # nothing half-committed
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 from annotation_data import make_run
+from kill_points import kill_when
 from test_hostile_filter import CASES, annotation_row, case_texts, forward_rationale, write_annotations
 
 from core.schemas import ANNOTATIONS
@@ -293,17 +292,8 @@ def test_a_killed_filter_resumes_from_its_complete_parts(tmp_path, dask_client):
     shutil.copytree(run, tmp_path / "reference")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     command = [sys.executable, "-c", FILTER_ONLY, "filter", "--run", str(run), "--workers", "1"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline and len(list(run.glob(".tmp-filter-*/filtered/part-*.parquet"))) < 5:
-            time.sleep(0.01)
-        assert process.poll() is None, "the filter ended before it could be killed"
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    killed = kill_when(command, lambda: len(list(run.glob(".tmp-filter-*/filtered/part-*.parquet"))) >= 5, env=env)
+    assert killed, "the filter ended before it could be killed"
     assert RunDir(run).entry("filter") is None
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -7,7 +7,6 @@ import gzip
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from ingest_fixtures import (
     rows,
     source,
 )
+from kill_points import kill_when
 from sequences_fixtures import tricky_reviews
 from typer.testing import CliRunner
 
@@ -260,28 +260,12 @@ def test_a_killed_ingest_resumes_from_its_complete_blocks(tmp_path, dask_client)
     args = ["--reviews", str(reviews), "--meta", str(meta_path), "--block-size", "16384", "--workers", "1"]
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", INGEST_ONLY, "ingest", "--run", str(run), *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline and len(list(run.glob(".tmp-ingest-*/blocks/part-*.json"))) < 5:
-            time.sleep(0.01)
-        assert process.poll() is None, "the ingest ended before it could be killed"
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    command = [sys.executable, "-c", INGEST_ONLY, "ingest", "--run", str(run), *args]
+    killed = kill_when(command, lambda: len(list(run.glob(".tmp-ingest-*/blocks/part-*.json"))) >= 5, env=env)
+    assert killed, "the ingest ended before it could be killed"
     assert RunDir(run).entry("ingest") is None and list(run.glob(".tmp-ingest-*/interactions/*.parquet"))
 
-    resumed = subprocess.run(
-        [sys.executable, "-c", INGEST_ONLY, "ingest", "--run", str(run), *args], env=env, capture_output=True, text=True, timeout=300
-    )
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     reference = run_ingest(
         tmp_path / "reference", IngestSettings(reviews=[str(reviews)], meta=[str(meta_path)], block_size=16384), dask_client

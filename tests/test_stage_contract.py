@@ -10,8 +10,6 @@ exactly the output of an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
+from kill_points import kill_when
 from sequences_fixtures import tricky_reviews, write_jsonl
 
 from core.hashing import hash_path
@@ -41,22 +40,9 @@ def ingest_args(run: Path, reviews: Path) -> list[str]:
     return ["ingest", "--run", str(run), "--reviews", str(reviews), "--block-size", "4096", "--workers", "1"]
 
 
-def run_and_kill_when(args: list[str], ready: Callable[[], bool], timeout: float = 120) -> bool:
+def run_and_kill_when(args: list[str], ready: Callable[[], bool]) -> bool:
     """Start `rrec args`, SIGKILL its process group as soon as ``ready()``; True if it was killed."""
-    process = subprocess.Popen([RREC, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while process.poll() is None and time.monotonic() < deadline:
-            if ready():
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                return True
-            time.sleep(0.002)
-        return False
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    return kill_when([RREC, *args], ready)
 
 
 def temp_exists(run: Path, pattern: str) -> Callable[[], bool]:
