@@ -56,3 +56,11 @@ def isolated_caches(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RREC_CACHE", str(tmp_path / "rrec-cache"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder whose tables pass every validation suite (tests/validation_fixtures.py)."""
+    from validation_fixtures import build_good_run
+
+    return build_good_run(tmp_path_factory)

@@ -22,7 +22,6 @@ from validation_fixtures import (
     _good_rows,
     _train_row,
     _write_table_only,
-    build_good_run,
     write_run,
 )
 
@@ -31,11 +30,6 @@ from core.stage import RunDir
 from validation.derived import compare_validation_with_test
 from validation.runner import ValidateSettings, run_validation, suite_parameters, validate_table
 from validation.suites import SUITES_DIR, TABLES, load_suite_json, write_suite_files
-
-
-@pytest.fixture(scope="module")
-def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_good_run(tmp_path_factory)
 
 
 def test_every_expectation_has_a_planted_defect() -> None:

@@ -17,7 +17,6 @@ from validation_fixtures import (
     DEFECTS,
     _good_rows,
     _write_table_only,
-    build_good_run,
     write_run,
 )
 
@@ -26,11 +25,6 @@ from core.stage import RunDir
 from core.tables import write_part
 from validation.runner import ValidateSettings, run_validation, suite_parameters, validate_table
 from validation.suites import TABLES, load_suite_json
-
-
-@pytest.fixture(scope="module")
-def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_good_run(tmp_path_factory)
 
 
 # -- the vectorised row engine equals GX's pandas engine ---------------------------------------------
