@@ -77,6 +77,8 @@ class StageContext(Generic[S]):
     client: Any
     """The Dask client (``distributed.Client``) the stage maps its partitions over."""
     out: StageOutput
+    plan: StagePlan
+    """This execution's plan; ``plan.resolved`` is what the stage resolved while planning."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class StagePlan:
     config: dict[str, Any]
     inputs: dict[str, str]
     upstream: dict[str, dict[str, str]]
+    resolved: Any = None
+    """What :meth:`Stage.resolve` found (ingest: the expanded, hashed raw files), once per command."""
 
 
 class Stage(ABC, Generic[S]):
@@ -102,11 +106,17 @@ class Stage(ABC, Generic[S]):
     """Whether a killed attempt's complete part files are kept and reused."""
 
     # -- what a stage may override ---------------------------------------------------------
-    def external_inputs(self, run: RunDir, settings: S) -> dict[str, str]:
+    def resolve(self, run: RunDir, settings: S) -> Any:
+        """Inputs outside the run folder, found once per command (None for most stages); the
+        plan carries the result to :meth:`external_inputs`, :meth:`fingerprint_config` and
+        :meth:`run` (``ctx.plan.resolved``), so nothing is expanded or hashed twice."""
+        return None
+
+    def external_inputs(self, run: RunDir, settings: S, resolved: Any) -> dict[str, str]:
         """Hashes of inputs outside the run folder (raw files); empty for most stages."""
         return {}
 
-    def fingerprint_config(self, settings: S) -> dict[str, Any]:
+    def fingerprint_config(self, settings: S, resolved: Any) -> dict[str, Any]:
         """The settings that change the outputs (all of them by default)."""
         return settings.model_dump(mode="json")
 
@@ -142,32 +152,38 @@ class Stage(ABC, Generic[S]):
         present = [s for s in self.optional_upstream if run.entry(s) is not None and s not in stale]
         upstream = {stage: self.consumed_outputs(run, stage) for stage in (*self.upstream, *present)}
         inputs = {f"{stage}/{name}": digest for stage, outputs in upstream.items() for name, digest in outputs.items()}
-        inputs.update(self.external_inputs(run, settings))
-        config = self.fingerprint_config(settings)
-        return StagePlan(run.fingerprint(self.name, config=config, inputs=inputs), config, inputs, upstream)
+        resolved = self.resolve(run, settings)
+        inputs.update(self.external_inputs(run, settings, resolved))
+        config = self.fingerprint_config(settings, resolved)
+        return StagePlan(run.fingerprint(self.name, config=config, inputs=inputs), config, inputs, upstream, resolved)
 
-    def is_current(self, run: Path | str | RunDir, settings: S) -> bool:
+    def is_current(self, run: Path | str | RunDir, settings: S, plan: StagePlan | None = None) -> bool:
         """Whether :meth:`execute` would skip (checked before a cluster is started)."""
         run = _run_dir(run)
         try:
-            plan = self.plan(run, settings)
+            plan = plan or self.plan(run, settings)
         except StageError:
             return False
         entry = run.entry(self.name)
         return entry is not None and run.is_current(self.name, plan.fingerprint) and self.can_skip(settings, entry)
 
-    def execute(self, run: Path | str | RunDir, settings: S, client: Any, force: bool = False) -> StageResult:
-        """Run the stage into run folder ``run`` unless it is current; returns what happened."""
+    def execute(
+        self, run: Path | str | RunDir, settings: S, client: Any, force: bool = False, plan: StagePlan | None = None
+    ) -> StageResult:
+        """Run the stage into run folder ``run`` unless it is current; returns what happened.
+
+        ``plan`` is one the caller already made for these settings (a command plans once to
+        decide, before starting a cluster, whether there is work at all)."""
         run = _run_dir(run)
         self.preflight(run, settings)
-        plan = self.plan(run, settings)
+        plan = plan or self.plan(run, settings)
         entry = run.entry(self.name)
         if not force and entry is not None and run.is_current(self.name, plan.fingerprint) and self.can_skip(settings, entry):
             log.info("%s: inputs and settings unchanged, skipping (use --force to rerun)", self.name)
             return StageResult(self.name, skipped=True, entry=entry)
         resumable = self.resumable and not force
         with run.stage(self.name, plan.fingerprint, plan.config, plan.inputs, plan.upstream, resumable=resumable) as out:
-            self.run(StageContext(run=run, settings=settings, client=client, out=out))
+            self.run(StageContext(run=run, settings=settings, client=client, out=out, plan=plan))
         return StageResult(self.name, skipped=False, entry=run.require(self.name))
 
 

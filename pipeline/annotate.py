@@ -195,7 +195,7 @@ class AnnotateStage(Stage[AnnotateSettings]):
         # Of ingest, only the items and interactions tables enrich the prompts.
         return {k: v for k, v in outputs.items() if k in ("items", "interactions")} if stage == "ingest" else outputs
 
-    def fingerprint_config(self, settings: AnnotateSettings) -> dict[str, Any]:
+    def fingerprint_config(self, settings: AnnotateSettings, resolved: Any = None) -> dict[str, Any]:
         return settings.output_config()
 
     def preflight(self, run: RunDir, settings: AnnotateSettings) -> None:

@@ -164,7 +164,7 @@ class JudgeStage(Stage[JudgeSettings]):
         wanted = {"filter": ("filtered",), "ingest": ("items",)}.get(stage)
         return {k: v for k, v in outputs.items() if k in wanted} if wanted else outputs
 
-    def fingerprint_config(self, settings: JudgeSettings) -> dict[str, Any]:
+    def fingerprint_config(self, settings: JudgeSettings, resolved: Any = None) -> dict[str, Any]:
         return settings.output_config()
 
     def preflight(self, run: RunDir, settings: JudgeSettings) -> None:

@@ -13,6 +13,7 @@ import typer
 
 from core.cli_common import settings_for
 from core.protocol import Stage, StageResult
+from core.stage import RunDir
 
 
 def run_stage_command(stage: Stage[Any], run: Path, config: Path | None, force: bool, /, **overrides: Any) -> StageResult:
@@ -24,12 +25,13 @@ def run_stage_command(stage: Stage[Any], run: Path, config: Path | None, force: 
     from pipeline.cluster import dask_client
 
     settings, common = settings_for(config, stage.name, stage.settings_type, **overrides)
-    if not force and stage.is_current(run, settings):
-        from core.stage import RunDir
-
-        result = StageResult(stage.name, skipped=True, entry=RunDir(run).require(stage.name))
+    run_dir = RunDir(Path(run).resolve())
+    stage.preflight(run_dir, settings)
+    plan = stage.plan(run_dir, settings)  # once: raw inputs are expanded and hashed a single time
+    if not force and stage.is_current(run_dir, settings, plan):
+        result = StageResult(stage.name, skipped=True, entry=run_dir.require(stage.name))
     else:
         with dask_client(common.workers, common.scheduler) as client:
-            result = stage.execute(run, settings, client, force=force)
+            result = stage.execute(run_dir, settings, client, force=force, plan=plan)
     typer.echo(stage.report(result))
     return result

@@ -169,7 +169,7 @@ class ValidateStage(Stage[ValidateSettings]):
     optional_upstream = ("sequences", "filter")
     settings_type = ValidateSettings
 
-    def external_inputs(self, run: RunDir, settings: ValidateSettings) -> dict[str, str]:
+    def external_inputs(self, run: RunDir, settings: ValidateSettings, resolved: Any = None) -> dict[str, str]:
         """The suite files: editing a suite makes the validation stale."""
         return {f"suite:{table}": hash_path(suite_file(table)) for table in TABLES}
 

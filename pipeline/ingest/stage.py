@@ -49,16 +49,15 @@ class IngestStage(Stage[IngestSettings]):
     settings_type = IngestSettings
     resumable = True
 
-    def preflight(self, run: RunDir, settings: IngestSettings) -> None:
-        # Inputs that match nothing or cannot be fetched fail before any cluster starts.
-        resolve_sources(settings)
+    def resolve(self, run: RunDir, settings: IngestSettings) -> IngestSources:
+        # Inputs that match nothing or cannot be fetched fail here, before any cluster starts.
+        return resolve_sources(settings)
 
-    def external_inputs(self, run: RunDir, settings: IngestSettings) -> dict[str, str]:
-        sources = resolve_sources(settings)
-        return {**sources.input_hashes, **sources.sidecar_hashes()}
+    def external_inputs(self, run: RunDir, settings: IngestSettings, resolved: IngestSources) -> dict[str, str]:
+        return {**resolved.input_hashes, **resolved.sidecar_hashes()}
 
-    def fingerprint_config(self, settings: IngestSettings) -> dict[str, Any]:
-        return {"domain": resolve_sources(settings).domain, "max_line_bytes": settings.max_line_bytes}
+    def fingerprint_config(self, settings: IngestSettings, resolved: IngestSources) -> dict[str, Any]:
+        return {"domain": resolved.domain, "max_line_bytes": settings.max_line_bytes}
 
     def plan(self, run: RunDir, settings: IngestSettings) -> StagePlan:
         """The protocol's plan, recording every setting (``block_size`` too) in ``config``."""
@@ -81,7 +80,7 @@ class IngestStage(Stage[IngestSettings]):
         from core.progress import make_progress
 
         settings = ctx.settings
-        sources = resolve_sources(settings)
+        sources: IngestSources = ctx.plan.resolved
         log.info("ingesting %d review file(s) and %d metadata file(s) of %s", len(sources.reviews), len(sources.meta), sources.domain)
         _keep_blocks_of_same_plan(ctx.out.tmp_dir, settings)
         interactions, items, rejects = (ctx.out.table_dir(name) for name in ("interactions", "items", "rejects"))
