@@ -14,7 +14,9 @@
    workers): the largest single process and the sum;
 6. stage wall times from the run manifest, and a check that the release loads with
    `release.loading.load_release`;
-7. with --release-memory P1,P2,...: `rrec release` of the same run folder once per partition
+7. with --compare RECORD (a record of a smaller run of this script): how the peak memory grew
+   with the input (issue 13: 4x the input costs at most 1.5x the peak memory), per command;
+8. with --release-memory P1,P2,...: `rrec release` of the same run folder once per partition
    size (`release.partition_rows`), in one process without a cluster, with its peak memory:
    how the streaming builder's memory follows the partition, not the release.
 
@@ -131,6 +133,15 @@ def release_memory(run: Path, workdir: Path, partition_rows: list[int]) -> dict[
     return found
 
 
+def scaling(record: dict, smaller: dict) -> dict[str, float]:
+    """How much larger ``record``'s input is than ``smaller``'s, and its peak memory, per command."""
+    found = {"input_ratio": round(record["reviews"] / smaller["reviews"], 2), "against": smaller["command"]}
+    for command in ("first_command", "second_command"):
+        for peak in ("peak_process_mb", "peak_tree_mb"):
+            found[f"{command}_{peak}_ratio"] = round(record[command][peak] / smaller[command][peak], 2)
+    return found
+
+
 def _machine() -> str:
     memory = psutil.virtual_memory().total / 2**30
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-targets", choices=["all", "last"], default="last")
     parser.add_argument("--note", default="", help="free text stored in the record (e.g. machine load)")
     parser.add_argument("--release-memory", default="", help="comma-separated release.partition_rows values to measure `rrec release` at")
+    parser.add_argument("--compare", type=Path, default=None, help="record of a smaller run: report input and peak-memory ratios")
     parser.add_argument("--output", type=Path, default=None, help="JSON record (default: WORKDIR/chain-<size>.json)")
     args = parser.parse_args(argv)
 
@@ -211,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_end": os.getloadavg(),
         "command": "python benchmarks/chain_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+    if args.compare:
+        record["scaling"] = scaling(record, json.loads(args.compare.read_text()))
     output = args.output or args.workdir / f"chain-{label}.json"
     output.write_text(json.dumps(record, indent=2))
     print()
@@ -221,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| release + start-up (rest of 2nd) | {record['release_and_startup_s']} | | |")
     for name, cmd in (("1st: rrec run --until sequences", first), ("2nd: rrec run", second)):
         print(f"| {name} | {cmd.wall_s} | {cmd.peak_process_mb} | {cmd.peak_tree_mb} |")
+    if "scaling" in record:
+        print(f"scaling against {args.compare}: {record['scaling']}")
     print(f"second / first = {record['second_over_first']}x; ingest / floor = {record['ingest_over_floor']}x; record: {output}")
     return 0
 
