@@ -71,6 +71,8 @@ from pipeline.text_rules import (
     QUOTED,
     REFUSAL,
     URL,
+    GroundingMemo,
+    grounding_reason,
     hostile_text_reason,
     is_english,
     is_grounded,
@@ -138,16 +140,24 @@ def reject_reason(
     ruled out; the default runs every rule (the reference).
     """
     rationale = row.get("rationale") or ""
-    for text in (rationale, row.get("user_preferences")):
+    reason = _text_reason(rationale, row.get("user_preferences"), row.get("coherent"), row.get("target_parent_asin"), settings, screen)
+    return reason if reason is not None else _context_reason(rationale, context, settings)
+
+
+def _text_reason(
+    rationale: str, preferences: str | None, coherent: bool | None, target_asin: str | None, settings: FilterSettings, screen: Screen
+) -> str | None:
+    """The first rule up to ``not_english`` that a row breaks (the rules that need no context)."""
+    for text in (rationale, preferences):
         hostile = hostile_text_reason(text, max_chars=settings.max_chars, max_word_chars=settings.max_word_chars, patterns=screen.hostile)
         if hostile is not None:
             return hostile
     refusal = screen.refusal and REFUSAL.search(rationale) is not None
-    if row.get("coherent") is None:
+    if coherent is None:
         return "refusal" if refusal else "unparsable_output"
     if refusal:
         return "refusal"
-    if row["coherent"] is False:
+    if coherent is False:
         return "annotator_incoherent"
     if not rationale.strip():
         return "empty_rationale"
@@ -156,7 +166,7 @@ def reject_reason(
         return "too_short"
     if words > settings.max_words:
         return "too_long"
-    released_text = f"{rationale}\n{row.get('user_preferences') or ''}"
+    released_text = f"{rationale}\n{preferences or ''}"
     # E-mail before URL: the domain of an address would also match the URL rule.
     if screen.email and EMAIL.search(released_text):
         return "contains_email"
@@ -164,11 +174,11 @@ def reject_reason(
         return "contains_url"
     if screen.phone and PHONE.search(released_text):
         return "contains_phone"
-    if row["target_parent_asin"] and row["target_parent_asin"].lower() in rationale.lower():
+    if target_asin and target_asin.lower() in rationale.lower():
         return "leaks_target_asin"
     if not is_english(rationale, settings.min_function_word_ratio, settings.max_non_ascii_letter_ratio):
         return "not_english"
-    return _context_reason(rationale, context, settings)
+    return None
 
 
 def _context_reason(rationale: str, context: ExampleContext | None, settings: FilterSettings) -> str | None:
@@ -209,14 +219,25 @@ def screens(annotations: pa.Table) -> list[Screen]:
 def reject_reasons(
     annotations: pa.Table, contexts: dict[tuple[str, str, str], ExampleContext], settings: FilterSettings
 ) -> list[str | None]:
-    """The reject reason of every row of an annotations table (None: kept), equal to :func:`reject_reason`."""
-    columns = ["rationale", "user_preferences", "coherent", *KEY_COLUMNS]
-    values = {name: annotations.column(name).to_pylist() for name in columns}
-    rows = [dict(zip(columns, row, strict=True)) for row in zip(*values.values(), strict=True)]
-    return [
-        reject_reason(row, contexts.get((row["user_id"], row["split"], row["target_parent_asin"])), settings, screen)
-        for row, screen in zip(rows, screens(annotations), strict=True)
-    ]
+    """The reject reason of every row of an annotations table (None: kept), equal to :func:`reject_reason`.
+
+    The grounding rules run on :class:`GroundingFacts` computed once per example from titles
+    and attributes memoised for the partition (:func:`grounding_reason`).
+    """
+    columns = [annotations.column(name).to_pylist() for name in ("rationale", "user_preferences", "coherent", *KEY_COLUMNS)]
+    memo = GroundingMemo()
+    reasons: list[str | None] = []
+    for rationale, preferences, coherent, user_id, split, target_asin, screen in zip(*columns, screens(annotations), strict=True):
+        rationale = rationale or ""
+        reason = _text_reason(rationale, preferences, coherent, target_asin, settings, screen)
+        if reason is None:
+            context = contexts.get((user_id, split, target_asin))
+            if context is None:
+                reason = "unknown_example"
+            else:
+                reason = grounding_reason(rationale, memo.facts(context), settings.min_product_overlap)
+        reasons.append(reason)
+    return reasons
 
 
 def filter_partition(run_path: str, annotations_file: str, settings: FilterSettings) -> tuple[pa.Table, pa.Table]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from dataclasses import dataclass
 
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
 
@@ -382,6 +383,137 @@ def names_target_first(rationale: str, context: ExampleContext, min_overlap: flo
     phrases = {lead for lead in history_leads if len(lead) >= 8}
     phrases |= {_phrase(a) for item in context.history for a in _attributes(item)}
     for phrase in phrases:
+        found = padded.find(f" {phrase} ")
+        while found >= 0 and any(start <= found < end for start, end in target_spans):
+            found = padded.find(f" {phrase} ", found + 1)
+        if found >= 0:
+            evidence_at.append(found)
+    return first_target < min(evidence_at, default=len(padded))
+
+
+# -- the grounding rules for a whole partition: the same answers, each fact computed once ------
+
+
+@dataclass(frozen=True)
+class GroundingFacts:
+    """What the grounding rules need of one example, computed once (see :class:`GroundingMemo`).
+
+    ``history`` holds the distinct (normal form, word set) of the history titles whose normal
+    form is not empty (an empty one names nothing: its overlap is 0); ``target_lead`` is the
+    target's lead when it counts (8+ characters, no history item shares it), else ""; ``phrases``
+    are the evidence phrases: history leads of 8+ characters and history stores and categories.
+    """
+
+    history: tuple[tuple[str, frozenset[str]], ...]
+    target: tuple[str, frozenset[str]]
+    target_lead: str
+    phrases: frozenset[str]
+
+
+class GroundingMemo:
+    """Title and attribute facts memoised for one partition (bounded by its rows, then dropped)."""
+
+    def __init__(self) -> None:
+        self._titles: dict[str, tuple[str, frozenset[str], str]] = {}
+        self._attributes: dict[tuple[str | None, tuple[str, ...]], tuple[str, ...]] = {}
+
+    def title(self, title: str) -> tuple[str, frozenset[str], str]:
+        """:func:`title_facts` of ``title``."""
+        facts = self._titles.get(title)
+        if facts is None:
+            facts = self._titles[title] = title_facts.__wrapped__(title)
+        return facts
+
+    def attributes(self, item: ItemFacts) -> tuple[str, ...]:
+        """The normal forms of an item's store and categories (as :func:`is_grounded` reads them)."""
+        key = (item.store, item.categories)
+        phrases = self._attributes.get(key)
+        if phrases is None:
+            phrases = self._attributes[key] = tuple(_phrase(a) for a in _attributes(item))
+        return phrases
+
+    def facts(self, context: ExampleContext) -> GroundingFacts:
+        """The :class:`GroundingFacts` of one example."""
+        history = [self.title(item.title) for item in context.history if item.title]
+        leads = {lead for _, _, lead in history}
+        phrases = {lead for lead in leads if len(lead) >= 8}
+        for item in context.history:
+            phrases.update(self.attributes(item))
+        target_norm, target_words, target_lead = self.title(context.target.title)
+        return GroundingFacts(
+            history=tuple(dict.fromkeys((norm, words) for norm, words, _ in history if norm)),
+            target=(target_norm, target_words),
+            target_lead=target_lead if len(target_lead) >= 8 and target_lead not in leads else "",
+            phrases=frozenset(phrases),
+        )
+
+
+def _score(mention_norm: str, mention_words: set[str], title_norm: str, title_words: frozenset[str]) -> float:
+    """:func:`_overlap` of a mention and a title with a non-empty normal form."""
+    if mention_norm in title_norm or (len(title_norm) >= 8 and title_norm in mention_norm):
+        return 1.0
+    return len(mention_words & title_words) / len(mention_words)
+
+
+def _best_history_score(mention_norm: str, facts: GroundingFacts) -> tuple[float, float]:
+    """(best overlap with a history title, overlap with the target) of a non-empty mention."""
+    words = set(mention_norm.split())
+    best = 0.0
+    for title_norm, title_words in facts.history:
+        score = _score(mention_norm, words, title_norm, title_words)
+        if score > best:
+            best = score
+            if best >= 1.0:
+                break
+    target_norm, target_words = facts.target
+    return best, (_score(mention_norm, words, target_norm, target_words) if target_norm else 0.0)
+
+
+def grounding_reason(rationale: str, facts: GroundingFacts, min_overlap: float) -> str | None:
+    """``unknown_product``, ``not_grounded``, ``target_first`` or None: the answer of the
+    reference rules (:func:`matches_title` over the quoted mentions, :func:`is_grounded`,
+    :func:`names_target_first`) from each mention's overlaps computed once."""
+    matches = list(QUOTED.finditer(rationale))
+    scored: list[tuple[int, float, float]] = []  # (match number, history score, target score)
+    quoted_ground = False
+    for number, match in enumerate(matches):
+        mention_norm = _phrase(match.group(1))
+        if not mention_norm:
+            quoted_ground = True  # matches_title: an empty mention names every list
+            continue
+        history_score, target_score = _best_history_score(mention_norm, facts)
+        if history_score < min_overlap and target_score < min_overlap:
+            return "unknown_product"
+        quoted_ground = quoted_ground or history_score >= min_overlap
+        scored.append((number, history_score, target_score))
+    raw = NORMALISE.sub(" ", rationale.lower())
+    if not quoted_ground:
+        text = f" {raw.strip()} "
+        if not any(f" {phrase} " in text for phrase in facts.phrases):
+            return "not_grounded"
+    return "target_first" if _target_first(rationale, f" {raw} ", matches, scored, facts, min_overlap) else None
+
+
+def _target_first(
+    rationale: str,
+    padded: str,
+    matches: list[re.Match[str]],
+    scored: list[tuple[int, float, float]],
+    facts: GroundingFacts,
+    min_overlap: float,
+) -> bool:
+    """:func:`names_target_first` from the scored mentions and the padded normal form."""
+    target_quotes = [number for number, history, target in scored if history < max(target, min_overlap) and target >= min_overlap]
+    lead_at = padded.find(f" {facts.target_lead} ") if facts.target_lead else -1
+    if not target_quotes and lead_at < 0:
+        return False
+    bounds = norm_positions(rationale, [i for match in matches for i in match.span()])
+    target_spans = [(bounds[2 * number], bounds[2 * number + 1]) for number in target_quotes]
+    if lead_at >= 0:
+        target_spans.append((lead_at, lead_at + len(facts.target_lead) + 1))
+    first_target = min(start for start, _ in target_spans)
+    evidence_at = [bounds[2 * number] for number, history, target in scored if history >= max(target, min_overlap)]
+    for phrase in facts.phrases:
         found = padded.find(f" {phrase} ")
         while found >= 0 and any(start <= found < end for start, end in target_spans):
             found = padded.find(f" {phrase} ", found + 1)
