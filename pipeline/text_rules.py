@@ -249,9 +249,27 @@ ENGLISH_FUNCTION_WORDS = frozenset(
 )
 
 
+_ASCII_FOLD = bytes(
+    (c | 0x20) if chr(c).isascii() and chr(c).isalnum() else 0x20 for c in range(256)
+)  # ASCII letters to lower case, digits kept, every other byte a space
+
+
 def normalise(text: str) -> str:
     """Lower-case letters and digits, every other run of characters one space."""
+    if text.isascii():  # the same string, by a byte translation instead of the regex
+        return " ".join(text.encode("ascii").translate(_ASCII_FOLD).decode("ascii").split())
     return NORMALISE.sub(" ", text.lower()).strip()
+
+
+def normalise_padded(text: str) -> str:
+    """``f" {NORMALISE.sub(' ', text.lower())} "``: the normal form, not stripped, between spaces."""
+    if not text.isascii():
+        return f" {NORMALISE.sub(' ', text.lower())} "
+    folded = text.encode("ascii").translate(_ASCII_FOLD).decode("ascii")
+    core = " ".join(folded.split())
+    if not core:
+        return "   " if folded else "  "
+    return f"{'  ' if folded[0] == ' ' else ' '}{core}{'  ' if folded[-1] == ' ' else ' '}"
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -405,6 +423,7 @@ class GroundingFacts:
     """
 
     history: tuple[tuple[str, frozenset[str]], ...]
+    history_norms: frozenset[str]
     target: tuple[str, frozenset[str]]
     target_lead: str
     phrases: frozenset[str]
@@ -421,7 +440,7 @@ class GroundingMemo:
         """:func:`title_facts` of ``title``."""
         facts = self._titles.get(title)
         if facts is None:
-            facts = self._titles[title] = title_facts.__wrapped__(title)
+            facts = self._titles[title] = title_facts(title)
         return facts
 
     def attributes(self, item: ItemFacts) -> tuple[str, ...]:
@@ -440,33 +459,37 @@ class GroundingMemo:
         for item in context.history:
             phrases.update(self.attributes(item))
         target_norm, target_words, target_lead = self.title(context.target.title)
+        distinct = tuple(dict.fromkeys((norm, words) for norm, words, _ in history if norm))
         return GroundingFacts(
-            history=tuple(dict.fromkeys((norm, words) for norm, words, _ in history if norm)),
+            history=distinct,
+            history_norms=frozenset(norm for norm, _ in distinct),
             target=(target_norm, target_words),
             target_lead=target_lead if len(target_lead) >= 8 and target_lead not in leads else "",
             phrases=frozenset(phrases),
         )
 
 
-def _score(mention_norm: str, mention_words: set[str], title_norm: str, title_words: frozenset[str]) -> float:
-    """:func:`_overlap` of a mention and a title with a non-empty normal form."""
-    if mention_norm in title_norm or (len(title_norm) >= 8 and title_norm in mention_norm):
-        return 1.0
-    return len(mention_words & title_words) / len(mention_words)
-
-
 def _best_history_score(mention_norm: str, facts: GroundingFacts) -> tuple[float, float]:
-    """(best overlap with a history title, overlap with the target) of a non-empty mention."""
+    """(best :func:`_overlap` with a history title, :func:`_overlap` with the target) of a non-empty
+    mention; a mention that is a whole history title scores 1.0 (the most) without a scan."""
     words = set(mention_norm.split())
+    target_norm, target_words = facts.target
+    if not target_norm:
+        target = 0.0
+    elif mention_norm in target_norm or (len(target_norm) >= 8 and target_norm in mention_norm):
+        target = 1.0
+    else:
+        target = len(words & target_words) / len(words)
+    if mention_norm in facts.history_norms:
+        return 1.0, target
     best = 0.0
     for title_norm, title_words in facts.history:
-        score = _score(mention_norm, words, title_norm, title_words)
+        if mention_norm in title_norm or (len(title_norm) >= 8 and title_norm in mention_norm):
+            return 1.0, target
+        score = len(words & title_words) / len(words)
         if score > best:
             best = score
-            if best >= 1.0:
-                break
-    target_norm, target_words = facts.target
-    return best, (_score(mention_norm, words, target_norm, target_words) if target_norm else 0.0)
+    return best, target
 
 
 def grounding_reason(rationale: str, facts: GroundingFacts, min_overlap: float) -> str | None:
@@ -486,12 +509,12 @@ def grounding_reason(rationale: str, facts: GroundingFacts, min_overlap: float) 
             return "unknown_product"
         quoted_ground = quoted_ground or history_score >= min_overlap
         scored.append((number, history_score, target_score))
-    raw = NORMALISE.sub(" ", rationale.lower())
+    padded = normalise_padded(rationale)
     if not quoted_ground:
-        text = f" {raw.strip()} "
+        text = f" {padded.strip()} "
         if not any(f" {phrase} " in text for phrase in facts.phrases):
             return "not_grounded"
-    return "target_first" if _target_first(rationale, f" {raw} ", matches, scored, facts, min_overlap) else None
+    return "target_first" if _target_first(rationale, padded, matches, scored, facts, min_overlap) else None
 
 
 def _target_first(
@@ -502,21 +525,20 @@ def _target_first(
     facts: GroundingFacts,
     min_overlap: float,
 ) -> bool:
-    """:func:`names_target_first` from the scored mentions and the padded normal form."""
+    """:func:`names_target_first` from the scored mentions and the padded normal form.
+
+    Only evidence at or before the first target mention matters: every target span starts
+    there or later and is not empty, so evidence found before it lies outside them all, and
+    evidence at it lies inside the span that starts there.
+    """
     target_quotes = [number for number, history, target in scored if history < max(target, min_overlap) and target >= min_overlap]
     lead_at = padded.find(f" {facts.target_lead} ") if facts.target_lead else -1
     if not target_quotes and lead_at < 0:
         return False
-    bounds = norm_positions(rationale, [i for match in matches for i in match.span()])
-    target_spans = [(bounds[2 * number], bounds[2 * number + 1]) for number in target_quotes]
-    if lead_at >= 0:
-        target_spans.append((lead_at, lead_at + len(facts.target_lead) + 1))
-    first_target = min(start for start, _ in target_spans)
-    evidence_at = [bounds[2 * number] for number, history, target in scored if history >= max(target, min_overlap)]
-    for phrase in facts.phrases:
-        found = padded.find(f" {phrase} ")
-        while found >= 0 and any(start <= found < end for start, end in target_spans):
-            found = padded.find(f" {phrase} ", found + 1)
-        if found >= 0:
-            evidence_at.append(found)
-    return first_target < min(evidence_at, default=len(padded))
+    evidence_quotes = [number for number, history, target in scored if history >= max(target, min_overlap)]
+    numbers = sorted(target_quotes + evidence_quotes)
+    starts = dict(zip(numbers, norm_positions(rationale, [matches[number].start() for number in numbers]), strict=True))
+    first_target = min([starts[number] for number in target_quotes] + ([lead_at] if lead_at >= 0 else []))
+    if any(starts[number] <= first_target for number in evidence_quotes):
+        return False
+    return not any(padded.find(f" {phrase} ", 0, first_target + len(phrase) + 1) >= 0 for phrase in facts.phrases)
