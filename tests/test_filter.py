@@ -20,9 +20,19 @@ from core.schemas import ANNOTATIONS
 from core.stage import RunDir
 from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.annotators.context import KEY_COLUMNS, contexts_from_rows, load_contexts_for_keys, read_item_facts
-from pipeline.filter import FULL_SCREEN, REASONS, FilterSettings, Screen, reject_reason, reject_reasons, run_filter, screens
+from pipeline.filter import (
+    FULL_SCREEN,
+    REASONS,
+    FilterSettings,
+    Screen,
+    _context_reason,
+    reject_reason,
+    reject_reasons,
+    run_filter,
+    screens,
+)
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
-from pipeline.text_rules import NORMALISE, norm_positions
+from pipeline.text_rules import NORMALISE, GroundingMemo, grounding_reason, norm_positions, normalise, normalise_padded
 
 TEA = ("Grocery & Gourmet Food", "Beverages", "Coffee, Tea & Cocoa", "Tea")
 CONTEXT = ExampleContext(
@@ -313,3 +323,74 @@ def test_normalised_positions_in_one_pass_equal_the_prefix_by_prefix_form():
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         indices = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
         assert norm_positions(text, indices) == [len(NORMALISE.sub(" ", text[:i].lower())) for i in indices], (text, indices)
+
+
+def test_the_ascii_normal_forms_equal_the_regex_forms():
+    rng = random.Random(5)
+    alphabet = [chr(c) for c in range(128)] + ["\u00e9", "\u0130", "\u212a", "\u03a3", "\u00a0"]
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        assert normalise(text) == NORMALISE.sub(" ", text.lower()).strip(), text
+        assert normalise_padded(text) == f" {NORMALISE.sub(' ', text.lower())} ", text
+
+
+GROUNDING_TITLES = [
+    "Leaf & Kettle Earl Grey Black Tea, 2 Pack",
+    "Leaf & Kettle Earl Grey Black Tea, 4 Pack",  # the same lead as the first
+    "Leaf & Kettle Jasmine Green Tea, 6 Pack",
+    "Sunny Fields Vanilla Extract",
+    "Tea",  # a short title: no lead, and inside longer mentions only when 8+ characters
+    "!!! ???",  # a title whose normal form is empty
+    "",
+    "Caf\u00e9 \u0130stanbul Roast",  # non-ASCII letters
+    "Wild Meadow Honey",
+    "Organic Leaf & Kettle Jasmine Green Tea",  # holds another title's lead: evidence where the target's lead starts
+]
+GROUNDING_STORES = [None, "Leaf & Kettle", "Wild Meadow", "Tea", "--", "Sunny Fields"]
+GROUNDING_CATEGORIES = [(), TEA, ("Grocery", "Snack Foods"), ("Grocery", "x"), ("Grocery", "!!!", "Vanilla Extract")]
+
+
+def _grounding_case(rng: random.Random) -> tuple[str, ExampleContext]:
+    """A random example and a rationale quoting, truncating or naming its titles and attributes."""
+
+    def item(number: int) -> ItemFacts:
+        return ItemFacts(f"B{number:09d}", rng.choice(GROUNDING_TITLES), rng.choice(GROUNDING_CATEGORIES), rng.choice(GROUNDING_STORES))
+
+    history = tuple(item(n) for n in range(rng.randint(0, 4)))
+    target = item(99)
+    names = [i.title for i in (*history, target)] + [
+        "Acme Turbo Blender",
+        "!!!",
+        "Earl Grey",
+        "Kettle Jasmine Green Tea, 6 Pack and more",
+        "Leaf & Kettle Jasmine Green Tea",
+    ]
+    pieces = []
+    for _ in range(rng.randint(0, 6)):
+        name = rng.choice(names)
+        form = rng.randrange(5)
+        if form == 0:
+            pieces.append(f'"{name}"')
+        elif form == 1:
+            pieces.append(f"\u201c{name[: rng.randint(3, 30)]}\u201d")
+        elif form == 2:
+            pieces.append(name.upper())
+        elif form == 3:
+            pieces.append(rng.choice([s for s in GROUNDING_STORES if s] + ["Snack Foods", "Vanilla Extract", "Beverages"]))
+        else:
+            pieces.append(rng.choice(["the shopper likes", "so", "and then", "--", "bought", "(again)"]))
+    return " ".join(pieces), ExampleContext("U1", "train", history, target)
+
+
+def test_the_partition_grounding_rules_equal_the_reference_on_random_examples():
+    rng = random.Random(11)
+    reasons = set()
+    for overlap in (0.6, 0.3, 1.0):
+        settings = FilterSettings(min_product_overlap=overlap)
+        memo = GroundingMemo()
+        for _ in range(3000):
+            rationale, context = _grounding_case(rng)
+            expected = _context_reason(rationale, context, settings)
+            assert grounding_reason(rationale, memo.facts(context), overlap) == expected, (rationale, context)
+            reasons.add(expected)
+    assert reasons == {None, "unknown_product", "not_grounded", "target_first"}
