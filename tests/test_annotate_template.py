@@ -194,3 +194,85 @@ def test_template_on_the_real_chain_from_the_synthetic_sample(tmp_path, dask_cli
     assert annotated["rows_out"]["annotations"] > 50
     assert coherent >= 0.5 * annotated["rows_out"]["annotations"]
     assert filtered["rows_out"]["filtered"] >= 0.95 * coherent
+
+
+def _hostile_contexts(count: int, seed: int = 7) -> list[ExampleContext]:
+    """Random examples over a small vocabulary: ties, case-only differences, empty and missing fields."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["Coffee", "coffee", "Dark", "ROAST", "roast's", "bean-", "Tea", "green", "pack", "Peak", "x1", "İNDIA", "Crème"]
+    paths = [
+        ("Grocery & Gourmet Food", "Beverages", "Coffee"),
+        ("grocery & gourmet food", "BEVERAGES", "Tea"),
+        ("Grocery & Gourmet Food", "Snacks"),
+        ("Grocery & Gourmet Food",),
+        (),
+    ]
+    stores = [None, "", "Peak Roasters", "peak roasters", "Leaf"]
+    prices = [None, 5.0, 9.99, 10.0, 24.0, 60.0, 150.0]
+    shared_paths = [tuple(p) for p in paths]
+
+    def item(n: int) -> ItemFacts:
+        title = " ".join(rng.choice(words) for _ in range(rng.randint(0, 18)))
+        features = tuple(" ".join(rng.choice(words) for _ in range(3)) for _ in range(rng.randint(0, 2)))
+        rating = rng.choice([None, 1.0, 3.0, 4.0, 5.0])
+        return ItemFacts(f"B{n:04d}", title, rng.choice(shared_paths), rng.choice(stores), rng.choice(prices), features, rating)
+
+    catalog = [item(n) for n in range(40)]
+    contexts = []
+    for u in range(count):
+        history = tuple(rng.choice(catalog) for _ in range(rng.randint(0, 12)))
+        contexts.append(ExampleContext(f"U{u}", "train", history, rng.choice(catalog)))
+    return contexts
+
+
+def test_template_fast_path_equals_the_reference_on_hostile_examples():
+    contexts = _hostile_contexts(400)
+    for context in contexts:
+        reference = [link for link in template.find_links(context) if link.score >= template.MIN_LINK_SCORE]
+        assert template.supporting_links(context) == reference[: template.MAX_NAMED_ITEMS]
+    # One memo shared by the whole batch gives each example's answer alone.
+    assert template.annotate_many(contexts, 3) == [template.annotate(context, 3) for context in contexts]
+    assert any(answer.coherent for answer in template.annotate_many(contexts, 3))
+
+
+def test_contexts_share_item_facts_and_equal_the_per_item_reference(tmp_path):
+    from pipeline.annotators.context import _facts, contexts_from_rows, read_item_facts
+
+    catalog = {
+        "A": {"parent_asin": "A", "categories": ["Food", "", "Tea"], "store": "Leaf", "price": 4.0, "features": ["x", ""]},
+        "B": {"parent_asin": "B", "categories": [], "main_category": "Food", "store": None, "price": None, "features": None},
+        "C": {"parent_asin": "C", "categories": None, "main_category": None, "store": "", "price": 12.0, "features": []},
+    }
+    items = [
+        {"parent_asin": "A", "title": "Green Tea", "rating": 5.0},
+        {"parent_asin": "A", "title": "Green Tea", "rating": 2.0},
+        {"parent_asin": "A", "title": None, "rating": None},
+        {"parent_asin": "B", "title": "Oats", "rating": 4.0, "categories": ["Own"], "store": "Mill"},
+        {"parent_asin": "C", "title": "Rice", "rating": 4.0},
+        {"parent_asin": "Z", "title": "Unknown", "rating": 1.0},
+    ]
+    rows = [
+        {"user_id": f"U{u}", "split": "train", "history": items[u % 3 :] if u % 4 else None, "target": {**items[u % 6], "rating": 3.0}}
+        for u in range(12)
+    ]
+    titles = {("U1", "A"): "Loved it", ("U2", "C"): "Meh"}
+    for review_titles in ({}, titles):
+        contexts = contexts_from_rows(rows, catalog, review_titles)
+        for row, context in zip(rows, contexts, strict=True):
+            history = tuple(_facts(item, catalog, review_titles, row["user_id"]) for item in row["history"] or [])
+            target = _facts({**row["target"], "rating": None}, catalog, None, row["user_id"])
+            assert context == ExampleContext(row["user_id"], "train", history, target)
+    # The cached catalog returns what a filtered read of the items table returns.
+    run = tmp_path / "run"
+    make_run(run, users=6)
+    asins = pads.dataset(str(run / "items")).to_table(columns=["parent_asin"]).column("parent_asin").to_pylist()
+    wanted = [*asins[::3], "missing", asins[0]]
+    expected = {
+        row["parent_asin"]: row
+        for row in pads.dataset(str(run / "items")).to_table(columns=["parent_asin", "store"]).to_pylist()
+        if row["parent_asin"] in wanted
+    }
+    assert read_item_facts(run, wanted, ("parent_asin", "store")) == expected
+    assert read_item_facts(run, []) == {} and read_item_facts(tmp_path / "none", wanted) == {}

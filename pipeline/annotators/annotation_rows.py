@@ -41,8 +41,7 @@ def template_request_hash(context: ExampleContext, seed: int, answer: TeacherAns
 def template_rows(contexts: list[ExampleContext], seed: int) -> list[dict[str, Any]]:
     """Annotation rows of the template annotator for a list of contexts."""
     rows = []
-    for context in contexts:
-        answer = template.annotate(context, seed)
+    for context, answer in zip(contexts, template.annotate_many(contexts, seed), strict=True):
         rows.append(
             {
                 "user_id": context.user_id,
@@ -64,7 +63,7 @@ def template_rows(contexts: list[ExampleContext], seed: int) -> list[dict[str, A
 
 def annotate_partition_with_template(run_path: str, spec: PartitionSpec, seed: int) -> pa.Table:
     """The template annotations of one partition."""
-    contexts = load_partition_contexts(Path(run_path), spec)
+    contexts = load_partition_contexts(Path(run_path), spec, review_titles=False)
     return pa.Table.from_pylist(template_rows(contexts, seed), schema=ANNOTATIONS)
 
 

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from core.schemas import TABLE_SCHEMAS
 from core.tables import dataset, parts
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
 
@@ -88,16 +89,42 @@ GROUNDING_COLUMNS = ("parent_asin", "categories", "store", "main_category")
 """The catalog columns the filter's rules read (features are most of a catalog's bytes)."""
 
 
+FileSignature = tuple[tuple[str, int, int], ...]
+
+
+def _signature(folder: Path) -> FileSignature:
+    return tuple((str(f), (st := f.stat()).st_mtime_ns, st.st_size) for f in parts(folder))
+
+
+@functools.lru_cache(maxsize=2)
+def _catalog(signature: FileSignature, columns: tuple[str, ...]) -> tuple[pa.Table, dict[str, int]]:
+    """The ``columns`` of the whole items table and each asin's row: read once per worker process.
+
+    A filter pushed down per partition scanned the whole catalog every time (quadratic in the
+    data); the catalog is the small table (one row per item, without descriptions and details),
+    so a worker keeps one copy per column set (the annotator's and the filter's). The last row of
+    an asin wins, as when the filtered rows were read into a dict.
+    """
+    files = [file for file, _, _ in signature]
+    table = pads.dataset(files, format="parquet", schema=TABLE_SCHEMAS["items"]).to_table(columns=list(columns))
+    index = dict(zip(table.column("parent_asin").to_pylist(), range(table.num_rows), strict=True))
+    return table, index
+
+
 def read_item_facts(run_path: Path, asins: list[str], columns: tuple[str, ...] = ITEM_FACT_COLUMNS) -> dict[str, dict[str, Any]]:
-    """Catalog metadata (``columns``) of ``asins`` from the run's ``items`` table (empty when absent)."""
-    items = _optional_dataset(run_path, "items")
-    if items is None or not asins:
+    """Catalog metadata (``columns``) of ``asins`` from the run's ``items`` table (empty when absent).
+
+    The rows are taken from the worker's cached copy of the catalog (:func:`_catalog`).
+    """
+    folder = Path(run_path) / "items"
+    if not asins or not folder.is_dir():
         return {}
-    rows = items.to_table(
-        columns=list(columns),
-        filter=pc.field("parent_asin").isin(pa.array(sorted(set(asins)), type=pa.string())),
-    ).to_pylist()
-    return {row["parent_asin"]: row for row in rows}
+    signature = _signature(folder)
+    if not signature:
+        return {}
+    table, index = _catalog(signature, tuple(columns))
+    rows = sorted({row for asin in set(asins) if (row := index.get(asin)) is not None})
+    return {row["parent_asin"]: row for row in table.take(pa.array(rows, type=pa.int64())).to_pylist()}
 
 
 def read_review_titles(run_path: Path, user_ids: list[str]) -> dict[tuple[str, str], str]:
@@ -122,19 +149,30 @@ def _facts(
     review_titles: dict[tuple[str, str], str] | None,
     user_id: str,
 ) -> ItemFacts:
+    """The facts of one item of a sequences row (the reference of :func:`contexts_from_rows`)."""
+    return ItemFacts(
+        item["parent_asin"],
+        *_item_base(item, catalog),
+        rating=item.get("rating"),
+        review_title=review_titles.get((user_id, item["parent_asin"])) if review_titles is not None else None,
+    )
+
+
+_Base = tuple[str, tuple[str, ...], "str | None", "float | None", tuple[str, ...]]
+"""An item's title, categories, store, price and features: its facts but rating and review."""
+
+
+def _item_base(item: dict[str, Any], catalog: dict[str, dict[str, Any]]) -> _Base:
     meta = catalog.get(item["parent_asin"], {})
     categories = item.get("categories") or meta.get("categories") or []
     if not categories and meta.get("main_category"):
         categories = [meta["main_category"]]
-    return ItemFacts(
-        parent_asin=item["parent_asin"],
-        title=item.get("title") or "",
-        categories=tuple(c for c in categories if c),
-        store=item.get("store") or meta.get("store") or None,
-        price=meta.get("price"),
-        features=tuple(f for f in (meta.get("features") or []) if f),
-        rating=item.get("rating"),
-        review_title=review_titles.get((user_id, item["parent_asin"])) if review_titles is not None else None,
+    return (
+        item.get("title") or "",
+        tuple(c for c in categories if c),
+        item.get("store") or meta.get("store") or None,
+        meta.get("price"),
+        tuple(f for f in (meta.get("features") or []) if f),
     )
 
 
@@ -147,54 +185,57 @@ def contexts_from_rows(
 
     An item's facts are built once per (item, title, rating) and shared (they are frozen): a
     user's examples repeat most of one history, and popular items recur across users. With
-    review titles the user is part of that key.
+    review titles the user is part of that key. The facts but the rating (title, categories,
+    store, price, features) are built once per item and their tuples shared by all its facts,
+    so per-item work downstream (the template's keywords) can be keyed by those objects.
     """
     contexts = []
+    bases: dict[tuple[Any, ...], _Base] = {}
     shared: dict[tuple[Any, ...], ItemFacts] = {}
+
+    def base(item: dict[str, Any]) -> tuple[tuple[Any, ...], _Base]:
+        categories = item.get("categories")
+        key = (item["parent_asin"], item.get("title"), tuple(categories) if categories else (), item.get("store"))
+        if (found := bases.get(key)) is None:
+            found = bases[key] = _item_base(item, catalog)
+        return key, found
+
     for row in rows:
         user_id = row["user_id"]
         history = []
         for item in row["history"] or []:
-            key = (
-                user_id if review_titles else None,
-                item["parent_asin"],
-                item.get("title"),
-                item.get("rating"),
-                tuple(item.get("categories") or ()),
-                item.get("store"),
-            )
+            base_key, item_base = base(item)
+            key = (user_id if review_titles else None, base_key, item.get("rating"))
             if (facts := shared.get(key)) is None:
-                facts = shared[key] = _facts(item, catalog, review_titles, user_id)
+                title = review_titles.get((user_id, item["parent_asin"])) if review_titles else None
+                facts = shared[key] = ItemFacts(item["parent_asin"], *item_base, rating=item.get("rating"), review_title=title)
             history.append(facts)
         # The target's own rating and review would leak the outcome: they never enter the prompt.
-        target = _facts({**row["target"], "rating": None}, catalog, None, user_id)
+        target = ItemFacts(row["target"]["parent_asin"], *base(row["target"])[1])
         contexts.append(ExampleContext(user_id=user_id, split=row["split"], history=tuple(history), target=target))
     return contexts
 
 
-def load_contexts(run_path: Path, sequences: pa.Table) -> list[ExampleContext]:
-    """Contexts for a table of sequences rows, enriched from the run's items and interactions."""
+def load_contexts(run_path: Path, sequences: pa.Table, review_titles: bool = True) -> list[ExampleContext]:
+    """Contexts for a table of sequences rows, enriched from the run's items and interactions.
+
+    ``review_titles=False`` leaves the users' review titles out (the template never shows them,
+    and finding them reads the interactions table).
+    """
     rows = sequences.to_pylist()
     asins = [item["parent_asin"] for row in rows for item in [*(row["history"] or []), row["target"]]]
     catalog = read_item_facts(run_path, asins)
-    review_titles = read_review_titles(run_path, [row["user_id"] for row in rows])
-    return contexts_from_rows(rows, catalog, review_titles)
+    titles = read_review_titles(run_path, [row["user_id"] for row in rows]) if review_titles else {}
+    return contexts_from_rows(rows, catalog, titles)
 
 
-def load_partition_contexts(run_path: Path, spec: PartitionSpec) -> list[ExampleContext]:
-    """Contexts of one planned partition."""
-    return load_contexts(run_path, read_partition(spec))
+def load_partition_contexts(run_path: Path, spec: PartitionSpec, review_titles: bool = True) -> list[ExampleContext]:
+    """Contexts of one planned partition (see :func:`load_contexts` for ``review_titles``)."""
+    return load_contexts(run_path, read_partition(spec), review_titles)
 
 
 KEY_COLUMNS = ["user_id", "split", "target_parent_asin"]
 """The columns that name an example in annotation, filter and judge tables."""
-
-
-FileSignature = tuple[tuple[str, int, int], ...]
-
-
-def _signature(folder: Path) -> FileSignature:
-    return tuple((str(f), (st := f.stat()).st_mtime_ns, st.st_size) for f in parts(folder))
 
 
 @functools.lru_cache(maxsize=1)

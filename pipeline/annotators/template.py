@@ -19,6 +19,7 @@ import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.teacher_prompt import ExampleContext, ItemFacts, TeacherAnswer
 
@@ -191,6 +192,94 @@ def find_links(context: ExampleContext) -> list[Link]:
     return sorted(links, key=lambda link: (-link.score, -link.position))
 
 
+_Derived = tuple[frozenset[str], frozenset[str], "str | None", "str | None", tuple[str, ...]]
+"""An item's keywords, title keywords, lower-cased store, price band and lower-cased categories."""
+Memo = dict[tuple[Any, ...], tuple[ItemFacts, _Derived]]
+"""Per-batch :func:`_derived` values (see there)."""
+
+
+def _derived(item: ItemFacts, memo: Memo) -> _Derived:
+    """What :func:`find_links` computes from one item alone, once per item of a batch.
+
+    They depend on the title, store, price, categories and features only (not on the rating
+    or the user). ``memo`` is keyed by the title, store, price and the identity of the two
+    tuples, which the facts of one item share (``contexts_from_rows``); each entry holds its
+    item, so those tuples stay alive and their ids cannot be reused while the memo lives.
+    """
+    key = (item.title, item.store, item.price, id(item.categories), id(item.features))
+    entry = memo.get(key)
+    if entry is not None:
+        return entry[1]
+    derived = (
+        keywords(item),
+        title_keywords(item),
+        item.store.lower() if item.store else None,
+        price_band(item.price),
+        tuple(c.lower() for c in item.categories),
+    )
+    memo[key] = (item, derived)
+    return derived
+
+
+def _category_link(
+    item: tuple[str, ...], target: tuple[str, ...], lower_item: tuple[str, ...], lower_target: tuple[str, ...]
+) -> tuple[int, str | None]:
+    """:func:`_common_category_depth` from the lower-cased categories computed once per item."""
+    depth = 0
+    for left, right in zip(lower_item, lower_target, strict=False):
+        if left != right:
+            break
+        depth += 1
+    return max(depth - 1, 0), (item[depth - 1] if depth >= 2 else None)
+
+
+def supporting_links(context: ExampleContext, memo: Memo | None = None) -> list[Link]:
+    """The links a rationale names: the first :data:`MAX_NAMED_ITEMS` of :func:`find_links`
+    with a score of at least :data:`MIN_LINK_SCORE`, equal to filtering that list.
+
+    Faster: every item's words, store, band and categories come from ``memo`` (shared by the
+    contexts of a batch), a score is computed without building its :class:`Link`, and only the
+    named links are built.
+    """
+    memo = {} if memo is None else memo
+    target = context.target
+    t_words, t_title, t_store, t_band, t_lower = _derived(target, memo)
+    scored = []
+    for position, item in enumerate(context.history):
+        words, title, store, band, lower = _derived(item, memo)
+        depth, _ = _category_link(item.categories, target.categories, lower, t_lower)
+        same_store = store is not None and t_store is not None and store == t_store
+        title_shared = title & t_title
+        shared = len(title_shared) + len((words & t_words) - title_shared)
+        same_band = t_band is not None and band == t_band
+        score = (
+            CATEGORY_WEIGHT * depth
+            + (STORE_WEIGHT if same_store else 0.0)
+            + KEYWORD_WEIGHT * min(shared, 3)
+            + (PRICE_WEIGHT if same_band else 0.0)
+        )
+        if score >= MIN_LINK_SCORE:
+            scored.append((-score, -position, position, item, words, title, same_store, same_band, lower))
+    scored.sort(key=lambda entry: (entry[0], entry[1]))
+    links = []
+    for _, _, position, item, words, title, same_store, same_band, lower in scored[:MAX_NAMED_ITEMS]:
+        depth, category = _category_link(item.categories, target.categories, lower, t_lower)
+        title_shared = sorted(title & t_title)
+        links.append(
+            Link(
+                item=item,
+                position=position,
+                shared_category=category,
+                category_depth=depth,
+                same_store=same_store,
+                shared_keywords=tuple(title_shared + sorted((words & t_words) - set(title_shared))),
+                same_price_band=same_band,
+                liked=item.rating is not None and item.rating >= 4.0,
+            )
+        )
+    return links
+
+
 def _choice(options: tuple[str, ...], digest: bytes, slot: int) -> str:
     return options[digest[slot] % len(options)]
 
@@ -263,12 +352,15 @@ def _verbs(count: int) -> dict[str, str]:
     }
 
 
-def user_preferences(context: ExampleContext) -> str:
-    """A one-sentence summary of the tastes the history shows."""
+def user_preferences(context: ExampleContext, memo: Memo | None = None) -> str:
+    """A one-sentence summary of the tastes the history shows (``memo``: see :func:`_derived`)."""
     categories = Counter(item.categories[-1] for item in context.history if item.categories)
     stores = Counter(item.store for item in context.history if item.store)
     ratings = [item.rating for item in context.history if item.rating is not None]
-    bands = Counter(b for b in (price_band(item.price) for item in context.history) if b)
+    if memo is None:
+        bands = Counter(b for b in (price_band(item.price) for item in context.history) if b)
+    else:
+        bands = Counter(b for b in (_derived(item, memo)[3] for item in context.history) if b)
     parts = []
     if categories:
         parts.append("mostly buys " + _join([c for c, _ in categories.most_common(2)]))
@@ -316,12 +408,27 @@ def _evidence_sentences(supporting: list[Link], target: ItemFacts, digest: bytes
     return sentences
 
 
-def annotate(context: ExampleContext, seed: int) -> TeacherAnswer:
-    """The template annotation of one example (deterministic in (seed, user, target))."""
+def annotate_many(contexts: list[ExampleContext], seed: int) -> list[TeacherAnswer]:
+    """The template annotations of many examples, equal to :func:`annotate` of each.
+
+    The items' words, stores, bands and categories are worked out once per item object of the
+    batch (a partition's contexts share their items' facts).
+    """
+    memo: Memo = {}
+    return [annotate(context, seed, memo) for context in contexts]
+
+
+def annotate(context: ExampleContext, seed: int, memo: Memo | None = None) -> TeacherAnswer:
+    """The template annotation of one example (deterministic in (seed, user, target)).
+
+    ``memo`` (see :func:`_derived`) may be shared by the examples of a batch; it never changes
+    the answer.
+    """
+    memo = {} if memo is None else memo
     digest = hashlib.blake2b(f"{seed}|{context.user_id}|{context.target.parent_asin}".encode(), digest_size=16).digest()
-    preferences = user_preferences(context)
+    preferences = user_preferences(context, memo)
     target = _quote(context.target.title)
-    supporting = [link for link in find_links(context) if link.score >= MIN_LINK_SCORE][:MAX_NAMED_ITEMS]
+    supporting = supporting_links(context, memo)
     if not supporting:
         recent = _join([_quote(item.title) for item in context.history[-2:]]) or "no earlier purchase"
         reason = (
