@@ -251,3 +251,49 @@ def test_validate_accepts_a_relative_run_folder(good_run, dask_client, monkeypat
     summary = run_validation(Path(good_run.name), dask_client, force=True)
     assert summary["critical_failures"] == 0
     assert (good_run / "validation" / "data_docs" / "index.html").exists()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sorted_candidate_rules_agree_with_the_hashed_ones(seed: int) -> None:
+    """The matrix fast path (equal candidate counts) flags exactly the rows the hashing path flags,
+    with repeats, missing items (code -2) and candidates that are in the history planted."""
+    import numpy as np
+
+    from validation.derived import _candidate_rules_hashed, _candidate_rules_sorted
+
+    rng = np.random.default_rng(seed)
+    n_rows, width = 300, 7
+    codes = rng.integers(-2, 40, size=(n_rows, width))
+    history_lengths = rng.integers(0, 5, size=n_rows)
+    history_rows = np.repeat(np.arange(n_rows), history_lengths)
+    history_codes = rng.integers(-2, 60, size=len(history_rows))
+    stride = np.int64(60 + 3)
+    history_keys = history_rows * stride + history_codes + 2
+    rows = np.repeat(np.arange(n_rows), width)
+    sorted_flags = _candidate_rules_sorted(codes, history_keys, stride)
+    hashed_flags = _candidate_rules_hashed(n_rows, rows * stride + codes.ravel() + 2, rows, history_keys)
+    for fast, reference in zip(sorted_flags, hashed_flags, strict=True):
+        assert fast.tolist() == reference.tolist()
+    assert not sorted_flags[0].all() and not sorted_flags[1].all()
+
+
+def test_whole_table_results_do_not_depend_on_the_bucket_count(tmp_path: Path, dask_client, monkeypatch) -> None:
+    """One row per bucket (many buckets) gives the same summary as one bucket: counts and first
+    examples, with the whole-table defects of sequences planted at once."""
+    import validation.whole_table as whole_table
+
+    tables = json.loads(json.dumps(_good_rows()))
+    for defect in (
+        "sequences_validation_history_is_test_history_minus_last",
+        "sequences_validation_target_is_last_test_history_item",
+        "sequences_one_row_per_user_and_evaluation_split",
+    ):
+        DEFECTS[defect][1](tables)
+    _write_table_only(tmp_path / "run", "sequences", tables["sequences"])
+    run = RunDir(tmp_path / "run")
+    parameters = suite_parameters(run, ValidateSettings())
+    one = validate_table(run, "sequences", dask_client, parameters, examples=3)
+    monkeypatch.setattr(whole_table, "ROWS_PER_BUCKET", 1)
+    many = validate_table(run, "sequences", dask_client, parameters, examples=3)
+    assert [e.to_json() for e in one.expectations] == [e.to_json() for e in many.expectations]
+    assert sum(e.success is False for e in one.expectations if e.scope == "table") >= 2

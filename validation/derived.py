@@ -91,6 +91,51 @@ def _rows_flagged(n_rows: int, rows: np.ndarray) -> np.ndarray:
     return flagged
 
 
+def _candidate_rules(
+    n_rows: int, counts: np.ndarray, codes: np.ndarray, rows: np.ndarray, history_codes: np.ndarray, history_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: (no candidate repeats, no candidate is in the row's history), from the item codes.
+
+    (row, item) pairs are one int64 each (``row * stride + code + 2``). Rows that all have the same
+    number of candidates (what the sequences stage writes) are sorted as a matrix
+    (:func:`_candidate_rules_sorted`); ragged rows (hostile data) are hashed
+    (:func:`_candidate_rules_hashed`). Both are linear in the rows and give the same flags.
+    """
+    stride = np.int64(max(int(codes.max(initial=0)), int(history_codes.max(initial=0))) + 3)
+    history_keys = history_rows * stride + history_codes + 2
+    width = int(counts[0]) if len(counts) else 0
+    if width and len(codes) == width * n_rows and bool((counts == width).all()):
+        return _candidate_rules_sorted(codes.reshape(n_rows, width), history_keys, stride)
+    return _candidate_rules_hashed(n_rows, rows * stride + codes + 2, rows, history_keys)
+
+
+def _candidate_rules_sorted(codes: np.ndarray, history_keys: np.ndarray, stride: np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_candidate_rules` for a (rows x candidates) matrix of codes, sorted within each row.
+
+    Repeats are then neighbours (k log k per row), and a row has a candidate in its history
+    exactly when one of its history items is found among its sorted candidates (one binary
+    search per history item over the row-major keys, which are sorted as a whole).
+    """
+    n_rows = codes.shape[0]
+    by_row = np.sort(codes, axis=1)
+    unique = ~(by_row[:, 1:] == by_row[:, :-1]).any(axis=1)
+    sorted_keys = by_row + 2
+    sorted_keys += (np.arange(n_rows, dtype=np.int64) * stride)[:, None]
+    sorted_keys = sorted_keys.ravel()
+    wanted = np.sort(history_keys)
+    position = np.minimum(np.searchsorted(sorted_keys, wanted), len(sorted_keys) - 1)
+    return unique, ~_rows_flagged(n_rows, wanted[sorted_keys[position] == wanted] // stride)
+
+
+def _candidate_rules_hashed(
+    n_rows: int, candidate_keys: np.ndarray, rows: np.ndarray, history_keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_candidate_rules` for any row lengths: pandas ``duplicated`` and Arrow ``is_in`` (hashing)."""
+    repeated = pd.Series(candidate_keys).duplicated().to_numpy()
+    in_history = pc.is_in(pa.array(candidate_keys), value_set=pa.array(history_keys)).to_numpy(zero_copy_only=False)
+    return ~_rows_flagged(n_rows, rows[repeated]), ~_rows_flagged(n_rows, rows[in_history])
+
+
 def sequence_check_columns(table: pa.Table) -> pa.Table:
     """One row per sequence with the scalar columns the ``sequences`` suite checks (Arrow).
 
@@ -133,15 +178,9 @@ def sequence_check_columns(table: pa.Table) -> pa.Table:
     at_index[index_valid] = candidate_code[(starts + target_index)[index_valid]] == target_code[index_valid]
     target_once_at_index = at_index & (target_occurrences == 1)
 
-    # (row, item) pairs as one int64 each: sorting and set membership stay in numpy.
-    stride = np.int64(max(int(candidate_code.max(initial=0)), int(history_code.max(initial=0))) + 3)
-    candidate_keys = candidate_row * stride + candidate_code + 2
-    history_keys = history_row * stride + history_code + 2
-    # Hash-based (pandas duplicated, Arrow is_in) rather than sorting: linear in the candidates.
-    repeated = pd.Series(candidate_keys).duplicated().to_numpy()
-    candidates_unique = ~_rows_flagged(n_rows, candidate_row[repeated])
-    in_history = pc.is_in(pa.array(candidate_keys), value_set=pa.array(history_keys)).to_numpy(zero_copy_only=False)
-    candidates_not_in_history = ~_rows_flagged(n_rows, candidate_row[in_history])
+    candidates_unique, candidates_not_in_history = _candidate_rules(
+        n_rows, candidate_count, candidate_code, candidate_row, history_code, history_row
+    )
 
     user_id = table.column("user_id").combine_chunks()
     split = table.column("split").combine_chunks()

@@ -25,10 +25,10 @@ and the report imports it when it renders.
 from __future__ import annotations
 
 import datetime
-import importlib
 import json
 import logging
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,8 +53,8 @@ from validation.spec import (
     substitute_parameters,
     suite_file,
 )
-from validation.summary import ExpectationSummary, SuiteSummary, ValidationSummary, merge_results
-from validation.whole_table import footer_check, submit_whole_table_checks
+from validation.summary import CheckResult, ExpectationSummary, SuiteSummary, ValidationSummary, merge_results
+from validation.whole_table import WholeTableChecks, footer_check, submit_whole_table_checks
 
 log = logging.getLogger(__name__)
 
@@ -109,26 +109,48 @@ def suite_parameters(run: RunDir, settings: ValidateSettings, now_ms: int | None
     }
 
 
-def validate_table(
+@dataclass
+class PendingTable:
+    """One table's checks as submitted to the cluster: footer results now, futures for the rest."""
+
+    table: str
+    suite: dict[str, Any]
+    partitions: int
+    results: dict[str, CheckResult]
+    columns_ok: bool
+    row_futures: list[Any] = field(default_factory=list)
+    whole_table: WholeTableChecks | None = None
+
+
+def submit_table(
     run: RunDir, table: str, client: Any, parameters: dict[str, Any], examples: int, row_engine: str = "arrow"
-) -> SuiteSummary:
-    """Validate one table of a run folder on the cluster behind ``client``; its suite summary."""
+) -> PendingTable:
+    """Check the footers of one table and submit its row and whole-table checks; nothing is awaited."""
     suite = load_suite_json(table)
     parts_ = [str(p) for p in parts(run.table(table))]
     table_scope = [e for e in suite["expectations"] if e["meta"]["scope"] == TABLE_SCOPE]
     results = {e["meta"]["name"]: r for e in table_scope if (r := footer_check(table, parts_, e)) is not None}
     columns_ok = all(results[e["meta"]["name"]].success for e in table_scope if e["type"] == COLUMNS_CHECK)
+    pending = PendingTable(table, suite, len(parts_), results, columns_ok)
     if columns_ok and parts_:
         task = check_part if row_engine == "arrow" else _gx_task()
-        # Everything is submitted before anything is awaited, so the cluster works on all at once.
-        row_futures = client.map(task, parts_, table=table, suite=suite, parameters=parameters, examples=examples, pure=False)
+        pending.row_futures = client.map(task, parts_, table=table, suite=suite, parameters=parameters, examples=examples, pure=False)
         remaining = [e for e in table_scope if e["meta"]["name"] not in results]
-        whole_table = submit_whole_table_checks(client, table, parts_, remaining, parameters, examples)
-        per_partition = gather_with_progress(row_futures, f"validating {table} ({len(parts_)} partitions)")
+        pending.whole_table = submit_whole_table_checks(client, table, parts_, remaining, parameters, examples)
+    return pending
+
+
+def collect_table(pending: PendingTable, parameters: dict[str, Any], examples: int, row_engine: str = "arrow") -> SuiteSummary:
+    """Wait for the checks of one submitted table; its suite summary."""
+    table, results = pending.table, dict(pending.results)
+    if pending.whole_table is not None:
+        per_partition = gather_with_progress(pending.row_futures, f"validating {table} ({pending.partitions} partitions)")
         results.update(merge_results(per_partition, examples))
-        results.update(whole_table.results(table, examples))
+        results.update(pending.whole_table.results(table, examples))
     reason = (
-        "not evaluated: the part files do not have the declared columns" if not columns_ok else "not evaluated: the table has no part files"
+        "not evaluated: the part files do not have the declared columns"
+        if not pending.columns_ok
+        else "not evaluated: the table has no part files"
     )
     row_by = COMPUTED_BY_GX if row_engine == "gx" else COMPUTED_BY_RREC
     expectations = [
@@ -139,16 +161,29 @@ def validate_table(
             results.get(e["meta"]["name"]),
             reason,
         )
-        for e in suite["expectations"]
+        for e in pending.suite["expectations"]
     ]
     rows = next((e.observed_value for e in expectations if e.type == "expect_table_row_count_to_be_between"), None)
-    return SuiteSummary(present=True, expectations=expectations, partitions=len(parts_), rows=rows)
+    return SuiteSummary(present=True, expectations=expectations, partitions=pending.partitions, rows=rows)
+
+
+def validate_table(
+    run: RunDir, table: str, client: Any, parameters: dict[str, Any], examples: int, row_engine: str = "arrow"
+) -> SuiteSummary:
+    """Validate one table of a run folder on the cluster behind ``client``; its suite summary."""
+    return collect_table(submit_table(run, table, client, parameters, examples, row_engine), parameters, examples, row_engine)
 
 
 def _gx_task() -> Any:
     from validation.gx_checks import gx_check_part
 
     return gx_check_part
+
+
+def _preload_report() -> None:
+    from validation.report import preload
+
+    preload()
 
 
 def present_tables(run: RunDir) -> list[str]:
@@ -191,13 +226,16 @@ class ValidateStage(Stage[ValidateSettings]):
     def run(self, ctx: StageContext[ValidateSettings]) -> None:
         settings, run = ctx.settings, ctx.run
         # The report needs GX (seconds to import): import it while the cluster checks the tables.
-        importing = threading.Thread(target=importlib.import_module, args=("validation.report",), daemon=True)
+        importing = threading.Thread(target=_preload_report, daemon=True)
         importing.start()
         parameters = suite_parameters(run, settings)
-        present = present_tables(run)
+        # Every table is submitted before any is awaited: the cluster never idles between tables.
+        pending = {
+            table: submit_table(run, table, ctx.client, parameters, settings.examples, settings.row_engine) for table in present_tables(run)
+        }
         suites = {
-            table: validate_table(run, table, ctx.client, parameters, settings.examples, settings.row_engine)
-            if table in present
+            table: collect_table(pending[table], parameters, settings.examples, settings.row_engine)
+            if table in pending
             else SuiteSummary.absent()
             for table in TABLES
         }

@@ -36,6 +36,10 @@ from validation.spec import SCHEMAS
 from validation.summary import CheckResult
 
 MAX_BUCKETS = 64
+ROWS_PER_BUCKET = 1_000_000
+"""Keys one reduce task sees, about: enough that a small table is one bucket (each bucket costs a
+task per part file, so 56 part files and 56 buckets were 3,136 tasks for 82k rows), few enough
+that a reduce task's memory stays bounded on a big table."""
 UNIQUENESS = ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique")
 CROSS_ROW = "expect_column_values_to_be_in_set"
 """A table-scope in-set expectation: a per-user flag of the validation-vs-test comparison."""
@@ -124,6 +128,13 @@ def compare_bucket(
 
 
 # -- submitting and collecting -------------------------------------------------------------------
+def bucket_count(parts_: list[str]) -> int:
+    """Hash buckets of a table's map-reduce: one per :data:`ROWS_PER_BUCKET` rows (footers), at most
+    one per part file and :data:`MAX_BUCKETS`. The results do not depend on it."""
+    rows = sum(pq.read_metadata(part).num_rows for part in parts_)
+    return max(1, min(len(parts_), MAX_BUCKETS, -(-rows // ROWS_PER_BUCKET)))
+
+
 def _submit_bucketed_reduce(client: Any, mapped: list[Any], buckets: int, reducer: Any, **reducer_kwargs: Any) -> list[Any]:
     """Send bucket ``b`` of every mapped partition to one ``reducer`` task; one future per bucket."""
     return [
@@ -165,7 +176,7 @@ def submit_whole_table_checks(
     client: Any, table: str, parts_: list[str], expectations: list[dict[str, Any]], parameters: dict[str, Any], examples: int
 ) -> WholeTableChecks:
     """Start the table-scope expectations that need the data (key uniqueness, validation vs test rows)."""
-    buckets = max(1, min(len(parts_), MAX_BUCKETS))
+    buckets = bucket_count(parts_)
     uniqueness: dict[str, list[Any]] = {}
     cross_row: dict[str, str] = {}
     for expectation in expectations:
