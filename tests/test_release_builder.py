@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 from release_runs import make_run
 from test_dask_cluster import scheduler_address  # noqa: F401  (the real scheduler + workers fixture)
 
 from core.tables import read_table, write_part
 from datacards.statistics import domain_statistics
-from release.builder import build_range, ordered_parts, range_bounds, stream_release, user_sample
+from release.builder import build_range, ordered_parts, range_bounds, read_staging, stream_release, user_sample
 from release.checksums import file_checksums, verify_release
 from release.layout import DomainSource, ReleaseError, check_domains, load_domains, release_memory_estimate, write_data
 from release.loading import load_release
@@ -111,7 +110,7 @@ def test_user_ranges_hold_about_partition_rows_and_each_user_once(runs) -> None:
         result = build_range(str(run), low, high, str(run.parent / "ranges" / f"{index:05d}"))
         sizes.append(sum(result.rows.values()) + result.train_without_rationale)
         # Every user has a test row: the test file lists the range's users.
-        users.append(set(pq.read_table(run.parent / "ranges" / f"{index:05d}" / "test.parquet")["user_id"].to_pylist()))
+        users.append(set(read_staging(run.parent / "ranges" / f"{index:05d}" / "test.parquet")["user_id"].to_pylist()))
     total = read_table(run / "sequences", "sequences").num_rows
     assert sum(sizes) == total  # every sequences row is in exactly one range
     assert len(sizes) >= total // 12 - 1
