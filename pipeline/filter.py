@@ -221,8 +221,8 @@ def reject_reasons(
 ) -> list[str | None]:
     """The reject reason of every row of an annotations table (None: kept), equal to :func:`reject_reason`.
 
-    The grounding rules run on :class:`GroundingFacts` computed once per example from titles
-    and attributes memoised for the partition (:func:`grounding_reason`).
+    The grounding rules score each distinct quoted mention once, on title and attribute facts
+    memoised for the partition (:func:`grounding_reason`).
     """
     columns = [annotations.column(name).to_pylist() for name in ("rationale", "user_preferences", "coherent", *KEY_COLUMNS)]
     memo = GroundingMemo()
@@ -235,7 +235,7 @@ def reject_reasons(
             if context is None:
                 reason = "unknown_example"
             else:
-                reason = grounding_reason(rationale, memo.facts(context), settings.min_product_overlap)
+                reason = grounding_reason(rationale, context, memo, settings.min_product_overlap)
         reasons.append(reason)
     return reasons
 

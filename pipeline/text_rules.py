@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from dataclasses import dataclass
 
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
 
@@ -411,134 +410,134 @@ def names_target_first(rationale: str, context: ExampleContext, min_overlap: flo
 
 # -- the grounding rules for a whole partition: the same answers, each fact computed once ------
 
-
-@dataclass(frozen=True)
-class GroundingFacts:
-    """What the grounding rules need of one example, computed once (see :class:`GroundingMemo`).
-
-    ``history`` holds the distinct (normal form, word set) of the history titles whose normal
-    form is not empty (an empty one names nothing: its overlap is 0); ``target_lead`` is the
-    target's lead when it counts (8+ characters, no history item shares it), else ""; ``phrases``
-    are the evidence phrases: history leads of 8+ characters and history stores and categories.
-    """
-
-    history: tuple[tuple[str, frozenset[str]], ...]
-    history_norms: frozenset[str]
-    target: tuple[str, frozenset[str]]
-    target_lead: str
-    phrases: frozenset[str]
+TitleFacts = tuple[str, frozenset[str], str]
+"""A title's normal form, word set and lead (:func:`title_facts`)."""
 
 
 class GroundingMemo:
-    """Title and attribute facts memoised for one partition (bounded by its rows, then dropped)."""
+    """Title and attribute facts memoised for one partition (bounded by its rows, then dropped).
+
+    Titles missing here come from :func:`title_facts` (a bounded per-process cache).
+    """
 
     def __init__(self) -> None:
-        self._titles: dict[str, tuple[str, frozenset[str], str]] = {}
+        self._titles: dict[str, TitleFacts] = {}
         self._attributes: dict[tuple[str | None, tuple[str, ...]], tuple[str, ...]] = {}
 
-    def title(self, title: str) -> tuple[str, frozenset[str], str]:
+    def title(self, title: str) -> TitleFacts:
         """:func:`title_facts` of ``title``."""
         facts = self._titles.get(title)
         if facts is None:
             facts = self._titles[title] = title_facts(title)
         return facts
 
-    def attributes(self, item: ItemFacts) -> tuple[str, ...]:
-        """The normal forms of an item's store and categories (as :func:`is_grounded` reads them)."""
-        key = (item.store, item.categories)
-        phrases = self._attributes.get(key)
-        if phrases is None:
-            phrases = self._attributes[key] = tuple(_phrase(a) for a in _attributes(item))
+    def history(self, context: ExampleContext) -> list[TitleFacts]:
+        """The facts of the example's history titles (those not empty), oldest first."""
+        titles, title = self._titles, self.title
+        return [titles.get(item.title) or title(item.title) for item in context.history if item.title]
+
+    def phrases(self, context: ExampleContext, history: list[TitleFacts]) -> set[str]:
+        """The evidence phrases: history leads of 8+ characters, history stores and categories."""
+        phrases = {lead for _, _, lead in history if len(lead) >= 8}
+        for item in context.history:
+            key = (item.store, item.categories)
+            attributes = self._attributes.get(key)
+            if attributes is None:
+                attributes = self._attributes[key] = tuple(_phrase(a) for a in _attributes(item))
+            phrases.update(attributes)
         return phrases
 
-    def facts(self, context: ExampleContext) -> GroundingFacts:
-        """The :class:`GroundingFacts` of one example."""
-        history = [self.title(item.title) for item in context.history if item.title]
-        leads = {lead for _, _, lead in history}
-        phrases = {lead for lead in leads if len(lead) >= 8}
-        for item in context.history:
-            phrases.update(self.attributes(item))
-        target_norm, target_words, target_lead = self.title(context.target.title)
-        distinct = tuple(dict.fromkeys((norm, words) for norm, words, _ in history if norm))
-        return GroundingFacts(
-            history=distinct,
-            history_norms=frozenset(norm for norm, _ in distinct),
-            target=(target_norm, target_words),
-            target_lead=target_lead if len(target_lead) >= 8 and target_lead not in leads else "",
-            phrases=frozenset(phrases),
-        )
 
-
-def _best_history_score(mention_norm: str, facts: GroundingFacts) -> tuple[float, float]:
+def _scores(mention_norm: str, history: list[TitleFacts], history_norms: set[str], target: TitleFacts) -> tuple[float, float]:
     """(best :func:`_overlap` with a history title, :func:`_overlap` with the target) of a non-empty
     mention; a mention that is a whole history title scores 1.0 (the most) without a scan."""
     words = set(mention_norm.split())
-    target_norm, target_words = facts.target
+    target_norm, target_words, _ = target
     if not target_norm:
-        target = 0.0
+        target_score = 0.0
     elif mention_norm in target_norm or (len(target_norm) >= 8 and target_norm in mention_norm):
-        target = 1.0
+        target_score = 1.0
     else:
-        target = len(words & target_words) / len(words)
-    if mention_norm in facts.history_norms:
-        return 1.0, target
+        target_score = len(words & target_words) / len(words)
+    if mention_norm in history_norms:
+        return 1.0, target_score
     best = 0.0
-    for title_norm, title_words in facts.history:
-        if mention_norm in title_norm or (len(title_norm) >= 8 and title_norm in mention_norm):
-            return 1.0, target
+    for title_norm, title_words, _ in history:
+        if title_norm and (mention_norm in title_norm or (len(title_norm) >= 8 and title_norm in mention_norm)):
+            return 1.0, target_score
         score = len(words & title_words) / len(words)
         if score > best:
             best = score
-    return best, target
+    return best, target_score
 
 
-def grounding_reason(rationale: str, facts: GroundingFacts, min_overlap: float) -> str | None:
+def grounding_reason(rationale: str, context: ExampleContext, memo: GroundingMemo, min_overlap: float) -> str | None:
     """``unknown_product``, ``not_grounded``, ``target_first`` or None: the answer of the
     reference rules (:func:`matches_title` over the quoted mentions, :func:`is_grounded`,
-    :func:`names_target_first`) from each mention's overlaps computed once."""
+    :func:`names_target_first`), with each distinct mention scored once against the titles."""
     matches = list(QUOTED.finditer(rationale))
-    scored: list[tuple[int, float, float]] = []  # (match number, history score, target score)
+    history = memo.history(context)
+    target = memo.title(context.target.title)
+    history_norms = {norm for norm, _, _ in history} if matches else set()
+    scores: dict[str, tuple[float, float]] = {}
+    targets: list[int] = []  # match numbers of the quoted target mentions
+    evidence: list[int] = []  # and of the quoted history items
     quoted_ground = False
     for number, match in enumerate(matches):
         mention_norm = _phrase(match.group(1))
         if not mention_norm:
             quoted_ground = True  # matches_title: an empty mention names every list
             continue
-        history_score, target_score = _best_history_score(mention_norm, facts)
+        pair = scores.get(mention_norm)
+        if pair is None:
+            pair = scores[mention_norm] = _scores(mention_norm, history, history_norms, target)
+        history_score, target_score = pair
         if history_score < min_overlap and target_score < min_overlap:
             return "unknown_product"
         quoted_ground = quoted_ground or history_score >= min_overlap
-        scored.append((number, history_score, target_score))
+        if history_score >= max(target_score, min_overlap):
+            evidence.append(number)
+        elif target_score >= min_overlap:
+            targets.append(number)
     padded = normalise_padded(rationale)
+    phrases: set[str] | None = None
     if not quoted_ground:
+        phrases = memo.phrases(context, history)
         text = f" {padded.strip()} "
-        if not any(f" {phrase} " in text for phrase in facts.phrases):
+        if not any(f" {phrase} " in text for phrase in phrases):
             return "not_grounded"
-    return "target_first" if _target_first(rationale, padded, matches, scored, facts, min_overlap) else None
+    lead = target[2]
+    lead_at = padded.find(f" {lead} ") if len(lead) >= 8 else -1
+    if lead_at >= 0 and any(lead == history_lead for _, _, history_lead in history):
+        lead_at = -1  # a lead the history shares names the history as much as the target
+    first_target = _first_target(rationale, matches, targets, evidence, lead_at)
+    if first_target is None:
+        return None
+    if phrases is None:
+        phrases = memo.phrases(context, history)
+    end = first_target + 1
+    return None if any(padded.find(f" {phrase} ", 0, end + len(phrase)) >= 0 for phrase in phrases) else "target_first"
 
 
-def _target_first(
-    rationale: str,
-    padded: str,
-    matches: list[re.Match[str]],
-    scored: list[tuple[int, float, float]],
-    facts: GroundingFacts,
-    min_overlap: float,
-) -> bool:
-    """:func:`names_target_first` from the scored mentions and the padded normal form.
+def _norm_position(text: str, index: int) -> int:
+    """Where ``text[index]`` falls in the padded normal form: ``len(NORMALISE.sub(' ', text[:index].lower()))``."""
+    return len(normalise_padded(text[:index])) - 2
 
-    Only evidence at or before the first target mention matters: every target span starts
-    there or later and is not empty, so evidence found before it lies outside them all, and
-    evidence at it lies inside the span that starts there.
+
+def _first_target(rationale: str, matches: list[re.Match[str]], targets: list[int], evidence: list[int], lead_at: int) -> int | None:
+    """Where the target is first named in the padded normal form, or None when it is not named
+    or a quoted history item comes first (at the same place or before).
+
+    Quote starts keep their order in the normal form (each quote holds a letter or digit), so
+    only the first quote of each kind is placed. Target spans start at ``first_target`` or later
+    and are not empty: later evidence is a history phrase found before it (the caller's check).
     """
-    target_quotes = [number for number, history, target in scored if history < max(target, min_overlap) and target >= min_overlap]
-    lead_at = padded.find(f" {facts.target_lead} ") if facts.target_lead else -1
-    if not target_quotes and lead_at < 0:
-        return False
-    evidence_quotes = [number for number, history, target in scored if history >= max(target, min_overlap)]
-    numbers = sorted(target_quotes + evidence_quotes)
-    starts = dict(zip(numbers, norm_positions(rationale, [matches[number].start() for number in numbers]), strict=True))
-    first_target = min([starts[number] for number in target_quotes] + ([lead_at] if lead_at >= 0 else []))
-    if any(starts[number] <= first_target for number in evidence_quotes):
-        return False
-    return not any(padded.find(f" {phrase} ", 0, first_target + len(phrase) + 1) >= 0 for phrase in facts.phrases)
+    if not targets and lead_at < 0:
+        return None
+    if targets and (not evidence or targets[0] < evidence[0]):
+        quoted = _norm_position(rationale, matches[targets[0]].start())
+        return quoted if lead_at < 0 else min(quoted, lead_at)
+    # Here the first history quote (if any) comes before every target quote: only the target's lead can precede it.
+    if evidence and (lead_at < 0 or _norm_position(rationale, matches[evidence[0]].start()) <= lead_at):
+        return None
+    return lead_at

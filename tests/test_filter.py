@@ -391,6 +391,6 @@ def test_the_partition_grounding_rules_equal_the_reference_on_random_examples():
         for _ in range(3000):
             rationale, context = _grounding_case(rng)
             expected = _context_reason(rationale, context, settings)
-            assert grounding_reason(rationale, memo.facts(context), overlap) == expected, (rationale, context)
+            assert grounding_reason(rationale, context, memo, overlap) == expected, (rationale, context)
             reasons.add(expected)
     assert reasons == {None, "unknown_product", "not_grounded", "target_first"}
