@@ -166,14 +166,15 @@ def _text_reason(
         return "too_short"
     if words > settings.max_words:
         return "too_long"
-    released_text = f"{rationale}\n{preferences or ''}"
-    # E-mail before URL: the domain of an address would also match the URL rule.
-    if screen.email and EMAIL.search(released_text):
-        return "contains_email"
-    if screen.url and URL.search(released_text):
-        return "contains_url"
-    if screen.phone and PHONE.search(released_text):
-        return "contains_phone"
+    if screen.email or screen.url or screen.phone:
+        released_text = f"{rationale}\n{preferences or ''}"
+        # E-mail before URL: the domain of an address would also match the URL rule.
+        if screen.email and EMAIL.search(released_text):
+            return "contains_email"
+        if screen.url and URL.search(released_text):
+            return "contains_url"
+        if screen.phone and PHONE.search(released_text):
+            return "contains_phone"
     if target_asin and target_asin.lower() in rationale.lower():
         return "leaks_target_asin"
     if not is_english(rationale, settings.min_function_word_ratio, settings.max_non_ascii_letter_ratio):

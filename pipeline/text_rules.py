@@ -260,6 +260,13 @@ def normalise(text: str) -> str:
     return NORMALISE.sub(" ", text.lower()).strip()
 
 
+def normal_words(text: str) -> list[str]:
+    """``normalise(text).split()``, without joining the words first for an ASCII text."""
+    if text.isascii():
+        return text.encode("ascii").translate(_ASCII_FOLD).decode("ascii").split()
+    return NORMALISE.sub(" ", text.lower()).split()
+
+
 def normalise_padded(text: str) -> str:
     """``f" {NORMALISE.sub(' ', text.lower())} "``: the normal form, not stripped, between spaces."""
     if not text.isascii():
@@ -280,9 +287,8 @@ def _phrase(text: str) -> str:
 @functools.lru_cache(maxsize=1 << 16)
 def title_facts(title: str) -> tuple[str, frozenset[str], str]:
     """A title's normal form, its word set and its lead (first four words); cached per title."""
-    norm = normalise(title)
-    words = norm.split()
-    return norm, frozenset(words), " ".join(words[:4])
+    words = normal_words(title)
+    return " ".join(words), frozenset(words), " ".join(words[:4])
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -314,10 +320,10 @@ def is_english(text: str, min_function_word_ratio: float, max_non_ascii_letter_r
         letters = "".join(LETTERS.findall(prose))
         if letters and sum(not ch.isascii() for ch in letters) / len(letters) > max_non_ascii_letter_ratio:
             return False
-    words = normalise(prose).split()
+    words = normal_words(prose)
     if len(words) < 8:
         return True  # too little prose to judge; length rules handle very short texts
-    return sum(w in ENGLISH_FUNCTION_WORDS for w in words) / len(words) >= min_function_word_ratio
+    return sum(map(ENGLISH_FUNCTION_WORDS.__contains__, words)) / len(words) >= min_function_word_ratio
 
 
 def _attributes(item: ItemFacts) -> list[str]:

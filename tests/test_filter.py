@@ -32,7 +32,7 @@ from pipeline.filter import (
     screens,
 )
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
-from pipeline.text_rules import NORMALISE, GroundingMemo, grounding_reason, norm_positions, normalise, normalise_padded
+from pipeline.text_rules import NORMALISE, GroundingMemo, grounding_reason, norm_positions, normal_words, normalise, normalise_padded
 
 TEA = ("Grocery & Gourmet Food", "Beverages", "Coffee, Tea & Cocoa", "Tea")
 CONTEXT = ExampleContext(
@@ -331,6 +331,7 @@ def test_the_ascii_normal_forms_equal_the_regex_forms():
     for _ in range(20000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
         assert normalise(text) == NORMALISE.sub(" ", text.lower()).strip(), text
+        assert normal_words(text) == NORMALISE.sub(" ", text.lower()).split(), text
         assert normalise_padded(text) == f" {NORMALISE.sub(' ', text.lower())} ", text
 
 
