@@ -143,10 +143,10 @@ def read_partition(table_name: str, part: str, suite: dict[str, Any]) -> pa.Tabl
     Only those columns are read: the review texts, descriptions and titles, most of the bytes,
     are never checked by a row expectation.
     """
-    from validation.derived import SEQUENCE_CHECK_FIELDS, read_fields, sequence_check_columns
+    from validation.derived import SEQUENCE_CHECK_FIELDS, SEQUENCE_DICTIONARY_LISTS, read_fields, sequence_check_columns
 
     if table_name == "sequences":
-        return sequence_check_columns(read_fields(part, SEQUENCE_CHECK_FIELDS))
+        return sequence_check_columns(read_fields(part, SEQUENCE_CHECK_FIELDS, SEQUENCE_DICTIONARY_LISTS))
     wanted = {e["kwargs"]["column"] for e in suite["expectations"] if e["meta"]["scope"] == ROW_SCOPE} | set(INDEX_COLUMNS[table_name])
     # List columns (categories, features) have no row expectations.
     columns = [f.name for f in pq.read_schema(part) if f.name in wanted and not pa.types.is_nested(f.type)]
