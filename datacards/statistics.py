@@ -96,14 +96,13 @@ class RowStatistics:
     @classmethod
     def of_splits(cls, splits: dict[str, pa.Table]) -> RowStatistics:
         """The statistics of release rows (``RELEASE_ROW`` tables by split)."""
-        rationales = [r for r in splits["train"]["rationale"].to_pylist() if r] if "train" in splits else []
         return cls(
             rows={split: table.num_rows for split, table in splits.items()},
             users={split: pc.count_distinct(table["user_id"]).as_py() for split, table in splits.items()},
             history_lengths={
                 split: _value_counts(pc.list_value_length(splits[split]["history"])) for split in HISTORY_SPLITS if split in splits
             },
-            rationale_words=dict(Counter(len(r.split()) for r in rationales)),
+            rationale_words=word_counts(splits["train"]["rationale"]) if "train" in splits else {},
             first_rows={split: table.slice(0, 1).to_pylist()[0] for split, table in splits.items() if table.num_rows},
         )
 
@@ -121,9 +120,31 @@ class RowStatistics:
         )
 
 
+def word_counts(texts: pa.Array | pa.ChunkedArray) -> dict[int, int]:
+    """How many of the non-empty ``texts`` have each number of words (``len(text.split())``), in first-seen order.
+
+    Plain Python on purpose: a regular expression in Arrow that splits exactly as ``str.split()``
+    (every ``str.isspace()`` character) measured three times slower than this.
+    """
+    return dict(Counter(len(text.split()) for text in texts.to_pylist() if text))
+
+
 def category_counts(items: pa.Table) -> dict[str, int]:
-    """Catalog items per category (:func:`category_of`) of an ``items`` table."""
-    return dict(Counter(category_of(c, m) for c, m in zip(items["categories"].to_pylist(), items["main_category"].to_pylist())))
+    """Catalog items per category (:func:`category_of`) of an ``items`` table, in first-seen order.
+
+    Computed in Arrow, column-wise, with the rules of :func:`category_of`.
+    """
+    categories = items["categories"].combine_chunks() if items.num_rows else pa.array([], items.schema.field("categories").type)
+    main = pc.if_else(pc.fill_null(pc.equal(items["main_category"], ""), True), UNCATEGORISED, items["main_category"])
+    chosen = main.combine_chunks() if isinstance(main, pa.ChunkedArray) else main
+    lengths = pc.fill_null(pc.list_value_length(categories), 0)
+    for position, mask in ((0, pc.equal(lengths, 1)), (1, pc.greater_equal(lengths, 2))):
+        if pc.any(mask).as_py():
+            chosen = pc.replace_with_mask(chosen, mask, pc.list_element(categories.filter(mask), position))
+    if not len(chosen):
+        return {}
+    counted = pc.value_counts(chosen)
+    return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
 
 
 class ReleasedDomain(Protocol):
