@@ -39,14 +39,24 @@ PLAIN_TEXT = r"^[\x20-\x7e\t\n\r]*$"
 which Python's ``\\s`` matches and RE2's does not, and no non-ASCII letters)."""
 
 
-def search(strings: pa.Array, pattern: str) -> np.ndarray:
-    """Whether ``re.search(pattern, s)`` finds a match in each string (False for nulls)."""
+def plain_rows(strings: pa.Array) -> np.ndarray:
+    """Which strings are :data:`PLAIN_TEXT` (RE2 searches those); False for nulls."""
+    return pc.fill_null(pc.match_substring_regex(strings.cast(pa.string()), PLAIN_TEXT), False).to_numpy(zero_copy_only=False)
+
+
+def search(strings: pa.Array, pattern: str, plain: np.ndarray | None = None) -> np.ndarray:
+    """Whether ``re.search(pattern, s)`` finds a match in each string (False for nulls).
+
+    ``plain`` is :func:`plain_rows` of ``strings`` when the caller already has it (several
+    patterns searched in one column).
+    """
     strings = strings.cast(pa.string())
     found = np.zeros(len(strings), dtype=bool)
     valid = pc.is_valid(strings).to_numpy(zero_copy_only=False)
     try:
-        fast = pc.fill_null(pc.match_substring_regex(strings, PLAIN_TEXT), False).to_numpy(zero_copy_only=False)
-        found[fast] = pc.match_substring_regex(strings.filter(pa.array(fast)), pattern).to_numpy(zero_copy_only=False)
+        fast = plain_rows(strings) if plain is None else plain
+        searched = strings if fast.all() else strings.filter(pa.array(fast))
+        found[fast] = pc.match_substring_regex(searched, pattern).to_numpy(zero_copy_only=False)
     except pa.ArrowInvalid:  # a pattern RE2 cannot compile: Python's re for every row
         fast = np.zeros(len(strings), dtype=bool)
     slow = np.flatnonzero(valid & ~fast)
@@ -81,26 +91,38 @@ def _lengths(column: pa.Array) -> pa.Array:
     return pc.utf8_length(column.cast(pa.string()))
 
 
-UNEXPECTED: dict[str, Callable[[pa.Array, dict[str, Any]], np.ndarray]] = {
-    "expect_column_values_to_be_between": lambda c, k: _outside(c, k.get("min_value"), k.get("max_value")),
-    "expect_column_values_to_be_in_set": lambda c, k: ~_in_set(c, k),
-    "expect_column_values_to_match_regex": lambda c, k: ~search(c, k["regex"]),
-    "expect_column_values_to_not_match_regex": lambda c, k: search(c, k["regex"]),
-    "expect_column_values_to_not_match_regex_list": lambda c, k: np.logical_or.reduce([search(c, r) for r in k["regex_list"]]),
-    "expect_column_value_lengths_to_be_between": lambda c, k: _outside(_lengths(c), k.get("min_value"), k.get("max_value")),
+Plain = Callable[[], np.ndarray]
+"""The column's :func:`plain_rows`, computed once per column however many patterns search it."""
+UNEXPECTED: dict[str, Callable[[pa.Array, dict[str, Any], Plain], np.ndarray]] = {
+    "expect_column_values_to_be_between": lambda c, k, p: _outside(c, k.get("min_value"), k.get("max_value")),
+    "expect_column_values_to_be_in_set": lambda c, k, p: ~_in_set(c, k),
+    "expect_column_values_to_match_regex": lambda c, k, p: ~search(c, k["regex"], p()),
+    "expect_column_values_to_not_match_regex": lambda c, k, p: search(c, k["regex"], p()),
+    "expect_column_values_to_not_match_regex_list": lambda c, k, p: np.logical_or.reduce([search(c, r, p()) for r in k["regex_list"]]),
+    "expect_column_value_lengths_to_be_between": lambda c, k, p: _outside(_lengths(c), k.get("min_value"), k.get("max_value")),
 }
 """Per expectation type: which non-missing rows are unexpected (True = fails the rule)."""
 SUPPORTED = {"expect_column_values_to_not_be_null", *UNEXPECTED}
 
 
-def check_column(table: pa.Table, table_name: str, kind: str, kwargs: dict[str, Any], examples: int) -> CheckResult:
-    """One row expectation over the Arrow ``table`` of one partition."""
+def check_column(
+    table: pa.Table, table_name: str, kind: str, kwargs: dict[str, Any], examples: int, plain: dict[str, np.ndarray] | None = None
+) -> CheckResult:
+    """One row expectation over the Arrow ``table`` of one partition (``plain``: :func:`plain_rows`
+    per column, filled in as needed and shared by the expectations of one partition)."""
     column = table.column(kwargs["column"]).combine_chunks()
     missing = _missing(column)
     if kind == "expect_column_values_to_not_be_null":
         unexpected, missing_count = missing, 0
     else:
-        unexpected, missing_count = UNEXPECTED[kind](column, kwargs) & ~missing, int(missing.sum())
+        plain = {} if plain is None else plain
+
+        def column_plain() -> np.ndarray:
+            if kwargs["column"] not in plain:
+                plain[kwargs["column"]] = plain_rows(column)
+            return plain[kwargs["column"]]
+
+        unexpected, missing_count = UNEXPECTED[kind](column, kwargs, column_plain) & ~missing, int(missing.sum())
     rows = np.flatnonzero(unexpected)
     return CheckResult(
         success=len(rows) == 0,
@@ -122,7 +144,7 @@ def check_partition(
     table: pa.Table, table_name: str, suite: dict[str, Any], parameters: dict[str, Any], examples: int
 ) -> dict[str, CheckResult]:
     """The ``row`` expectations of ``suite`` over one partition; results keyed by expectation name."""
-    results = {}
+    results, plain = {}, {}
     for expectation in suite["expectations"]:
         if expectation["meta"]["scope"] != ROW_SCOPE:
             continue
@@ -132,7 +154,7 @@ def check_partition(
                 "add it to validation/row_checks.py or set `validate: {row_engine: gx}`"
             )
         kwargs = substitute_parameters(expectation["kwargs"], parameters)
-        results[expectation["meta"]["name"]] = check_column(table, table_name, expectation["type"], kwargs, examples)
+        results[expectation["meta"]["name"]] = check_column(table, table_name, expectation["type"], kwargs, examples, plain)
     return results
 
 
