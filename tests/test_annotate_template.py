@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 from annotation_data import make_run
@@ -232,6 +233,9 @@ def test_template_fast_path_equals_the_reference_on_hostile_examples():
     for context in contexts:
         reference = [link for link in template.find_links(context) if link.score >= template.MIN_LINK_SCORE]
         assert template.supporting_links(context) == reference[: template.MAX_NAMED_ITEMS]
+        preferences = template.user_preferences(context)
+        expected = template.answer_from(context, 3, preferences, reference[: template.MAX_NAMED_ITEMS])
+        assert template.annotate(context, 3) == expected
     # One memo shared by the whole batch gives each example's answer alone.
     assert template.annotate_many(contexts, 3) == [template.annotate(context, 3) for context in contexts]
     assert any(answer.coherent for answer in template.annotate_many(contexts, 3))
@@ -276,3 +280,26 @@ def test_contexts_share_item_facts_and_equal_the_per_item_reference(tmp_path):
     }
     assert read_item_facts(run, wanted, ("parent_asin", "store")) == expected
     assert read_item_facts(run, []) == {} and read_item_facts(tmp_path / "none", wanted) == {}
+
+
+def test_columnar_contexts_with_worker_caches_equal_the_row_reference(tmp_path):
+    from pipeline.annotators import context as ctx
+
+    run = tmp_path / "run"
+    make_run(run, users=24)
+    table = pads.dataset(str(run / "sequences")).to_table(columns=ctx.CONTEXT_COLUMNS)
+    rows = table.to_pylist()
+    rows[0]["history"] = None
+    rows[1]["history"] = []
+    rows[2]["history"] = rows[3]["history"] + rows[3]["history"][:2]  # repeated items
+    rows[4]["history"] = [{**item, "title": None, "rating": None} for item in rows[4]["history"]]
+    table = pa.Table.from_pylist(rows, schema=table.schema)
+    asins = [item["parent_asin"] for row in rows for item in [*(row["history"] or []), row["target"]]]
+    expected = ctx.contexts_from_rows(rows, ctx.read_item_facts(run, asins), {})
+    assert ctx._contexts_from_table(run, table.slice(0, 9)) == expected[:9]  # cold worker caches
+    assert ctx._contexts_from_table(run, table) == expected  # partly warm
+    assert ctx._contexts_from_table(run, table.slice(9)) == expected[9:]
+    assert ctx.load_contexts(run, table, review_titles=False) == expected
+    # A history with extra fields (a catalog fact of its own) takes the row path.
+    extra = pa.Table.from_pylist([{**row, "history": [{**item, "store": "Own"} for item in row["history"] or []]} for row in rows[:5]])
+    assert ctx._contexts_from_table(run, extra) is None

@@ -20,7 +20,7 @@ from core.schemas import ANNOTATIONS
 from core.tables import write_part
 from pipeline.annotators import template
 from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash
-from pipeline.annotators.context import PartitionSpec, load_partition_contexts
+from pipeline.annotators.context import PartitionSpec, load_partition_contexts, paused_gc
 from pipeline.annotators.openai_chat import ChatOptions, ChatRequest
 from pipeline.annotators.pricing import estimate_tokens
 from pipeline.teacher_prompt import PROMPT_VERSION, AnswerParseError, ExampleContext, TeacherAnswer, build_messages, parse_answer
@@ -63,8 +63,9 @@ def template_rows(contexts: list[ExampleContext], seed: int) -> list[dict[str, A
 
 def annotate_partition_with_template(run_path: str, spec: PartitionSpec, seed: int) -> pa.Table:
     """The template annotations of one partition."""
-    contexts = load_partition_contexts(Path(run_path), spec, review_titles=False)
-    return pa.Table.from_pylist(template_rows(contexts, seed), schema=ANNOTATIONS)
+    with paused_gc():
+        contexts = load_partition_contexts(Path(run_path), spec, review_titles=False)
+        return pa.Table.from_pylist(template_rows(contexts, seed), schema=ANNOTATIONS)
 
 
 @dataclass(frozen=True)

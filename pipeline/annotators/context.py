@@ -12,8 +12,12 @@ the data only, so the outputs never depend on how many Dask workers run them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
+import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,10 +180,18 @@ def _item_base(item: dict[str, Any], catalog: dict[str, dict[str, Any]]) -> _Bas
     )
 
 
+def _base_key(item: dict[str, Any]) -> tuple[Any, ...]:
+    """What an item's :data:`_Base` depends on besides the catalog."""
+    categories = item.get("categories")
+    return (item["parent_asin"], item.get("title"), tuple(categories) if categories else (), item.get("store"))
+
+
 def contexts_from_rows(
     rows: list[dict[str, Any]],
     catalog: dict[str, dict[str, Any]],
     review_titles: dict[tuple[str, str], str],
+    bases: dict[tuple[Any, ...], _Base] | None = None,
+    shared: dict[tuple[Any, ...], ItemFacts] | None = None,
 ) -> list[ExampleContext]:
     """Example contexts from sequences rows (as dicts) plus catalog and review-title lookups.
 
@@ -188,14 +200,16 @@ def contexts_from_rows(
     review titles the user is part of that key. The facts but the rating (title, categories,
     store, price, features) are built once per item and their tuples shared by all its facts,
     so per-item work downstream (the template's keywords) can be keyed by those objects.
+    ``bases`` may hold bases built before from the same catalog (they are added to it); an item
+    whose base is not there must be in ``catalog`` if the catalog has it. ``shared`` may hold
+    history facts built before from the same catalog and review titles (they are added to it).
     """
     contexts = []
-    bases: dict[tuple[Any, ...], _Base] = {}
-    shared: dict[tuple[Any, ...], ItemFacts] = {}
+    bases = {} if bases is None else bases
+    shared = {} if shared is None else shared
 
     def base(item: dict[str, Any]) -> tuple[tuple[Any, ...], _Base]:
-        categories = item.get("categories")
-        key = (item["parent_asin"], item.get("title"), tuple(categories) if categories else (), item.get("store"))
+        key = _base_key(item)
         if (found := bases.get(key)) is None:
             found = bases[key] = _item_base(item, catalog)
         return key, found
@@ -216,17 +230,176 @@ def contexts_from_rows(
     return contexts
 
 
+MAX_CACHED_BASES = 1 << 17
+"""Most item bases a worker process keeps between partitions (the oldest half goes when full);
+an item has one as history item and one as target."""
+_worker_bases: dict[tuple[FileSignature, tuple[str, ...]], dict[tuple[Any, ...], _Base]] = {}
+_worker_facts: dict[tuple[Any, ...], ItemFacts] = {}
+"""History facts (without review titles) of the bases in :data:`_worker_bases` (at most two per base)."""
+
+
+def _contexts_with_worker_bases(
+    run_path: Path, rows: list[dict[str, Any]], titles: dict[tuple[str, str], str], columns: tuple[str, ...] = ITEM_FACT_COLUMNS
+) -> list[ExampleContext]:
+    """:func:`contexts_from_rows` with the catalog rows of the items and their bases kept per worker.
+
+    A partition's items are mostly new to it but recur across partitions (one train row per
+    user): the bases built for earlier partitions are reused (bounded by
+    :data:`MAX_CACHED_BASES`, for one catalog at a time) and only the other items' catalog rows
+    are read. The bases are keyed by the items table's files and the columns read, so a changed
+    catalog starts afresh; the contexts equal those built without the cache.
+    """
+    shared = _worker_caches(run_path, columns)
+    local: dict[tuple[Any, ...], _Base] = {}
+    missing: set[str] = set()
+    facts = _worker_facts if not titles else {}  # with review titles, facts are the user's own
+    for row in rows:
+        for item in [*(row["history"] or []), row["target"]]:
+            key = _base_key(item)
+            if key not in local:
+                if (found := shared.get(key)) is None:
+                    missing.add(item["parent_asin"])
+                else:
+                    local[key] = found
+    catalog = read_item_facts(run_path, sorted(missing), columns)
+    if len(facts) > 2 * MAX_CACHED_BASES:
+        _drop_oldest_half(facts)
+    contexts = contexts_from_rows(rows, catalog, titles, local, facts)
+    if len(shared) + len(local) > MAX_CACHED_BASES:
+        _drop_oldest_half(shared)
+    shared.update(local)
+    return contexts
+
+
+def _drop_oldest_half(cache: dict[Any, Any]) -> None:
+    """Bound a worker cache: its first-inserted half goes (safe with another thread using it)."""
+    for key in list(itertools.islice(cache, len(cache) // 2)):
+        cache.pop(key, None)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside (automatic collection resumes after, if it was on).
+
+    Building a partition allocates hundreds of thousands of small acyclic objects (dicts,
+    tuples, facts) while the worker's caches hold many more: the collector's passes over them
+    cost about a third of the template annotator's time and free nothing (reference counting
+    frees them).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+_worker_history: dict[tuple[str, str | None, float | None], ItemFacts] = {}
+"""History facts by (asin, title, rating) of :func:`_contexts_from_table` (same catalog as the bases)."""
+_worker_targets: dict[tuple[Any, ...], ItemFacts] = {}
+"""Target facts by base key of :func:`_contexts_from_table` (same catalog as the bases)."""
+PLAIN_HISTORY_FIELDS = frozenset(["parent_asin", "title", "rating", "timestamp"])
+"""History item fields of the sequences table: none of them replaces a catalog fact."""
+
+
+def _worker_caches(run_path: Path, columns: tuple[str, ...]) -> dict[tuple[Any, ...], _Base]:
+    """This worker's bases for the run's catalog (all worker caches start afresh on another one)."""
+    folder = Path(run_path) / "items"
+    identity = (_signature(folder) if folder.is_dir() else (), tuple(columns))
+    shared = _worker_bases.get(identity)
+    if shared is None:
+        for cache in (_worker_bases, _worker_facts, _worker_history, _worker_targets):
+            cache.clear()
+        shared = _worker_bases[identity] = {}
+    return shared
+
+
+def _publish(cache: dict[Any, Any], new: dict[Any, Any], limit: int) -> None:
+    """Add a partition's new entries to a worker cache, first dropping its oldest half when full."""
+    if len(cache) + len(new) > limit:
+        _drop_oldest_half(cache)
+    cache.update(new)
+
+
+def _contexts_from_table(run_path: Path, sequences: pa.Table) -> list[ExampleContext] | None:
+    """:func:`contexts_from_rows` without review titles, straight from the columns (None when the
+    history items carry fields beyond :data:`PLAIN_HISTORY_FIELDS`).
+
+    The history items are read column by column, and their facts are kept by the worker per
+    (asin, title, rating) (targets per base key), so most items of a partition cost a lookup;
+    the rest get their bases and catalog rows as in :func:`_contexts_with_worker_bases`.
+    """
+    history_type = sequences.schema.field("history").type.value_type
+    if {field.name for field in history_type} - PLAIN_HISTORY_FIELDS:
+        return None
+    bases = _worker_caches(run_path, ITEM_FACT_COLUMNS)
+    history = sequences.column("history").combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(history), 0).to_pylist()
+    flat = history.flatten()
+    keys = list(zip(*(pc.struct_field(flat, name).to_pylist() for name in ("parent_asin", "title", "rating")), strict=True))
+    targets = sequences.column("target").to_pylist()
+    target_keys = [_base_key(target) for target in targets]
+
+    facts: dict[tuple[Any, ...], ItemFacts] = {}
+    new_facts = []
+    for key in set(keys):
+        if (found := _worker_history.get(key)) is None:
+            new_facts.append(key)
+        else:
+            facts[key] = found
+    target_facts: dict[tuple[Any, ...], ItemFacts] = {}
+    new_targets = {}
+    for key, target in zip(target_keys, targets, strict=True):
+        if key not in target_facts and key not in new_targets:
+            if (found := _worker_targets.get(key)) is None:
+                new_targets[key] = target
+            else:
+                target_facts[key] = found
+    local: dict[tuple[Any, ...], _Base] = {}
+    missing: set[str] = set()
+    wanted = [((asin, title, (), None), {"parent_asin": asin, "title": title}) for asin, title, _ in new_facts]
+    for key, _ in [*wanted, *new_targets.items()]:
+        if key not in local:
+            if (found := bases.get(key)) is None:
+                missing.add(key[0])
+            else:
+                local[key] = found
+    catalog = read_item_facts(run_path, sorted(missing), ITEM_FACT_COLUMNS)
+    for key, item in [*wanted, *new_targets.items()]:
+        if key not in local:
+            local[key] = _item_base(item, catalog)
+    built = {(asin, title, rating): ItemFacts(asin, *local[(asin, title, (), None)], rating=rating) for asin, title, rating in new_facts}
+    built_targets = {key: ItemFacts(target["parent_asin"], *local[key]) for key, target in new_targets.items()}
+    facts.update(built)
+    target_facts.update(built_targets)
+    _publish(bases, local, MAX_CACHED_BASES)
+    _publish(_worker_history, built, 2 * MAX_CACHED_BASES)
+    _publish(_worker_targets, built_targets, MAX_CACHED_BASES)
+
+    items = [facts[key] for key in keys]
+    contexts = []
+    start = 0
+    for user_id, split, length, target_key in zip(
+        sequences.column("user_id").to_pylist(), sequences.column("split").to_pylist(), lengths, target_keys, strict=True
+    ):
+        history_facts = tuple(items[start : start + length])
+        start += length
+        contexts.append(ExampleContext(user_id=user_id, split=split, history=history_facts, target=target_facts[target_key]))
+    return contexts
+
+
 def load_contexts(run_path: Path, sequences: pa.Table, review_titles: bool = True) -> list[ExampleContext]:
     """Contexts for a table of sequences rows, enriched from the run's items and interactions.
 
     ``review_titles=False`` leaves the users' review titles out (the template never shows them,
     and finding them reads the interactions table).
     """
+    if not review_titles and (contexts := _contexts_from_table(run_path, sequences)) is not None:
+        return contexts
     rows = sequences.to_pylist()
-    asins = [item["parent_asin"] for row in rows for item in [*(row["history"] or []), row["target"]]]
-    catalog = read_item_facts(run_path, asins)
     titles = read_review_titles(run_path, [row["user_id"] for row in rows]) if review_titles else {}
-    return contexts_from_rows(rows, catalog, titles)
+    return _contexts_with_worker_bases(run_path, rows, titles)
 
 
 def load_partition_contexts(run_path: Path, spec: PartitionSpec, review_titles: bool = True) -> list[ExampleContext]:

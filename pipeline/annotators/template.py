@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from pipeline.teacher_prompt import ExampleContext, ItemFacts, TeacherAnswer
 
@@ -194,7 +194,7 @@ def find_links(context: ExampleContext) -> list[Link]:
 
 _Derived = tuple[frozenset[str], frozenset[str], "str | None", "str | None", tuple[str, ...]]
 """An item's keywords, title keywords, lower-cased store, price band and lower-cased categories."""
-Memo = dict[tuple[Any, ...], tuple[ItemFacts, _Derived]]
+Memo = dict[tuple[object, ...], tuple[ItemFacts, _Derived]]
 """Per-batch :func:`_derived` values (see there)."""
 
 
@@ -203,8 +203,9 @@ def _derived(item: ItemFacts, memo: Memo) -> _Derived:
 
     They depend on the title, store, price, categories and features only (not on the rating
     or the user). ``memo`` is keyed by the title, store, price and the identity of the two
-    tuples, which the facts of one item share (``contexts_from_rows``); each entry holds its
-    item, so those tuples stay alive and their ids cannot be reused while the memo lives.
+    tuples, which the facts of one item share (``context.contexts_from_rows``, and across a
+    worker's partitions ``context._contexts_from_table``); each entry holds its item, so those
+    tuples stay alive and their ids cannot be reused while the entry lives.
     """
     key = (item.title, item.store, item.price, id(item.categories), id(item.features))
     entry = memo.get(key)
@@ -242,11 +243,15 @@ def supporting_links(context: ExampleContext, memo: Memo | None = None) -> list[
     named links are built.
     """
     memo = {} if memo is None else memo
+    return _supporting(context, [_derived(item, memo) for item in context.history], _derived(context.target, memo))
+
+
+def _supporting(context: ExampleContext, derived: list[_Derived], target_derived: _Derived) -> list[Link]:
+    """:func:`supporting_links` from the history's and the target's :func:`_derived` values."""
     target = context.target
-    t_words, t_title, t_store, t_band, t_lower = _derived(target, memo)
+    t_words, t_title, t_store, t_band, t_lower = target_derived
     scored = []
-    for position, item in enumerate(context.history):
-        words, title, store, band, lower = _derived(item, memo)
+    for position, (item, (words, title, store, band, lower)) in enumerate(zip(context.history, derived, strict=True)):
         depth, _ = _category_link(item.categories, target.categories, lower, t_lower)
         same_store = store is not None and t_store is not None and store == t_store
         title_shared = title & t_title
@@ -352,24 +357,59 @@ def _verbs(count: int) -> dict[str, str]:
     }
 
 
-def user_preferences(context: ExampleContext, memo: Memo | None = None) -> str:
-    """A one-sentence summary of the tastes the history shows (``memo``: see :func:`_derived`)."""
+def user_preferences(context: ExampleContext) -> str:
+    """A one-sentence summary of the tastes the history shows."""
     categories = Counter(item.categories[-1] for item in context.history if item.categories)
     stores = Counter(item.store for item in context.history if item.store)
     ratings = [item.rating for item in context.history if item.rating is not None]
-    if memo is None:
-        bands = Counter(b for b in (price_band(item.price) for item in context.history) if b)
-    else:
-        bands = Counter(b for b in (_derived(item, memo)[3] for item in context.history) if b)
+    bands = Counter(b for b in (price_band(item.price) for item in context.history) if b)
+    return _preferences_sentence(
+        [c for c, _ in categories.most_common(2)],
+        stores.most_common(1)[0] if stores else None,
+        bands.most_common(1)[0][0] if bands else None,
+        ratings,
+    )
+
+
+def _top(counts: dict[str, int]) -> tuple[str, int] | None:
+    """``Counter(counts).most_common(1)[0]``: the first of the most counted (None when empty)."""
+    return max(counts.items(), key=_count) if counts else None
+
+
+def _count(entry: tuple[str, int]) -> int:
+    return entry[1]
+
+
+def _fast_preferences(history: tuple[ItemFacts, ...], derived: list[_Derived]) -> str:
+    """:func:`user_preferences` in one pass, the price bands taken from :func:`_derived`."""
+    categories: dict[str, int] = {}
+    stores: dict[str, int] = {}
+    bands: dict[str, int] = {}
+    ratings = []
+    for item, entry in zip(history, derived, strict=True):
+        if item.categories:
+            last = item.categories[-1]
+            categories[last] = categories.get(last, 0) + 1
+        if item.store:
+            stores[item.store] = stores.get(item.store, 0) + 1
+        if item.rating is not None:
+            ratings.append(item.rating)
+        if band := entry[3]:
+            bands[band] = bands.get(band, 0) + 1
+    # Counter.most_common(n) is sorted(..., reverse=True)[:n], which keeps first-seen order in ties.
+    top_categories = [c for c, _ in sorted(categories.items(), key=_count, reverse=True)[:2]]
+    top_band = _top(bands)
+    return _preferences_sentence(top_categories, _top(stores), top_band[0] if top_band else None, ratings)
+
+
+def _preferences_sentence(categories: list[str], top_store: tuple[str, int] | None, band: str | None, ratings: list[float]) -> str:
     parts = []
     if categories:
-        parts.append("mostly buys " + _join([c for c, _ in categories.most_common(2)]))
-    if stores:
-        top_store, count = stores.most_common(1)[0]
-        if count > 1:
-            parts.append(f"returns to {top_store}")
-    if bands:
-        parts.append(f"usually spends {bands.most_common(1)[0][0]}")
+        parts.append("mostly buys " + _join(categories))
+    if top_store is not None and top_store[1] > 1:
+        parts.append(f"returns to {top_store[0]}")
+    if band:
+        parts.append(f"usually spends {band}")
     if ratings:
         mean = sum(ratings) / len(ratings)
         parts.append(f"rates purchases {mean:.1f} out of 5 on average")
@@ -411,11 +451,20 @@ def _evidence_sentences(supporting: list[Link], target: ItemFacts, digest: bytes
 def annotate_many(contexts: list[ExampleContext], seed: int) -> list[TeacherAnswer]:
     """The template annotations of many examples, equal to :func:`annotate` of each.
 
-    The items' words, stores, bands and categories are worked out once per item object of the
-    batch (a partition's contexts share their items' facts).
+    The items' words, stores, bands and categories are worked out once per item and kept by
+    the worker process for the next batches (bounded by :data:`MAX_MEMO_ITEMS`): the contexts
+    of a worker share their items' tuples (``contexts_from_rows``), which key the memo.
     """
-    memo: Memo = {}
-    return [annotate(context, seed, memo) for context in contexts]
+    if len(_worker_memo) > MAX_MEMO_ITEMS:
+        for key in list(itertools.islice(_worker_memo, len(_worker_memo) // 2)):
+            _worker_memo.pop(key, None)
+    return [annotate(context, seed, _worker_memo) for context in contexts]
+
+
+MAX_MEMO_ITEMS = 1 << 17
+"""Most items whose :func:`_derived` values a worker process keeps between batches (the oldest
+half goes when full; the words themselves are shared with the keyword cache)."""
+_worker_memo: Memo = {}
 
 
 def annotate(context: ExampleContext, seed: int, memo: Memo | None = None) -> TeacherAnswer:
@@ -425,10 +474,15 @@ def annotate(context: ExampleContext, seed: int, memo: Memo | None = None) -> Te
     the answer.
     """
     memo = {} if memo is None else memo
+    derived = [_derived(item, memo) for item in context.history]
+    supporting = _supporting(context, derived, _derived(context.target, memo))
+    return answer_from(context, seed, _fast_preferences(context.history, derived), supporting)
+
+
+def answer_from(context: ExampleContext, seed: int, preferences: str, supporting: list[Link]) -> TeacherAnswer:
+    """The answer for an example from its :func:`user_preferences` and :func:`supporting_links`."""
     digest = hashlib.blake2b(f"{seed}|{context.user_id}|{context.target.parent_asin}".encode(), digest_size=16).digest()
-    preferences = user_preferences(context, memo)
     target = _quote(context.target.title)
-    supporting = supporting_links(context, memo)
     if not supporting:
         recent = _join([_quote(item.title) for item in context.history[-2:]]) or "no earlier purchase"
         reason = (
