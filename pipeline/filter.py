@@ -225,30 +225,52 @@ def reject_reasons(
     The grounding rules score each distinct quoted mention once, on title and attribute facts
     memoised for the partition (:func:`grounding_reason`).
     """
-    columns = [annotations.column(name).to_pylist() for name in ("rationale", "user_preferences", "coherent", *KEY_COLUMNS)]
+    return context_reasons(annotations, text_reasons(annotations, settings), contexts, settings)
+
+
+def text_reasons(annotations: pa.Table, settings: FilterSettings) -> list[str | None]:
+    """Per row: the first rule up to ``not_english`` it breaks (those need no context), or None."""
+    columns = [annotations.column(name).to_pylist() for name in ("rationale", "user_preferences", "coherent", "target_parent_asin")]
+    return [
+        _text_reason(rationale or "", preferences, coherent, target_asin, settings, screen)
+        for rationale, preferences, coherent, target_asin, screen in zip(*columns, screens(annotations), strict=True)
+    ]
+
+
+def context_reasons(
+    annotations: pa.Table, reasons: list[str | None], contexts: dict[tuple[str, str, str], ExampleContext], settings: FilterSettings
+) -> list[str | None]:
+    """``reasons`` (from :func:`text_reasons`) completed by the context rules for the rows they kept."""
+    todo = [number for number, reason in enumerate(reasons) if reason is None]
+    if not todo:
+        return reasons
+    rows = annotations.select(["rationale", *KEY_COLUMNS]).take(pa.array(todo, type=pa.int64()))
+    columns = [rows.column(name).to_pylist() for name in rows.column_names]
     memo = GroundingMemo()
-    reasons: list[str | None] = []
-    for rationale, preferences, coherent, user_id, split, target_asin, screen in zip(*columns, screens(annotations), strict=True):
-        rationale = rationale or ""
-        reason = _text_reason(rationale, preferences, coherent, target_asin, settings, screen)
-        if reason is None:
-            context = contexts.get((user_id, split, target_asin))
-            if context is None:
-                reason = "unknown_example"
-            else:
-                reason = grounding_reason(rationale, context, memo, settings.min_product_overlap)
-        reasons.append(reason)
+    reasons = list(reasons)
+    for number, rationale, user_id, split, target_asin in zip(todo, *columns, strict=True):
+        context = contexts.get((user_id, split, target_asin))
+        if context is None:
+            reasons[number] = "unknown_example"
+        else:
+            reasons[number] = grounding_reason(rationale or "", context, memo, settings.min_product_overlap)
     return reasons
 
 
 def filter_partition(run_path: str, annotations_file: str, settings: FilterSettings) -> tuple[pa.Table, pa.Table]:
-    """Filter one annotations part file: (kept rows, rejected rows), both in input order."""
+    """Filter one annotations part file: (kept rows, rejected rows), both in input order.
+
+    The contexts are loaded only for the rows that pass the text rules (the others never read one).
+    """
     annotations = pads.dataset(annotations_file, format="parquet", schema=ANNOTATIONS).to_table()
-    contexts = load_contexts_for_keys(Path(run_path), annotations, catalog_columns=GROUNDING_COLUMNS) if annotations.num_rows else {}
-    reasons = pa.array(reject_reasons(annotations, contexts, settings), type=pa.string())
-    kept_mask = pc.is_null(reasons)
+    reasons = text_reasons(annotations, settings)
+    todo = [number for number, reason in enumerate(reasons) if reason is None]
+    keys = annotations.select(KEY_COLUMNS).take(pa.array(todo, type=pa.int64()))
+    contexts = load_contexts_for_keys(Path(run_path), keys, catalog_columns=GROUNDING_COLUMNS) if todo else {}
+    reasons_array = pa.array(context_reasons(annotations, reasons, contexts, settings), type=pa.string())
+    kept_mask = pc.is_null(reasons_array)
     kept = annotations.filter(kept_mask).cast(FILTERED)
-    rejected = annotations.append_column("reason", reasons).filter(pc.invert(kept_mask))
+    rejected = annotations.append_column("reason", reasons_array).filter(pc.invert(kept_mask))
     return kept, _bounded(rejected, settings).cast(FILTER_REJECTS)
 
 

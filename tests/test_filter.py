@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 from annotation_data import make_run
 from kill_points import kill_when
@@ -26,6 +27,7 @@ from pipeline.filter import (
     FilterSettings,
     Screen,
     _context_reason,
+    filter_partition,
     reject_reason,
     reject_reasons,
     run_filter,
@@ -255,6 +257,11 @@ def test_the_partition_form_gives_the_reference_reason_of_every_row(tmp_path):
     ]
     assert reject_reasons(table, loaded, settings) == reference
     assert len(set(reference)) >= 20  # the rows reach most rules
+    # The stage's form loads the contexts only for the rows that pass the text rules: the same reasons.
+    pq.write_table(table, tmp_path / "annotations.parquet")
+    kept, rejected = filter_partition(str(run), str(tmp_path / "annotations.parquet"), settings)
+    assert kept.num_rows == reference.count(None)
+    assert rejected.column("reason").to_pylist() == [reason for reason in reference if reason is not None]
     skipped = [screen for screen in screens(table) if screen != FULL_SCREEN]
     assert len(skipped) > table.num_rows // 4  # and the pre-screens do spare rows their regexes
     # The pre-screens are exact, not lucky: with every screen forced off, the hostile rows would pass.
