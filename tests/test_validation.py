@@ -277,9 +277,9 @@ def test_sorted_candidate_rules_agree_with_the_hashed_ones(seed: int) -> None:
     assert not sorted_flags[0].all() and not sorted_flags[1].all()
 
 
-def test_whole_table_results_do_not_depend_on_the_bucket_count(tmp_path: Path, dask_client, monkeypatch) -> None:
-    """One row per bucket (many buckets) gives the same summary as one bucket: counts and first
-    examples, with the whole-table defects of sequences planted at once."""
+def test_results_do_not_depend_on_the_task_and_bucket_sizes(tmp_path: Path, dask_client, monkeypatch) -> None:
+    """A task and a bucket per part file gives the same summary as one of each for the table: counts
+    and first examples, with whole-table and row defects of sequences planted at once."""
     import validation.whole_table as whole_table
 
     tables = json.loads(json.dumps(_good_rows()))
@@ -287,6 +287,8 @@ def test_whole_table_results_do_not_depend_on_the_bucket_count(tmp_path: Path, d
         "sequences_validation_history_is_test_history_minus_last",
         "sequences_validation_target_is_last_test_history_item",
         "sequences_one_row_per_user_and_evaluation_split",
+        "sequences_candidates_unique",
+        "sequences_history_chronological",
     ):
         DEFECTS[defect][1](tables)
     _write_table_only(tmp_path / "run", "sequences", tables["sequences"])
@@ -294,9 +296,12 @@ def test_whole_table_results_do_not_depend_on_the_bucket_count(tmp_path: Path, d
     parameters = suite_parameters(run, ValidateSettings())
     one = validate_table(run, "sequences", dask_client, parameters, examples=3)
     monkeypatch.setattr(whole_table, "ROWS_PER_BUCKET", 1)
+    monkeypatch.setattr(whole_table, "ROWS_PER_TASK", 1)
+    assert whole_table.Layout.of([str(p) for p in sorted((run.path / "sequences").glob("*.parquet"))]).buckets == 2
     many = validate_table(run, "sequences", dask_client, parameters, examples=3)
     assert [e.to_json() for e in one.expectations] == [e.to_json() for e in many.expectations]
     assert sum(e.success is False for e in one.expectations if e.scope == "table") >= 2
+    assert sum(e.success is False for e in one.expectations if e.scope == "row") >= 2
 
 
 def test_dictionary_read_items_give_the_string_read_results(tmp_path: Path, monkeypatch) -> None:

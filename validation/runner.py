@@ -54,7 +54,7 @@ from validation.spec import (
     suite_file,
 )
 from validation.summary import CheckResult, ExpectationSummary, SuiteSummary, ValidationSummary, merge_results
-from validation.whole_table import WholeTableChecks, footer_check, submit_whole_table_checks
+from validation.whole_table import Layout, WholeTableChecks, footer_check, submit_whole_table_checks
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,12 @@ def submit_table(
     pending = PendingTable(table, suite, len(parts_), results, columns_ok)
     if columns_ok and parts_:
         task = check_part if row_engine == "arrow" else _gx_task()
-        pending.row_futures = client.map(task, parts_, table=table, suite=suite, parameters=parameters, examples=examples, pure=False)
+        layout = Layout.of(parts_)
+        pending.row_futures = client.map(
+            check_group, layout.groups, task=task, table=table, suite=suite, parameters=parameters, examples=examples, pure=False
+        )
         remaining = [e for e in table_scope if e["meta"]["name"] not in results]
-        pending.whole_table = submit_whole_table_checks(client, table, parts_, remaining, parameters, examples)
+        pending.whole_table = submit_whole_table_checks(client, table, layout, remaining, parameters, examples)
     return pending
 
 
@@ -144,8 +147,8 @@ def collect_table(pending: PendingTable, parameters: dict[str, Any], examples: i
     """Wait for the checks of one submitted table; its suite summary."""
     table, results = pending.table, dict(pending.results)
     if pending.whole_table is not None:
-        per_partition = gather_with_progress(pending.row_futures, f"validating {table} ({pending.partitions} partitions)")
-        results.update(merge_results(per_partition, examples))
+        per_group = gather_with_progress(pending.row_futures, f"validating {table} ({pending.partitions} partitions)")
+        results.update(merge_results([r for group in per_group for r in group], examples))
         results.update(pending.whole_table.results(table, examples))
     reason = (
         "not evaluated: the part files do not have the declared columns"
@@ -172,6 +175,11 @@ def validate_table(
 ) -> SuiteSummary:
     """Validate one table of a run folder on the cluster behind ``client``; its suite summary."""
     return collect_table(submit_table(run, table, client, parameters, examples, row_engine), parameters, examples, row_engine)
+
+
+def check_group(group: list[str], task: Any, **kwargs: Any) -> list[dict[str, CheckResult]]:
+    """Dask task: the row checks ``task`` of each part file of ``group``, one result per part, in order."""
+    return [task(part, **kwargs) for part in group]
 
 
 def _gx_task() -> Any:

@@ -40,6 +40,9 @@ ROWS_PER_BUCKET = 1_000_000
 """Keys one reduce task sees, about: enough that a small table is one bucket (each bucket costs a
 task per part file, so 56 part files and 56 buckets were 3,136 tasks for 82k rows), few enough
 that a reduce task's memory stays bounded on a big table."""
+ROWS_PER_TASK = 20_000
+"""Rows one map task reads, about: consecutive small part files share a task (the filter writes
+parts of ~1.5k rows; a task each cost more in scheduling than in checking), a big part is alone."""
 UNIQUENESS = ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique")
 CROSS_ROW = "expect_column_values_to_be_in_set"
 """A table-scope in-set expectation: a per-user flag of the validation-vs-test comparison."""
@@ -128,11 +131,39 @@ def compare_bucket(
 
 
 # -- submitting and collecting -------------------------------------------------------------------
-def bucket_count(parts_: list[str]) -> int:
-    """Hash buckets of a table's map-reduce: one per :data:`ROWS_PER_BUCKET` rows (footers), at most
-    one per part file and :data:`MAX_BUCKETS`. The results do not depend on it."""
-    rows = sum(pq.read_metadata(part).num_rows for part in parts_)
-    return max(1, min(len(parts_), MAX_BUCKETS, -(-rows // ROWS_PER_BUCKET)))
+@dataclass(frozen=True)
+class Layout:
+    """A table's part files as map tasks: consecutive groups of about :data:`ROWS_PER_TASK` rows."""
+
+    groups: list[list[str]]
+    rows: int
+
+    @classmethod
+    def of(cls, parts_: list[str]) -> Layout:
+        """Group ``parts_`` (in order) by the row counts of their footers."""
+        groups: list[list[str]] = [[]]
+        rows = in_group = 0
+        for part in parts_:
+            count = pq.read_metadata(part).num_rows
+            if groups[-1] and in_group + count > ROWS_PER_TASK:
+                groups.append([])
+                in_group = 0
+            groups[-1].append(part)
+            in_group += count
+            rows += count
+        return cls([g for g in groups if g], rows)
+
+    @property
+    def buckets(self) -> int:
+        """Hash buckets of the map-reduce: one per :data:`ROWS_PER_BUCKET` rows, at most one per
+        map task and :data:`MAX_BUCKETS`. The results do not depend on it."""
+        return max(1, min(len(self.groups), MAX_BUCKETS, -(-self.rows // ROWS_PER_BUCKET)))
+
+
+def for_group(group: list[str], map_step: Any, **kwargs: Any) -> list[pd.DataFrame]:
+    """Map task: ``map_step`` on each part file of ``group``; its buckets concatenated across the parts."""
+    per_part = [map_step(part, **kwargs) for part in group]
+    return [pd.concat([buckets[b] for buckets in per_part], ignore_index=True) for b in range(len(per_part[0]))]
 
 
 def _submit_bucketed_reduce(client: Any, mapped: list[Any], buckets: int, reducer: Any, **reducer_kwargs: Any) -> list[Any]:
@@ -173,23 +204,25 @@ class WholeTableChecks:
 
 
 def submit_whole_table_checks(
-    client: Any, table: str, parts_: list[str], expectations: list[dict[str, Any]], parameters: dict[str, Any], examples: int
+    client: Any, table: str, layout: Layout, expectations: list[dict[str, Any]], parameters: dict[str, Any], examples: int
 ) -> WholeTableChecks:
     """Start the table-scope expectations that need the data (key uniqueness, validation vs test rows)."""
-    buckets = bucket_count(parts_)
+    buckets = layout.buckets
     uniqueness: dict[str, list[Any]] = {}
     cross_row: dict[str, str] = {}
     for expectation in expectations:
         kind, kwargs, name = expectation["type"], expectation["kwargs"], expectation["meta"]["name"]
         if kind in UNIQUENESS:
             columns = [kwargs["column"]] if "column" in kwargs else list(kwargs["column_list"])
-            mapped = client.map(key_count_buckets, parts_, table=table, columns=columns, buckets=buckets, pure=False)
+            mapped = client.map(
+                for_group, layout.groups, map_step=key_count_buckets, table=table, columns=columns, buckets=buckets, pure=False
+            )
             uniqueness[name] = _submit_bucketed_reduce(client, mapped, buckets, repeated_keys, columns=columns, examples=examples)
         elif kind == CROSS_ROW:
             cross_row[kwargs["column"]] = name
     cross_row_futures = []
     if cross_row:
-        mapped = client.map(evaluation_row_buckets, parts_, buckets=buckets, pure=False)
+        mapped = client.map(for_group, layout.groups, map_step=evaluation_row_buckets, buckets=buckets, pure=False)
         cross_row_futures = _submit_bucketed_reduce(
             client, mapped, buckets, compare_bucket, max_history=parameters["max_history"], columns=list(cross_row), examples=examples
         )
