@@ -54,7 +54,7 @@ from validation.spec import (
     suite_file,
 )
 from validation.summary import CheckResult, ExpectationSummary, SuiteSummary, ValidationSummary, merge_results
-from validation.whole_table import Layout, WholeTableChecks, footer_check, submit_whole_table_checks
+from validation.whole_table import Layout, WholeTableChecks, footer_check, read_footers, submit_whole_table_checks
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +129,13 @@ def submit_table(
     suite = load_suite_json(table)
     parts_ = [str(p) for p in parts(run.table(table))]
     table_scope = [e for e in suite["expectations"] if e["meta"]["scope"] == TABLE_SCOPE]
-    results = {e["meta"]["name"]: r for e in table_scope if (r := footer_check(table, parts_, e)) is not None}
+    footers = read_footers(parts_)
+    results = {e["meta"]["name"]: r for e in table_scope if (r := footer_check(table, footers, e)) is not None}
     columns_ok = all(results[e["meta"]["name"]].success for e in table_scope if e["type"] == COLUMNS_CHECK)
     pending = PendingTable(table, suite, len(parts_), results, columns_ok)
     if columns_ok and parts_:
         task = check_part if row_engine == "arrow" else _gx_task()
-        layout = Layout.of(parts_)
+        layout = Layout.of(footers)
         pending.row_futures = client.map(
             check_group, layout.groups, task=task, table=table, suite=suite, parameters=parameters, examples=examples, pure=False
         )

@@ -49,24 +49,29 @@ CROSS_ROW = "expect_column_values_to_be_in_set"
 
 
 # -- from the footers ----------------------------------------------------------------------
-def footer_check(table: str, parts_: list[str], expectation: dict[str, Any]) -> CheckResult | None:
+def read_footers(parts_: list[str]) -> dict[str, pq.FileMetaData]:
+    """Each part file's Parquet footer, read once for every check that needs it (schema, rows)."""
+    return {part: pq.read_metadata(part) for part in parts_}
+
+
+def footer_check(table: str, footers: dict[str, pq.FileMetaData], expectation: dict[str, Any]) -> CheckResult | None:
     """Columns and row counts from the Parquet footers; None for an expectation that needs data."""
     kind, kwargs = expectation["type"], expectation["kwargs"]
     if kind == "expect_table_columns_to_match_ordered_list":
-        return _columns_check(table, parts_, kwargs["column_list"])
+        return _columns_check(table, footers, kwargs["column_list"])
     if kind == "expect_table_row_count_to_be_between":
-        rows = sum(pq.read_metadata(part).num_rows for part in parts_)
+        rows = sum(footer.num_rows for footer in footers.values())
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         ok = (low is None or rows >= low) and (high is None or rows <= high)
         return CheckResult(ok, rows, 0 if ok else 1, examples=() if ok else ({"observed_rows": rows},), observed_value=rows)
     return None
 
 
-def _columns_check(table: str, parts_: list[str], column_list: list[str]) -> CheckResult:
+def _columns_check(table: str, footers: dict[str, pq.FileMetaData], column_list: list[str]) -> CheckResult:
     declared = SCHEMAS[table]
     wrong = []
-    for part in parts_:
-        found = pq.read_schema(part)
+    for part, footer in footers.items():
+        found = footer.schema.to_arrow_schema()
         if found.names != column_list:
             wrong.append({"file": Path(part).name, "columns": found.names})
             continue
@@ -75,7 +80,7 @@ def _columns_check(table: str, parts_: list[str], column_list: list[str]) -> Che
         if types:
             wrong.append({"file": Path(part).name, "columns": found.names, "unexpected_types": types})
     observed = wrong[0]["columns"] if wrong else column_list
-    return CheckResult(not wrong, len(parts_), len(wrong), examples=tuple(wrong), observed_value=observed)
+    return CheckResult(not wrong, len(footers), len(wrong), examples=tuple(wrong), observed_value=observed)
 
 
 # -- map and reduce steps (Dask tasks) ---------------------------------------------------------
@@ -139,12 +144,12 @@ class Layout:
     rows: int
 
     @classmethod
-    def of(cls, parts_: list[str]) -> Layout:
-        """Group ``parts_`` (in order) by the row counts of their footers."""
+    def of(cls, footers: dict[str, pq.FileMetaData]) -> Layout:
+        """Group the part files of ``footers`` (in order) by their row counts."""
         groups: list[list[str]] = [[]]
         rows = in_group = 0
-        for part in parts_:
-            count = pq.read_metadata(part).num_rows
+        for part, footer in footers.items():
+            count = footer.num_rows
             if groups[-1] and in_group + count > ROWS_PER_TASK:
                 groups.append([])
                 in_group = 0
