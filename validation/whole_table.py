@@ -99,14 +99,21 @@ def _bucket_of(keys: pd.DataFrame, buckets: int) -> np.ndarray:
     return (pd.util.hash_pandas_object(keys.astype("string"), index=False).to_numpy() % buckets).astype(np.int64)
 
 
+def _split(frame: pd.DataFrame, keys: list[str], buckets: int) -> list[pd.DataFrame]:
+    """``frame`` in hash buckets of its ``keys`` columns (no hashing for a single bucket)."""
+    if buckets == 1:
+        return [frame]
+    bucket = _bucket_of(frame[keys], buckets)
+    return [frame[bucket == b] for b in range(buckets)]
+
+
 def key_count_buckets(part: str, table: str, columns: list[str], buckets: int) -> list[pd.DataFrame]:
     """Map step: how often each key occurs in one part file, split into hash buckets."""
     keys = key_frame(part, table, columns)
     # GX ignores a row only when every key column is missing; do the same.
     keys = keys.dropna(how="all", subset=columns)
     counts = keys.groupby(columns, dropna=False, sort=False).size().rename("rows").reset_index()
-    bucket = _bucket_of(counts[columns], buckets)
-    return [counts[bucket == b] for b in range(buckets)]
+    return _split(counts, columns, buckets)
 
 
 def repeated_keys(pieces: list[pd.DataFrame], columns: list[str], examples: int) -> tuple[int, int, pd.DataFrame]:
@@ -118,9 +125,7 @@ def repeated_keys(pieces: list[pd.DataFrame], columns: list[str], examples: int)
 
 def evaluation_row_buckets(part: str, buckets: int) -> list[pd.DataFrame]:
     """Map step: the validation and test rows of one sequences part file, bucketed by user."""
-    rows = evaluation_rows(read_fields(part, EVALUATION_FIELDS))
-    bucket = _bucket_of(rows[["user_id"]], buckets)
-    return [rows[bucket == b] for b in range(buckets)]
+    return _split(evaluation_rows(read_fields(part, EVALUATION_FIELDS)), ["user_id"], buckets)
 
 
 def compare_bucket(
