@@ -54,7 +54,7 @@ from core.protocol import Stage, StageContext
 from core.schemas import ANNOTATIONS, FILTER_REJECTS, FILTERED
 from core.stage import RunDir
 from core.tables import part_name, parts, read_table, write_part
-from pipeline.annotators.context import GROUNDING_COLUMNS, KEY_COLUMNS, load_contexts_for_keys
+from pipeline.annotators.context import GROUNDING_COLUMNS, KEY_COLUMNS, load_contexts_for_keys, paused_gc
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import ExampleContext
 from pipeline.text_rules import (
@@ -263,11 +263,12 @@ def filter_partition(run_path: str, annotations_file: str, settings: FilterSetti
     The contexts are loaded only for the rows that pass the text rules (the others never read one).
     """
     annotations = pads.dataset(annotations_file, format="parquet", schema=ANNOTATIONS).to_table()
-    reasons = text_reasons(annotations, settings)
-    todo = [number for number, reason in enumerate(reasons) if reason is None]
-    keys = annotations.select(KEY_COLUMNS).take(pa.array(todo, type=pa.int64()))
-    contexts = load_contexts_for_keys(Path(run_path), keys, catalog_columns=GROUNDING_COLUMNS) if todo else {}
-    reasons_array = pa.array(context_reasons(annotations, reasons, contexts, settings), type=pa.string())
+    with paused_gc():  # the rules allocate many small acyclic objects: collection passes free nothing
+        reasons = text_reasons(annotations, settings)
+        todo = [number for number, reason in enumerate(reasons) if reason is None]
+        keys = annotations.select(KEY_COLUMNS).take(pa.array(todo, type=pa.int64()))
+        contexts = load_contexts_for_keys(Path(run_path), keys, catalog_columns=GROUNDING_COLUMNS) if todo else {}
+        reasons_array = pa.array(context_reasons(annotations, reasons, contexts, settings), type=pa.string())
     kept_mask = pc.is_null(reasons_array)
     kept = annotations.filter(kept_mask).cast(FILTERED)
     rejected = annotations.append_column("reason", reasons_array).filter(pc.invert(kept_mask))
