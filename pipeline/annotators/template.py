@@ -194,7 +194,7 @@ def find_links(context: ExampleContext) -> list[Link]:
 
 _Derived = tuple[frozenset[str], frozenset[str], "str | None", "str | None", tuple[str, ...]]
 """An item's keywords, title keywords, lower-cased store, price band and lower-cased categories."""
-Memo = dict[tuple[object, ...], tuple[ItemFacts, _Derived]]
+Memo = dict[object, tuple[ItemFacts, _Derived]]
 """Per-batch :func:`_derived` values (see there)."""
 
 
@@ -202,14 +202,18 @@ def _derived(item: ItemFacts, memo: Memo) -> _Derived:
     """What :func:`find_links` computes from one item alone, once per item of a batch.
 
     They depend on the title, store, price, categories and features only (not on the rating
-    or the user). ``memo`` is keyed by the title, store, price and the identity of the two
-    tuples, which the facts of one item share (``context.contexts_from_rows``, and across a
-    worker's partitions ``context._contexts_from_table``); each entry holds its item, so those
-    tuples stay alive and their ids cannot be reused while the entry lives.
+    or the user). ``memo`` is keyed by the item's id and by the title, store, price and the
+    identity of the two tuples, which the facts of one item share (``context.contexts_from_rows``,
+    and across a worker's partitions ``context._contexts_from_table``); each entry holds its
+    item, so neither the item's nor its tuples' ids can be reused while the entry lives.
     """
+    entry = memo.get(id(item))
+    if entry is not None:
+        return entry[1]
     key = (item.title, item.store, item.price, id(item.categories), id(item.features))
     entry = memo.get(key)
     if entry is not None:
+        memo[id(item)] = (item, entry[1])
         return entry[1]
     derived = (
         keywords(item),
@@ -218,7 +222,7 @@ def _derived(item: ItemFacts, memo: Memo) -> _Derived:
         price_band(item.price),
         tuple(c.lower() for c in item.categories),
     )
-    memo[key] = (item, derived)
+    memo[key] = memo[id(item)] = (item, derived)
     return derived
 
 
@@ -252,7 +256,12 @@ def _supporting(context: ExampleContext, derived: list[_Derived], target_derived
     t_words, t_title, t_store, t_band, t_lower = target_derived
     scored = []
     for position, (item, (words, title, store, band, lower)) in enumerate(zip(context.history, derived, strict=True)):
-        depth, _ = _category_link(item.categories, target.categories, lower, t_lower)
+        depth = 0
+        for left, right in zip(lower, t_lower, strict=False):  # the common prefix, as in _category_link
+            if left != right:
+                break
+            depth += 1
+        depth = depth - 1 if depth > 1 else 0
         same_store = store is not None and t_store is not None and store == t_store
         title_shared = title & t_title
         shared = len(title_shared) + len((words & t_words) - title_shared)
@@ -343,7 +352,9 @@ def _link_clause(supporting: list[Link]) -> str:
     return f"it shares {_join(shared)} with these purchases" if shared else "it extends what these purchases show"
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _quote(title: str) -> str:
+    # Cached: popular items are quoted in many rationales (a title is its own key).
     return f'"{short_title(title)}"'
 
 
