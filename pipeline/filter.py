@@ -27,8 +27,10 @@ Counts per reason go to the manifest (``rejects_by_reason``) for the data card, 
 
 :func:`reject_reason` is the per-row reference. A partition is filtered by
 :func:`reject_reasons`: the same rules in the same order, with the regex families screened for
-the whole column at once (RE2 in pyarrow) so a row runs only the rules that can fire, and the
-contexts loaded once per partition by the shared loader; a test pins it to the reference.
+the whole column at once (RE2 in pyarrow) so a row runs only the rules that can fire
+(:func:`text_reasons`), the contexts loaded once per partition by the shared loader for the
+rows those rules keep, and the grounding rules scoring each distinct quoted mention once on
+title facts memoised for the partition (:func:`context_reasons`); tests pin it to the reference.
 """
 
 from __future__ import annotations
