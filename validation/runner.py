@@ -3,13 +3,17 @@
 The suites (:mod:`validation.suites`, checked in as JSON) hold built-in GX expectations, each
 with a severity and a scope. How they are computed:
 
-- ``row`` expectations: one Dask task per part file evaluates them on the partition's columns
-  (derived columns for the lists of ``sequences``, :mod:`validation.derived`) with vectorised
+- ``row`` expectations: evaluated per part file on the partition's columns (derived columns
+  for the lists of ``sequences``, :mod:`validation.derived`), one Dask task per part or per run
+  of consecutive small parts (:class:`validation.whole_table.Layout`), with vectorised
   Arrow kernels (:mod:`validation.row_checks`; ``row_engine: gx`` runs GX's pandas engine
   instead, :mod:`validation.gx_checks`, the reference both are tested against); the
   per-partition results are merged (counts summed, the first examples kept in partition order);
 - ``table`` expectations: from the Parquet footers or a map-reduce over futures
   (:mod:`validation.whole_table`).
+
+Every table is submitted before any result is awaited, and GX (needed only by the report) is
+imported in a thread meanwhile.
 
 The stage writes ``validation/summary.json`` (:class:`validation.summary.ValidationSummary`;
 ``rrec release`` reads ``success`` and ``critical_failures``), one GX validation result per
