@@ -300,6 +300,10 @@ def test_columnar_contexts_with_worker_caches_equal_the_row_reference(tmp_path):
     assert ctx._contexts_from_table(run, table) == expected  # partly warm
     assert ctx._contexts_from_table(run, table.slice(9)) == expected[9:]
     assert ctx.load_contexts(run, table, review_titles=False) == expected
+    # The filter's narrower catalog columns: its own worker caches, the same contexts as the rows.
+    grounding = ctx.contexts_from_rows(rows, ctx.read_item_facts(run, asins, ctx.GROUNDING_COLUMNS), {})
+    assert ctx._contexts_from_table(run, table, ctx.GROUNDING_COLUMNS) == grounding != expected
+    assert ctx._contexts_from_table(run, table) == expected
     # A history with extra fields (a catalog fact of its own) takes the row path.
     extra = pa.Table.from_pylist([{**row, "history": [{**item, "store": "Own"} for item in row["history"] or []]} for row in rows[:5]])
     assert ctx._contexts_from_table(run, extra) is None

@@ -322,7 +322,7 @@ def _publish(cache: dict[Any, Any], new: dict[Any, Any], limit: int) -> None:
     cache.update(new)
 
 
-def _contexts_from_table(run_path: Path, sequences: pa.Table) -> list[ExampleContext] | None:
+def _contexts_from_table(run_path: Path, sequences: pa.Table, columns: tuple[str, ...] = ITEM_FACT_COLUMNS) -> list[ExampleContext] | None:
     """:func:`contexts_from_rows` without review titles, straight from the columns (None when the
     history items carry fields beyond :data:`PLAIN_HISTORY_FIELDS`).
 
@@ -333,7 +333,7 @@ def _contexts_from_table(run_path: Path, sequences: pa.Table) -> list[ExampleCon
     history_type = sequences.schema.field("history").type.value_type
     if {field.name for field in history_type} - PLAIN_HISTORY_FIELDS:
         return None
-    bases = _worker_caches(run_path, ITEM_FACT_COLUMNS)
+    bases = _worker_caches(run_path, columns)
     history = sequences.column("history").combine_chunks()
     lengths = pc.fill_null(pc.list_value_length(history), 0).to_pylist()
     flat = history.flatten()
@@ -365,7 +365,7 @@ def _contexts_from_table(run_path: Path, sequences: pa.Table) -> list[ExampleCon
                 missing.add(key[0])
             else:
                 local[key] = found
-    catalog = read_item_facts(run_path, sorted(missing), ITEM_FACT_COLUMNS)
+    catalog = read_item_facts(run_path, sorted(missing), columns)
     for key, item in [*wanted, *new_targets.items()]:
         if key not in local:
             local[key] = _item_base(item, catalog)
@@ -470,6 +470,11 @@ def load_contexts_for_keys(
     sequences = sequences_for_keys(Path(run_path), keys)
     if sequences.num_rows == 0:
         return {}
+    if not review_titles:
+        with paused_gc():
+            contexts = _contexts_from_table(Path(run_path), sequences, catalog_columns)
+        if contexts is not None:
+            return {context.key: context for context in contexts}
     rows = sequences.to_pylist()
     asins = pc.unique(
         pa.concat_arrays(
