@@ -44,7 +44,7 @@ from pipeline.annotators.annotation_rows import (
     answer_row,
     chat_request,
     prepare_partition,
-    template_partition_to_part,
+    template_partitions_to_parts,
     template_request_hash,
     template_rows,
 )
@@ -54,6 +54,7 @@ from pipeline.annotators.openai_batch import BatchOptions
 from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, resolve_api_key
 from pipeline.annotators.pricing import PriceTable
 from pipeline.annotators.send_loop import LLMCall, accounting, answer_requests, offline_accounting, unique_uncached, usage_of
+from pipeline.cluster import consecutive_chunks, worker_count
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import (
     PROMPT_VERSION,
@@ -255,10 +256,12 @@ class AnnotateStage(Stage[AnnotateSettings]):
         folder = ctx.out.table_dir("annotations")
         done = ctx.out.done_parts("annotations")
         todo = [spec for spec in specs if part_name(spec.index) not in done]
+        chunks = consecutive_chunks(todo, worker_count(ctx.client), lambda a, b: a.file == b.file)
         futures = [
-            ctx.client.submit(template_partition_to_part, str(ctx.run.path), spec, settings.seed, str(folder), pure=False) for spec in todo
+            ctx.client.submit(template_partitions_to_parts, str(ctx.run.path), chunk, settings.seed, str(folder), pure=False)
+            for chunk in chunks
         ]
-        gather_with_progress(futures, "annotating (template)")
+        gather_with_progress(futures, f"annotating (template, {len(todo)} partitions)")
         rows_out = pads.dataset(str(folder), format="parquet").count_rows() if specs else 0
         rows_in = sum(len(spec.row_indices) for spec in specs)
         ctx.out.record(

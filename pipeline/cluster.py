@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import dask
 from distributed import Client, LocalCluster
@@ -13,6 +15,8 @@ from distributed import Client, LocalCluster
 from core.stage import StageError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Allocator settings of local worker processes. Dask's default (MALLOC_TRIM_THRESHOLD_ =
 # 64 KiB, which also freezes the mmap threshold at 128 KiB) hands every freed array back to the
@@ -72,3 +76,28 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         Client(cluster) as client,
     ):
         yield client
+
+
+def worker_count(client: Client) -> int:
+    """How many workers ``client``'s cluster has now (at least 1)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+def consecutive_chunks(items: list[T], workers: int, same_group: Callable[[T, T], bool] | None = None) -> list[list[T]]:
+    """``items`` cut into runs of consecutive items, about four runs per worker.
+
+    For work whose consecutive items share an expensive input (the partitions of one sequences
+    part file): a worker process keeps the last input it read, so one task over a run reads it
+    once, where one task per item would read it again whenever the scheduler alternates
+    workers (a whole part file per partition: quadratic in the data). ``same_group`` (when
+    given) also cuts a run where two neighbours differ, so a run never spans two inputs.
+    """
+    if not items:
+        return []
+    size = max(1, -(-len(items) // (4 * max(1, workers))))
+    chunks: list[list[T]] = [[items[0]]]
+    for previous, item in itertools.pairwise(items):
+        if len(chunks[-1]) >= size or (same_group is not None and not same_group(previous, item)):
+            chunks.append([])
+        chunks[-1].append(item)
+    return chunks

@@ -57,6 +57,7 @@ from core.schemas import ANNOTATIONS, FILTER_REJECTS, FILTERED
 from core.stage import RunDir
 from core.tables import part_name, parts, read_table, write_part
 from pipeline.annotators.context import GROUNDING_COLUMNS, KEY_COLUMNS, load_contexts_for_keys, paused_gc
+from pipeline.cluster import consecutive_chunks, worker_count
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import ExampleContext
 from pipeline.text_rules import (
@@ -298,13 +299,13 @@ class FilterStage(Stage[FilterSettings]):
         kept_dir, rejects_dir = ctx.out.table_dir("filtered"), ctx.out.table_dir("filter_rejects")
         done = ctx.out.done_parts("filtered") & ctx.out.done_parts("filter_rejects")
         todo = [(index, f) for index, f in enumerate(files) if part_name(index) not in done]
+        # Consecutive annotation parts come from the same sequences part file: a run of them
+        # on one worker reads that file once (see consecutive_chunks).
         futures = [
-            ctx.client.submit(
-                filter_partition_to_parts, str(ctx.run.path), str(f), str(kept_dir), str(rejects_dir), index, ctx.settings, pure=False
-            )
-            for index, f in todo
+            ctx.client.submit(filter_parts_to_parts, str(ctx.run.path), chunk, str(kept_dir), str(rejects_dir), ctx.settings, pure=False)
+            for chunk in consecutive_chunks([(index, str(f)) for index, f in todo], worker_count(ctx.client))
         ]
-        gather_with_progress(futures, "filtering rationales")
+        gather_with_progress(futures, f"filtering rationales ({len(todo)} partitions)")
         reasons: Counter[str] = Counter(read_table(rejects_dir, "filter_rejects", columns=["reason"]).column("reason").to_pylist())
         kept_rows = pads.dataset(str(kept_dir), format="parquet").count_rows()
         rows_in = kept_rows + sum(reasons.values())
@@ -327,6 +328,14 @@ def filter_partition_to_parts(
     # The kept part last: a partition counts as done only when both parts exist.
     write_part(rejected, Path(rejects_dir), index, FILTER_REJECTS)
     write_part(kept, Path(kept_dir), index, FILTERED)
+
+
+def filter_parts_to_parts(
+    run_path: str, indexed_files: list[tuple[int, str]], kept_dir: str, rejects_dir: str, settings: FilterSettings
+) -> None:
+    """Filter consecutive annotations part files in turn (each written whole as it completes)."""
+    for index, annotations_file in indexed_files:
+        filter_partition_to_parts(run_path, annotations_file, kept_dir, rejects_dir, index, settings)
 
 
 FILTER = FilterStage()

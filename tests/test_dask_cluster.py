@@ -131,3 +131,18 @@ def test_local_workers_keep_freed_memory_for_the_next_task(dask_client):
     assert set(expected) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MIMALLOC_PURGE_DELAY"}
     for environment in dask_client.run(_allocator_environment).values():
         assert environment == expected
+
+
+def test_consecutive_chunks_keep_order_cover_every_item_and_never_span_two_files():
+    from pipeline.cluster import consecutive_chunks
+
+    # 3 files of 7, 1 and 12 partitions, 2 workers: runs of at most ceil(20 / 8) = 3, cut at each file
+    items = [("a", i) for i in range(7)] + [("b", 0)] + [("c", i) for i in range(12)]
+    chunks = consecutive_chunks(items, 2, lambda x, y: x[0] == y[0])
+    assert [item for chunk in chunks for item in chunk] == items
+    assert all(len({file for file, _ in chunk}) == 1 for chunk in chunks)
+    assert max(len(chunk) for chunk in chunks) == 3
+    assert [len(chunk) for chunk in chunks] == [3, 3, 1, 1, 3, 3, 3, 3]
+    # without a grouping rule, only the size cuts; nothing to do gives no task
+    assert [len(c) for c in consecutive_chunks(list(range(10)), 1)] == [3, 3, 3, 1]
+    assert consecutive_chunks([], 4) == []

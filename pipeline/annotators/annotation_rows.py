@@ -145,3 +145,13 @@ def template_partition_to_part(run_path: str, spec: PartitionSpec, seed: int, fo
     table = annotate_partition_with_template(run_path, spec, seed)
     write_part(table, Path(folder), spec.index, ANNOTATIONS)
     return table.num_rows
+
+
+def template_partitions_to_parts(run_path: str, specs: list[PartitionSpec], seed: int, folder: str) -> int:
+    """Annotate consecutive partitions (of one sequences part file) in turn, one part file each; returns their rows.
+
+    One task per run of partitions: the worker reads their sequences file once (see
+    :func:`pipeline.cluster.consecutive_chunks`). Each part is written whole as it completes,
+    so a kill keeps the finished ones.
+    """
+    return sum(template_partition_to_part(run_path, spec, seed, folder) for spec in specs)
