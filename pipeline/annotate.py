@@ -49,7 +49,7 @@ from pipeline.annotators.annotation_rows import (
     template_rows,
 )
 from pipeline.annotators.cache import CACHE_FILE, CachedAnswer, stop_when_full
-from pipeline.annotators.context import PartitionSpec, plan_partitions
+from pipeline.annotators.context import PartitionSpec, plan_partitions, worker_caches_dropped
 from pipeline.annotators.openai_batch import BatchOptions
 from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, resolve_api_key
 from pipeline.annotators.pricing import PriceTable
@@ -230,7 +230,7 @@ class AnnotateStage(Stage[AnnotateSettings]):
     def run(self, ctx: StageContext[AnnotateSettings]) -> None:
         settings = ctx.settings
         specs, limited = _plan(ctx.run, settings)
-        with stop_when_full(ctx.run.path):
+        with stop_when_full(ctx.run.path), worker_caches_dropped(ctx.client):
             if settings.annotator == "template":
                 self._run_template(ctx, specs)
             else:

@@ -56,7 +56,7 @@ from core.protocol import Stage, StageContext
 from core.schemas import ANNOTATIONS, FILTER_REJECTS, FILTERED
 from core.stage import RunDir
 from core.tables import part_name, parts, read_table, write_part
-from pipeline.annotators.context import GROUNDING_COLUMNS, KEY_COLUMNS, load_contexts_for_keys, paused_gc
+from pipeline.annotators.context import GROUNDING_COLUMNS, KEY_COLUMNS, load_contexts_for_keys, paused_gc, worker_caches_dropped
 from pipeline.cluster import consecutive_chunks, worker_count
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import ExampleContext
@@ -301,11 +301,14 @@ class FilterStage(Stage[FilterSettings]):
         todo = [(index, f) for index, f in enumerate(files) if part_name(index) not in done]
         # Consecutive annotation parts come from the same sequences part file: a run of them
         # on one worker reads that file once (see consecutive_chunks).
-        futures = [
-            ctx.client.submit(filter_parts_to_parts, str(ctx.run.path), chunk, str(kept_dir), str(rejects_dir), ctx.settings, pure=False)
-            for chunk in consecutive_chunks([(index, str(f)) for index, f in todo], worker_count(ctx.client))
-        ]
-        gather_with_progress(futures, f"filtering rationales ({len(todo)} partitions)")
+        with worker_caches_dropped(ctx.client):
+            futures = [
+                ctx.client.submit(
+                    filter_parts_to_parts, str(ctx.run.path), chunk, str(kept_dir), str(rejects_dir), ctx.settings, pure=False
+                )
+                for chunk in consecutive_chunks([(index, str(f)) for index, f in todo], worker_count(ctx.client))
+            ]
+            gather_with_progress(futures, f"filtering rationales ({len(todo)} partitions)")
         reasons: Counter[str] = Counter(read_table(rejects_dir, "filter_rejects", columns=["reason"]).column("reason").to_pylist())
         kept_rows = pads.dataset(str(kept_dir), format="parquet").count_rows()
         rows_in = kept_rows + sum(reasons.values())

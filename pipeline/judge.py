@@ -42,6 +42,7 @@ from core.protocol import Stage, StageContext, StageResult
 from core.stage import RunDir
 from core.tables import part_name, parts, read_table, write_part
 from pipeline.annotators.cache import CACHE_FILE, request_hash, stop_when_full
+from pipeline.annotators.context import worker_caches_dropped
 from pipeline.annotators.judging import (
     JUDGE_PROMPT_VERSION,
     JUDGE_RESPONSE_FORMAT,
@@ -183,7 +184,7 @@ class JudgeStage(Stage[JudgeSettings]):
         )
 
     def run(self, ctx: StageContext[JudgeSettings]) -> None:
-        with stop_when_full(ctx.run.path):
+        with stop_when_full(ctx.run.path), worker_caches_dropped(ctx.client):
             self._run(ctx)
 
     def _run(self, ctx: StageContext[JudgeSettings]) -> None:

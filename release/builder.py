@@ -210,9 +210,12 @@ def build_part(run: str, part: PartSample, folder: str, partition_rows: int) -> 
 
 def build_items(run: str, staging: str) -> tuple[int, dict[str, int]]:
     """The catalog of every item the ranges under ``staging`` mention, written as ``staging/items.parquet``."""
-    mentioned = [read_staging(str(p)) for p in sorted(Path(staging).glob(f"*/{_ASINS}"))]
-    asins = pa.chunked_array([c for t in mentioned for c in t["parent_asin"].chunks], pa.string())
-    wanted = pc.unique(asins.combine_chunks())
+    # Folded one partition at a time: all partitions' lists at once held every partition's
+    # distinct ids together (about 50M strings at 14M reviews), the catalog holds ~600k.
+    wanted = pa.array([], pa.string())
+    for path in sorted(Path(staging).glob(f"*/{_ASINS}")):
+        mentioned = read_staging(str(path))["parent_asin"].combine_chunks()
+        wanted = pc.unique(pa.concat_arrays([wanted, mentioned.cast(pa.string())]))
     items = dataset(Path(run) / "items", "items").to_table(filter=pc.field("parent_asin").isin(wanted))
     catalog = catalog_of(items, wanted)
     write_staging(catalog, Path(staging) / f"{ITEMS_SPLIT}{_STAGED}")

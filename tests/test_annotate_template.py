@@ -307,3 +307,38 @@ def test_columnar_contexts_with_worker_caches_equal_the_row_reference(tmp_path):
     # A history with extra fields (a catalog fact of its own) takes the row path.
     extra = pa.Table.from_pylist([{**row, "history": [{**item, "store": "Own"} for item in row["history"] or []]} for row in rows[:5]])
     assert ctx._contexts_from_table(run, extra) is None
+
+
+def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_client):
+    """The per-worker caches (sequences columns, catalog, key index, item facts and words) are
+    dropped when each stage ends: the same workers go on to validate and release, and at full
+    size these caches held gigabytes."""
+    from pipeline.annotators import context
+    from pipeline.judge import JudgeSettings, run_judge
+
+    def held() -> int:
+        from pipeline.annotators import context, template
+
+        return (
+            context._context_columns.cache_info().currsize
+            + context._catalog.cache_info().currsize
+            + context._key_index.cache_info().currsize
+            + template._content_words.cache_info().currsize
+            + len(context._worker_history)
+            + len(template._worker_memo)
+        )
+
+    run = tmp_path
+    rows = make_run(run)
+    # The worker-side work fills the caches (checked here in this process with the same functions).
+    context.read_item_facts(run, [rows[0]["target"]["parent_asin"]])
+    assert context._catalog.cache_info().currsize == 1
+    context.forget_worker_caches()
+    assert context._catalog.cache_info().currsize == 0
+
+    run_annotate(run, AnnotateSettings(partition_rows=10), dask_client)
+    assert set(dask_client.run(held).values()) == {0}
+    run_filter(run, FilterSettings(), dask_client)
+    assert set(dask_client.run(held).values()) == {0}
+    run_judge(run, JudgeSettings(sample=5), dask_client)
+    assert set(dask_client.run(held).values()) == {0}

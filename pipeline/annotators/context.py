@@ -16,6 +16,7 @@ import contextlib
 import functools
 import gc
 import itertools
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ import pyarrow.parquet as pq
 from core.schemas import TABLE_SCHEMAS
 from core.tables import dataset, parts
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ CONTEXT_COLUMNS = ["user_id", "split", "history", "target"]
 def _context_columns(file: str, mtime_ns: int, size: int) -> pa.Table:
     # A part file holds many partitions and Parquet cannot read a row range of one row group:
     # each worker process reads a file once and slices it for every partition it is given.
-    return pq.read_table(file, columns=CONTEXT_COLUMNS)
+    # One chunk per column: a take from a chunked nested column concatenates every chunk first
+    # (0.3 s per 2,000-row partition of a 276k-row part at 14M reviews, against 0.013 s).
+    return pq.read_table(file, columns=CONTEXT_COLUMNS).combine_chunks()
 
 
 def read_partition(spec: PartitionSpec) -> pa.Table:
@@ -110,7 +115,8 @@ def _catalog(signature: FileSignature, columns: tuple[str, ...]) -> tuple[pa.Tab
     an asin wins, as when the filtered rows were read into a dict.
     """
     files = [file for file, _, _ in signature]
-    table = pads.dataset(files, format="parquet", schema=TABLE_SCHEMAS["items"]).to_table(columns=list(columns))
+    # One chunk per column: a take from chunked nested columns concatenates them all each time.
+    table = pads.dataset(files, format="parquet", schema=TABLE_SCHEMAS["items"]).to_table(columns=list(columns)).combine_chunks()
     index = dict(zip(table.column("parent_asin").to_pylist(), range(table.num_rows), strict=True))
     return table, index
 
@@ -487,3 +493,41 @@ def load_contexts_for_keys(
     catalog = read_item_facts(Path(run_path), asins, catalog_columns)
     titles = read_review_titles(Path(run_path), pc.unique(sequences.column("user_id")).to_pylist()) if review_titles else {}
     return {context.key: context for context in contexts_from_rows(rows, catalog, titles)}
+
+
+def forget_worker_caches() -> None:
+    """Drop every per-process cache of the context loader, the template and the filter rules.
+
+    Run on each worker (``client.run``) when a stage that fills them ends: the workers of one
+    `rrec run` go on to the next stages, and at 14M reviews these caches (a sequences part's
+    columns, the catalog, the key index, item facts and words) held 2-3 GB per worker through
+    the release. Returns nothing (``client.run`` sends the result back).
+    """
+    from pipeline import text_rules
+    from pipeline.annotators import template
+
+    for cached in (_context_columns, _catalog, _key_index):
+        cached.cache_clear()
+    for table in (_worker_bases, _worker_facts, _worker_history, _worker_targets, template._worker_memo):
+        table.clear()
+    for module in (template, text_rules):
+        for value in vars(module).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+    gc.collect()
+
+
+@contextlib.contextmanager
+def worker_caches_dropped(client: Any) -> Iterator[None]:
+    """Run the body, then :func:`forget_worker_caches` on every worker of ``client`` (None: nothing to do).
+
+    A failure to reach the workers is logged, never raised over the body's own outcome.
+    """
+    try:
+        yield
+    finally:
+        if client is not None:
+            try:
+                client.run(forget_worker_caches)
+            except Exception as error:  # the stage's own outcome matters more than this cleanup
+                log.warning("could not drop the workers' caches: %s", error)
