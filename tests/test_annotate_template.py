@@ -330,7 +330,9 @@ def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_
 
     run = tmp_path
     rows = make_run(run)
-    # The worker-side work fills the caches (checked here in this process with the same functions).
+    # The worker-side work fills the caches (checked here in this process with the same functions;
+    # earlier tests of this process may have filled them already).
+    context.forget_worker_caches()
     context.read_item_facts(run, [rows[0]["target"]["parent_asin"]])
     assert context._catalog.cache_info().currsize == 1
     context.forget_worker_caches()
