@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from core.runtime import paused_gc
 from core.schemas import TABLE_SCHEMAS
 from core.tables import dataset, parts
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
@@ -281,24 +282,6 @@ def _drop_oldest_half(cache: dict[Any, Any]) -> None:
     """Bound a worker cache: its first-inserted half goes (safe with another thread using it)."""
     for key in list(itertools.islice(cache, len(cache) // 2)):
         cache.pop(key, None)
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """No cyclic garbage collection inside (automatic collection resumes after, if it was on).
-
-    Building a partition allocates hundreds of thousands of small acyclic objects (dicts,
-    tuples, facts) while the worker's caches hold many more: the collector's passes over them
-    cost about a third of the template annotator's time and free nothing (reference counting
-    frees them).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 _worker_history: dict[tuple[str, str | None, float | None], ItemFacts] = {}

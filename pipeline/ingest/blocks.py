@@ -9,10 +9,8 @@ depends on the block size or the number of workers.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from core.runtime import paused_gc
 from core.schemas import INTERACTIONS, ITEMS, REJECTS
 from pipeline.ingest.fastpath import META_READER, REVIEW_READER, FastReader, LineSlice, review_columns_fit, vouched_reviews
 from pipeline.ingest.records import RAW_REVIEW, REVIEW_KEYS, RecordRejected, meta_values, review_values, strip_html
@@ -124,24 +123,6 @@ def _decode_line(line: bytes, max_line_bytes: int) -> Any:
         raise RecordRejected("invalid_json") from None
 
 
-@contextlib.contextmanager
-def _without_cyclic_gc() -> Iterator[None]:
-    """Run the per-row conversion of a block without the cyclic garbage collector.
-
-    The per-line path builds millions of small dicts and lists (metadata above all), which
-    makes the collector rescan every live object again and again: about a tenth of ingest's
-    CPU time, for no garbage (parsed records hold no reference cycles). Reference counting
-    still frees everything; the collector runs again after the block.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 MAX_BRACKETS = 500
 """A line with this many ``[`` and ``{`` might nest deeper than ``json.loads`` follows (Python's
 recursion limit, 1,000 frames, less the frames of the worker that parses it)."""
@@ -203,7 +184,7 @@ def _parse_lines(
         pieces.add_rows(_values_table(rows, schema), np.asarray(kept, dtype=np.int64))
 
     pieces = _Pieces()
-    with _without_cyclic_gc():
+    with paused_gc():
         _convert(0, len(starts), fast_path if reader else None, slow_path, pieces)
     for line, reason, raw in block.set_aside:
         pieces.rejects.append((line, reason, raw))
@@ -282,7 +263,7 @@ def _parse_rows(
         pieces.add_rows(_values_table(rows, schema), np.asarray(kept, dtype=np.int64))
 
     pieces = _Pieces()
-    with _without_cyclic_gc():
+    with paused_gc():
         _convert(0, table.num_rows, fast, slow_path, pieces)
     return pieces
 
