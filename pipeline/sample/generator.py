@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
 import math
@@ -274,7 +275,11 @@ def _user_reviews(
 
 def _open(path: Path, use_gzip: bool) -> IO[str]:
     if use_gzip:
-        return gzip.open(path, "wt", encoding="utf-8", compresslevel=3)
+        # A fixed gzip header (no file name, mtime 0): the same seed gives the same bytes,
+        # whenever and under whichever temporary name the file is written.
+        zipped = gzip.GzipFile(filename="", mode="wb", compresslevel=3, mtime=0, fileobj=open(path, "wb"))  # noqa: SIM115
+        zipped.myfileobj = zipped.fileobj  # closed with the GzipFile, as when it opens the file itself
+        return io.TextIOWrapper(zipped, encoding="utf-8")
     return open(path, "w", encoding="utf-8")
 
 
