@@ -266,7 +266,7 @@ def filter_partition(run_path: str, annotations_file: str, settings: FilterSetti
     The contexts are loaded only for the rows that pass the text rules (the others never read one).
     """
     annotations = pads.dataset(annotations_file, format="parquet", schema=ANNOTATIONS).to_table()
-    with paused_gc():  # the rules allocate many small acyclic objects: collection passes free nothing
+    with paused_gc(freeze=True):  # many small acyclic objects: collection passes free nothing
         reasons = text_reasons(annotations, settings)
         todo = [number for number, reason in enumerate(reasons) if reason is None]
         keys = annotations.select(KEY_COLUMNS).take(pa.array(todo, type=pa.int64()))

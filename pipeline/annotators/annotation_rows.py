@@ -63,7 +63,7 @@ def template_rows(contexts: list[ExampleContext], seed: int) -> list[dict[str, A
 
 def annotate_partition_with_template(run_path: str, spec: PartitionSpec, seed: int) -> pa.Table:
     """The template annotations of one partition."""
-    with paused_gc():
+    with paused_gc(freeze=True):  # the worker caches keep growing: never rescanned
         contexts = load_partition_contexts(Path(run_path), spec, review_titles=False)
         return pa.Table.from_pylist(template_rows(contexts, seed), schema=ANNOTATIONS)
 
