@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from release_runs import make_run
 from test_dask_cluster import scheduler_address  # noqa: F401  (the real scheduler + workers fixture)
@@ -179,3 +180,28 @@ def test_the_memory_refusal_counts_one_partition_not_the_whole_release(runs, tmp
     # Too much for the in-memory builder, enough for partitions of 10 rows.
     between = ReleaseSettings(max_memory_gb=(partition + whole) / 2 / 2**30, partition_rows=10)
     assert release_runs([runs[0]], registry, between).status == "released"
+
+
+def test_the_released_catalog_holds_exactly_the_items_the_rows_mention(tmp_path) -> None:
+    """Catalog rows no released row mentions stay out (the join tasks' bitmaps), as in the in-memory builder."""
+    run = make_run(tmp_path / "runs", "Grocery_and_Gourmet_Food", users=30)
+    items = read_table(run / "items", "items")
+    unused = items.slice(0, 5)
+    unused = unused.set_column(0, "parent_asin", pa.array([f"B0UNUSED{n:02d}" for n in range(5)]))
+    write_part(unused, run / "items", 99)  # an extra part file: items no sequence names
+    sources = check_domains([run])
+    streamed, reference = tmp_path / "streamed", tmp_path / "reference"
+    (domain,) = stream_release(sources, streamed, SHARD_ROWS, partition_rows=7)
+    write_data(load_domains([run]), reference, SHARD_ROWS)
+    assert data_checksums(streamed) == data_checksums(reference)
+    catalog = read_table(streamed / "data" / f"{domain.config}_items", "items")
+    released = set(catalog["parent_asin"].to_pylist())
+    assert not released & set(unused["parent_asin"].to_pylist())
+    mentioned = set()
+    for split in ("train", "validation", "test"):
+        rows = pa.concat_tables(pq.read_table(path) for path in sorted((streamed / "data" / domain.config).glob(f"{split}-*.parquet")))
+        mentioned |= set(pc.struct_field(pc.list_flatten(rows["candidates"]), "parent_asin").to_pylist())
+        mentioned |= set(pc.struct_field(pc.list_flatten(rows["history"]), "parent_asin").to_pylist())
+        mentioned |= set(pc.struct_field(rows["target"], "parent_asin").to_pylist())
+    assert released == mentioned & set(items["parent_asin"].to_pylist())
+    assert domain.items.num_rows == len(released) < items.num_rows + unused.num_rows
