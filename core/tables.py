@@ -46,3 +46,12 @@ def read_table(folder: Path, name: str | None = None, columns: list[str] | None 
 
 def parts(folder: Path) -> list[Path]:
     return sorted(Path(folder).glob("*.parquet"))
+
+
+FileSignature = tuple[tuple[str, int, int], ...]
+"""A table folder's part files with their mtime and size: a cache key that changes with the files."""
+
+
+def folder_signature(folder: Path) -> FileSignature:
+    """The :data:`FileSignature` of a table folder (empty when it has no part files)."""
+    return tuple((str(f), (st := f.stat()).st_mtime_ns, st.st_size) for f in parts(folder))

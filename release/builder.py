@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from core.progress import track
 from core.schemas import ITEMS, RELEASE_ROW, SEQUENCES, SPLITS
-from core.tables import dataset, parts
+from core.tables import FileSignature, dataset, folder_signature, parts
 from datacards.statistics import RowStatistics, category_counts
 from release.layout import (
     ITEMS_SPLIT,
@@ -169,14 +169,13 @@ def _items_table(run: str, columns: list[str] | None = None) -> pa.Table:
 
 
 @functools.lru_cache(maxsize=1)
-def _catalog_ids(signature: tuple[tuple[str, int, int], ...], run: str) -> pa.Array:
+def _catalog_ids(signature: FileSignature, run: str) -> pa.Array:
     return _items_table(run, ["parent_asin"])["parent_asin"].combine_chunks()
 
 
 def catalog_ids(run: str) -> pa.Array:
     """``parent_asin`` of every row of the run's items table, in file order (read once per worker process)."""
-    signature = tuple((str(f), (st := f.stat()).st_mtime_ns, st.st_size) for f in parts(Path(run) / "items"))
-    return _catalog_ids(signature, run)
+    return _catalog_ids(folder_signature(Path(run) / "items"), run)
 
 
 def mentioned_bitmap(run: str, splits: Iterable[pa.Table]) -> bytes:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from core.runtime import paused_gc, thaw_collected
 from core.schemas import TABLE_SCHEMAS
-from core.tables import dataset, parts
+from core.tables import FileSignature, dataset, folder_signature, parts
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
 
 log = logging.getLogger(__name__)
@@ -98,13 +98,6 @@ GROUNDING_COLUMNS = ("parent_asin", "categories", "store", "main_category")
 """The catalog columns the filter's rules read (features are most of a catalog's bytes)."""
 
 
-FileSignature = tuple[tuple[str, int, int], ...]
-
-
-def _signature(folder: Path) -> FileSignature:
-    return tuple((str(f), (st := f.stat()).st_mtime_ns, st.st_size) for f in parts(folder))
-
-
 @functools.lru_cache(maxsize=2)
 def _catalog(signature: FileSignature, columns: tuple[str, ...]) -> tuple[pa.Table, dict[str, int]]:
     """The ``columns`` of the whole items table and each asin's row: read once per worker process.
@@ -129,7 +122,7 @@ def read_item_facts(run_path: Path, asins: list[str], columns: tuple[str, ...] =
     folder = Path(run_path) / "items"
     if not asins or not folder.is_dir():
         return {}
-    signature = _signature(folder)
+    signature = folder_signature(folder)
     if not signature:
         return {}
     table, index = _catalog(signature, tuple(columns))
@@ -297,7 +290,7 @@ PLAIN_HISTORY_FIELDS = frozenset(["parent_asin", "title", "rating", "timestamp"]
 def _worker_caches(run_path: Path, columns: tuple[str, ...]) -> dict[tuple[Any, ...], _Base]:
     """This worker's bases for the run's catalog (all worker caches start afresh on another one)."""
     folder = Path(run_path) / "items"
-    identity = (_signature(folder) if folder.is_dir() else (), tuple(columns))
+    identity = (folder_signature(folder) if folder.is_dir() else (), tuple(columns))
     shared = _worker_bases.get(identity)
     if shared is None:
         for cache in (_worker_bases, _worker_facts, _worker_history, _worker_targets):
@@ -434,7 +427,7 @@ def sequences_for_keys(run_path: Path, keys: pa.Table) -> pa.Table:
     worker), and the rows are taken from the one or few part files that hold them (each read
     once per worker and kept while consecutive partitions use it, as the annotator does).
     """
-    signature = _signature(Path(run_path) / "sequences")
+    signature = folder_signature(Path(run_path) / "sequences")
     wanted = keys.select(KEY_COLUMNS).group_by(KEY_COLUMNS).aggregate([])
     found = _key_index(signature).join(wanted, KEY_COLUMNS, join_type="inner")
     found = found.sort_by([("_file", "ascending"), ("_row", "ascending")])
