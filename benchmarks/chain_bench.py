@@ -28,13 +28,13 @@ release does not load.
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import os
 import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import psutil
@@ -42,7 +42,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import measure_tree  # noqa: E402
+from benchmarks.common import Command, measure_tree  # noqa: E402
 from benchmarks.pipeline_bench import DOMAIN, warm_page_cache  # noqa: E402
 from core.stage import STAGE_ORDER  # noqa: E402
 
@@ -142,6 +142,23 @@ def scaling(record: dict, smaller: dict) -> dict[str, float]:
     return found
 
 
+def peaks_by_stage(stages: dict[str, dict], command: Command) -> dict[str, dict[str, float]]:
+    """Peak memory of ``command`` (the second one) within each of its stages' windows, from the
+    manifest's finish time (second resolution) and wall time; ``release`` is what follows the last.
+
+    Where the largest process's memory goes is the first question a missed memory target asks.
+    """
+    windows = {}
+    for name in STAGE_ORDER[2:]:
+        if name in stages and "finished_at" in stages[name]:
+            end = calendar.timegm(time.strptime(stages[name]["finished_at"], "%Y-%m-%dT%H:%M:%SZ")) + 1.0
+            windows[name] = (end - stages[name]["wall_time_s"] - 1.0, end)
+    found = {name: command.peaks_between(start, end) for name, (start, end) in windows.items()}
+    if windows and command.timeline:
+        found["release"] = command.peaks_between(max(end for _, end in windows.values()) - 1.0, command.timeline[-1][0])
+    return found
+
+
 def _machine() -> str:
     memory = psutil.virtual_memory().total / 2**30
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
@@ -193,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stages = json.loads((out / "runs" / DOMAIN / "manifest.json").read_text())["stages"]
     stage_s = {name: stages[name]["wall_time_s"] for name in STAGE_ORDER if name in stages}
+    stage_peaks = peaks_by_stage(stages, second)
     after_sequences = sum(stage_s.get(name, 0.0) for name in STAGE_ORDER[2:])
     loaded = loads_back(out / "registry")
     release = json.loads((out / "registry" / "manifest.json").read_text())
@@ -216,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         "ingest_over_floor": round(stage_s["ingest"] / floor["wall_s"], 2) if floor["wall_s"] else None,
         "stage_wall_s": stage_s,
         "release_and_startup_s": round(second.wall_s - after_sequences, 2),
-        "first_command": {"cmd": "rrec run --until sequences", **asdict(first)},
-        "second_command": {"cmd": "rrec run", **asdict(second)},
+        "second_command_peaks_by_stage": stage_peaks,
+        "first_command": {"cmd": "rrec run --until sequences", **first.summary()},
+        "second_command": {"cmd": "rrec run", **second.summary()},
         "second_over_first": round(second.wall_s / first.wall_s, 2),
         "release_alone_by_partition_rows": by_partition,
         "load_average_at_end": os.getloadavg(),
@@ -231,8 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| | wall (s) | peak, largest process (MB) | peak, process tree (MB) |\n|---|---|---|---|")
     print(f"| pyarrow.json floor (read only) | {floor['wall_s']} | | |")
     for name, seconds in stage_s.items():
-        print(f"| stage {name} | {seconds} | | |")
-    print(f"| release + start-up (rest of 2nd) | {record['release_and_startup_s']} | | |")
+        peaks = stage_peaks.get(name, {})
+        print(f"| stage {name} | {seconds} | {peaks.get('peak_process_mb', '')} | {peaks.get('peak_tree_mb', '')} |")
+    rest = stage_peaks.get("release", {})
+    print(
+        f"| release + start-up (rest of 2nd) | {record['release_and_startup_s']} | {rest.get('peak_process_mb', '')} | {rest.get('peak_tree_mb', '')} |"
+    )
     for name, cmd in (("1st: rrec run --until sequences", first), ("2nd: rrec run", second)):
         print(f"| {name} | {cmd.wall_s} | {cmd.peak_process_mb} | {cmd.peak_tree_mb} |")
     if "scaling" in record:

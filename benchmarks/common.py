@@ -10,7 +10,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -77,6 +77,26 @@ class Command:
     peak_tree_mb: float
     processes: int
     returncode: int
+    timeline: list[tuple[float, int, int]] = field(default_factory=list, repr=False)
+    """(epoch seconds, tree bytes, largest process bytes) of every sample, for peaks per stage."""
+
+    def summary(self) -> dict[str, float | int]:
+        """The command's figures for a record (without the timeline)."""
+        return {
+            "wall_s": self.wall_s,
+            "peak_process_mb": self.peak_process_mb,
+            "peak_tree_mb": self.peak_tree_mb,
+            "processes": self.processes,
+            "returncode": self.returncode,
+        }
+
+    def peaks_between(self, start: float, end: float) -> dict[str, float]:
+        """Peak tree and largest-process memory (MB) of the samples taken from ``start`` to ``end`` (epoch s)."""
+        window = [(tree, largest) for at, tree, largest in self.timeline if start <= at <= end]
+        return {
+            "peak_process_mb": round(max((largest for _, largest in window), default=0) / 2**20, 1),
+            "peak_tree_mb": round(max((tree for tree, _ in window), default=0) / 2**20, 1),
+        }
 
 
 def measure_tree(cmd: list[str], log_path: Path) -> Command:
@@ -87,6 +107,7 @@ def measure_tree(cmd: list[str], log_path: Path) -> Command:
         root = psutil.Process(proc.pid)
         per_process: dict[int, int] = {}
         tree_peak = 0
+        timeline: list[tuple[float, int, int]] = []
         done = threading.Event()
 
         def sample() -> None:
@@ -96,15 +117,17 @@ def measure_tree(cmd: list[str], log_path: Path) -> Command:
                     procs = [root, *root.children(recursive=True)]
                 except psutil.NoSuchProcess:
                     procs = []
-                total = 0
+                total = largest = 0
                 for p in procs:
                     try:
                         rss = p.memory_info().rss
                     except psutil.NoSuchProcess:
                         continue
                     total += rss
+                    largest = max(largest, rss)
                     per_process[p.pid] = max(per_process.get(p.pid, 0), rss)
                 tree_peak = max(tree_peak, total)
+                timeline.append((time.time(), total, largest))
                 time.sleep(0.05)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -117,5 +140,10 @@ def measure_tree(cmd: list[str], log_path: Path) -> Command:
         print(f"command failed ({returncode}): {' '.join(cmd)}; log: {log_path}", file=sys.stderr)
         print(log_path.read_text()[-3000:], file=sys.stderr)
     return Command(
-        round(wall, 2), round(max(per_process.values(), default=0) / 2**20, 1), round(tree_peak / 2**20, 1), len(per_process), returncode
+        round(wall, 2),
+        round(max(per_process.values(), default=0) / 2**20, 1),
+        round(tree_peak / 2**20, 1),
+        len(per_process),
+        returncode,
+        timeline,
     )

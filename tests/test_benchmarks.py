@@ -1,0 +1,38 @@
+"""The chain benchmark's memory attribution: a missed memory target is read stage by stage."""
+
+from __future__ import annotations
+
+import calendar
+import sys
+import time
+
+from benchmarks.chain_bench import peaks_by_stage
+from benchmarks.common import Command, measure_tree
+
+MB = 2**20
+
+
+def _at(stamp: str) -> float:
+    return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+def test_each_stage_gets_the_peak_of_its_own_window_and_the_release_the_rest():
+    stages = {
+        "annotate": {"wall_time_s": 10.0, "finished_at": "2026-12-01T04:00:10Z"},
+        "filter": {"wall_time_s": 10.0, "finished_at": "2026-12-01T04:00:30Z"},
+    }
+    start = _at("2026-12-01T04:00:00Z")
+    samples = [(5, 900, 400), (15, 100, 50), (25, 2000, 1500), (40, 3000, 2500)]  # (s after start, tree MB, largest MB)
+    command = Command(45.0, 2500.0, 3000.0, 3, 0, [(start + at, tree * MB, largest * MB) for at, tree, largest in samples])
+    peaks = peaks_by_stage(stages, command)
+    assert peaks["annotate"] == {"peak_process_mb": 400.0, "peak_tree_mb": 900.0}
+    assert peaks["filter"] == {"peak_process_mb": 1500.0, "peak_tree_mb": 2000.0}
+    assert peaks["release"] == {"peak_process_mb": 2500.0, "peak_tree_mb": 3000.0}
+
+
+def test_the_measured_timeline_sees_a_child_process_memory(tmp_path):
+    child = "import time; block = bytearray(300 * 2**20); block[::4096] = b'x' * len(block[::4096]); time.sleep(1.0)"
+    measured = measure_tree([sys.executable, "-c", child], tmp_path / "child.log")
+    assert measured.returncode == 0
+    assert measured.peak_process_mb >= 300
+    assert measured.peaks_between(measured.timeline[0][0], measured.timeline[-1][0])["peak_process_mb"] >= 300
