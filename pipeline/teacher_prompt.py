@@ -76,9 +76,10 @@ STRUCTURED_RESPONSE_FORMAT: dict[str, Any] = {
 JSON_MODE_RESPONSE_FORMAT: dict[str, Any] = {"type": "json_object"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ItemFacts:
-    """What the prompt (and the template annotator) may say about one item."""
+    """What the prompt (and the template annotator) may say about one item (slots: a worker
+    keeps a few hundred thousand of them between partitions)."""
 
     parent_asin: str
     title: str

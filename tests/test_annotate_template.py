@@ -328,6 +328,7 @@ def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_
             + context._key_index.cache_info().currsize
             + template._content_words.cache_info().currsize
             + len(context._worker_history)
+            + len(context._shared_paths)
             + len(template._worker_memo)
         )
 
@@ -347,3 +348,21 @@ def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_
     assert set(dask_client.run(held).values()) == {0}
     run_judge(run, JudgeSettings(sample=5), dask_client)
     assert set(dask_client.run(held).values()) == {0}
+
+
+def test_items_share_one_interned_tuple_per_category_path_and_the_table_stays_bounded(monkeypatch):
+    """The worker caches hold a few hundred thousand items that share a few thousand category
+    paths: equal paths come back as one tuple, and hostile catalogs of distinct paths cannot
+    grow the table past its bound."""
+    from pipeline.annotators import context
+
+    context.forget_worker_caches()
+    first = context.shared_path(tuple(["Grocery & Gourmet Food", "Snacks"]))
+    second = context.shared_path(tuple(["Grocery & Gourmet Food", "Snacks"]))
+    assert first is second and first == ("Grocery & Gourmet Food", "Snacks")
+    monkeypatch.setattr(context, "MAX_SHARED_PATHS", 8)
+    paths = [context.shared_path((f"category {n}",)) for n in range(50)]
+    assert [p[0] for p in paths] == [f"category {n}" for n in range(50)]
+    assert len(context._shared_paths) <= 8
+    context.forget_worker_caches()
+    assert not context._shared_paths

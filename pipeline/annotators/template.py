@@ -18,6 +18,7 @@ import functools
 import hashlib
 import itertools
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -198,6 +199,13 @@ Memo = dict[object, tuple[ItemFacts, _Derived]]
 """Per-batch :func:`_derived` values (see there)."""
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _lower_path(categories: tuple[str, ...]) -> tuple[str, ...]:
+    # One lower-case tuple per category path (a catalog has a few thousand): shared by the
+    # memo entries of all its items instead of one copy each.
+    return tuple(sys.intern(c.lower()) for c in categories)
+
+
 def _derived(item: ItemFacts, memo: Memo) -> _Derived:
     """What :func:`find_links` computes from one item alone, once per item of a batch.
 
@@ -220,7 +228,7 @@ def _derived(item: ItemFacts, memo: Memo) -> _Derived:
         title_keywords(item),
         item.store.lower() if item.store else None,
         price_band(item.price),
-        tuple(c.lower() for c in item.categories),
+        _lower_path(item.categories),
     )
     memo[key] = memo[id(item)] = (item, derived)
     return derived
