@@ -506,7 +506,8 @@ def forget_worker_caches() -> None:
     Run on each worker (``client.run``) when a stage that fills them ends: the workers of one
     `rrec run` go on to the next stages, and at 14M reviews these caches (a sequences part's
     columns, the catalog, the key index, item facts and words) held 2-3 GB per worker through
-    the release. Returns nothing (``client.run`` sends the result back).
+    the release. The Arrow memory pool's free pages go back to the system too. Returns nothing
+    (``client.run`` sends the result back).
     """
     from pipeline import text_rules
     from pipeline.annotators import template
@@ -520,6 +521,9 @@ def forget_worker_caches() -> None:
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
     thaw_collected()
+    # Arrow's allocator keeps freed pages for reuse: after the filter at 14M reviews a worker
+    # held 1.2 GB with no Arrow buffer alive, 0.55 GB once they were given back.
+    pa.default_memory_pool().release_unused()
 
 
 @contextlib.contextmanager
