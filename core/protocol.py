@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from core.config import StageSettings
+from core.runtime import give_back_memory
 from core.stage import RunDir, StageError, StageOutput
 
 log = logging.getLogger(__name__)
@@ -182,9 +183,26 @@ class Stage(ABC, Generic[S]):
             log.info("%s: inputs and settings unchanged, skipping (use --force to rerun)", self.name)
             return StageResult(self.name, skipped=True, entry=entry)
         resumable = self.resumable and not force
-        with run.stage(self.name, plan.fingerprint, plan.config, plan.inputs, plan.upstream, resumable=resumable) as out:
-            self.run(StageContext(run=run, settings=settings, client=client, out=out, plan=plan))
+        try:
+            with run.stage(self.name, plan.fingerprint, plan.config, plan.inputs, plan.upstream, resumable=resumable) as out:
+                self.run(StageContext(run=run, settings=settings, client=client, out=out, plan=plan))
+        finally:
+            _give_back_worker_memory(client, self.name)
         return StageResult(self.name, skipped=False, entry=run.require(self.name))
+
+
+def _give_back_worker_memory(client: Any, stage: str) -> None:
+    """:func:`core.runtime.give_back_memory` on every worker of ``client`` (None: nothing to do).
+
+    The workers of one `rrec run` go on to the next stage; a failure to reach them is logged,
+    never raised over the stage's own outcome.
+    """
+    if client is None or not callable(getattr(client, "run", None)):
+        return
+    try:
+        client.run(give_back_memory)
+    except Exception as error:  # the stage's own outcome matters more than this cleanup
+        log.warning("%s: could not return the workers' freed memory: %s", stage, error)
 
 
 def _run_dir(run: Path | str | RunDir) -> RunDir:

@@ -1,9 +1,13 @@
-"""Process-level helpers for the hot loops of the stages (no Dask, no pyarrow)."""
+"""Process-level helpers for the hot loops of the stages and the memory between them (no Dask;
+pyarrow only imported by :func:`give_back_memory`, when it is already loaded)."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
+import sys
 from collections.abc import Iterator
 
 
@@ -39,3 +43,20 @@ def thaw_collected() -> None:
     """Undo every ``paused_gc(freeze=True)`` of this process and run a full collection."""
     gc.unfreeze()
     gc.collect()
+
+
+def give_back_memory() -> None:
+    """Return this process's freed memory to the system: a full collection, the free pages of
+    Arrow's memory pool (when pyarrow is loaded) and glibc's free heap (``malloc_trim``, on Linux).
+
+    A Dask worker of `rrec run` goes from stage to stage; what one stage freed stayed in its
+    allocators and counted against the next (after the filter at 14M reviews a worker held 1.2 GB
+    with no Arrow buffer alive, 0.55 GB once given back). Run on every worker when a stage ends
+    (``core.protocol.Stage.execute``). Returns nothing (``client.run`` sends the result back).
+    """
+    gc.collect()
+    if (pyarrow := sys.modules.get("pyarrow")) is not None:
+        pyarrow.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux") and (libc := ctypes.util.find_library("c")):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(libc).malloc_trim(0)

@@ -366,25 +366,3 @@ def test_items_share_one_interned_tuple_per_category_path_and_the_table_stays_bo
     assert len(context._shared_paths) <= 8
     context.forget_worker_caches()
     assert not context._shared_paths
-
-
-def test_dropping_the_worker_caches_gives_freed_arrow_memory_back_to_the_system():
-    """Arrow's allocator keeps freed pages for reuse; a worker that goes on to the next stage
-    after a big one would carry them (0.65 GB after the filter at 14M reviews)."""
-    import gc
-
-    import psutil
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from pipeline.annotators import context
-
-    process = psutil.Process()
-    base = pa.array(range(32768), pa.int64())
-    held = [pc.add(base, i) for i in range(1000)]  # 1,000 buffers of 256 KB
-    assert pa.total_allocated_bytes() >= 250 * 2**20
-    del held
-    gc.collect()
-    before = process.memory_info().rss
-    context.forget_worker_caches()
-    assert before - process.memory_info().rss >= 150 * 2**20

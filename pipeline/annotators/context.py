@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from core.runtime import paused_gc, thaw_collected
+from core.runtime import give_back_memory, paused_gc, thaw_collected
 from core.schemas import TABLE_SCHEMAS
 from core.tables import FileSignature, dataset, folder_signature, parts
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
@@ -506,7 +506,7 @@ def forget_worker_caches() -> None:
     Run on each worker (``client.run``) when a stage that fills them ends: the workers of one
     `rrec run` go on to the next stages, and at 14M reviews these caches (a sequences part's
     columns, the catalog, the key index, item facts and words) held 2-3 GB per worker through
-    the release. The Arrow memory pool's free pages go back to the system too. Returns nothing
+    the release. The freed memory goes back to the system too (:func:`give_back_memory`). Returns nothing
     (``client.run`` sends the result back).
     """
     from pipeline import text_rules
@@ -521,9 +521,7 @@ def forget_worker_caches() -> None:
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
     thaw_collected()
-    # Arrow's allocator keeps freed pages for reuse: after the filter at 14M reviews a worker
-    # held 1.2 GB with no Arrow buffer alive, 0.55 GB once they were given back.
-    pa.default_memory_pool().release_unused()
+    give_back_memory()
 
 
 @contextlib.contextmanager
