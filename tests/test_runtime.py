@@ -90,3 +90,30 @@ def test_every_stage_gives_its_workers_freed_memory_back(good_run, dask_client):
     run_validation(run, dask_client, force=True)
     after = dask_client.run(_rss)
     assert all(held[worker] - after[worker] >= 150 * 2**20 for worker in held)
+
+
+def test_workers_of_our_own_cluster_still_holding_too_much_are_restarted_others_never(good_run, dask_client, monkeypatch):
+    """What give_back_memory cannot free (arenas pinned by a few live objects) is dropped by
+    restarting the worker, on a cluster this process started; an external cluster's workers
+    (a client connected by address: `--scheduler`) are left alone."""
+    import os
+
+    from distributed import Client
+
+    from core import protocol
+    from validation.runner import run_validation
+
+    monkeypatch.setattr(protocol, "RESTART_ABOVE_BYTES", 0)  # every worker holds more than that
+    with Client(dask_client.scheduler.address, timeout="20s") as external:
+        before = external.run(os.getpid)
+        run_validation(good_run, external, force=True)
+        assert external.run(os.getpid) == before
+    before = set(dask_client.run(os.getpid).values())
+    run_validation(good_run, dask_client, force=True)
+    dask_client.wait_for_workers(len(before), timeout=60)
+    after = set(dask_client.run(os.getpid).values())
+    assert len(after) == len(before) and not after & before
+
+    monkeypatch.setattr(protocol, "RESTART_ABOVE_BYTES", 1 << 40)
+    run_validation(good_run, dask_client, force=True)
+    assert set(dask_client.run(os.getpid).values()) == after
