@@ -331,6 +331,38 @@ def test_dictionary_read_items_give_the_string_read_results(tmp_path: Path, monk
     assert as_strings.column("candidates_not_in_history").to_pylist()[2] is False
 
 
+@pytest.mark.parametrize("dictionary", [False, True])
+def test_derived_columns_do_not_depend_on_the_slices(dictionary: bool, tmp_path: Path, monkeypatch) -> None:
+    """The sequences checks compute a part's derived columns a slice of rows at a time (bounded
+    memory); cut every 2 rows, every 3 rows or not at all, with repeated, missing and
+    in-history candidates, null lists and an unordered history planted on both sides of the cuts,
+    the columns are the same."""
+    import pyarrow.parquet as pq
+
+    import validation.derived as derived
+
+    rows = [json.loads(json.dumps(r)) for part in _good_rows()["sequences"] for r in part]
+    assert len(rows) >= 7
+    rows[1]["candidates"][1]["parent_asin"] = rows[1]["candidates"][2]["parent_asin"]
+    rows[2]["candidates"][0]["parent_asin"] = None
+    rows[3]["candidates"][2]["parent_asin"] = rows[3]["history"][-1]["parent_asin"]
+    rows[4] = dict(rows[4], history=None, candidates=None)
+    rows[5]["history"] = list(reversed(rows[5]["history"]))
+    rows[6]["target_index"] = len(rows[6]["candidates"]) + 3
+    path = str(tmp_path / "part-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=SEQUENCES), path)
+    monkeypatch.setattr(derived, "DICTIONARY_BYTES_PER_VALUE", 10**6)
+    table = derived.read_fields(path, derived.SEQUENCE_CHECK_FIELDS, derived.SEQUENCE_DICTIONARY_LISTS if dictionary else frozenset())
+    whole = derived.sequence_check_columns(table, slice_rows=len(rows))
+    for slice_rows in (2, 3):
+        assert derived.sequence_check_columns(table, slice_rows=slice_rows).equals(whole)
+    rules = ("candidates_unique", "candidates_not_in_history", "history_chronological", "target_once_at_index")
+    failed = {rule: [i for i, ok in enumerate(whole.column(rule).to_pylist()) if not ok] for rule in rules}
+    assert 1 in failed["candidates_unique"] and 3 in failed["candidates_not_in_history"]
+    assert 5 in failed["history_chronological"] and 6 in failed["target_once_at_index"]
+    assert whole.column("history_length")[4].as_py() == 0
+
+
 @pytest.mark.parametrize(("dictionary_page_limit", "read_as_dictionary"), [(1 << 20, True), (16, False)])
 def test_plain_pages_are_read_as_strings(dictionary_page_limit: int, read_as_dictionary: bool, tmp_path: Path) -> None:
     """Items in dictionary pages are read as a dictionary; a writer that fell back to plain pages (a

@@ -256,13 +256,18 @@ def contexts_from_rows(
     return contexts
 
 
-MAX_CACHED_BASES = 1 << 18
+MAX_CACHED_BASES = 1 << 17
 """Most item bases a worker process keeps between partitions (the oldest half goes when full);
 an item has one as history item and one as target. Measured on a 617k-item catalog (14M
 reviews), template annotator, one worker: 1 << 17 gave 355 us a row at 1.4 GB, 1 << 18 320 us
 at 2.0 GB, 1 << 19 255 us at 2.7 GB (with :data:`template.MAX_MEMO_ITEMS` alike). 1 << 19 made
 the annotate workers the chain's largest processes at 14M (3.07 GB, 1.64x the 3.5M run's peak
-for 4x the input, over the 1.5x target); a catalog of up to ~250k items (3.5M reviews) fits."""
+for 4x the input, over the 1.5x target). With interned category paths and slotted facts, three
+part files of the same run in one process (eighth session): 1 << 18 took 23.0-24.2 s a part and
+ended at 2.06 GB, 1 << 17 25.2-26.4 s (+9%) at 1.65 GB. The smaller bound is the default: the
+memory then stops growing with the catalog (a ~155k-item catalog, 3.5M reviews, nearly fills
+it), which the chain's 1.5x memory target for 4x the input asks, at a cost the 15-minute
+target has room for."""
 _worker_bases: dict[tuple[FileSignature, tuple[str, ...]], dict[tuple[Any, ...], _Base]] = {}
 _worker_facts: dict[tuple[Any, ...], ItemFacts] = {}
 """History facts (without review titles) of the bases in :data:`_worker_bases` (at most two per base)."""

@@ -92,7 +92,7 @@ def price_band(price: float | None) -> str | None:
     return "over $100"
 
 
-@functools.lru_cache(maxsize=1 << 18)  # as context.MAX_CACHED_BASES
+@functools.lru_cache(maxsize=1 << 17)  # as context.MAX_CACHED_BASES
 def _content_words(title: str, features: tuple[str, ...], store: str) -> frozenset[str]:
     # Cached: an item recurs in many histories of a partition (its words were most of the
     # template's time), and the texts are the key, so the cache cannot go stale.
@@ -480,7 +480,7 @@ def annotate_many(contexts: list[ExampleContext], seed: int) -> list[TeacherAnsw
     return [annotate(context, seed, _worker_memo) for context in contexts]
 
 
-MAX_MEMO_ITEMS = 1 << 18
+MAX_MEMO_ITEMS = 1 << 17
 """Most items whose :func:`_derived` values a worker process keeps between batches (the oldest
 half goes when full; the words themselves are shared with the keyword cache)."""
 _worker_memo: Memo = {}
