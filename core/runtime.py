@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -64,3 +67,40 @@ def give_back_memory() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
+
+
+class one_slot_cache:  # a decorator, named like functools.lru_cache
+    """Decorator: keep the result of the last call only, and drop it *before* computing the next.
+
+    ``functools.lru_cache(maxsize=1)`` computes the new value while still holding the old one,
+    so a worker moving from one big value to the next (a sequences part's columns: 263 MB at
+    14M reviews) briefly holds two. Same interface as ``lru_cache`` for what callers use:
+    ``cache_clear()`` and ``cache_info()``.
+    """
+
+    def __init__(self, function: Callable[..., Any]):
+        functools.update_wrapper(self, function)
+        self._function = function
+        self._key: tuple[Any, ...] | None = None
+        self._value: Any = None
+        self._hits = self._misses = 0
+        self._lock = threading.Lock()  # a worker's threads share the slot: key and value change together
+
+    def __call__(self, *args: Any) -> Any:
+        with self._lock:
+            if self._key == args:
+                self._hits += 1
+                return self._value
+            self._key = self._value = None
+            self._misses += 1
+        value = self._function(*args)
+        with self._lock:
+            self._key, self._value = args, value
+        return value
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._key = self._value = None
+
+    def cache_info(self) -> functools._CacheInfo:
+        return functools._CacheInfo(self._hits, self._misses, 1, int(self._key is not None))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from core.runtime import give_back_memory, paused_gc, thaw_collected
+from core.runtime import give_back_memory, one_slot_cache, paused_gc, thaw_collected
 
 
 class Node:
@@ -117,3 +117,57 @@ def test_workers_of_our_own_cluster_still_holding_too_much_are_restarted_others_
     monkeypatch.setattr(protocol, "RESTART_ABOVE_BYTES", 1 << 40)
     run_validation(good_run, dask_client, force=True)
     assert set(dask_client.run(os.getpid).values()) == after
+
+
+class Big:
+    """A value whose life a weak reference can watch."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+
+def test_one_slot_cache_lets_the_old_value_go_before_computing_the_next():
+    """A worker moving to the next part file holds one part's columns, not two: when the new
+    value is being computed, the old one is already unreachable."""
+    alive_during_compute: list[bool] = []
+    previous: list[weakref.ref] = []
+
+    @one_slot_cache
+    def load(key: str) -> Big:
+        gc.collect()
+        alive_during_compute.append(bool(previous) and previous[-1]() is not None)
+        return Big(key)
+
+    first = load("a")
+    assert load("a") is first and load.cache_info().hits == 1
+    previous.append(weakref.ref(first))
+    del first
+    second = load("b")
+    assert second.key == "b" and alive_during_compute == [False, False]
+    assert load.cache_info().currsize == 1
+    load.cache_clear()
+    assert load.cache_info().currsize == 0
+
+
+def test_one_slot_cache_never_answers_with_another_keys_value_across_threads():
+    import threading
+
+    @one_slot_cache
+    def load(key: int) -> tuple[int, list[int]]:
+        return key, [key] * 1000
+
+    wrong: list[tuple[int, int]] = []
+
+    def worker(offset: int) -> None:
+        for i in range(2000):
+            key = (i + offset) % 5
+            got, _ = load(key)
+            if got != key:
+                wrong.append((key, got))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []

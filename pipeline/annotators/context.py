@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from core.runtime import give_back_memory, paused_gc, thaw_collected
+from core.runtime import give_back_memory, one_slot_cache, paused_gc, thaw_collected
 from core.schemas import TABLE_SCHEMAS
 from core.tables import FileSignature, dataset, folder_signature, parts
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
@@ -70,7 +70,7 @@ def plan_partitions(sequences_dir: Path, splits: list[str], partition_rows: int,
 CONTEXT_COLUMNS = ["user_id", "split", "history", "target"]
 
 
-@functools.lru_cache(maxsize=1)
+@one_slot_cache  # the old part's columns go before the next part is read
 def _context_columns(file: str, mtime_ns: int, size: int) -> pa.Table:
     # A part file holds many partitions and Parquet cannot read a row range of one row group:
     # each worker process reads a file once and slices it for every partition it is given.
