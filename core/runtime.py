@@ -11,7 +11,7 @@ import gc
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @contextlib.contextmanager
@@ -69,6 +69,15 @@ def give_back_memory() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+class CacheInfo(NamedTuple):
+    """What ``cache_info()`` reports, as ``functools.lru_cache``'s does."""
+
+    hits: int
+    misses: int
+    maxsize: int
+    currsize: int
+
+
 class one_slot_cache:  # a decorator, named like functools.lru_cache
     """Decorator: keep the result of the last call only, and drop it *before* computing the next.
 
@@ -102,5 +111,5 @@ class one_slot_cache:  # a decorator, named like functools.lru_cache
         with self._lock:
             self._key = self._value = None
 
-    def cache_info(self) -> functools._CacheInfo:
-        return functools._CacheInfo(self._hits, self._misses, 1, int(self._key is not None))
+    def cache_info(self) -> CacheInfo:
+        return CacheInfo(self._hits, self._misses, 1, int(self._key is not None))
