@@ -92,7 +92,13 @@ def price_band(price: float | None) -> str | None:
     return "over $100"
 
 
-@functools.lru_cache(maxsize=1 << 17)  # as context.MAX_CACHED_BASES
+MAX_MEMO_ITEMS = 1 << 17
+"""Most items whose :func:`_derived` values and words a worker process keeps between batches
+(the oldest half goes when full). The one bound of every per-item cache of annotate and filter
+(``context.MAX_CACHED_BASES`` is the same value; the measurements behind it are there)."""
+
+
+@functools.lru_cache(maxsize=MAX_MEMO_ITEMS)
 def _content_words(title: str, features: tuple[str, ...], store: str) -> frozenset[str]:
     # Cached: an item recurs in many histories of a partition (its words were most of the
     # template's time), and the texts are the key, so the cache cannot go stale.
@@ -480,9 +486,6 @@ def annotate_many(contexts: list[ExampleContext], seed: int) -> list[TeacherAnsw
     return [annotate(context, seed, _worker_memo) for context in contexts]
 
 
-MAX_MEMO_ITEMS = 1 << 17
-"""Most items whose :func:`_derived` values a worker process keeps between batches (the oldest
-half goes when full; the words themselves are shared with the keyword cache)."""
 _worker_memo: Memo = {}
 
 
