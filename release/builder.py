@@ -66,12 +66,15 @@ log = logging.getLogger(__name__)
 # User ids sampled per planned partition: the ranges come out within a few percent of
 # partition_rows while the plan stays small (a few thousand ids at 14M reviews).
 SAMPLES_PER_PARTITION = 64
-# Staging files are LZ4 Parquet without dictionary encoding: written about a fifth faster and
-# read back about a third faster than with it (the titles of the candidates are mostly
-# distinct, so dictionaries were built and dropped). Parquet, not Arrow IPC, on purpose: the
-# shards' Arrow sizes (``nbytes``, in the card) depend on how the rows are laid out in memory,
-# and Parquet gives validity bitmaps where IPC leaves them out.
-_STAGED = ".parquet"
+# Staging files are Arrow IPC files with LZ4-compressed buffers, written in batches of
+# STAGING_BATCH_ROWS rows so that a shard task decompresses only the batches its rows fall in.
+# Measured on one 150k-user sequences part (37,642 release rows, 2-core VM): written in 0.49 s
+# and read in 0.34 s, against 1.2 s and 2.0 s for the LZ4 Parquet files used before (decoding
+# a hundred nested candidate titles a row was most of that), for 138 MB on disk against 107 MB.
+# IPC leaves out the validity bitmap of a column without nulls, where Parquet readers add one:
+# the shards' Arrow sizes are therefore measured layout-free (release.layout.arrow_bytes).
+STAGED = ".arrow"
+STAGING_BATCH_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -153,14 +156,27 @@ def _user_range(low: str | None, high: str | None) -> pc.Expression | None:
 
 
 def write_staging(table: pa.Table, path: str | Path) -> None:
-    """Write ``table`` as a staging file (see :data:`_STAGED`)."""
-    pq.write_table(table, str(path), compression="lz4", use_dictionary=False)
+    """Write ``table`` as a staging file (see :data:`STAGED`)."""
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
+        # Batch i holds rows [i * STAGING_BATCH_ROWS, (i + 1) * STAGING_BATCH_ROWS): the reader
+        # finds a row's batch by division (write_table would also cut at every chunk boundary).
+        for start in range(0, table.num_rows, STAGING_BATCH_ROWS):
+            writer.write_batch(table.slice(start, STAGING_BATCH_ROWS).combine_chunks().to_batches()[0])
 
 
 def read_staging(path: str | Path, offset: int = 0, rows: int | None = None) -> pa.Table:
-    """Rows ``[offset, offset + rows)`` of a staging file (every row from ``offset`` when ``rows`` is None)."""
-    table = pq.read_table(str(path))
-    return table.slice(offset, table.num_rows - offset if rows is None else rows)
+    """Rows ``[offset, offset + rows)`` of a staging file (every row from ``offset`` when ``rows`` is None).
+
+    Only the batches that hold those rows are read and decompressed.
+    """
+    reader = pa.ipc.open_file(pa.memory_map(str(path)))
+    batches = reader.num_record_batches
+    first = min(offset // STAGING_BATCH_ROWS, batches)
+    last = batches if rows is None else min(-(-(offset + rows) // STAGING_BATCH_ROWS), batches)
+    table = pa.Table.from_batches([reader.get_batch(i) for i in range(first, last)], reader.schema)
+    start = offset - first * STAGING_BATCH_ROWS
+    return table.slice(start, table.num_rows - start if rows is None else rows)
 
 
 def _items_table(run: str, columns: list[str] | None = None) -> pa.Table:
@@ -190,7 +206,7 @@ def _join_and_stage(run: str, sequences: pa.Table, filtered: pa.Table, folder: s
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     for split, table in splits.items():
-        write_staging(table, out / f"{split}{_STAGED}")
+        write_staging(table, out / f"{split}{STAGED}")
     rows = {s: t.num_rows for s, t in splits.items()}
     return RangeResult(folder, rows, RowStatistics.of_splits(splits), dropped, filtered.num_rows, mentioned_bitmap(run, splits.values()))
 
@@ -287,7 +303,7 @@ def build_items(run: str, staging: str, mentioned: bytes) -> tuple[int, dict[str
     marked = np.unpackbits(np.frombuffer(mentioned, dtype=np.uint8), count=items.num_rows).astype(bool) if items.num_rows else []
     items = items.filter(pa.array(marked, pa.bool_()))
     catalog = catalog_of(items, items["parent_asin"].combine_chunks())
-    write_staging(catalog, Path(staging) / f"{ITEMS_SPLIT}{_STAGED}")
+    write_staging(catalog, Path(staging) / f"{ITEMS_SPLIT}{STAGED}")
     return catalog.num_rows, category_counts(catalog)
 
 
@@ -364,10 +380,10 @@ def _stream_domain(
 
     jobs: list[tuple[str, list[tuple[str, int, int]], pa.Schema]] = []
     for split in SPLITS:
-        files = [(f"{result.folder}/{split}{_STAGED}", result.rows[split]) for result in results]
+        files = [(f"{result.folder}/{split}{STAGED}", result.rows[split]) for result in results]
         pieces = shard_pieces(files, shard_rows)
         jobs += [(f"data/{source.config}/{shard_name(split, i, len(pieces))}", p, RELEASE_ROW) for i, p in enumerate(pieces)]
-    pieces = shard_pieces([(str(staging / f"{ITEMS_SPLIT}{_STAGED}"), catalog_rows)], shard_rows)
+    pieces = shard_pieces([(str(staging / f"{ITEMS_SPLIT}{STAGED}"), catalog_rows)], shard_rows)
     items_folder = f"data/{source.config}_items"
     jobs += [(f"{items_folder}/{shard_name(ITEMS_SPLIT, i, len(pieces))}", p, ITEMS) for i, p in enumerate(pieces)]
     names, piece_lists, schemas = zip(*jobs)

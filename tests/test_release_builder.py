@@ -21,9 +21,19 @@ from test_dask_cluster import scheduler_address  # noqa: F401  (the real schedul
 
 from core.tables import read_table, write_part
 from datacards.statistics import domain_statistics
-from release.builder import build_range, ordered_parts, range_bounds, read_staging, stream_release, user_sample
+from release.builder import (
+    STAGED,
+    STAGING_BATCH_ROWS,
+    build_range,
+    ordered_parts,
+    range_bounds,
+    read_staging,
+    stream_release,
+    user_sample,
+    write_staging,
+)
 from release.checksums import file_checksums, verify_release
-from release.layout import DomainSource, ReleaseError, check_domains, load_domains, release_memory_estimate, write_data
+from release.layout import DomainSource, ReleaseError, arrow_bytes, check_domains, load_domains, release_memory_estimate, write_data
 from release.loading import load_release
 from release.publish import ReleaseSettings, release_runs
 
@@ -93,6 +103,40 @@ def test_release_rows_do_not_depend_on_how_the_input_is_partitioned(runs, refere
     assert [domain_statistics(d) for d in domains] == [domain_statistics(d) for d in ref_domains]
 
 
+def test_the_cards_arrow_sizes_do_not_depend_on_the_partitions(runs, tmp_path) -> None:
+    def sizes(domains: list) -> list[tuple[str, str, int]]:
+        return [(d.config, name, table.nbytes) for d in domains for name, table in {**d.splits, "items": d.items}.items()]
+
+    plain = stream_release(check_domains(runs), tmp_path / "a", SHARD_ROWS, partition_rows=7)
+    shuffled = [shuffled_copy(source, tmp_path / "shuffled", parts=3) for source in check_domains(runs)]
+    assert sizes(stream_release(shuffled, tmp_path / "b", SHARD_ROWS, partition_rows=13)) == sizes(plain)
+    assert all(size > 0 for *_, size in sizes(plain))
+    # ... and they are the sizes of the rows as a reader of the shards gets them, group by group.
+    for config, name, size in sizes(plain):
+        folder = tmp_path / "a" / "data" / (f"{config}_items" if name == "items" else config)
+        files = [pq.ParquetFile(path) for path in sorted(folder.glob(f"{name}-*.parquet"))]
+        assert size == sum(arrow_bytes(f.read_row_group(i)) for f in files for i in range(f.num_row_groups))
+
+
+def test_a_staging_file_reads_back_any_row_range_across_its_batches(tmp_path) -> None:
+    rows = 2 * STAGING_BATCH_ROWS + 345
+    table = pa.table({"user_id": [f"u{i:06d}" for i in range(rows)], "n": pa.array(range(rows), pa.int64())})
+    chunked = pa.concat_tables([table.slice(0, 777), table.slice(777)])  # chunk boundaries off the batch grid
+    write_staging(chunked, tmp_path / f"s{STAGED}")
+    for offset, count in [
+        (0, None),
+        (0, 5),
+        (STAGING_BATCH_ROWS - 3, 10),
+        (STAGING_BATCH_ROWS, STAGING_BATCH_ROWS),
+        (rows - 1, 1),
+        (12_345, None),
+    ]:
+        expected = table.slice(offset, rows - offset if count is None else count)
+        assert read_staging(tmp_path / f"s{STAGED}", offset, count).equals(expected), (offset, count)
+    write_staging(table.slice(0, 0), tmp_path / f"empty{STAGED}")
+    assert read_staging(tmp_path / f"empty{STAGED}").num_rows == 0
+
+
 def test_streamed_release_runs_on_the_session_cluster(runs, reference, dask_client, tmp_path) -> None:
     ref_dir, _ = reference
     out = tmp_path / "streamed"
@@ -111,7 +155,7 @@ def test_user_ranges_hold_about_partition_rows_and_each_user_once(runs) -> None:
         result = build_range(str(run), low, high, str(run.parent / "ranges" / f"{index:05d}"))
         sizes.append(sum(result.rows.values()) + result.train_without_rationale)
         # Every user has a test row: the test file lists the range's users.
-        users.append(set(read_staging(run.parent / "ranges" / f"{index:05d}" / "test.parquet")["user_id"].to_pylist()))
+        users.append(set(read_staging(run.parent / "ranges" / f"{index:05d}" / f"test{STAGED}")["user_id"].to_pylist()))
     total = read_table(run / "sequences", "sequences").num_rows
     assert sum(sizes) == total  # every sequences row is in exactly one range
     assert len(sizes) >= total // 12 - 1
