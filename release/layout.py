@@ -128,14 +128,16 @@ class DomainRelease:
         return {split: table.num_rows for split, table in self.splits.items()}
 
 
-def join_release_rows(sequences: pa.Table, filtered: pa.Table) -> tuple[dict[str, pa.Table], int]:
-    """Release rows per split from a ``sequences`` and a ``filtered`` table.
+def join_release_rows(sequences: pa.Table, filtered: pa.Table, schema: pa.Schema = RELEASE_ROW) -> tuple[dict[str, pa.Table], int]:
+    """Release rows per split from a ``sequences`` and a ``filtered`` table, cast to ``schema``.
 
     Train rows are the train sequences whose rationale passed the filter; validation and test
     rows are every sequence of the split, with the rationale fields of the filtered table where
     there is one and null otherwise. Rows are sorted by user, target timestamp and target id so
     that the released files do not depend on how the run folder was partitioned. Returns the
     tables and the number of train sequences left out for lack of a passing rationale.
+    ``schema`` is :data:`RELEASE_ROW` or its form with dictionary-encoded list leaves (the
+    streaming builder's, decoded by :func:`write_shard` a row group at a time).
     """
     # One contiguous copy: each split's take would otherwise concatenate every chunk again.
     sequences = sequences.combine_chunks()
@@ -172,7 +174,7 @@ def join_release_rows(sequences: pa.Table, filtered: pa.Table) -> tuple[dict[str
         base = sequences.take(rows["_row"])
         columns = {name: base[name] for name in ("user_id", "history", "target", "candidates", "target_index")}
         columns.update({name: rows[name] for name in _ANNOTATION_COLUMNS})
-        result[split] = pa.table(columns).select(RELEASE_ROW.names).cast(RELEASE_ROW)
+        result[split] = pa.table(columns).select(schema.names).cast(schema)
     return result, train_without_rationale
 
 
@@ -183,7 +185,15 @@ def mentioned_items(splits: Iterable[pa.Table]) -> pa.Array:
         asins.append(pc.struct_field(pc.list_flatten(table["history"]), "parent_asin"))
         asins.append(pc.struct_field(pc.list_flatten(table["candidates"]), "parent_asin"))
         asins.append(pc.struct_field(table["target"], "parent_asin"))
-    return pc.unique(pa.chunked_array([a for chunk in asins for a in _chunks(chunk)], pa.string()))
+    return pc.unique(pa.chunked_array([_plain(a) for chunk in asins for a in _chunks(chunk)], pa.string()))
+
+
+def _plain(array: pa.Array) -> pa.Array:
+    """The distinct values of ``array`` where it is dictionary-encoded (the streaming builder's
+    rows: the dictionary entries it uses), else ``array`` itself."""
+    if isinstance(array, pa.DictionaryArray):
+        return array.dictionary.take(pc.unique(array.indices))
+    return array
 
 
 def catalog_of(items: pa.Table, wanted: pa.Array) -> pa.Table:
