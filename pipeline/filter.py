@@ -26,11 +26,12 @@ Counts per reason go to the manifest (``rejects_by_reason``) for the data card, 
 ``target_first_share`` (target-first rejects over rows in).
 
 :func:`reject_reason` is the per-row reference. A partition is filtered by
-:func:`reject_reasons`: the same rules in the same order, with the regex families screened for
-the whole column at once (RE2 in pyarrow) so a row runs only the rules that can fire
-(:func:`text_reasons`), the contexts loaded once per partition by the shared loader for the
-rows those rules keep, and the grounding rules scoring each distinct quoted mention once on
-title facts memoised for the partition (:func:`context_reasons`); tests pin it to the reference.
+:func:`reject_reasons`: the same rules in the same order, with the regex families and the word
+rules screened for the whole column at once (RE2 in pyarrow; one pass over their union clears
+most rows) so a row runs only the rules that can fire (:func:`text_reasons`), the contexts
+loaded once per partition by the shared loader for the rows those rules keep, and the grounding
+rules scoring each distinct quoted mention once on cached title facts, normalising the text only
+as far as they need (:func:`context_reasons`); tests pin it to the reference.
 """
 
 from __future__ import annotations
@@ -76,10 +77,12 @@ from pipeline.text_rules import (
     URL,
     GroundingMemo,
     grounding_reason,
+    has_words_re2,
     hostile_text_reason,
     is_english,
     is_grounded,
     matches_title,
+    may_hold_long_word_re2,
     names_target_first,
 )
 
@@ -122,13 +125,16 @@ class FilterSettings(StageSettings):
 
 @dataclass(frozen=True)
 class Screen:
-    """Which regex families may fire on a row (all of them unless a pre-screen proved otherwise)."""
+    """Which rule families may fire on a row (all of them unless a pre-screen proved otherwise):
+    the regex families, ``overlong_word``, and ``too_short`` / ``too_long`` (``word_count``)."""
 
     hostile: bool = True
     refusal: bool = True
     email: bool = True
     url: bool = True
     phone: bool = True
+    long_word: bool = True
+    word_count: bool = True
 
 
 FULL_SCREEN = Screen()
@@ -152,7 +158,13 @@ def _text_reason(
 ) -> str | None:
     """The first rule up to ``not_english`` that a row breaks (the rules that need no context)."""
     for text in (rationale, preferences):
-        hostile = hostile_text_reason(text, max_chars=settings.max_chars, max_word_chars=settings.max_word_chars, patterns=screen.hostile)
+        hostile = hostile_text_reason(
+            text,
+            max_chars=settings.max_chars,
+            max_word_chars=settings.max_word_chars,
+            patterns=screen.hostile,
+            word_lengths=screen.long_word,
+        )
         if hostile is not None:
             return hostile
     refusal = screen.refusal and REFUSAL.search(rationale) is not None
@@ -164,11 +176,12 @@ def _text_reason(
         return "annotator_incoherent"
     if not rationale.strip():
         return "empty_rationale"
-    words = len(rationale.split())
-    if words < settings.min_words:
-        return "too_short"
-    if words > settings.max_words:
-        return "too_long"
+    if screen.word_count:
+        words = len(rationale.split())
+        if words < settings.min_words:
+            return "too_short"
+        if words > settings.max_words:
+            return "too_long"
     if screen.email or screen.url or screen.phone:
         released_text = f"{rationale}\n{preferences or ''}"
         # E-mail before URL: the domain of an address would also match the URL rule.
@@ -199,25 +212,92 @@ def _context_reason(rationale: str, context: ExampleContext | None, settings: Fi
     return None
 
 
-def _may_match(texts: list[pa.ChunkedArray], pattern: str) -> list[bool]:
-    """Per row: whether ``pattern`` (RE2) matches any of ``texts``, or a text is not ASCII."""
-    filled = [pc.fill_null(text, "") for text in texts]
-    hits = [pc.or_(pc.invert(pc.string_is_ascii(text)), pc.match_substring_regex(text, pattern)) for text in filled]
-    return functools.reduce(pc.or_, hits).to_pylist()
+def _may_match(text: pa.ChunkedArray, pattern: str) -> pa.ChunkedArray:
+    """Per row: whether ``pattern`` (RE2) matches ``text`` (no nulls), or the text is not ASCII."""
+    return pc.or_(pc.invert(pc.string_is_ascii(text)), pc.match_substring_regex(text, pattern))
 
 
-def screens(annotations: pa.Table) -> list[Screen]:
-    """The pre-screen of every row: which regex families can fire on it (one RE2 pass per family)."""
-    rationale, preferences = annotations.column("rationale"), annotations.column("user_preferences")
-    families = zip(
-        _may_match([rationale, preferences], MAY_BE_HOSTILE_RE2),
-        _may_match([rationale], MAY_REFUSE_RE2),
-        _may_match([rationale, preferences], MAY_HOLD_EMAIL_RE2),
-        _may_match([rationale, preferences], MAY_HOLD_URL_RE2),
-        _may_match([rationale, preferences], MAY_HOLD_PHONE_RE2),
-        strict=True,
+def _families(long_word: str | None) -> list[tuple[str | None, bool]]:
+    """The pre-screen of each flag of :class:`Screen` but ``word_count``, in its order, and whether
+    it also reads the user preferences (``refusal`` reads only the rationale). None: no screen."""
+    return [
+        (MAY_BE_HOSTILE_RE2, True),
+        (MAY_REFUSE_RE2, False),
+        (MAY_HOLD_EMAIL_RE2, True),
+        (MAY_HOLD_URL_RE2, True),
+        (MAY_HOLD_PHONE_RE2, True),
+        (long_word, True),
+    ]
+
+
+def _family_flags(rationale: pa.ChunkedArray, preferences: pa.ChunkedArray, long_word: str | None) -> list[tuple[bool, ...]]:
+    """Per row: the flags of :func:`_families`, one RE2 pass per family and text."""
+    flags = []
+    for pattern, reads_preferences in _families(long_word):
+        if pattern is None:
+            flags.append([True] * len(rationale))
+            continue
+        hits = _may_match(rationale, pattern)
+        if reads_preferences:
+            hits = pc.or_(hits, _may_match(preferences, pattern))
+        flags.append(hits.to_pylist())
+    return list(zip(*flags, strict=True))
+
+
+def _union(patterns: list[str]) -> str:
+    """An RE2 pattern that matches where any of ``patterns`` does (each keeps its own flags)."""
+    return "|".join(f"(?:{pattern})" for pattern in patterns)
+
+
+@functools.cache
+def _screen(flags: tuple[bool, ...]) -> Screen:
+    """One shared (frozen) screen per combination of flags: a partition needs a handful."""
+    return FULL_SCREEN if all(flags) else Screen(*flags)
+
+
+def _may_break_word_count(rationale: pa.ChunkedArray, min_words: int, max_words: int) -> list[bool]:
+    """Per row: whether ``too_short`` or ``too_long`` may fire, unless RE2 proved an ASCII
+    rationale (no nulls) to hold at least ``min_words`` and at most ``max_words`` words.
+
+    Only a text of more than ``2 * max_words`` characters can hold more (each word after the
+    first needs a separator): only those are read for it.
+    """
+    at_least, too_many = has_words_re2(min_words), has_words_re2(max_words + 1)
+    if at_least is None or too_many is None:
+        return [True] * len(rationale)
+    proved = pc.and_(pc.string_is_ascii(rationale), pc.match_substring_regex(rationale, at_least)).to_pylist()
+    long_rows = pc.indices_nonzero(pc.greater(pc.utf8_length(rationale), 2 * max_words))
+    if len(long_rows):  # (the pattern of max_words repetitions is costly to compile)
+        more = pc.match_substring_regex(rationale.take(long_rows), too_many).to_pylist()
+        for row, too_long in zip(long_rows.to_pylist(), more, strict=True):
+            if too_long:
+                proved[row] = False
+    return [not known for known in proved]
+
+
+def screens(annotations: pa.Table, settings: FilterSettings | None = None) -> list[Screen]:
+    """The pre-screen of every row: which rule families can fire on it.
+
+    One RE2 pass per text over the union of the families clears most rows at once; the rows it
+    does not clear (every row with a non-ASCII text among them) are screened family by family.
+    """
+    settings = settings or FilterSettings()
+    rationale, preferences = (pc.fill_null(annotations.column(name), "") for name in ("rationale", "user_preferences"))
+    long_word = may_hold_long_word_re2(settings.max_word_chars)
+    families = [(pattern, reads_preferences) for pattern, reads_preferences in _families(long_word) if pattern is not None]
+    suspects = pc.indices_nonzero(
+        pc.or_(
+            _may_match(rationale, _union([pattern for pattern, _ in families])),
+            _may_match(preferences, _union([pattern for pattern, reads_preferences in families if reads_preferences])),
+        )
     )
-    return [FULL_SCREEN if all(flags) else Screen(*flags) for flags in families]
+    flags = [(False, False, False, False, False, long_word is None)] * annotations.num_rows
+    for row, row_flags in zip(
+        suspects.to_pylist(), _family_flags(rationale.take(suspects), preferences.take(suspects), long_word), strict=True
+    ):
+        flags[row] = row_flags
+    word_count = _may_break_word_count(rationale, settings.min_words, settings.max_words)
+    return [_screen((*row_flags, may_break)) for row_flags, may_break in zip(flags, word_count, strict=True)]
 
 
 def reject_reasons(
@@ -236,7 +316,7 @@ def text_reasons(annotations: pa.Table, settings: FilterSettings) -> list[str | 
     columns = [annotations.column(name).to_pylist() for name in ("rationale", "user_preferences", "coherent", "target_parent_asin")]
     return [
         _text_reason(rationale or "", preferences, coherent, target_asin, settings, screen)
-        for rationale, preferences, coherent, target_asin, screen in zip(*columns, screens(annotations), strict=True)
+        for rationale, preferences, coherent, target_asin, screen in zip(*columns, screens(annotations, settings), strict=True)
     ]
 
 

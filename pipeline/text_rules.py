@@ -109,6 +109,25 @@ MAY_REFUSE_RE2 = r"(?i)sorry|apologi|cannot|can't|unable|won'?t|as an ai|must de
 MAY_HOLD_EMAIL_RE2 = "@"
 MAY_HOLD_URL_RE2 = r"(?i)https?://|www\.|\.(?:com|net|org|io|co|us|uk|de|info|biz)"
 MAY_HOLD_PHONE_RE2 = rf"[0-9]{{3}}(?:{_WS}|[.-])[0-9]{{4}}"
+_NOT_WS = f"[^{_WS[1:]}"  # a character of a word as Python's str.split() finds words in ASCII text
+MAX_RE2_REPEAT = 1000
+"""RE2 rejects a counted repetition above this (its default ``max_repeat``)."""
+
+
+def may_hold_long_word_re2(max_word_chars: int) -> str | None:
+    """The RE2 pre-screen of the ``overlong_word`` rule (exact for an ASCII text), or None when
+    ``max_word_chars`` is beyond a counted repetition of RE2 (then every text is checked)."""
+    if max_word_chars + 1 > MAX_RE2_REPEAT:
+        return None
+    return f"{_NOT_WS}{{{max_word_chars + 1},}}"
+
+
+def has_words_re2(count: int) -> str | None:
+    """RE2 that matches an ASCII text of at least ``count`` (1 or more) words as ``str.split()``
+    finds them, reading only those words; None when ``count`` is beyond a counted repetition."""
+    if count - 1 > MAX_RE2_REPEAT:
+        return None
+    return f"^{_WS}*(?:{_NOT_WS}+{_WS}+){{{count - 1}}}{_NOT_WS}"
 
 
 def _longest_word(text: str) -> int:
@@ -116,19 +135,26 @@ def _longest_word(text: str) -> int:
 
 
 def hostile_text_reason(
-    text: str | None, *, max_chars: int = MAX_CHARS, max_word_chars: int = MAX_WORD_CHARS, patterns: bool = True
+    text: str | None,
+    *,
+    max_chars: int = MAX_CHARS,
+    max_word_chars: int = MAX_WORD_CHARS,
+    patterns: bool = True,
+    word_lengths: bool = True,
 ) -> str | None:
     """The first hostile-text rule ``text`` breaks (see the module docstring), or None.
 
     ``None`` and empty text break none (emptiness is the caller's rule). The returned code is
     registered in ``core/reasons.py`` for stage ``filter``. ``patterns=False`` skips the
-    character and pattern rules: only for a text that :data:`MAY_BE_HOSTILE_RE2` proved clean.
+    character and pattern rules: only for a text that :data:`MAY_BE_HOSTILE_RE2` proved clean;
+    ``word_lengths=False`` skips ``overlong_word``: only for a text that
+    :func:`may_hold_long_word_re2` proved clean.
     """
     if not text:
         return None
     if len(text) > max_chars:
         return "too_many_characters"
-    if _longest_word(text) > max_word_chars:
+    if word_lengths and _longest_word(text) > max_word_chars:
         return "overlong_word"
     if not patterns:
         return None
@@ -438,43 +464,49 @@ class GroundingMemo:
         return facts
 
     def history(self, context: ExampleContext) -> list[TitleFacts]:
-        """The facts of the example's history titles (those not empty), oldest first."""
-        titles, title = self._titles, self.title
-        return [titles.get(item.title) or title(item.title) for item in context.history if item.title]
+        """The facts of the example's history titles (those not empty), oldest first.
+
+        They come straight from :func:`title_facts`: most history items of a partition are new to it.
+        """
+        return [title_facts(item.title) for item in context.history if item.title]
 
     def phrases(self, context: ExampleContext, history: list[TitleFacts]) -> set[str]:
-        """The evidence phrases: history leads of 8+ characters, history stores and categories."""
-        phrases = {lead for _, _, lead in history if len(lead) >= 8}
+        """The evidence phrases between spaces (``" phrase "``, as found in a padded normal form):
+        history leads of 8+ characters, history stores and categories."""
+        phrases = {f" {lead} " for _, _, lead in history if len(lead) >= 8}
+        attributes = self._attributes
         for item in context.history:
             key = (item.store, item.categories)
-            attributes = self._attributes.get(key)
-            if attributes is None:
-                attributes = self._attributes[key] = tuple(_phrase(a) for a in _attributes(item))
-            phrases.update(attributes)
+            found = attributes.get(key)
+            if found is None:
+                found = attributes[key] = tuple(f" {_phrase(a)} " for a in _attributes(item))
+            phrases.update(found)
         return phrases
 
 
-def _scores(mention_norm: str, history: list[TitleFacts], history_norms: set[str], target: TitleFacts) -> tuple[float, float]:
-    """(best :func:`_overlap` with a history title, :func:`_overlap` with the target) of a non-empty
-    mention; a mention that is a whole history title scores 1.0 (the most) without a scan."""
-    words = set(mention_norm.split())
-    target_norm, target_words, _ = target
-    if not target_norm:
-        target_score = 0.0
-    elif mention_norm in target_norm or (len(target_norm) >= 8 and target_norm in mention_norm):
-        target_score = 1.0
-    else:
-        target_score = len(words & target_words) / len(words)
+def _history_score(mention_norm: str, words: frozenset[str], history: list[TitleFacts], history_norms: set[str]) -> float:
+    """The best :func:`_overlap` of a non-empty mention (its normal form and word set) with a history
+    title; a mention that is a whole history title scores 1.0 (the most) without a scan."""
     if mention_norm in history_norms:
-        return 1.0, target_score
-    best = 0.0
+        return 1.0
+    best, size = 0.0, len(words)
     for title_norm, title_words, _ in history:
         if title_norm and (mention_norm in title_norm or (len(title_norm) >= 8 and title_norm in mention_norm)):
-            return 1.0, target_score
-        score = len(words & title_words) / len(words)
+            return 1.0
+        score = len(words & title_words) / size
         if score > best:
             best = score
-    return best, target_score
+    return best
+
+
+def _target_score(mention_norm: str, words: frozenset[str], target: TitleFacts) -> float:
+    """:func:`_overlap` of a non-empty mention (its normal form and word set) with the target title."""
+    target_norm, target_words, _ = target
+    if not target_norm:
+        return 0.0
+    if mention_norm in target_norm or (len(target_norm) >= 8 and target_norm in mention_norm):
+        return 1.0
+    return len(words & target_words) / len(words)
 
 
 def grounding_reason(rationale: str, context: ExampleContext, memo: GroundingMemo, min_overlap: float) -> str | None:
@@ -490,13 +522,18 @@ def grounding_reason(rationale: str, context: ExampleContext, memo: GroundingMem
     evidence: list[int] = []  # and of the quoted history items
     quoted_ground = False
     for number, match in enumerate(matches):
-        mention_norm = _phrase(match.group(1))
+        # A mention's normal form and words are those of a title (most mentions are titles: cached).
+        mention_norm, words, _ = title_facts(match.group(1))
         if not mention_norm:
             quoted_ground = True  # matches_title: an empty mention names every list
             continue
         pair = scores.get(mention_norm)
         if pair is None:
-            pair = scores[mention_norm] = _scores(mention_norm, history, history_norms, target)
+            history_score = _history_score(mention_norm, words, history, history_norms)
+            # A history score of 1.0 (the most) decides alone: the mention is history evidence,
+            # or unknown when even 1.0 is below min_overlap. The target's score cannot matter.
+            target_score = 0.0 if history_score == 1.0 else _target_score(mention_norm, words, target)
+            pair = scores[mention_norm] = (history_score, target_score)
         history_score, target_score = pair
         if history_score < min_overlap and target_score < min_overlap:
             return "unknown_product"
@@ -505,14 +542,22 @@ def grounding_reason(rationale: str, context: ExampleContext, memo: GroundingMem
             evidence.append(number)
         elif target_score >= min_overlap:
             targets.append(number)
+    lead = target[2]
+    if evidence and (not targets or evidence[0] < targets[0]) and rationale.isascii():
+        # A quoted history item comes before every quoted target, so only the target's lead can
+        # name the target first, and only where it starts before that quote (see _first_target):
+        # the text after the quote need not be normalised.
+        if len(lead) < 8 or lead in [history_lead for _, _, history_lead in history]:
+            return None
+        if not _named_before(rationale, f" {lead} ", matches[evidence[0]].start()):
+            return None
     padded = normalise_padded(rationale)
     phrases: set[str] | None = None
     if not quoted_ground:
         phrases = memo.phrases(context, history)
         text = f" {padded.strip()} "
-        if not any(f" {phrase} " in text for phrase in phrases):
+        if not any(phrase in text for phrase in phrases):
             return "not_grounded"
-    lead = target[2]
     lead_at = padded.find(f" {lead} ") if len(lead) >= 8 else -1
     if lead_at >= 0 and any(lead == history_lead for _, _, history_lead in history):
         lead_at = -1  # a lead the history shares names the history as much as the target
@@ -522,12 +567,28 @@ def grounding_reason(rationale: str, context: ExampleContext, memo: GroundingMem
     if phrases is None:
         phrases = memo.phrases(context, history)
     end = first_target + 1
-    return None if any(padded.find(f" {phrase} ", 0, end + len(phrase)) >= 0 for phrase in phrases) else "target_first"
+    # The phrases are padded: ``end + len(phrase) - 2`` is the reference bound ``end + len(bare phrase)``.
+    return None if any(padded.find(phrase, 0, end + len(phrase) - 2) >= 0 for phrase in phrases) else "target_first"
 
 
 def _norm_position(text: str, index: int) -> int:
     """Where ``text[index]`` falls in the padded normal form: ``len(NORMALISE.sub(' ', text[:index].lower()))``."""
     return len(normalise_padded(text[:index])) - 2
+
+
+def _named_before(text: str, phrase: str, index: int) -> bool:
+    """Whether ``phrase`` (between spaces) starts in the padded normal form of an ASCII ``text``
+    before where ``text[index]`` falls, normalising little more of the text than that.
+
+    The normal form of a prefix is a prefix of the whole one (each character maps alone), and a
+    phrase that starts before ``position`` ends within ``position + len(phrase) - 1`` characters.
+    """
+    position = _norm_position(text, index)
+    stop = index + 2 * len(phrase)
+    head = normalise_padded(text[:stop])
+    if stop < len(text) and len(head) - 2 < position + len(phrase) - 1:
+        head = normalise_padded(text)  # separators collapsed: that prefix fell short
+    return 0 <= head.find(phrase) < position
 
 
 def _first_target(rationale: str, matches: list[re.Match[str]], targets: list[int], evidence: list[int], lead_at: int) -> int | None:

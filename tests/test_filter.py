@@ -32,9 +32,19 @@ from pipeline.filter import (
     reject_reasons,
     run_filter,
     screens,
+    text_reasons,
 )
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
-from pipeline.text_rules import NORMALISE, GroundingMemo, grounding_reason, norm_positions, normal_words, normalise, normalise_padded
+from pipeline.text_rules import (
+    NORMALISE,
+    GroundingMemo,
+    _named_before,
+    grounding_reason,
+    norm_positions,
+    normal_words,
+    normalise,
+    normalise_padded,
+)
 
 TEA = ("Grocery & Gourmet Food", "Beverages", "Coffee, Tea & Cocoa", "Tea")
 CONTEXT = ExampleContext(
@@ -342,6 +352,16 @@ def test_the_ascii_normal_forms_equal_the_regex_forms():
         assert normalise_padded(text) == f" {NORMALISE.sub(' ', text.lower())} ", text
 
 
+def test_a_phrase_is_placed_before_a_quote_from_a_prefix_as_from_the_whole_text():
+    rng = random.Random(19)
+    for _ in range(20000):
+        text = "".join(rng.choice(["a", "b", " ", ",", '"', "." * rng.randint(1, 12)]) for _ in range(rng.randint(1, 24)))
+        index = rng.randrange(len(text))
+        phrase = f" {' '.join(rng.choice(['a', 'b', 'ab']) for _ in range(rng.randint(1, 3)))} "
+        expected = 0 <= normalise_padded(text).find(phrase) < len(NORMALISE.sub(" ", text[:index].lower()))
+        assert _named_before(text, phrase, index) == expected, (text, phrase, index)
+
+
 GROUNDING_TITLES = [
     "Leaf & Kettle Earl Grey Black Tea, 2 Pack",
     "Leaf & Kettle Earl Grey Black Tea, 4 Pack",  # the same lead as the first
@@ -358,8 +378,9 @@ GROUNDING_STORES = [None, "Leaf & Kettle", "Wild Meadow", "Tea", "--", "Sunny Fi
 GROUNDING_CATEGORIES = [(), TEA, ("Grocery", "Snack Foods"), ("Grocery", "x"), ("Grocery", "!!!", "Vanilla Extract")]
 
 
-def _grounding_case(rng: random.Random) -> tuple[str, ExampleContext]:
-    """A random example and a rationale quoting, truncating or naming its titles and attributes."""
+def _grounding_case(rng: random.Random, separators: list[str] | None = None) -> tuple[str, ExampleContext]:
+    """A random example and a rationale quoting, truncating or naming its titles and attributes
+    (joined by single spaces, or by random ``separators`` with straight quotes only)."""
 
     def item(number: int) -> ItemFacts:
         return ItemFacts(f"B{number:09d}", rng.choice(GROUNDING_TITLES), rng.choice(GROUNDING_CATEGORIES), rng.choice(GROUNDING_STORES))
@@ -380,14 +401,17 @@ def _grounding_case(rng: random.Random) -> tuple[str, ExampleContext]:
         if form == 0:
             pieces.append(f'"{name}"')
         elif form == 1:
-            pieces.append(f"\u201c{name[: rng.randint(3, 30)]}\u201d")
+            quotes = "\u201c\u201d" if separators is None else '""'
+            pieces.append(f"{quotes[0]}{name[: rng.randint(3, 30)]}{quotes[1]}")
         elif form == 2:
             pieces.append(name.upper())
         elif form == 3:
             pieces.append(rng.choice([s for s in GROUNDING_STORES if s] + ["Snack Foods", "Vanilla Extract", "Beverages"]))
         else:
             pieces.append(rng.choice(["the shopper likes", "so", "and then", "--", "bought", "(again)"]))
-    return " ".join(pieces), ExampleContext("U1", "train", history, target)
+    if separators is None:
+        return " ".join(pieces), ExampleContext("U1", "train", history, target)
+    return "".join(f"{rng.choice(separators)}{piece}" for piece in pieces), ExampleContext("U1", "train", history, target)
 
 
 def test_the_partition_grounding_rules_equal_the_reference_on_random_examples():
@@ -402,3 +426,57 @@ def test_the_partition_grounding_rules_equal_the_reference_on_random_examples():
             assert grounding_reason(rationale, context, memo, overlap) == expected, (rationale, context)
             reasons.add(expected)
     assert reasons == {None, "unknown_product", "not_grounded", "target_first"}
+
+
+def test_the_grounding_rules_read_ascii_rationales_by_their_first_quotes_as_the_reference_does():
+    # ASCII rationales with a quoted history item first take a path that normalises only the text
+    # before it; runs of separators that collapse make that prefix fall short of what it needs.
+    rng = random.Random(13)
+    separators = [" ", "   ", ", ", " -- ", '!!! "" ', "\t\n", "", "." * 40]
+    reasons = set()
+    for overlap in (0.6, 0.3):
+        settings = FilterSettings(min_product_overlap=overlap)
+        memo = GroundingMemo()
+        for _ in range(4000):
+            rationale, context = _grounding_case(rng, separators)
+            expected = _context_reason(rationale, context, settings)
+            assert grounding_reason(rationale, context, memo, overlap) == expected, (rationale, context)
+            reasons.add(expected)
+    assert reasons == {None, "unknown_product", "not_grounded", "target_first"}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        FilterSettings(min_words=3, max_words=6, max_word_chars=5, max_chars=20000),
+        FilterSettings(min_words=2, max_words=2, max_word_chars=1, max_chars=20000),
+        # beyond a counted repetition of RE2: no screen, every row counted in Python
+        FilterSettings(min_words=1200, max_words=1500, max_word_chars=1500, max_chars=20000),
+    ],
+)
+def test_the_word_screens_give_the_reference_text_reasons_at_their_bounds(settings):
+    rng = random.Random(17)
+    separators = [" ", "  ", "\t", "\n", "\x1c", "\x1f", "\u2003", "\u00a0", "\x85"]  # Python's whitespace, some not ASCII
+    short_words, long_words = ["a", "b", "cc", "ccccc", "\u00e9"], ["dddddd", "x" * 1501]
+    texts = [None, "", " ", "\x1c\x1f", "a b", "a\x1cb ", " ".join(["a"] * 1501), " ".join(["a"] * 1200)]
+    for _ in range(3000):
+        count = rng.choice([0, 1, 2, 3, 5, 6, 7, rng.randint(1, 30)])
+        words = [rng.choice(long_words if rng.random() < 0.05 else short_words) for _ in range(count)]
+        texts.append("".join(f"{rng.choice(separators)}{word}" for word in words) + rng.choice(["", " ", "\x1d"]))
+    rows = [
+        {"rationale": text, "user_preferences": rng.choice([None, *texts[8:200]]), "coherent": True, "target_parent_asin": "B1"}
+        for text in texts
+    ]
+    rows[6]["user_preferences"] = None  # the 1501 words reach their rule
+    table = pa.Table.from_pylist(rows)
+    reference = [reject_reason(row, None, settings) for row in rows]
+    expected = [None if reason == "unknown_example" else reason for reason in reference]
+    assert text_reasons(table, settings) == expected
+    assert {"too_short", "too_long", "overlong_word"} <= set(expected)
+    if settings.min_words < 1000:  # and on ASCII texts the word screens are exact, not only safe
+        for screen, row in zip(screens(table, settings), rows, strict=True):
+            rationale, preferences = row["rationale"] or "", row["user_preferences"] or ""
+            if rationale.isascii() and preferences.isascii():
+                words = rationale.split()
+                assert screen.word_count == (not settings.min_words <= len(words) <= settings.max_words), row
+                assert screen.long_word == any(len(w) > settings.max_word_chars for w in [*words, *preferences.split()]), row
