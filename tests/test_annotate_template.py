@@ -7,6 +7,7 @@ import re
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 from annotation_data import make_run
 
@@ -327,6 +328,7 @@ def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_
             + context._catalog.cache_info().currsize
             + context._key_index.cache_info().currsize
             + template._content_words.cache_info().currsize
+            + template._item_words.cache_info().currsize
             + len(context._worker_history)
             + len(context._shared_paths)
             + len(template._worker_memo)
@@ -366,3 +368,55 @@ def test_items_share_one_interned_tuple_per_category_path_and_the_table_stays_bo
     assert len(context._shared_paths) <= 8
     context.forget_worker_caches()
     assert not context._shared_paths
+
+
+def test_item_words_equal_the_keywords_and_title_keywords_of_each_item():
+    """The fast path reads each text once; its words are those of the plain reference."""
+    titles = [
+        "",
+        "Peak Roasters Dark Roast",
+        "bean- Bean-- roast's 'tis x1234 a-b-c-d",
+        "İNDIA Kelvin \u212aettle Σίγμα ΣΣ",
+        "PACK of Pure",
+        "a--b abc'-' ab'cd- '-'x",
+    ]
+    features = [(), ("Shelf stable",), ("roast's aroma", "BEAN-BAG", "dark"), ("\u212aale chips", "")]
+    stores = [None, "", "Peak Roasters", "Bean-", "roast's"]
+    for title in titles:
+        for feature_texts in features:
+            for store in stores:
+                item = ItemFacts("B1", title, (), store, None, feature_texts)
+                assert template._item_words(title, feature_texts, store or "") == (template.keywords(item), template.title_keywords(item))
+
+
+def test_catalog_facts_read_by_column_equal_the_row_reference(tmp_path):
+    """Item bases from the catalog read column by column equal those from the catalog's rows,
+    whatever the catalog leaves empty and whatever the item carries itself."""
+    from core.schemas import TABLE_SCHEMAS
+    from pipeline.annotators import context as ctx
+
+    catalog = [
+        {"parent_asin": "A", "categories": ["Food", "", "Tea"], "store": "Leaf", "price": 4.0, "features": ["x", ""]},
+        {"parent_asin": "B", "categories": [], "main_category": "Food", "store": None, "price": None, "features": None},
+        {"parent_asin": "C", "categories": None, "main_category": None, "store": "", "price": 12.0, "features": []},
+        {"parent_asin": "D", "categories": [""], "main_category": "Food", "store": "Mill", "price": 1.0, "features": ["oats"]},
+        {"parent_asin": "D", "categories": ["Food", "Oats"], "store": "Mill", "price": 2.0, "features": ["rolled"]},  # the last wins
+    ]
+    (tmp_path / "items").mkdir()
+    table = pa.Table.from_pylist([{"title": "t", **row} for row in catalog], schema=TABLE_SCHEMAS["items"])
+    pq.write_table(table, tmp_path / "items" / "part-00000.parquet")
+    items = [
+        {"parent_asin": asin, "title": title, **own}
+        for asin in ["A", "B", "C", "D", "Z"]
+        for title in [None, "Oats"]
+        for own in [{}, {"categories": ["Own", ""], "store": "Shop"}, {"categories": [], "store": ""}, {"categories": None}]
+    ]
+    asins = sorted({item["parent_asin"] for item in items})
+    for columns in (ctx.ITEM_FACT_COLUMNS, ctx.GROUNDING_COLUMNS):
+        rows = ctx.read_item_facts(tmp_path, asins, columns)
+        facts = ctx.read_catalog_facts(tmp_path, asins, columns)
+        assert set(facts) == {"A", "B", "C", "D"}
+        for item in items:
+            expected = ctx._item_base(item, rows)
+            assert ctx._base_with_catalog(item, facts.get(item["parent_asin"], ctx.NO_CATALOG_FACTS)) == expected
+    assert ctx.read_catalog_facts(tmp_path, []) == {} and ctx.read_catalog_facts(tmp_path / "none", asins) == {}

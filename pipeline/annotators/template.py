@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import operator
 import re
 import sys
 from collections import Counter
@@ -100,8 +101,8 @@ MAX_MEMO_ITEMS = 1 << 17
 
 @functools.lru_cache(maxsize=MAX_MEMO_ITEMS)
 def _content_words(title: str, features: tuple[str, ...], store: str) -> frozenset[str]:
-    # Cached: an item recurs in many histories of a partition (its words were most of the
-    # template's time), and the texts are the key, so the cache cannot go stale.
+    # The plain form (find_links, and so the judge); the annotator reads _item_words. Cached:
+    # an item recurs in many histories, and the texts are the key, so it cannot go stale.
     text = " ".join([title, *features]).lower()
     store_words = set(_WORD.findall(store.lower()))
     return frozenset({w.strip("'-") for w in _WORD.findall(text)} - STOPWORDS - store_words)
@@ -115,6 +116,35 @@ def keywords(item: ItemFacts) -> frozenset[str]:
 def title_keywords(item: ItemFacts) -> frozenset[str]:
     """Content words of the title alone (store name excluded: it is evidence of its own)."""
     return _content_words(item.title, (), item.store or "")
+
+
+def _words(text: str) -> frozenset[str]:
+    """The words of a text, lower case, without the quotes and hyphens that end some."""
+    lowered = text.lower()
+    if "'" not in lowered and "-" not in lowered:  # nothing to strip
+        return frozenset(_WORD.findall(lowered))
+    return frozenset([w.strip("'-") for w in _WORD.findall(lowered)])
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _excluded_words(store: str) -> frozenset[str]:
+    # Cached: a catalog has a few thousand stores. A store's words are found unstripped, as
+    # _content_words finds them.
+    return STOPWORDS.union(_WORD.findall(store.lower()))
+
+
+@functools.lru_cache(maxsize=MAX_MEMO_ITEMS // 2)  # two word sets an entry: as many as _content_words holds
+def _item_words(title: str, features: tuple[str, ...], store: str) -> tuple[frozenset[str], frozenset[str]]:
+    """``(keywords, title_keywords)`` of an item, equal to :func:`_content_words` of each.
+
+    Each text is read once: no word can span the spaces that join the title and the features,
+    so the title's words (found once) and the features' words together are the item's words.
+    """
+    excluded = _excluded_words(store) if store else STOPWORDS
+    title_words = _words(title) - excluded
+    if not features:
+        return title_words, title_words
+    return title_words.union(_words(" ".join(features)) - excluded), title_words
 
 
 def short_title(title: str) -> str:
@@ -216,40 +246,21 @@ def _derived(item: ItemFacts, memo: Memo) -> _Derived:
     """What :func:`find_links` computes from one item alone, once per item of a batch.
 
     They depend on the title, store, price, categories and features only (not on the rating
-    or the user). ``memo`` is keyed by the item's id and by the title, store, price and the
-    identity of the two tuples, which the facts of one item share (``context.contexts_from_rows``,
-    and across a worker's partitions ``context._contexts_from_table``); each entry holds its
-    item, so neither the item's nor its tuples' ids can be reused while the entry lives.
+    or the user). ``memo`` is keyed by the item's id (the facts of a worker's items are shared
+    by its contexts: ``context._contexts_from_table``); each entry holds its item, so the id
+    cannot be reused while the entry lives. Facts of one item with other ratings find the
+    words in :func:`_item_words`'s cache, the costly part.
     """
     entry = memo.get(id(item))
-    if entry is not None:
-        return entry[1]
-    key = (item.title, item.store, item.price, id(item.categories), id(item.features))
-    entry = memo.get(key)
-    if entry is not None:
-        memo[id(item)] = (item, entry[1])
-        return entry[1]
-    derived = (
-        keywords(item),
-        title_keywords(item),
-        item.store.lower() if item.store else None,
-        price_band(item.price),
-        _lower_path(item.categories),
-    )
-    memo[key] = memo[id(item)] = (item, derived)
-    return derived
-
-
-def _category_link(
-    item: tuple[str, ...], target: tuple[str, ...], lower_item: tuple[str, ...], lower_target: tuple[str, ...]
-) -> tuple[int, str | None]:
-    """:func:`_common_category_depth` from the lower-cased categories computed once per item."""
-    depth = 0
-    for left, right in zip(lower_item, lower_target, strict=False):
-        if left != right:
-            break
-        depth += 1
-    return max(depth - 1, 0), (item[depth - 1] if depth >= 2 else None)
+    if entry is None:
+        derived = (
+            *_item_words(item.title, item.features, item.store or ""),
+            item.store.lower() if item.store else None,
+            price_band(item.price),
+            _lower_path(item.categories),
+        )
+        entry = memo[id(item)] = (item, derived)
+    return entry[1]
 
 
 def supporting_links(context: ExampleContext, memo: Memo | None = None) -> list[Link]:
@@ -266,42 +277,40 @@ def supporting_links(context: ExampleContext, memo: Memo | None = None) -> list[
 
 def _supporting(context: ExampleContext, derived: list[_Derived], target_derived: _Derived) -> list[Link]:
     """:func:`supporting_links` from the history's and the target's :func:`_derived` values."""
-    target = context.target
     t_words, t_title, t_store, t_band, t_lower = target_derived
-    scored = []
-    for position, (item, (words, title, store, band, lower)) in enumerate(zip(context.history, derived, strict=True)):
+    ranked = []
+    for position, (words, _, store, band, lower) in enumerate(derived):
         depth = 0
-        for left, right in zip(lower, t_lower, strict=False):  # the common prefix, as in _category_link
+        for left, right in zip(lower, t_lower, strict=False):  # the common prefix, as in _common_category_depth
             if left != right:
                 break
             depth += 1
-        depth = depth - 1 if depth > 1 else 0
-        same_store = store is not None and t_store is not None and store == t_store
-        title_shared = title & t_title
-        shared = len(title_shared) + len((words & t_words) - title_shared)
-        same_band = t_band is not None and band == t_band
-        score = (
-            CATEGORY_WEIGHT * depth
-            + (STORE_WEIGHT if same_store else 0.0)
-            + KEYWORD_WEIGHT * min(shared, 3)
-            + (PRICE_WEIGHT if same_band else 0.0)
-        )
+        # An item's title words are among its words (_item_words), so the shared title words and
+        # the other shared words of find_links are together the shared words. The terms are
+        # halves and whole numbers: the sum is exact in any order.
+        score = CATEGORY_WEIGHT * (depth - 1 if depth > 1 else 0) + KEYWORD_WEIGHT * min(len(words & t_words), 3)
+        if store is not None and store == t_store:
+            score += STORE_WEIGHT
+        if band is not None and band == t_band:
+            score += PRICE_WEIGHT
         if score >= MIN_LINK_SCORE:
-            scored.append((-score, -position, position, item, words, title, same_store, same_band, lower))
-    scored.sort(key=lambda entry: (entry[0], entry[1]))
+            ranked.append((-score, -position, depth))  # positions differ: the depth never decides
+    ranked.sort()
     links = []
-    for _, _, position, item, words, title, same_store, same_band, lower in scored[:MAX_NAMED_ITEMS]:
-        depth, category = _category_link(item.categories, target.categories, lower, t_lower)
-        title_shared = sorted(title & t_title)
+    for _, negative_position, depth in ranked[:MAX_NAMED_ITEMS]:
+        position = -negative_position
+        item = context.history[position]
+        words, title, store, band, _ = derived[position]
+        title_shared = title & t_title
         links.append(
             Link(
                 item=item,
                 position=position,
-                shared_category=category,
-                category_depth=depth,
-                same_store=same_store,
-                shared_keywords=tuple(title_shared + sorted((words & t_words) - set(title_shared))),
-                same_price_band=same_band,
+                shared_category=item.categories[depth - 1] if depth >= 2 else None,
+                category_depth=depth - 1 if depth > 1 else 0,
+                same_store=store is not None and store == t_store,
+                shared_keywords=(*sorted(title_shared), *sorted((words & t_words) - title_shared)),
+                same_price_band=band is not None and band == t_band,
                 liked=item.rating is not None and item.rating >= 4.0,
             )
         )
@@ -372,14 +381,12 @@ def _quote(title: str) -> str:
     return f'"{short_title(title)}"'
 
 
+_SINGULAR_VERBS = {"verb_come": "comes", "verb_show": "shows", "verb_sit": "sits", "verb_belong": "belongs"}
+_PLURAL_VERBS = {"verb_come": "come", "verb_show": "show", "verb_sit": "sit", "verb_belong": "belong"}
+
+
 def _verbs(count: int) -> dict[str, str]:
-    plural = count > 1
-    return {
-        "verb_come": "come" if plural else "comes",
-        "verb_show": "show" if plural else "shows",
-        "verb_sit": "sit" if plural else "sits",
-        "verb_belong": "belong" if plural else "belongs",
-    }
+    return _PLURAL_VERBS if count > 1 else _SINGULAR_VERBS
 
 
 def user_preferences(context: ExampleContext) -> str:
@@ -401,8 +408,8 @@ def _top(counts: dict[str, int]) -> tuple[str, int] | None:
     return max(counts.items(), key=_count) if counts else None
 
 
-def _count(entry: tuple[str, int]) -> int:
-    return entry[1]
+_count = operator.itemgetter(1)
+"""The count of a ``(value, count)`` entry."""
 
 
 def _fast_preferences(history: tuple[ItemFacts, ...], derived: list[_Derived]) -> str:
@@ -478,7 +485,7 @@ def annotate_many(contexts: list[ExampleContext], seed: int) -> list[TeacherAnsw
 
     The items' words, stores, bands and categories are worked out once per item and kept by
     the worker process for the next batches (bounded by :data:`MAX_MEMO_ITEMS`): the contexts
-    of a worker share their items' tuples (``contexts_from_rows``), which key the memo.
+    of a worker share their items' facts (``context._contexts_from_table``), which key the memo.
     """
     if len(_worker_memo) > MAX_MEMO_ITEMS:
         for key in list(itertools.islice(_worker_memo, len(_worker_memo) // 2)):
@@ -522,5 +529,5 @@ def answer_from(context: ExampleContext, seed: int, preferences: str, supporting
         *_evidence_sentences(supporting, context.target, digest),
         _choice(CLOSERS, digest, 6).format(target=target, link=_link_clause(supporting)),
     ]
-    rationale = " ".join(s[0].upper() + s[1:] for s in sentences)
+    rationale = " ".join([s[0].upper() + s[1:] for s in sentences])
     return TeacherAnswer(user_preferences=preferences, rationale=rationale, coherent=True, incoherence_reason=None)
