@@ -367,7 +367,8 @@ def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> di
 
     Row groups hold :data:`ROW_GROUP_ROWS` rows whatever the pieces are, so the file's bytes
     depend on its rows only (not on how a builder cut them), and only one group is held at a
-    time. The file appears under its name only once complete.
+    time, decoded (the pieces may come with dictionary-encoded strings, all of one schema). The
+    file appears under its name only once complete.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
@@ -378,13 +379,13 @@ def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> di
         def flush(rows: int) -> None:
             nonlocal pending, buffered, nbytes
             table = pa.concat_tables(pending)
-            group = contiguous(table.slice(0, rows))
+            group = contiguous(table.slice(0, rows).cast(schema))  # dictionary-encoded pieces decoded here
             writer.write_table(group, row_group_size=max(1, rows))
             nbytes += _ipc_size(group)
             pending, buffered = [table.slice(rows)], buffered - rows
 
         for piece in pieces:
-            pending.append(piece.select(schema.names).cast(schema))
+            pending.append(piece.select(schema.names))
             buffered += piece.num_rows
             while buffered >= ROW_GROUP_ROWS:
                 flush(ROW_GROUP_ROWS)
