@@ -207,13 +207,13 @@ def _item_base(item: dict[str, Any], catalog: dict[str, dict[str, Any]]) -> _Bas
     )
 
 
-_CatalogFacts = tuple[tuple[str, ...], "str | None", "float | None", tuple[str, ...]]
+CatalogFacts = tuple[tuple[str, ...], "str | None", "float | None", tuple[str, ...]]
 """An item's categories, store, price and features as its catalog row alone gives them."""
-NO_CATALOG_FACTS: _CatalogFacts = ((), None, None, ())
-"""The :data:`_CatalogFacts` of an item the catalog does not have."""
+NO_CATALOG_FACTS: CatalogFacts = ((), None, None, ())
+"""The :data:`CatalogFacts` of an item the catalog does not have."""
 
 
-def read_catalog_facts(run_path: Path, asins: list[str], columns: tuple[str, ...] = ITEM_FACT_COLUMNS) -> dict[str, _CatalogFacts]:
+def read_catalog_facts(run_path: Path, asins: list[str], columns: tuple[str, ...] = ITEM_FACT_COLUMNS) -> dict[str, CatalogFacts]:
     """What :func:`_item_base` takes from the catalog for each of ``asins`` the catalog has.
 
     Equal to ``_item_base({"parent_asin": asin}, read_item_facts(run_path, asins, columns))``
@@ -251,7 +251,7 @@ def _non_empty(values: list[str | None]) -> tuple[str, ...]:
     return tuple(values) if all(values) else tuple(value for value in values if value)
 
 
-def _base_with_catalog(item: dict[str, Any], catalog_facts: _CatalogFacts) -> _Base:
+def _base_with_catalog(item: dict[str, Any], catalog_facts: CatalogFacts) -> _Base:
     """:func:`_item_base` from the item's :func:`read_catalog_facts` (or :data:`NO_CATALOG_FACTS`)."""
     categories, store, price, features = catalog_facts
     if own_categories := item.get("categories"):
@@ -399,7 +399,8 @@ def _contexts_from_table(run_path: Path, sequences: pa.Table, columns: tuple[str
 
     The history items are read column by column, and their facts are kept by the worker per
     (asin, title, rating) (targets per base key), so most items of a partition cost a lookup;
-    the rest get their bases and catalog rows as in :func:`_contexts_with_worker_bases`.
+    the rest get their bases as in :func:`_contexts_with_worker_bases`, from the catalog facts
+    of :func:`read_catalog_facts`.
     """
     history_type = sequences.schema.field("history").type.value_type
     if {field.name for field in history_type} - PLAIN_HISTORY_FIELDS:

@@ -232,7 +232,7 @@ def find_links(context: ExampleContext) -> list[Link]:
 _Derived = tuple[frozenset[str], frozenset[str], "str | None", "str | None", tuple[str, ...]]
 """An item's keywords, title keywords, lower-cased store, price band and lower-cased categories."""
 Memo = dict[object, tuple[ItemFacts, _Derived]]
-"""Per-batch :func:`_derived` values (see there)."""
+"""A worker's :func:`_derived` values by item id (see there)."""
 
 
 @functools.lru_cache(maxsize=1 << 16)
