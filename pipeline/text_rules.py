@@ -339,9 +339,40 @@ def matches_title(mention: str, titles: list[str], min_overlap: float) -> bool:
     return any(_overlap(mention_norm, title) >= min_overlap for title in titles)
 
 
+def quoted_mentions(text: str) -> list[tuple[int, str]]:
+    """The quoted mentions of ``text`` (:data:`QUOTED`), in order: where each opening quote is and
+    what it quotes. An ASCII text (``"`` its only quote) is read by ``str.find``, not the regex."""
+    if not text.isascii():
+        return [(match.start(), match.group(1)) for match in QUOTED.finditer(text)]
+    mentions = []
+    start = text.find('"')
+    while start >= 0:
+        end = text.find('"', start + 1)
+        if end < 0:
+            break
+        if 3 <= end - start - 1 <= 200:
+            mentions.append((start, text[start + 1 : end]))
+            start = text.find('"', end + 1)
+        else:
+            start = end  # no mention opens here, but the next quote may open one
+    return mentions
+
+
+def _outside_quotes(text: str) -> str:
+    """``QUOTED.sub(" ", text)``: each quoted mention (quotes included) replaced by one space."""
+    if not text.isascii():
+        return QUOTED.sub(" ", text)
+    pieces, end = [], 0
+    for start, mention in quoted_mentions(text):
+        pieces.append(text[end:start])
+        end = start + len(mention) + 2
+    pieces.append(text[end:])
+    return " ".join(pieces)
+
+
 def is_english(text: str, min_function_word_ratio: float, max_non_ascii_letter_ratio: float) -> bool:
     """Latin script and enough English function words outside quoted titles."""
-    prose = QUOTED.sub(" ", text)
+    prose = _outside_quotes(text)
     if not prose.isascii():
         letters = "".join(LETTERS.findall(prose))
         if letters and sum(not ch.isascii() for ch in letters) / len(letters) > max_non_ascii_letter_ratio:
@@ -484,19 +515,52 @@ class GroundingMemo:
         return phrases
 
 
-def _history_score(mention_norm: str, words: frozenset[str], history: list[TitleFacts], history_norms: set[str]) -> float:
-    """The best :func:`_overlap` of a non-empty mention (its normal form and word set) with a history
-    title; a mention that is a whole history title scores 1.0 (the most) without a scan."""
-    if mention_norm in history_norms:
-        return 1.0
+def _mention_scores(
+    mention_norm: str,
+    words: frozenset[str],
+    history: list[TitleFacts],
+    history_text: str,
+    target: TitleFacts,
+    min_overlap: float,
+    grounded: bool,
+) -> tuple[float, float]:
+    """(best :func:`_overlap` with a history title, :func:`_overlap` with the target) of a non-empty
+    mention (its normal form and word set), exact as far as :func:`grounding_reason` compares them:
+
+    - a mention inside a history title (``history_text``: their normal forms, one a line) scores
+      1.0 there, the most, and the target's score cannot matter: 0.0;
+    - a mention that names the target once the rationale is ``grounded`` is history evidence when
+      a history title names it at least as well: that scores 1.0, else 0.0.
+    """
+    if mention_norm in history_text:
+        return 1.0, 0.0
+    target_score = _target_score(mention_norm, words, target)
+    if grounded and target_score >= min_overlap:
+        return (1.0 if _named_as_well(mention_norm, words, history, target_score) else 0.0), target_score
+    return _history_score(mention_norm, words, history), target_score
+
+
+def _history_score(mention_norm: str, words: frozenset[str], history: list[TitleFacts]) -> float:
+    """The best :func:`_overlap` of a mention inside no history title with one of them."""
     best, size = 0.0, len(words)
     for title_norm, title_words, _ in history:
-        if title_norm and (mention_norm in title_norm or (len(title_norm) >= 8 and title_norm in mention_norm)):
+        if len(title_norm) >= 8 and title_norm in mention_norm:
             return 1.0
         score = len(words & title_words) / size
         if score > best:
             best = score
     return best
+
+
+def _named_as_well(mention_norm: str, words: frozenset[str], history: list[TitleFacts], score: float) -> bool:
+    """Whether :func:`_history_score` reaches ``score`` (a subset test instead of intersections for 1.0)."""
+    size = len(words)
+    for title_norm, title_words, _ in history:
+        if len(title_norm) >= 8 and title_norm in mention_norm:
+            return True
+        if words <= title_words or (score < 1.0 and len(words & title_words) / size >= score):
+            return True
+    return False
 
 
 def _target_score(mention_norm: str, words: frozenset[str], target: TitleFacts) -> float:
@@ -513,27 +577,23 @@ def grounding_reason(rationale: str, context: ExampleContext, memo: GroundingMem
     """``unknown_product``, ``not_grounded``, ``target_first`` or None: the answer of the
     reference rules (:func:`matches_title` over the quoted mentions, :func:`is_grounded`,
     :func:`names_target_first`), with each distinct mention scored once against the titles."""
-    matches = list(QUOTED.finditer(rationale))
+    mentions = quoted_mentions(rationale)
     history = memo.history(context)
     target = memo.title(context.target.title)
-    history_norms = {norm for norm, _, _ in history} if matches else set()
+    history_text = "\n".join([norm for norm, _, _ in history]) if mentions else ""
     scores: dict[str, tuple[float, float]] = {}
     targets: list[int] = []  # match numbers of the quoted target mentions
     evidence: list[int] = []  # and of the quoted history items
     quoted_ground = False
-    for number, match in enumerate(matches):
+    for number, (_, mention) in enumerate(mentions):
         # A mention's normal form and words are those of a title (most mentions are titles: cached).
-        mention_norm, words, _ = title_facts(match.group(1))
+        mention_norm, words, _ = title_facts(mention)
         if not mention_norm:
             quoted_ground = True  # matches_title: an empty mention names every list
             continue
         pair = scores.get(mention_norm)
-        if pair is None:
-            history_score = _history_score(mention_norm, words, history, history_norms)
-            # A history score of 1.0 (the most) decides alone: the mention is history evidence,
-            # or unknown when even 1.0 is below min_overlap. The target's score cannot matter.
-            target_score = 0.0 if history_score == 1.0 else _target_score(mention_norm, words, target)
-            pair = scores[mention_norm] = (history_score, target_score)
+        if pair is None:  # (a later quote of it finds the rationale grounded too: the same answers)
+            pair = scores[mention_norm] = _mention_scores(mention_norm, words, history, history_text, target, min_overlap, quoted_ground)
         history_score, target_score = pair
         if history_score < min_overlap and target_score < min_overlap:
             return "unknown_product"
@@ -549,7 +609,7 @@ def grounding_reason(rationale: str, context: ExampleContext, memo: GroundingMem
         # the text after the quote need not be normalised.
         if len(lead) < 8 or lead in [history_lead for _, _, history_lead in history]:
             return None
-        if not _named_before(rationale, f" {lead} ", matches[evidence[0]].start()):
+        if not _named_before(rationale, f" {lead} ", mentions[evidence[0]][0]):
             return None
     padded = normalise_padded(rationale)
     phrases: set[str] | None = None
@@ -561,7 +621,7 @@ def grounding_reason(rationale: str, context: ExampleContext, memo: GroundingMem
     lead_at = padded.find(f" {lead} ") if len(lead) >= 8 else -1
     if lead_at >= 0 and any(lead == history_lead for _, _, history_lead in history):
         lead_at = -1  # a lead the history shares names the history as much as the target
-    first_target = _first_target(rationale, matches, targets, evidence, lead_at)
+    first_target = _first_target(rationale, mentions, targets, evidence, lead_at)
     if first_target is None:
         return None
     if phrases is None:
@@ -591,7 +651,7 @@ def _named_before(text: str, phrase: str, index: int) -> bool:
     return 0 <= head.find(phrase) < position
 
 
-def _first_target(rationale: str, matches: list[re.Match[str]], targets: list[int], evidence: list[int], lead_at: int) -> int | None:
+def _first_target(rationale: str, mentions: list[tuple[int, str]], targets: list[int], evidence: list[int], lead_at: int) -> int | None:
     """Where the target is first named in the padded normal form, or None when it is not named
     or a quoted history item comes first (at the same place or before).
 
@@ -602,9 +662,9 @@ def _first_target(rationale: str, matches: list[re.Match[str]], targets: list[in
     if not targets and lead_at < 0:
         return None
     if targets and (not evidence or targets[0] < evidence[0]):
-        quoted = _norm_position(rationale, matches[targets[0]].start())
+        quoted = _norm_position(rationale, mentions[targets[0]][0])
         return quoted if lead_at < 0 else min(quoted, lead_at)
     # Here the first history quote (if any) comes before every target quote: only the target's lead can precede it.
-    if evidence and (lead_at < 0 or _norm_position(rationale, matches[evidence[0]].start()) <= lead_at):
+    if evidence and (lead_at < 0 or _norm_position(rationale, mentions[evidence[0]][0]) <= lead_at):
         return None
     return lead_at

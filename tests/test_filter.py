@@ -37,13 +37,16 @@ from pipeline.filter import (
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
 from pipeline.text_rules import (
     NORMALISE,
+    QUOTED,
     GroundingMemo,
     _named_before,
+    _outside_quotes,
     grounding_reason,
     norm_positions,
     normal_words,
     normalise,
     normalise_padded,
+    quoted_mentions,
 )
 
 TEA = ("Grocery & Gourmet Food", "Beverages", "Coffee, Tea & Cocoa", "Tea")
@@ -362,6 +365,15 @@ def test_a_phrase_is_placed_before_a_quote_from_a_prefix_as_from_the_whole_text(
         assert _named_before(text, phrase, index) == expected, (text, phrase, index)
 
 
+def test_quoted_mentions_found_by_find_equal_the_regex_ones():
+    rng = random.Random(23)
+    pieces = ['"', "\u201c", "\u201d", "a", "bc", " ", "x" * 60, "\n"]
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert quoted_mentions(text) == [(match.start(), match.group(1)) for match in QUOTED.finditer(text)], text
+        assert _outside_quotes(text) == QUOTED.sub(" ", text), text
+
+
 GROUNDING_TITLES = [
     "Leaf & Kettle Earl Grey Black Tea, 2 Pack",
     "Leaf & Kettle Earl Grey Black Tea, 4 Pack",  # the same lead as the first
@@ -480,3 +492,13 @@ def test_the_word_screens_give_the_reference_text_reasons_at_their_bounds(settin
                 words = rationale.split()
                 assert screen.word_count == (not settings.min_words <= len(words) <= settings.max_words), row
                 assert screen.long_word == any(len(w) > settings.max_word_chars for w in [*words, *preferences.split()]), row
+
+
+def test_a_quote_naming_the_target_with_all_the_words_of_a_history_title_is_history_evidence():
+    # The quote with no letters grounds the rationale (matches_title lets it name any list); the
+    # next quote names the target, and a history title holds all its words in another order.
+    history = (ItemFacts("B00HIST001", "Green Jasmine Tea Kettle Leaf Blend"),)
+    context = ExampleContext("U1", "train", history, ItemFacts("B00TARGET1", "Leaf Kettle Jasmine Green Tea"))
+    rationale = 'It starts with "!!!" and then "Leaf Kettle Jasmine Green Tea" fits the same pattern as before.'
+    assert _context_reason(rationale, context, FilterSettings()) is None
+    assert grounding_reason(rationale, context, GroundingMemo(), FilterSettings().min_product_overlap) is None
