@@ -174,7 +174,7 @@ def _text_reason(
         return "refusal"
     if coherent is False:
         return "annotator_incoherent"
-    if not rationale.strip():
+    if not rationale or rationale.isspace():  # (not rationale.strip(), without copying it)
         return "empty_rationale"
     if screen.word_count:
         words = len(rationale.split())
