@@ -60,6 +60,7 @@ from pipeline.annotators.judging import (
 from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, resolve_api_key
 from pipeline.annotators.pricing import PriceTable, estimate_tokens
 from pipeline.annotators.send_loop import LLMCall, accounting, answer_requests, offline_accounting, usage_of
+from pipeline.cluster import consecutive_chunks, worker_count
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import AnswerParseError, ExampleContext
 from pipeline.text_rules import hostile_text_reason
@@ -146,6 +147,17 @@ def judge_partition_to_part(
     return len(rows)
 
 
+def judge_partitions_to_parts(
+    run_path: str, files: list[tuple[int, str]], keys: set[tuple[str, str, str]], folder: str, max_history: int
+) -> int:
+    """:func:`judge_partition_to_part` over consecutive ``(index, filtered part file)`` in turn; returns their rows.
+
+    One task per run of parts: consecutive filtered parts come from the same sequences part
+    file, which the worker then reads once (see :func:`pipeline.cluster.consecutive_chunks`).
+    """
+    return sum(judge_partition_to_part(run_path, file, keys, folder, index, max_history) for index, file in files)
+
+
 class JudgeStage(Stage[JudgeSettings]):
     """Score a seeded sample of the run's kept rationales into table ``judge``.
 
@@ -197,9 +209,9 @@ class JudgeStage(Stage[JudgeSettings]):
             todo = [(index, f) for index, f in enumerate(files) if part_name(index) not in done]
             futures = [
                 ctx.client.submit(
-                    judge_partition_to_part, str(run.path), str(f), keys, str(folder), index, settings.max_prompt_history, pure=False
+                    judge_partitions_to_parts, str(run.path), chunk, keys, str(folder), settings.max_prompt_history, pure=False
                 )
-                for index, f in todo
+                for chunk in consecutive_chunks([(index, str(f)) for index, f in todo], worker_count(ctx.client))
             ]
             gather_with_progress(futures, "judging (heuristic)")
             rows = read_table(folder, columns=["score"]).to_pylist() if files else []

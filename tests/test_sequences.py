@@ -117,7 +117,7 @@ def test_users_come_out_in_user_id_order_whatever_order_they_appear_in(layout):
     assert selection.rejects_by_reason["duplicate_pair"] == len(rows) - selection.counts["interactions_out"]
 
 
-def test_default_partitions_number_at_least_eight_and_hold_at_most_a_million_interactions():
+def test_default_partitions_number_at_least_eight_and_hold_at_most_400k_interactions():
     # Few large partitions write few copies of the catalog's dictionary pages; at least eight
     # keep a small cluster's workers busy on mid-sized data (one partition would use one worker).
     def partitions(num_users: int, events_each: int) -> int:
@@ -132,7 +132,7 @@ def test_default_partitions_number_at_least_eight_and_hold_at_most_a_million_int
         return len(partition_bounds(events, default_partition_size(events.num_events)))
 
     assert partitions(80_000, 11) == 8  # 880k interactions: 8 partitions, not 1
-    assert partitions(1_200_000, 10) == 12  # 12M: 1M each
+    assert partitions(1_200_000, 10) == 30  # 12M: 400k each (a later stage holds one part a worker)
     assert partitions(3, 1) == 3  # never an empty partition, never a split user
     assert default_partition_size(0) == 1
 
