@@ -18,7 +18,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -362,36 +363,44 @@ def _ipc_size(fresh: pa.Table) -> int:
     return sum(pa.ipc.get_record_batch_size(batch) for batch in fresh.to_batches())
 
 
+def _row_groups(pieces: Iterable[pa.Table], schema: pa.Schema) -> Iterator[pa.Table]:
+    """Consecutive ``pieces`` as groups of :data:`ROW_GROUP_ROWS` rows (the last one may be
+    shorter), each cast to ``schema`` (dictionary-encoded strings decoded) and contiguous."""
+    pending: list[pa.Table] = []
+    buffered = 0
+    for piece in pieces:
+        pending.append(piece.select(schema.names))
+        buffered += piece.num_rows
+        while buffered >= ROW_GROUP_ROWS:
+            table = pa.concat_tables(pending)
+            yield contiguous(table.slice(0, ROW_GROUP_ROWS).cast(schema))
+            pending, buffered = [table.slice(ROW_GROUP_ROWS)], buffered - ROW_GROUP_ROWS
+    if buffered:
+        yield contiguous(pa.concat_tables(pending).cast(schema))
+
+
 def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> dict[str, Any]:
     """Write consecutive ``pieces`` of rows as one Parquet shard; return its sha256, bytes and Arrow bytes.
 
     Row groups hold :data:`ROW_GROUP_ROWS` rows whatever the pieces are, so the file's bytes
-    depend on its rows only (not on how a builder cut them), and only one group is held at a
-    time, decoded (the pieces may come with dictionary-encoded strings, all of one schema). The
-    file appears under its name only once complete.
+    depend on its rows only (not on how a builder cut them). The pieces may come with
+    dictionary-encoded strings (all of one schema): a group is decoded (in a second thread)
+    while the one before it is written, so at most two groups are held at a time. The file
+    appears under its name only once complete.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    pending: list[pa.Table] = []
-    buffered = nbytes = 0
-    with pq.ParquetWriter(partial, schema, compression="zstd", dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES) as writer:
-
-        def flush(rows: int) -> None:
-            nonlocal pending, buffered, nbytes
-            table = pa.concat_tables(pending)
-            group = contiguous(table.slice(0, rows).cast(schema))  # dictionary-encoded pieces decoded here
-            writer.write_table(group, row_group_size=max(1, rows))
+    nbytes = groups_written = 0
+    writer = pq.ParquetWriter(partial, schema, compression="zstd", dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES)
+    with writer, ThreadPoolExecutor(max_workers=1) as decoder:
+        groups = _row_groups(pieces, schema)
+        upcoming = decoder.submit(next, groups, None)
+        while (group := upcoming.result()) is not None:
+            upcoming = decoder.submit(next, groups, None)
+            writer.write_table(group, row_group_size=group.num_rows)
             nbytes += _ipc_size(group)
-            pending, buffered = [table.slice(rows)], buffered - rows
-
-        for piece in pieces:
-            pending.append(piece.select(schema.names))
-            buffered += piece.num_rows
-            while buffered >= ROW_GROUP_ROWS:
-                flush(ROW_GROUP_ROWS)
-        if buffered:
-            flush(buffered)
-        elif not nbytes:
+            groups_written += 1
+        if not groups_written:
             writer.write_table(schema.empty_table())
     digest = hashlib.sha256()
     with open(partial, "rb") as handle:

@@ -33,7 +33,17 @@ from release.builder import (
     write_staging,
 )
 from release.checksums import file_checksums, verify_release
-from release.layout import DomainSource, ReleaseError, arrow_bytes, check_domains, load_domains, release_memory_estimate, write_data
+from release.layout import (
+    ROW_GROUP_ROWS,
+    DomainSource,
+    ReleaseError,
+    arrow_bytes,
+    check_domains,
+    load_domains,
+    release_memory_estimate,
+    write_data,
+    write_shard,
+)
 from release.loading import load_release
 from release.publish import ReleaseSettings, release_runs
 
@@ -135,6 +145,24 @@ def test_a_staging_file_reads_back_any_row_range_across_its_batches(tmp_path) ->
         assert read_staging(tmp_path / f"s{STAGED}", offset, count).equals(expected), (offset, count)
     write_staging(table.slice(0, 0), tmp_path / f"empty{STAGED}")
     assert read_staging(tmp_path / f"empty{STAGED}").num_rows == 0
+
+
+def test_a_shard_whose_rows_fail_to_arrive_is_not_published(tmp_path) -> None:
+    # The next row group is read and decoded in a second thread while one is written: an error
+    # there must reach the caller, and no file may appear under the shard's name.
+    table = pa.table({"user_id": [f"u{i:06d}" for i in range(ROW_GROUP_ROWS + 5)]})
+
+    def pieces():
+        yield table
+        raise OSError("staging file vanished")
+
+    with pytest.raises(OSError, match="staging file vanished"):
+        write_shard(pieces(), tmp_path / "train-00000-of-00001.parquet", table.schema)
+    assert not (tmp_path / "train-00000-of-00001.parquet").exists()
+    info = write_shard([table.slice(0, 3), table.slice(3)], tmp_path / "ok.parquet", table.schema)
+    assert pq.read_table(tmp_path / "ok.parquet").equals(table)
+    assert pq.ParquetFile(tmp_path / "ok.parquet").num_row_groups == 2
+    assert info["nbytes"] == arrow_bytes(table.slice(0, ROW_GROUP_ROWS)) + arrow_bytes(table.slice(ROW_GROUP_ROWS))
 
 
 def test_streamed_release_runs_on_the_session_cluster(runs, reference, dask_client, tmp_path) -> None:
