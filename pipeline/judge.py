@@ -336,7 +336,7 @@ def score_cases(
         if (reason := hostile_text_reason(parsed.explanation)) is not None:
             # Markup, scripts or instructions in the judge's own text: not stored, not scored.
             unusable[reason] += 1
-            explanation = f"judge answer rejected: {reason} (see pipeline/text_rules.py)"
+            explanation = f"judge answer rejected: {reason} (see pipeline/text_rules/hostile.py)"
             rows.append(judge_row(row, None, options.model, explanation, JUDGE_PROMPT_VERSION, answer, request.request_hash))
             continue
         rows.append(judge_row(row, parsed.score, options.model, parsed.explanation, JUDGE_PROMPT_VERSION, answer, request.request_hash))

@@ -39,8 +39,6 @@ from pipeline.text_rules import (
     NORMALISE,
     QUOTED,
     GroundingMemo,
-    _named_before,
-    _outside_quotes,
     grounding_reason,
     norm_positions,
     normal_words,
@@ -48,6 +46,8 @@ from pipeline.text_rules import (
     normalise_padded,
     quoted_mentions,
 )
+from pipeline.text_rules.grounding import _outside_quotes
+from pipeline.text_rules.partition import _named_before
 
 TEA = ("Grocery & Gourmet Food", "Beverages", "Coffee, Tea & Cocoa", "Tea")
 CONTEXT = ExampleContext(

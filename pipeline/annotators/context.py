@@ -565,14 +565,14 @@ def forget_worker_caches() -> None:
     the release. The freed memory goes back to the system too (:func:`give_back_memory`). Returns nothing
     (``client.run`` sends the result back).
     """
-    from pipeline import text_rules
     from pipeline.annotators import template
+    from pipeline.text_rules import grounding, hostile, partition
 
     for cached in (_context_columns, _catalog, _key_index):
         cached.cache_clear()
     for table in (_worker_bases, _worker_facts, _worker_history, _worker_targets, _shared_paths, template._worker_memo):
         table.clear()
-    for module in (template, text_rules):
+    for module in (template, hostile, grounding, partition):
         for value in vars(module).values():
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
