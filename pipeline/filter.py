@@ -291,7 +291,8 @@ def screens(annotations: pa.Table, settings: FilterSettings | None = None) -> li
             _may_match(preferences, _union([pattern for pattern, reads_preferences in families if reads_preferences])),
         )
     )
-    flags = [(False, False, False, False, False, long_word is None)] * annotations.num_rows
+    cleared = tuple(pattern is None for pattern, _ in _families(long_word))  # what a row the union misses may still break
+    flags = [cleared] * annotations.num_rows
     for row, row_flags in zip(
         suspects.to_pylist(), _family_flags(rationale.take(suspects), preferences.take(suspects), long_word), strict=True
     ):

@@ -390,7 +390,7 @@ def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> di
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    nbytes = groups_written = 0
+    nbytes = 0
     writer = pq.ParquetWriter(partial, schema, compression="zstd", dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES)
     with writer, ThreadPoolExecutor(max_workers=1) as decoder:
         groups = _row_groups(pieces, schema)
@@ -399,8 +399,7 @@ def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> di
             upcoming = decoder.submit(next, groups, None)
             writer.write_table(group, row_group_size=group.num_rows)
             nbytes += _ipc_size(group)
-            groups_written += 1
-        if not groups_written:
+        if not nbytes:  # no row: one empty group, so the split exists for load_dataset
             writer.write_table(schema.empty_table())
     digest = hashlib.sha256()
     with open(partial, "rb") as handle:

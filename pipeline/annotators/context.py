@@ -127,15 +127,22 @@ def read_item_facts(run_path: Path, asins: list[str], columns: tuple[str, ...] =
 
     The rows are taken from the worker's cached copy of the catalog (:func:`_catalog`).
     """
+    rows = _catalog_rows(run_path, asins, columns)
+    return {} if rows is None else {row["parent_asin"]: row for row in rows.to_pylist()}
+
+
+def _catalog_rows(run_path: Path, asins: list[str], columns: tuple[str, ...]) -> pa.Table | None:
+    """The rows (``columns``) of the run's cached catalog that hold ``asins``, in catalog order;
+    None when there is no ``asin`` or no ``items`` table."""
     folder = Path(run_path) / "items"
     if not asins or not folder.is_dir():
-        return {}
+        return None
     signature = folder_signature(folder)
     if not signature:
-        return {}
+        return None
     table, index = _catalog(signature, tuple(columns))
     rows = sorted({row for asin in set(asins) if (row := index.get(asin)) is not None})
-    return {row["parent_asin"]: row for row in table.take(pa.array(rows, type=pa.int64())).to_pylist()}
+    return table.take(pa.array(rows, type=pa.int64()))
 
 
 def read_review_titles(run_path: Path, user_ids: list[str]) -> dict[tuple[str, str], str]:
@@ -219,14 +226,9 @@ def read_catalog_facts(run_path: Path, asins: list[str], columns: tuple[str, ...
     Equal to ``_item_base({"parent_asin": asin}, read_item_facts(run_path, asins, columns))``
     but the title, and cheaper: the rows are converted column by column, not into a dict each.
     """
-    folder = Path(run_path) / "items"
-    if not asins or not folder.is_dir():
+    rows = _catalog_rows(run_path, asins, columns)
+    if rows is None:
         return {}
-    signature = folder_signature(folder)
-    if not signature:
-        return {}
-    table, index = _catalog(signature, tuple(columns))
-    rows = table.take(pa.array(sorted({row for asin in set(asins) if (row := index.get(asin)) is not None}), type=pa.int64()))
 
     def column(name: str) -> list[Any]:
         return rows.column(name).to_pylist() if name in columns else [None] * rows.num_rows
