@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -55,3 +56,49 @@ FileSignature = tuple[tuple[str, int, int], ...]
 def folder_signature(folder: Path) -> FileSignature:
     """The :data:`FileSignature` of a table folder (empty when it has no part files)."""
     return tuple((str(f), (st := f.stat()).st_mtime_ns, st.st_size) for f in parts(folder))
+
+
+def _padded(size: int) -> int:
+    return (size + 7) & ~7
+
+
+def _string_bytes(array: pa.Array) -> int:
+    """Bytes of the values of a string or binary array, or of a dictionary array of them, decoded."""
+    if pa.types.is_dictionary(array.type):
+        lengths = pc.binary_length(array.dictionary).take(array.indices)
+    else:
+        lengths = pc.binary_length(array)
+    return pc.sum(lengths).as_py() or 0
+
+
+def _column_bytes(chunks: list[pa.Array], data_type: pa.DataType) -> int:
+    rows = sum(len(chunk) for chunk in chunks)
+    size = _padded((rows + 7) // 8) if any(chunk.null_count for chunk in chunks) else 0
+    value_type = data_type.value_type if pa.types.is_dictionary(data_type) else data_type
+    if pa.types.is_string(value_type) or pa.types.is_binary(value_type):
+        return size + _padded(4 * (rows + 1)) + _padded(sum(_string_bytes(chunk) for chunk in chunks))
+    if pa.types.is_large_string(value_type) or pa.types.is_large_binary(value_type):
+        return size + _padded(8 * (rows + 1)) + _padded(sum(_string_bytes(chunk) for chunk in chunks))
+    if pa.types.is_dictionary(data_type):
+        return _column_bytes([chunk.dictionary_decode() for chunk in chunks], value_type)
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        width = 8 if pa.types.is_large_list(data_type) else 4
+        return size + _padded(width * (rows + 1)) + _column_bytes([chunk.flatten() for chunk in chunks], data_type.value_type)
+    if pa.types.is_struct(data_type):
+        return size + sum(_column_bytes([chunk.field(i) for chunk in chunks], f.type) for i, f in enumerate(data_type))
+    if pa.types.is_null(data_type):
+        return 0
+    if pa.types.is_boolean(data_type):
+        return size + _padded((rows + 7) // 8)
+    return size + _padded(rows * data_type.bit_width // 8)
+
+
+def arrow_bytes(table: pa.Table) -> int:
+    """The Arrow size of ``table``'s rows, whatever their memory layout and encoding: the bytes of
+    the buffers of a fresh, plain copy, each padded to 8 bytes (offsets and values; a validity
+    bitmap only where a column holds nulls; dictionary-encoded values counted decoded).
+
+    ``Table.nbytes`` depends on how the rows were built: a Parquet reader gives every nullable
+    column a bitmap, a slice counts bytes it does not use, a dictionary counts each value once.
+    """
+    return sum(_column_bytes(column.chunks, column.type) for column in table.columns)

@@ -13,13 +13,10 @@ cluster, so its memory depends on the partition size, not the release.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +24,6 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from core.names import check_config_names, config_name, items_config
 from core.progress import track
@@ -36,6 +32,7 @@ from core.stage import RunDir, StageError
 from core.tables import read_table
 from datacards.statistics import RowStatistics, category_counts
 from pipeline.sequences.settings import SequencesSettings
+from release.shards import write_shard
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +41,6 @@ RELEASED_STAGES = ("ingest", "sequences", "annotate", "filter", "validate")
 """Stages a release needs complete and fresh (the judge is optional)."""
 _ANNOTATION_COLUMNS = ("rationale", "user_preferences", "annotator", "model", "prompt_version")
 _KEY = ("user_id", "split", "target_parent_asin")
-# Rows per Parquet row group of a shard: a shard is written a row group at a time, so writing
-# holds one group, not the shard. A shard of fewer rows is one group, as pq.write_table makes it.
-ROW_GROUP_ROWS = 10_000
-# Largest Parquet dictionary page of a shard column (the writer's default is 1 MiB). A row group
-# of 10,000 rows names a million candidates drawn from the catalog; with the default their
-# titles outgrew the dictionary and were written plain. At 8 MiB a 100,000-row shard of the
-# 150k-user benchmark is 72 MB instead of 150 MB and is written in 1.7 s instead of 2.4 s (it
-# reads back as the same strings; a larger catalog falls back to plain pages as before).
-DICTIONARY_PAGE_BYTES = 8 << 20
 
 
 class ReleaseError(ValueError):
@@ -138,7 +126,7 @@ def join_release_rows(sequences: pa.Table, filtered: pa.Table, schema: pa.Schema
     that the released files do not depend on how the run folder was partitioned. Returns the
     tables and the number of train sequences left out for lack of a passing rationale.
     ``schema`` is :data:`RELEASE_ROW` or its form with dictionary-encoded list leaves (the
-    streaming builder's, decoded by :func:`write_shard` a row group at a time).
+    streaming builder's, written as they are by :func:`release.shards.write_shard`).
     """
     # One contiguous copy: each split's take would otherwise concatenate every chunk again.
     sequences = sequences.combine_chunks()
@@ -342,71 +330,6 @@ def shard_count(rows: int, shard_rows: int) -> int:
     if shard_rows < 1:
         raise ReleaseError(f"shard_rows must be at least 1, got {shard_rows}")
     return max(1, math.ceil(rows / shard_rows))
-
-
-def contiguous(table: pa.Table) -> pa.Table:
-    """A fresh copy of ``table``'s rows, one unsliced chunk per column: its memory layout, and so
-    its Arrow size, depends on the rows only."""
-    columns = [pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type) for column in table.columns]
-    return pa.Table.from_arrays(columns, schema=table.schema)
-
-
-def arrow_bytes(table: pa.Table) -> int:
-    """The Arrow size of ``table``'s rows whatever their memory layout: one Arrow IPC record batch
-    of a :func:`contiguous` copy, metadata included (buffers padded to 8 bytes, a validity bitmap
-    only where a column has nulls). ``Table.nbytes`` depends on how the rows were built: a
-    Parquet reader gives every nullable column a bitmap, a slice counts bytes it does not use."""
-    return _ipc_size(contiguous(table))
-
-
-def _ipc_size(fresh: pa.Table) -> int:
-    return sum(pa.ipc.get_record_batch_size(batch) for batch in fresh.to_batches())
-
-
-def _row_groups(pieces: Iterable[pa.Table], schema: pa.Schema) -> Iterator[pa.Table]:
-    """Consecutive ``pieces`` as groups of :data:`ROW_GROUP_ROWS` rows (the last one may be
-    shorter), each cast to ``schema`` (dictionary-encoded strings decoded) and contiguous."""
-    pending: list[pa.Table] = []
-    buffered = 0
-    for piece in pieces:
-        pending.append(piece.select(schema.names))
-        buffered += piece.num_rows
-        while buffered >= ROW_GROUP_ROWS:
-            table = pa.concat_tables(pending)
-            yield contiguous(table.slice(0, ROW_GROUP_ROWS).cast(schema))
-            pending, buffered = [table.slice(ROW_GROUP_ROWS)], buffered - ROW_GROUP_ROWS
-    if buffered:
-        yield contiguous(pa.concat_tables(pending).cast(schema))
-
-
-def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> dict[str, Any]:
-    """Write consecutive ``pieces`` of rows as one Parquet shard; return its sha256, bytes and Arrow bytes.
-
-    Row groups hold :data:`ROW_GROUP_ROWS` rows whatever the pieces are, so the file's bytes
-    depend on its rows only (not on how a builder cut them). The pieces may come with
-    dictionary-encoded strings (all of one schema): a group is decoded (in a second thread)
-    while the one before it is written, so at most two groups are held at a time. The file
-    appears under its name only once complete.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    nbytes = 0
-    writer = pq.ParquetWriter(partial, schema, compression="zstd", dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES)
-    with writer, ThreadPoolExecutor(max_workers=1) as decoder:
-        groups = _row_groups(pieces, schema)
-        upcoming = decoder.submit(next, groups, None)
-        while (group := upcoming.result()) is not None:
-            upcoming = decoder.submit(next, groups, None)
-            writer.write_table(group, row_group_size=group.num_rows)
-            nbytes += _ipc_size(group)
-        if not nbytes:  # no row: one empty group, so the split exists for load_dataset
-            writer.write_table(schema.empty_table())
-    digest = hashlib.sha256()
-    with open(partial, "rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
-    os.replace(partial, path)
-    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size, "nbytes": nbytes}
 
 
 def write_shards(table: pa.Table, folder: Path, split: str, shard_rows: int) -> list[Path]:

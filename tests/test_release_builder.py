@@ -19,7 +19,7 @@ import pytest
 from release_runs import make_run
 from test_dask_cluster import scheduler_address  # noqa: F401  (the real scheduler + workers fixture)
 
-from core.tables import read_table, write_part
+from core.tables import arrow_bytes, read_table, write_part
 from datacards.statistics import domain_statistics
 from release.builder import (
     STAGED,
@@ -34,18 +34,16 @@ from release.builder import (
 )
 from release.checksums import file_checksums, verify_release
 from release.layout import (
-    ROW_GROUP_ROWS,
     DomainSource,
     ReleaseError,
-    arrow_bytes,
     check_domains,
     load_domains,
     release_memory_estimate,
     write_data,
-    write_shard,
 )
 from release.loading import load_release
 from release.publish import ReleaseSettings, release_runs
+from release.shards import ROW_GROUP_ROWS, write_shard
 
 SHARD_ROWS = 10
 

@@ -1,0 +1,204 @@
+"""Writing one release shard: Parquet row groups straight from dictionary-encoded rows.
+
+A release row names about a hundred candidate items by id and title. The streaming builder
+keeps those ids and titles dictionary-encoded from the sequences files to the shard
+(:data:`DICTIONARY_LEAVES`), and :func:`write_shard` hands them to the Parquet writer as
+dictionaries: the writer then writes the dictionary page and the indices as they are, without
+decoding a million titles per row group and hashing them again. The file is the one a writer
+of the decoded strings makes (:func:`parquet_options`; byte for byte, tested): the dictionary of
+a group is reduced to the values the group uses, in order of first use (:func:`first_use`), as
+the writer's own encoder orders them, and the Arrow schema stored in the file is the decoded
+one, so every reader gets plain strings back.
+
+Column statistics (min and max per row group) are written for every leaf except those ids and
+titles: the smallest and largest of a million titles do not let a reader skip a row group, and
+computing them was half of writing a shard (measured in docs/PERFORMANCE.md, "Tenth session").
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from core.tables import arrow_bytes
+
+# Rows per Parquet row group of a shard: a shard is written a row group at a time, so writing
+# holds one group, not the shard. A shard of fewer rows is one group, as pq.write_table makes it.
+ROW_GROUP_ROWS = 10_000
+# Largest Parquet dictionary page of a shard column (the writer's default is 1 MiB). A row group
+# of 10,000 rows names a million candidates drawn from the catalog; with the default their
+# titles outgrew the dictionary and were written plain. At 8 MiB a 100,000-row shard of the
+# 150k-user benchmark is 72 MB instead of 150 MB (it reads back as the same strings; a larger
+# catalog falls back to plain pages as before).
+DICTIONARY_PAGE_BYTES = 8 << 20
+DICTIONARY_LEAVES = frozenset({("history", "parent_asin"), ("history", "title"), ("candidates", "parent_asin"), ("candidates", "title")})
+"""``(list column, struct field)``: the item ids and titles of the lists, a hundred a row from one catalog."""
+
+
+def _is_list_of_structs(data_type: pa.DataType) -> bool:
+    return pa.types.is_list(data_type) and pa.types.is_struct(data_type.value_type)
+
+
+def _has_dictionary_leaves(data_type: pa.DataType) -> bool:
+    return _is_list_of_structs(data_type) and any(pa.types.is_dictionary(f.type) for f in data_type.value_type)
+
+
+def with_dictionary_leaves(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the :data:`DICTIONARY_LEAVES` string fields dictionary-encoded (the same schema if it has none)."""
+
+    def item(list_name: str, field: pa.Field) -> pa.Field:
+        encoded = (list_name, field.name) in DICTIONARY_LEAVES
+        return field.with_type(pa.dictionary(pa.int32(), field.type)) if encoded else field
+
+    fields = []
+    for top in schema:
+        if _is_list_of_structs(top.type):
+            top = top.with_type(pa.list_(pa.struct([item(top.name, f) for f in top.type.value_type])))
+        fields.append(top)
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def _leaf_paths(name: str, data_type: pa.DataType) -> Iterator[tuple[str, ...]]:
+    """The Parquet column paths under one Arrow field (lists written in the compliant 3-level form)."""
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        for rest in _leaf_paths("element", data_type.value_type):
+            yield (name, "list", *rest)
+    elif pa.types.is_struct(data_type):
+        for child in data_type:
+            for rest in _leaf_paths(child.name, child.type):
+                yield (name, *rest)
+    else:
+        yield (name,)
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """The Parquet writer settings of a shard of ``schema`` (decoded form): the reference a
+    writer of plain strings uses to make the same file."""
+    statistics = [
+        ".".join(path)
+        for top in schema
+        for path in _leaf_paths(top.name, top.type)
+        if not (len(path) == 4 and path[1] == "list" and (path[0], path[3]) in DICTIONARY_LEAVES)
+    ]
+    return {"compression": "zstd", "dictionary_pagesize_limit": DICTIONARY_PAGE_BYTES, "write_statistics": statistics}
+
+
+def first_use(pieces: list[pa.Array]) -> pa.DictionaryArray:
+    """``pieces`` (dictionary-encoded or plain strings) as one dictionary array whose dictionary
+    holds each value they use once, in order of first use: what a Parquet writer's own
+    dictionary encoding of the decoded values builds. Unused dictionary entries are dropped."""
+    used_values: list[pa.Array] = []
+    indices: list[pa.Array] = []
+    offset = 0
+    for piece in pieces:
+        if not pa.types.is_dictionary(piece.type):
+            piece = pc.dictionary_encode(piece)
+        raw = piece.indices
+        used = pc.unique(raw).drop_null()  # hash order: first use
+        position = np.zeros(len(piece.dictionary), dtype=np.int32)
+        position[used.to_numpy()] = np.arange(offset, offset + len(used), dtype=np.int32)
+        mask = raw.is_null().to_numpy(zero_copy_only=False) if raw.null_count else None
+        indices.append(pa.array(position[raw.fill_null(0).to_numpy()], pa.int32(), mask=mask))
+        used_values.append(piece.dictionary.take(used))
+        offset += len(used)
+    # A value used by two pieces appears twice here, the first time at its first use overall.
+    values = pc.dictionary_encode(pa.concat_arrays(used_values))
+    return pa.DictionaryArray.from_arrays(values.indices.take(pa.concat_arrays(indices)), values.dictionary)
+
+
+def _list_of_structs(chunks: list[pa.ListArray], target: pa.ListType) -> pa.ListArray:
+    """Chunks of a list-of-structs column as one fresh array of ``target``, its dictionary leaves by :func:`first_use`."""
+    offsets: list[np.ndarray] = []
+    structs: list[pa.StructArray] = []
+    start = 0
+    for chunk in chunks:
+        bounds = chunk.offsets.to_numpy()
+        offsets.append(bounds[:-1] - bounds[0] + start)
+        structs.append(chunk.values.slice(bounds[0], bounds[-1] - bounds[0]))
+        start += int(bounds[-1] - bounds[0])
+    offsets.append(np.array([start], dtype=np.int32))
+    children = []
+    for index, field in enumerate(target.value_type):
+        pieces = [struct.field(index) for struct in structs]
+        if pa.types.is_dictionary(field.type):
+            children.append(first_use(pieces))
+        else:
+            children.append(pa.concat_arrays([piece.cast(field.type) for piece in pieces]))
+    struct_nulls = sum(struct.null_count for struct in structs)
+    struct_mask = pa.concat_arrays([struct.is_null() for struct in structs]) if struct_nulls else None
+    values = pa.StructArray.from_arrays(children, fields=list(target.value_type), mask=struct_mask)
+    list_mask = pa.concat_arrays([chunk.is_null() for chunk in chunks]) if any(c.null_count for c in chunks) else None
+    return pa.ListArray.from_arrays(pa.array(np.concatenate(offsets), pa.int32()), values, type=target, mask=list_mask)
+
+
+def encoded_group(table: pa.Table, written: pa.Schema) -> pa.Table:
+    """``table``'s rows as a fresh table of ``written`` (:func:`with_dictionary_leaves` of the
+    shard's schema): one chunk per column, each dictionary leaf by :func:`first_use`."""
+    columns = []
+    for field, column in zip(written, table.columns):
+        chunks = column.chunks or [pa.array([], column.type)]
+        if _has_dictionary_leaves(field.type):
+            columns.append(_list_of_structs(chunks, field.type))
+        else:
+            columns.append(pa.concat_arrays([chunk.cast(field.type) for chunk in chunks]))
+    return pa.Table.from_arrays(columns, schema=written)
+
+
+def _row_groups(pieces: Iterable[pa.Table], written: pa.Schema) -> Iterator[pa.Table]:
+    """Consecutive ``pieces`` as groups of :data:`ROW_GROUP_ROWS` rows (the last one may be shorter), each by :func:`encoded_group`."""
+    pending: list[pa.Table] = []
+    buffered = 0
+    for piece in pieces:
+        pending.append(piece.select(written.names))
+        buffered += piece.num_rows
+        while buffered >= ROW_GROUP_ROWS:
+            table = pa.concat_tables(pending)
+            yield encoded_group(table.slice(0, ROW_GROUP_ROWS), written)
+            pending, buffered = [table.slice(ROW_GROUP_ROWS)], buffered - ROW_GROUP_ROWS
+    if buffered:
+        yield encoded_group(pa.concat_tables(pending), written)
+
+
+def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> dict[str, Any]:
+    """Write consecutive ``pieces`` of rows as one Parquet shard of ``schema``; return its sha256,
+    bytes and Arrow size (:func:`core.tables.arrow_bytes`, summed over its row groups).
+
+    The pieces may hold the :data:`DICTIONARY_LEAVES` dictionary-encoded or plain (all of one
+    schema). Row groups hold :data:`ROW_GROUP_ROWS` rows whatever the pieces are, so the file's
+    bytes depend on its rows only (not on how a builder cut them or encoded them). A group is
+    prepared in a second thread while the one before it is written, so at most two groups are
+    held at a time. The file appears under its name only once complete.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    written = with_dictionary_leaves(schema)
+    nbytes = 0
+    # The writer is given the dictionary form (so it keeps the dictionaries) and stores the
+    # decoded schema, as a writer of the decoded table would (schema metadata, then ARROW:schema).
+    writer = pq.ParquetWriter(partial, written, store_schema=False, **parquet_options(schema))
+    with writer, ThreadPoolExecutor(max_workers=1) as preparer:
+        groups = _row_groups(pieces, written)
+        upcoming = preparer.submit(next, groups, None)
+        while (group := upcoming.result()) is not None:
+            upcoming = preparer.submit(next, groups, None)
+            writer.write_table(group, row_group_size=group.num_rows)
+            nbytes += arrow_bytes(group)
+        if not nbytes:  # no row: one empty group, so the split exists for load_dataset
+            writer.write_table(written.empty_table())
+        writer.add_key_value_metadata({**(schema.metadata or {}), b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes())})
+    digest = hashlib.sha256()
+    with open(partial, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    os.replace(partial, path)
+    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size, "nbytes": nbytes}

@@ -1,0 +1,159 @@
+"""Release shards written from dictionary-encoded rows (release.shards) and the layout-free Arrow size.
+
+The fast path hands the lists' item ids and titles to the Parquet writer as dictionaries; the
+reference is a writer of the decoded strings with the same settings. They must make the same
+file, byte for byte, whatever dictionaries the pieces came with.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from core.schemas import RELEASE_ROW
+from core.tables import arrow_bytes
+from release.builder import DICTIONARY_RELEASE_ROW
+from release.shards import DICTIONARY_PAGE_BYTES, ROW_GROUP_ROWS, first_use, parquet_options, write_shard
+
+
+def _release_rows(count: int, catalog: int, candidates: int, seed: int = 7, title_bytes: int = 12) -> pa.Table:
+    rng = random.Random(seed)
+
+    def item(index: int) -> dict:
+        title = None if index % 97 == 0 else f"title {index:0{title_bytes}d} <b>&</b>"
+        return {"parent_asin": f"B{index:09d}", "title": title}
+
+    rows = []
+    for number in range(count):
+        history = [{**item(rng.randrange(catalog)), "rating": 4.0, "timestamp": 1_600_000_000_000 + number} for _ in range(3)]
+        target_index = rng.randrange(catalog)
+        rows.append(
+            {
+                "user_id": f"U{number:07d}",
+                "history": history,
+                "target": {"parent_asin": f"B{target_index:09d}", "title": "t", "categories": ["Grocery"], "store": None, "rating": 5.0, "timestamp": 1},
+                "candidates": [item(rng.randrange(catalog)) for _ in range(candidates)],
+                "target_index": 0,
+                "rationale": None if number % 3 else f"because {number}",
+                "user_preferences": None,
+                "annotator": "template",
+                "model": None,
+                "prompt_version": "v1",
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=RELEASE_ROW)
+
+
+def _with_noisy_dictionaries(table: pa.Table, unused: int) -> pa.Table:
+    """``table`` with its list leaves dictionary-encoded over a shuffled dictionary that also holds unused values."""
+    encoded = table.cast(DICTIONARY_RELEASE_ROW)
+    columns = []
+    for field, column in zip(DICTIONARY_RELEASE_ROW, encoded.columns):
+        if field.name not in ("history", "candidates"):
+            columns.append(column)
+            continue
+        chunks = []
+        for chunk in column.chunks:
+            struct = chunk.values
+            children = []
+            for index, child_field in enumerate(struct.type):
+                child = struct.field(index)
+                if pa.types.is_dictionary(child_field.type):
+                    decoded = child.dictionary_decode()
+                    extra = pa.array([f"unused {field.name} {i}" for i in range(unused)])
+                    dictionary = pc.unique(pa.concat_arrays([extra, decoded.drop_null()]))
+                    order = list(range(len(dictionary)))
+                    random.Random(unused).shuffle(order)
+                    dictionary = dictionary.take(pa.array(order))
+                    child = pa.DictionaryArray.from_arrays(pc.index_in(decoded, value_set=dictionary), dictionary)
+                children.append(child)
+            rebuilt = pa.StructArray.from_arrays(children, fields=list(struct.type))
+            chunks.append(pa.ListArray.from_arrays(chunk.offsets, rebuilt))
+        columns.append(pa.chunked_array(chunks, field.type))
+    return pa.Table.from_arrays(columns, schema=DICTIONARY_RELEASE_ROW)
+
+
+def _reference_file(table: pa.Table, path) -> bytes:
+    with pq.ParquetWriter(path, RELEASE_ROW, **parquet_options(RELEASE_ROW)) as writer:
+        for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+            writer.write_table(table.slice(start, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
+    return path.read_bytes()
+
+
+def test_a_shard_from_dictionary_pieces_is_the_file_a_writer_of_the_decoded_strings_makes(tmp_path) -> None:
+    rows = _release_rows(ROW_GROUP_ROWS + 2_345, catalog=800, candidates=4)
+    # Pieces as staging files hand them over: each with its own shuffled dictionary holding
+    # values no row uses, cut off the row-group grid and sliced.
+    cuts = [0, 1_234, 6_000, ROW_GROUP_ROWS + 17, rows.num_rows]
+    pieces = [_with_noisy_dictionaries(rows.slice(a, b - a), unused=50 + a % 7) for a, b in zip(cuts, cuts[1:])]
+    pieces[1] = pa.concat_tables([pieces[1].slice(0, 100), pieces[1].slice(100)])  # two chunks in one piece
+
+    info = write_shard(pieces, tmp_path / "fast.parquet", RELEASE_ROW)
+
+    assert (tmp_path / "fast.parquet").read_bytes() == _reference_file(rows, tmp_path / "reference.parquet")
+    back = pq.read_table(tmp_path / "fast.parquet")
+    assert back.schema.equals(RELEASE_ROW) and back.equals(rows)  # readers get the decoded strings
+    assert pq.ParquetFile(tmp_path / "fast.parquet").num_row_groups == 2
+    assert info["nbytes"] == arrow_bytes(rows.slice(0, ROW_GROUP_ROWS)) + arrow_bytes(rows.slice(ROW_GROUP_ROWS))
+    # Plain pieces (the in-memory builder's) make the same file.
+    assert write_shard([rows], tmp_path / "plain.parquet", RELEASE_ROW)["sha256"] == info["sha256"]
+
+
+def test_shard_statistics_cover_every_column_but_the_list_ids_and_titles(tmp_path) -> None:
+    rows = _release_rows(50, catalog=30, candidates=3)
+    write_shard([rows.cast(DICTIONARY_RELEASE_ROW)], tmp_path / "s.parquet", RELEASE_ROW)
+    group = pq.ParquetFile(tmp_path / "s.parquet").metadata.row_group(0)
+    with_statistics = {group.column(i).path_in_schema: group.column(i).is_stats_set for i in range(group.num_columns)}
+    assert with_statistics["user_id"] and with_statistics["history.list.element.timestamp"] and with_statistics["target.title"]
+    assert not with_statistics["candidates.list.element.title"] and not with_statistics["history.list.element.parent_asin"]
+    assert group.column(0).statistics.min == "U0000000"
+
+
+def test_a_dictionary_larger_than_its_page_limit_falls_back_to_plain_pages_and_reads_back(tmp_path) -> None:
+    # Every title distinct and long: one group's dictionary passes DICTIONARY_PAGE_BYTES.
+    count, candidates = 2_000, 40
+    rows = _release_rows(count, catalog=count * candidates * 10, candidates=candidates, title_bytes=120)
+    assert pc.sum(pc.binary_length(pc.list_flatten(rows["candidates"]).combine_chunks().field("title"))).as_py() > DICTIONARY_PAGE_BYTES
+    write_shard([rows.cast(DICTIONARY_RELEASE_ROW)], tmp_path / "big.parquet", RELEASE_ROW)
+    assert pq.read_table(tmp_path / "big.parquet").equals(rows)
+    column = pq.ParquetFile(tmp_path / "big.parquet").metadata.row_group(0).column(12)
+    assert column.path_in_schema == "candidates.list.element.title" and "PLAIN" in column.encodings
+
+
+def test_first_use_keeps_the_values_and_orders_the_dictionary_by_first_use() -> None:
+    first = pa.DictionaryArray.from_arrays(pa.array([2, 0, None, 2, 3], pa.int32()), pa.array(["c", "a", "x", "b"]))
+    second = pa.array(["a", "d", None, "c"])
+    merged = first_use([first, second.slice(0, 4)])
+    assert merged.dictionary_decode().to_pylist() == ["x", "c", None, "x", "b", "a", "d", None, "c"]
+    assert merged.dictionary.to_pylist() == ["x", "c", "b", "a", "d"]
+
+
+@pytest.mark.parametrize("name", ["plain", "chunked", "sliced", "dictionary", "parquet"])
+def test_arrow_bytes_depend_on_the_rows_not_on_their_layout_or_encoding(name, tmp_path) -> None:
+    rows = _release_rows(300, catalog=40, candidates=5)
+    expected = arrow_bytes(rows.combine_chunks())
+    if name == "chunked":
+        table = pa.concat_tables([rows.slice(0, 7), rows.slice(7, 100), rows.slice(107)])
+    elif name == "sliced":
+        table = pa.concat_tables([rows, rows]).slice(rows.num_rows, rows.num_rows)
+    elif name == "dictionary":
+        table = _with_noisy_dictionaries(rows, unused=25)
+    elif name == "parquet":
+        pq.write_table(rows, tmp_path / "r.parquet", row_group_size=64)
+        table = pq.read_table(tmp_path / "r.parquet")
+    else:
+        table = rows
+    assert arrow_bytes(table) == expected
+
+
+def test_arrow_bytes_count_padded_buffers_and_a_bitmap_only_where_there_are_nulls() -> None:
+    # strings: offsets 4 * 4 = 16, values 6 -> 8; with a null: + bitmap 1 -> 8
+    assert arrow_bytes(pa.table({"s": ["ab", "c", "def"]})) == 16 + 8
+    assert arrow_bytes(pa.table({"s": ["ab", None, "def"]})) == 8 + 16 + 8
+    # int64: 3 * 8; list<int32>: offsets 16 + values 5 * 4 = 20 -> 24
+    assert arrow_bytes(pa.table({"n": pa.array([1, 2, 3], pa.int64())})) == 24
+    assert arrow_bytes(pa.table({"l": pa.array([[1, 2], [3], [4, 5]], pa.list_(pa.int32()))})) == 16 + 24
