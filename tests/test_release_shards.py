@@ -7,6 +7,7 @@ file, byte for byte, whatever dictionaries the pieces came with.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pyarrow as pa
@@ -35,7 +36,14 @@ def _release_rows(count: int, catalog: int, candidates: int, seed: int = 7, titl
             {
                 "user_id": f"U{number:07d}",
                 "history": history,
-                "target": {"parent_asin": f"B{target_index:09d}", "title": "t", "categories": ["Grocery"], "store": None, "rating": 5.0, "timestamp": 1},
+                "target": {
+                    "parent_asin": f"B{target_index:09d}",
+                    "title": "t",
+                    "categories": ["Grocery"],
+                    "store": None,
+                    "rating": 5.0,
+                    "timestamp": 1,
+                },
                 "candidates": [item(rng.randrange(catalog)) for _ in range(candidates)],
                 "target_index": 0,
                 "rationale": None if number % 3 else f"because {number}",
@@ -89,7 +97,7 @@ def test_a_shard_from_dictionary_pieces_is_the_file_a_writer_of_the_decoded_stri
     # Pieces as staging files hand them over: each with its own shuffled dictionary holding
     # values no row uses, cut off the row-group grid and sliced.
     cuts = [0, 1_234, 6_000, ROW_GROUP_ROWS + 17, rows.num_rows]
-    pieces = [_with_noisy_dictionaries(rows.slice(a, b - a), unused=50 + a % 7) for a, b in zip(cuts, cuts[1:])]
+    pieces = [_with_noisy_dictionaries(rows.slice(a, b - a), unused=50 + a % 7) for a, b in itertools.pairwise(cuts)]
     pieces[1] = pa.concat_tables([pieces[1].slice(0, 100), pieces[1].slice(100)])  # two chunks in one piece
 
     info = write_shard(pieces, tmp_path / "fast.parquet", RELEASE_ROW)
