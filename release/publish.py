@@ -14,6 +14,7 @@ import logging
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -299,10 +300,14 @@ def release_runs(
         crash_point("staged")
         if registry.has(tag):
             return _already_released(registry, tag, release_dir, staging, settings)
-        copy_validation_reports(sources, release_dir)
-        provenance = {source.config: public_provenance(RunDir(source.run).provenance()) for source in sources}
-        manifest = build_release(domains, release_dir, settings, card_settings, registry, provenance)
-        commit = registry.publish(release_dir, tag, f"Release {tag}: {', '.join(d.config for d in domains)}")
+        # The data files go into the registry's object store while this process writes the card.
+        with ThreadPoolExecutor(max_workers=1) as storing:
+            stored = storing.submit(registry.store_blobs, release_dir, sorted(name for d in domains for name in d.files))
+            copy_validation_reports(sources, release_dir)
+            provenance = {source.config: public_provenance(RunDir(source.run).provenance()) for source in sources}
+            manifest = build_release(domains, release_dir, settings, card_settings, registry, provenance)
+            blobs = stored.result()
+        commit = registry.publish(release_dir, tag, f"Release {tag}: {', '.join(d.config for d in domains)}", stored=blobs)
         hub_commit = _push(release_dir, settings, tag)
     return ReleaseResult(tag, registry.path, "released", commit, manifest, hub_commit)
 

@@ -7,7 +7,8 @@ see :meth:`Registry.publish`). The git command line does the work (``git`` must 
 
 Crash safety. A release is built in a staging folder inside ``.git`` and committed from there
 with a private index, so the working tree and ``main`` are untouched until the version's tag
-exists. The steps, each safe to be killed at: write the staging folder; ``git add`` into the
+exists. The steps, each safe to be killed at: write the staging folder; store the data files as
+blobs (:meth:`Registry.store_blobs`, beside the card's writing); ``git add`` the rest into the
 private index; write the tree and the commit object; create the tag (the moment of
 publication); move ``main`` to it; replace the working tree (``git reset --hard``). The next
 release takes the registry lock and calls :meth:`Registry.recover`, which removes staging
@@ -29,7 +30,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ _LOCK_NAME = "rrec-release.lock"
 # Set only by the crash tests: the release process SIGKILLs itself (and the git it runs) at
 # the named step, the way `kill -9` would stop it there.
 CRASH_ENV = "RREC_TEST_CRASH_AT"
-CRASH_POINTS = ("staged", "git-add", "committed", "tagged", "working-tree")
+CRASH_POINTS = ("staged", "git-blobs", "git-add", "committed", "tagged", "working-tree")
 _SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
 # Releases are made by a tool, not a person: a fixed identity unless the user configured one.
 _IDENTITY = {
@@ -102,25 +103,71 @@ class Registry:
     def git_dir(self) -> Path:
         return self.path / ".git"
 
-    def _git(self, *args: str, binary: bool = False, env: dict[str, str] | None = None, crash_at: str | None = None) -> Any:
-        """Run git in the registry; ``crash_at`` names the crash point reached while git runs."""
+    def _start(
+        self, args: tuple[str, ...], env: dict[str, str] | None = None, binary: bool = False, stdin: bool = False
+    ) -> subprocess.Popen:
         full_env = {**os.environ, **(env or {})}
         for key, value in _IDENTITY.items():
             full_env.setdefault(key, value)
         command = ["git", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false", *args]
         try:
-            process = subprocess.Popen(
-                command, cwd=self.path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=not binary
+            return subprocess.Popen(
+                command,
+                cwd=self.path,
+                env=full_env,
+                stdin=subprocess.PIPE if stdin else None,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=not binary,
             )
         except FileNotFoundError:
             raise ReleaseError("the `git` command is not installed; install git to use a local registry") from None
-        if crash_at:
-            crash_point(crash_at, holding=Path(full_env.get("GIT_INDEX_FILE", self.git_dir / "index")).with_suffix(".lock"))
-        stdout, stderr = process.communicate()
+
+    def _finish(self, process: subprocess.Popen, args: tuple[str, ...], input: str | None = None) -> Any:
+        stdout, stderr = process.communicate(input)
         if process.returncode != 0:
             message = stderr if isinstance(stderr, str) else stderr.decode(errors="replace")
             raise ReleaseError(f"git {' '.join(args)} failed in registry {self.path}: {message.strip()}")
         return stdout
+
+    def _git(
+        self, *args: str, binary: bool = False, env: dict[str, str] | None = None, crash_at: str | None = None, input: str | None = None
+    ) -> Any:
+        """Run git in the registry; ``crash_at`` names the crash point reached while git runs."""
+        process = self._start(args, env, binary, stdin=input is not None)
+        if crash_at:
+            index = (env or {}).get("GIT_INDEX_FILE", str(self.git_dir / "index"))
+            crash_point(crash_at, holding=Path(index).with_suffix(".lock"))
+        return self._finish(process, args, input)
+
+    def store_blobs(self, root: Path, names: list[str], processes: int | None = None) -> dict[str, str]:
+        """Write the files ``names`` (POSIX paths under ``root``) into the object store as `git add`
+        would; return their blob ids by name.
+
+        Up to ``processes`` git processes (default: one per core) hash them at once, the largest
+        files spread first; :meth:`publish` takes the ids instead of hashing the files again. A
+        release can so store its data files while it writes its card. A kill leaves only objects
+        that nothing refers to, which git's garbage collection drops.
+        """
+        if not names:
+            return {}
+        groups: list[list[str]] = [[] for _ in range(max(1, min(processes or os.cpu_count() or 1, len(names))))]
+        loads = [0] * len(groups)
+        for name in sorted(names, key=lambda n: (-(root / n).stat().st_size, n)):
+            emptiest = loads.index(min(loads))
+            groups[emptiest].append(name)
+            loads[emptiest] += (root / name).stat().st_size
+        # The data files are compressed Parquet: zlib gains nothing on them and took about two
+        # thirds of the hashing (the object ids do not depend on it).
+        args = [
+            ("-c", "core.compression=0", "hash-object", "-w", "--no-filters", "--", *(str(root / n) for n in group)) for group in groups
+        ]
+        running = [(group, arguments, self._start(arguments)) for group, arguments in zip(groups, args, strict=True) if group]
+        crash_point("git-blobs")
+        ids: dict[str, str] = {}
+        for group, arguments, process in running:
+            ids.update(zip(group, self._finish(process, arguments).split(), strict=True))
+        return ids
 
     @property
     def is_registry(self) -> bool:
@@ -301,14 +348,18 @@ class Registry:
             "(the working tree and the CHANGELOG stay at the newest version)"
         )
 
-    def publish(self, release_dir: Path, version: str, message: str) -> str:
+    def publish(self, release_dir: Path, version: str, message: str, stored: Mapping[str, str] | None = None) -> str:
         """Commit the content of ``release_dir`` as version ``version`` and tag it; return the commit.
+
+        ``stored`` maps files of ``release_dir`` (POSIX paths) that :meth:`store_blobs` has
+        already written to their blob ids; they are not read again.
 
         ``release_dir`` lies in the staging folder of :meth:`publishing` (the caller holds the
         lock). A version above the newest becomes the new ``main`` and working tree; an older
         one (allowed by :meth:`check_order`) is a tag only, on top of the version below it. A
         version that is already tagged is refused.
         """
+        stored = stored or {}
         tag = version_tag(version)
         if tag in self.versions():
             raise ReleaseError(
@@ -319,9 +370,11 @@ class Registry:
         parent = self._head() if moves_main else (self.commit_of(below) if (below := self.previous(tag)) else None)
         staged = Path(release_dir).resolve()
         git_env = {"GIT_INDEX_FILE": str(staged.parent / "index"), "GIT_WORK_TREE": str(staged)}
-        # The data files are compressed Parquet: zlib gains nothing on them and took about two
-        # thirds of `git add` (the object ids, and so the commit, do not depend on it).
-        self._git("-c", "core.compression=0", "add", "--all", env=git_env, crash_at="git-add")
+        if stored:  # already in the object store (store_blobs): into the index without reading them
+            entries = "".join(f"100644 {blob}\t{name}\n" for name, blob in sorted(stored.items()))
+            self._git("update-index", "--add", "--index-info", env=git_env, input=entries)
+        excluded = [f":(exclude,literal){name}" for name in sorted(stored)]
+        self._git("-c", "core.compression=0", "add", "--all", "--", ".", *excluded, env=git_env, crash_at="git-add")
         tree = self._git("write-tree", env=git_env).strip()
         commit = self._git("commit-tree", tree, *(["-p", parent] if parent else []), "-m", message).strip()
         crash_point("committed")

@@ -384,3 +384,36 @@ def test_changelog_section_lists_new_configs_and_schema_changes() -> None:
     assert "- grocery: added column `score` (float)" in text
     assert "| grocery | 25.00% | 20.00% | -5.00 points |" in text
     assert "| office | n/a | 10.00% | n/a |" in text
+
+
+def test_data_files_stored_ahead_of_the_commit_give_the_tree_git_add_gives(tmp_path: Path) -> None:
+    # A release stores its data files as blobs while it writes the card (Registry.store_blobs);
+    # the published tree must be the one `git add --all` makes of the same folder.
+    files = {f"data/grocery/train-{i:05d}-of-00003.parquet": bytes(range(256)) * (i + 1) * 1000 for i in range(3)}
+    files |= {"README.md": b"# card\n", "figures/a.png": b"\x89PNG", "data/grocery_items/items-00000-of-00001.parquet": b"items"}
+
+    def write(folder: Path) -> None:
+        for name, content in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(content)
+
+    registry = Registry(tmp_path / "registry")
+    data = sorted(name for name in files if name.startswith("data/"))
+    with registry.publishing() as staging:
+        release_dir = staging / "v1.0.0"
+        write(release_dir)
+        stored = registry.store_blobs(release_dir, data, processes=3)
+        commit = registry.publish(release_dir, "1.0.0", "Release v1.0.0", stored=stored)
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write(plain)
+    subprocess.run(["git", "init", "-q", str(plain)], check=True)
+    subprocess.run(["git", "-C", str(plain), "add", "--all"], check=True)
+    expected = subprocess.run(["git", "-C", str(plain), "write-tree"], capture_output=True, text=True, check=True).stdout.strip()
+    published = subprocess.run(["git", "-C", str(registry.path), "rev-parse", f"{commit}^{{tree}}"], capture_output=True, text=True, check=True)
+    assert published.stdout.strip() == expected
+    for name in data:
+        blob = subprocess.run(["git", "hash-object", str(plain / name)], capture_output=True, text=True, check=True).stdout.strip()
+        assert stored[name] == blob
+    assert (registry.path / "data/grocery/train-00002-of-00003.parquet").read_bytes() == files["data/grocery/train-00002-of-00003.parquet"]
