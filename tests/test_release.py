@@ -411,7 +411,9 @@ def test_data_files_stored_ahead_of_the_commit_give_the_tree_git_add_gives(tmp_p
     subprocess.run(["git", "init", "-q", str(plain)], check=True)
     subprocess.run(["git", "-C", str(plain), "add", "--all"], check=True)
     expected = subprocess.run(["git", "-C", str(plain), "write-tree"], capture_output=True, text=True, check=True).stdout.strip()
-    published = subprocess.run(["git", "-C", str(registry.path), "rev-parse", f"{commit}^{{tree}}"], capture_output=True, text=True, check=True)
+    published = subprocess.run(
+        ["git", "-C", str(registry.path), "rev-parse", f"{commit}^{{tree}}"], capture_output=True, text=True, check=True
+    )
     assert published.stdout.strip() == expected
     for name in data:
         blob = subprocess.run(["git", "hash-object", str(plain / name)], capture_output=True, text=True, check=True).stdout.strip()
