@@ -105,7 +105,7 @@ def first_use(pieces: list[pa.Array]) -> pa.DictionaryArray:
             piece = pc.dictionary_encode(piece)
         raw = piece.indices
         used = pc.unique(raw).drop_null()  # hash order: first use
-        position = np.zeros(len(piece.dictionary), dtype=np.int32)
+        position = np.zeros(max(len(piece.dictionary), 1), dtype=np.int32)  # all-null indices read slot 0
         position[used.to_numpy()] = np.arange(offset, offset + len(used), dtype=np.int32)
         mask = raw.is_null().to_numpy(zero_copy_only=False) if raw.null_count else None
         indices.append(pa.array(position[raw.fill_null(0).to_numpy()], pa.int32(), mask=mask))

@@ -138,6 +138,9 @@ def test_first_use_keeps_the_values_and_orders_the_dictionary_by_first_use() -> 
     merged = first_use([first, second.slice(0, 4)])
     assert merged.dictionary_decode().to_pylist() == ["x", "c", None, "x", "b", "a", "d", None, "c"]
     assert merged.dictionary.to_pylist() == ["x", "c", "b", "a", "d"]
+    # A piece whose values are all missing may come with an empty dictionary.
+    empty = pa.DictionaryArray.from_arrays(pa.array([None, None], pa.int32()), pa.array([], pa.string()))
+    assert first_use([empty, pa.array(["a"])]).dictionary_decode().to_pylist() == [None, None, "a"]
 
 
 @pytest.mark.parametrize("name", ["plain", "chunked", "sliced", "dictionary", "parquet"])
