@@ -151,6 +151,7 @@ class Registry:
         """
         if not names:
             return {}
+        root = Path(root).resolve()  # git runs in the registry, not in this process's folder
         groups: list[list[str]] = [[] for _ in range(max(1, min(processes or os.cpu_count() or 1, len(names))))]
         loads = [0] * len(groups)
         for name in sorted(names, key=lambda n: (-(root / n).stat().st_size, n)):

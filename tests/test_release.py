@@ -386,7 +386,7 @@ def test_changelog_section_lists_new_configs_and_schema_changes() -> None:
     assert "| office | n/a | 10.00% | n/a |" in text
 
 
-def test_data_files_stored_ahead_of_the_commit_give_the_tree_git_add_gives(tmp_path: Path) -> None:
+def test_data_files_stored_ahead_of_the_commit_give_the_tree_git_add_gives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A release stores its data files as blobs while it writes the card (Registry.store_blobs);
     # the published tree must be the one `git add --all` makes of the same folder.
     files = {f"data/grocery/train-{i:05d}-of-00003.parquet": bytes(range(256)) * (i + 1) * 1000 for i in range(3)}
@@ -399,8 +399,9 @@ def test_data_files_stored_ahead_of_the_commit_give_the_tree_git_add_gives(tmp_p
 
     registry = Registry(tmp_path / "registry")
     data = sorted(name for name in files if name.startswith("data/"))
+    monkeypatch.chdir(tmp_path)  # a release folder named relative to this process's folder, as `--registry first/registry` gives
     with registry.publishing() as staging:
-        release_dir = staging / "v1.0.0"
+        release_dir = (staging / "v1.0.0").relative_to(tmp_path)
         write(release_dir)
         stored = registry.store_blobs(release_dir, data, processes=3)
         commit = registry.publish(release_dir, "1.0.0", "Release v1.0.0", stored=stored)
