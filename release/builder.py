@@ -73,7 +73,7 @@ SAMPLES_PER_PARTITION = 64
 # a hundred nested candidate titles a row was most of that), for 138 MB on disk against 107 MB
 # (51 MB with the lists still dictionary-encoded, see DICTIONARY_RELEASE_ROW).
 # IPC leaves out the validity bitmap of a column without nulls, where Parquet readers add one:
-# the shards' Arrow sizes are therefore measured layout-free (release.layout.arrow_bytes).
+# the shards' Arrow sizes are therefore measured layout-free (core.tables.arrow_bytes).
 STAGED = ".arrow"
 STAGING_BATCH_ROWS = 10_000
 
