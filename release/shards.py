@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -154,19 +155,58 @@ def encoded_group(table: pa.Table, written: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=written)
 
 
-def _row_groups(pieces: Iterable[pa.Table], written: pa.Schema) -> Iterator[pa.Table]:
-    """Consecutive ``pieces`` as groups of :data:`ROW_GROUP_ROWS` rows (the last one may be shorter), each by :func:`encoded_group`."""
+def _row_groups(pieces: Iterable[pa.Table], names: list[str]) -> Iterator[pa.Table]:
+    """Consecutive ``pieces`` (their columns ``names``) as tables of :data:`ROW_GROUP_ROWS` rows (the last one may be shorter)."""
     pending: list[pa.Table] = []
     buffered = 0
     for piece in pieces:
-        pending.append(piece.select(written.names))
+        pending.append(piece.select(names))
         buffered += piece.num_rows
         while buffered >= ROW_GROUP_ROWS:
             table = pa.concat_tables(pending)
-            yield encoded_group(table.slice(0, ROW_GROUP_ROWS), written)
+            yield table.slice(0, ROW_GROUP_ROWS)
             pending, buffered = [table.slice(ROW_GROUP_ROWS)], buffered - ROW_GROUP_ROWS
     if buffered:
-        yield encoded_group(pa.concat_tables(pending), written)
+        yield pa.concat_tables(pending)
+
+
+def dictionaries_fit(group: pa.Table) -> bool:
+    """Whether each dictionary of an :func:`encoded_group` stays under :data:`DICTIONARY_PAGE_BYTES`
+    as the Parquet writer counts it (4 bytes and the value per entry)."""
+    for column in group.columns:
+        if not _has_dictionary_leaves(column.type):
+            continue
+        for chunk in column.chunks:
+            for index, field in enumerate(chunk.type.value_type):
+                if pa.types.is_dictionary(field.type):
+                    dictionary = chunk.values.field(index).dictionary
+                    if (pc.sum(pc.binary_length(dictionary)).as_py() or 0) + 4 * len(dictionary) >= DICTIONARY_PAGE_BYTES:
+                        return False
+    return True
+
+
+def _planned_groups(pieces: Iterable[pa.Table], schema: pa.Schema, written: pa.Schema) -> tuple[bool, Iterator[pa.Table]]:
+    """(whether the shard is written from dictionaries, its row groups in the form to write).
+
+    Groups are encoded (:func:`encoded_group`) and held until one has a dictionary too large
+    for a page: the writer would fall back to plain pages part way through it, and would only
+    make the same file as a writer of the decoded strings from those strings. Then the whole
+    shard is written from decoded strings, as one of a catalog too large for the dictionaries
+    (a 14M-review domain: 175k titles, 10 MB, in a row group of candidates), the groups decoded
+    one at a time. So at most one shard's encoded groups are held (a 100,000-row shard of the
+    150k-user benchmark: about 200 MB).
+    """
+    raw = _row_groups(pieces, written.names)
+    if written == schema:
+        return False, (encoded_group(table, schema) for table in raw)
+    held: list[pa.Table] = []
+    for table in raw:
+        held.append(encoded_group(table, written))
+        if not dictionaries_fit(held[-1]):
+            return False, (encoded_group(table, schema) for table in itertools.chain(held, raw))
+    if not held:  # no row: written as a writer of the decoded (empty) table writes it
+        return False, iter([])
+    return True, iter(held)
 
 
 def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> dict[str, Any]:
@@ -174,28 +214,33 @@ def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> di
     bytes and Arrow size (:func:`core.tables.arrow_bytes`, summed over its row groups).
 
     The pieces may hold the :data:`DICTIONARY_LEAVES` dictionary-encoded or plain (all of one
-    schema). Row groups hold :data:`ROW_GROUP_ROWS` rows whatever the pieces are, so the file's
-    bytes depend on its rows only (not on how a builder cut them or encoded them). A group is
-    prepared in a second thread while the one before it is written, so at most two groups are
-    held at a time. The file appears under its name only once complete.
+    schema). Row groups hold :data:`ROW_GROUP_ROWS` rows whatever the pieces are, and the file
+    is the one a writer of the decoded rows makes with :func:`parquet_options`, from the
+    dictionaries when each fits a page (:func:`_planned_groups`), so its bytes depend on its
+    rows only (not on how a builder cut them or encoded them). Decoded groups are prepared in a
+    second thread while the one before is written. The file appears under its name only once complete.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     written = with_dictionary_leaves(schema)
     nbytes = 0
-    # The writer is given the dictionary form (so it keeps the dictionaries) and stores the
-    # decoded schema, as a writer of the decoded table would (schema metadata, then ARROW:schema).
-    writer = pq.ParquetWriter(partial, written, store_schema=False, **parquet_options(schema))
+    from_dictionaries, groups = _planned_groups(pieces, schema, written)
+    if from_dictionaries:
+        # The writer is given the dictionary form (so it keeps the dictionaries) and stores the
+        # decoded schema, as a writer of the decoded table would (schema metadata, then ARROW:schema).
+        writer = pq.ParquetWriter(partial, written, store_schema=False, **parquet_options(schema))
+    else:
+        writer = pq.ParquetWriter(partial, schema, **parquet_options(schema))
     with writer, ThreadPoolExecutor(max_workers=1) as preparer:
-        groups = _row_groups(pieces, written)
         upcoming = preparer.submit(next, groups, None)
         while (group := upcoming.result()) is not None:
             upcoming = preparer.submit(next, groups, None)
             writer.write_table(group, row_group_size=group.num_rows)
             nbytes += arrow_bytes(group)
         if not nbytes:  # no row: one empty group, so the split exists for load_dataset
-            writer.write_table(written.empty_table())
-        writer.add_key_value_metadata({**(schema.metadata or {}), b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes())})
+            writer.write_table(schema.empty_table())
+        if from_dictionaries:
+            writer.add_key_value_metadata({**(schema.metadata or {}), b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes())})
     digest = hashlib.sha256()
     with open(partial, "rb") as handle:
         while chunk := handle.read(8 << 20):

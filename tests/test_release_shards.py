@@ -121,15 +121,22 @@ def test_shard_statistics_cover_every_column_but_the_list_ids_and_titles(tmp_pat
     assert group.column(0).statistics.min == "U0000000"
 
 
-def test_a_dictionary_larger_than_its_page_limit_falls_back_to_plain_pages_and_reads_back(tmp_path) -> None:
-    # Every title distinct and long: one group's dictionary passes DICTIONARY_PAGE_BYTES.
+def test_a_shard_with_a_dictionary_too_large_for_a_page_is_the_reference_file_too(tmp_path) -> None:
+    # The first row group's titles fit a dictionary page; the second's are all distinct and
+    # long, past DICTIONARY_PAGE_BYTES: the whole shard is then written from decoded strings,
+    # as a writer of them writes it (which falls back to plain pages in that group).
+    fitting = _release_rows(ROW_GROUP_ROWS, catalog=500, candidates=3)
     count, candidates = 2_000, 40
-    rows = _release_rows(count, catalog=count * candidates * 10, candidates=candidates, title_bytes=120)
-    assert pc.sum(pc.binary_length(pc.list_flatten(rows["candidates"]).combine_chunks().field("title"))).as_py() > DICTIONARY_PAGE_BYTES
-    write_shard([rows.cast(DICTIONARY_RELEASE_ROW)], tmp_path / "big.parquet", RELEASE_ROW)
+    distinct = _release_rows(count, catalog=count * candidates * 10, candidates=candidates, seed=3, title_bytes=120)
+    titles = pc.list_flatten(distinct["candidates"]).combine_chunks().field("title")
+    assert pc.sum(pc.binary_length(pc.unique(titles))).as_py() > DICTIONARY_PAGE_BYTES
+    rows = pa.concat_tables([fitting, distinct])
+    info = write_shard([rows.cast(DICTIONARY_RELEASE_ROW)], tmp_path / "big.parquet", RELEASE_ROW)
+    assert (tmp_path / "big.parquet").read_bytes() == _reference_file(rows, tmp_path / "reference.parquet")
     assert pq.read_table(tmp_path / "big.parquet").equals(rows)
-    column = pq.ParquetFile(tmp_path / "big.parquet").metadata.row_group(0).column(12)
+    column = pq.ParquetFile(tmp_path / "big.parquet").metadata.row_group(1).column(12)
     assert column.path_in_schema == "candidates.list.element.title" and "PLAIN" in column.encodings
+    assert info["nbytes"] == arrow_bytes(fitting) + arrow_bytes(distinct)
 
 
 def test_first_use_keeps_the_values_and_orders_the_dictionary_by_first_use() -> None:
