@@ -301,7 +301,7 @@ def write_shard_from(pieces: list[tuple[str, int, int]], path: str, schema: pa.S
         for source, offset, rows in pieces:
             yield read_staging(source, offset, rows)
 
-    return write_shard(tables(), Path(path), schema)
+    return write_shard(tables, Path(path), schema)
 
 
 def shard_pieces(files: list[tuple[str, int]], shard_rows: int) -> list[list[tuple[str, int, int]]]:

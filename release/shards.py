@@ -21,7 +21,7 @@ import base64
 import hashlib
 import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -185,62 +185,72 @@ def dictionaries_fit(group: pa.Table) -> bool:
     return True
 
 
-def _planned_groups(pieces: Iterable[pa.Table], schema: pa.Schema, written: pa.Schema) -> tuple[bool, Iterator[pa.Table]]:
-    """(whether the shard is written from dictionaries, its row groups in the form to write).
-
-    Groups are encoded (:func:`encoded_group`) and held until one has a dictionary too large
-    for a page: the writer would fall back to plain pages part way through it, and would only
-    make the same file as a writer of the decoded strings from those strings. Then the whole
-    shard is written from decoded strings, as one of a catalog too large for the dictionaries
-    (a 14M-review domain: 175k titles, 10 MB, in a row group of candidates), the groups decoded
-    one at a time. So at most one shard's encoded groups are held (a 100,000-row shard of the
-    150k-user benchmark: about 200 MB).
-    """
-    raw = _row_groups(pieces, written.names)
-    if written == schema:
-        return False, (encoded_group(table, schema) for table in raw)
-    held: list[pa.Table] = []
-    for table in raw:
-        held.append(encoded_group(table, written))
-        if not dictionaries_fit(held[-1]):
-            return False, (encoded_group(table, schema) for table in itertools.chain(held, raw))
-    if not held:  # no row: written as a writer of the decoded (empty) table writes it
-        return False, iter([])
-    return True, iter(held)
+class _DictionaryTooLarge(Exception):
+    """A row group's dictionary does not fit a page: the shard is written again from decoded strings."""
 
 
-def write_shard(pieces: Iterable[pa.Table], path: Path, schema: pa.Schema) -> dict[str, Any]:
-    """Write consecutive ``pieces`` of rows as one Parquet shard of ``schema``; return its sha256,
-    bytes and Arrow size (:func:`core.tables.arrow_bytes`, summed over its row groups).
-
-    The pieces may hold the :data:`DICTIONARY_LEAVES` dictionary-encoded or plain (all of one
-    schema). Row groups hold :data:`ROW_GROUP_ROWS` rows whatever the pieces are, and the file
-    is the one a writer of the decoded rows makes with :func:`parquet_options`, from the
-    dictionaries when each fits a page (:func:`_planned_groups`), so its bytes depend on its
-    rows only (not on how a builder cut them or encoded them). Decoded groups are prepared in a
-    second thread while the one before is written. The file appears under its name only once complete.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    written = with_dictionary_leaves(schema)
+def _write_groups(groups: Iterator[pa.Table], partial: Path, schema: pa.Schema, written: pa.Schema | None) -> int:
+    """Write ``groups`` (prepared in a second thread while the one before is written) into
+    ``partial``; return their Arrow size. With ``written`` (the dictionary form) the writer is
+    given the dictionaries and stores the decoded schema, as a writer of the decoded table would
+    (schema metadata, then ARROW:schema); a group whose dictionary does not fit a page raises
+    :class:`_DictionaryTooLarge`."""
     nbytes = 0
-    from_dictionaries, groups = _planned_groups(pieces, schema, written)
-    if from_dictionaries:
-        # The writer is given the dictionary form (so it keeps the dictionaries) and stores the
-        # decoded schema, as a writer of the decoded table would (schema metadata, then ARROW:schema).
-        writer = pq.ParquetWriter(partial, written, store_schema=False, **parquet_options(schema))
-    else:
-        writer = pq.ParquetWriter(partial, schema, **parquet_options(schema))
+    writer = pq.ParquetWriter(partial, written or schema, store_schema=written is None, **parquet_options(schema))
     with writer, ThreadPoolExecutor(max_workers=1) as preparer:
         upcoming = preparer.submit(next, groups, None)
         while (group := upcoming.result()) is not None:
             upcoming = preparer.submit(next, groups, None)
+            if written is not None and not dictionaries_fit(group):
+                raise _DictionaryTooLarge
             writer.write_table(group, row_group_size=group.num_rows)
             nbytes += arrow_bytes(group)
         if not nbytes:  # no row: one empty group, so the split exists for load_dataset
             writer.write_table(schema.empty_table())
-        if from_dictionaries:
+        if written is not None:
             writer.add_key_value_metadata({**(schema.metadata or {}), b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes())})
+    return nbytes
+
+
+def write_shard(pieces: Callable[[], Iterable[pa.Table]] | Sequence[pa.Table], path: Path, schema: pa.Schema) -> dict[str, Any]:
+    """Write consecutive ``pieces`` of rows as one Parquet shard of ``schema``; return its sha256,
+    bytes and Arrow size (:func:`core.tables.arrow_bytes`, summed over its row groups).
+
+    ``pieces`` is a sequence of tables or a function that yields them (called again if the
+    shard is started over). They may hold the :data:`DICTIONARY_LEAVES` dictionary-encoded or
+    plain (all of one schema). Row groups hold :data:`ROW_GROUP_ROWS` rows whatever the pieces
+    are, and the file is the one a writer of the decoded rows makes with :func:`parquet_options`,
+    so its bytes depend on its rows only (not on how a builder cut them or encoded them).
+
+    It is written from the dictionaries (:func:`encoded_group`) while each group's dictionary
+    fits a page. A group whose dictionary does not (the writer would fall back to plain pages
+    part way through it, and only a writer of the decoded strings makes the reference file
+    then) starts the shard over from decoded strings, as for a catalog too large for the
+    dictionaries (at 14M reviews a row group's candidates name 175k titles, 10 MB): there the
+    first group already tells. A group is prepared in a second thread while the one before it
+    is written, so at most two are held. The file appears under its name only once complete.
+    """
+    source = pieces if callable(pieces) else lambda: pieces
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    written = with_dictionary_leaves(schema)
+    raw = _row_groups(source(), written.names)
+    first = next(raw, None)
+    if written != schema and first is not None:
+        group = encoded_group(first, written)
+        if dictionaries_fit(group):
+            try:
+                nbytes = _write_groups(itertools.chain([group], (encoded_group(t, written) for t in raw)), partial, schema, written)
+                return _published(partial, path, nbytes)
+            except _DictionaryTooLarge:
+                raw = _row_groups(source(), written.names)
+                first = next(raw, None)
+    groups = (encoded_group(table, schema) for table in itertools.chain([first] if first is not None else [], raw))
+    return _published(partial, path, _write_groups(groups, partial, schema, None))
+
+
+def _published(partial: Path, path: Path, nbytes: int) -> dict[str, Any]:
+    """Hash the complete ``partial`` file and move it to ``path``; its sha256, bytes and Arrow size."""
     digest = hashlib.sha256()
     with open(partial, "rb") as handle:
         while chunk := handle.read(8 << 20):

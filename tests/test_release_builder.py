@@ -155,7 +155,7 @@ def test_a_shard_whose_rows_fail_to_arrive_is_not_published(tmp_path) -> None:
         raise OSError("staging file vanished")
 
     with pytest.raises(OSError, match="staging file vanished"):
-        write_shard(pieces(), tmp_path / "train-00000-of-00001.parquet", table.schema)
+        write_shard(pieces, tmp_path / "train-00000-of-00001.parquet", table.schema)
     assert not (tmp_path / "train-00000-of-00001.parquet").exists()
     info = write_shard([table.slice(0, 3), table.slice(3)], tmp_path / "ok.parquet", table.schema)
     assert pq.read_table(tmp_path / "ok.parquet").equals(table)
