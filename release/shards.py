@@ -8,7 +8,9 @@ decoding a million titles per row group and hashing them again. The file is the 
 of the decoded strings makes (:func:`parquet_options`; byte for byte, tested): the dictionary of
 a group is reduced to the values the group uses, in order of first use (:func:`first_use`), as
 the writer's own encoder orders them, and the Arrow schema stored in the file is the decoded
-one, so every reader gets plain strings back.
+one, so every reader gets plain strings back. That holds while each group's dictionary fits one
+dictionary page (:data:`DICTIONARY_PAGE_BYTES`); a shard with a group whose dictionary does not
+(a large catalog) is written from decoded strings instead, as a writer of them writes it.
 
 Column statistics (min and max per row group) are written for every leaf except those ids and
 titles: the smallest and largest of a million titles do not let a reader skip a row group, and
