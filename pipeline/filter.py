@@ -61,8 +61,8 @@ from pipeline.annotators.context import GROUNDING_COLUMNS, KEY_COLUMNS, load_con
 from pipeline.cluster import consecutive_chunks, worker_count
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import ExampleContext
-from pipeline.text_rules import (
-    EMAIL,
+from pipeline.text_rules.grounding import EMAIL, PHONE, QUOTED, REFUSAL, URL, is_english, is_grounded, matches_title, names_target_first
+from pipeline.text_rules.hostile import (
     HOSTILE_REASONS,
     MAX_CHARS,
     MAX_WORD_CHARS,
@@ -71,20 +71,11 @@ from pipeline.text_rules import (
     MAY_HOLD_PHONE_RE2,
     MAY_HOLD_URL_RE2,
     MAY_REFUSE_RE2,
-    PHONE,
-    QUOTED,
-    REFUSAL,
-    URL,
-    GroundingMemo,
-    grounding_reason,
     has_words_re2,
     hostile_text_reason,
-    is_english,
-    is_grounded,
-    matches_title,
     may_hold_long_word_re2,
-    names_target_first,
 )
+from pipeline.text_rules.partition import GroundingMemo, grounding_reason
 
 __all__ = ["QUOTED", "REASONS", "FilterSettings", "matches_title", "reject_reason", "reject_reasons", "run_filter"]
 

@@ -63,7 +63,7 @@ from pipeline.annotators.send_loop import LLMCall, accounting, answer_requests, 
 from pipeline.cluster import consecutive_chunks, worker_count
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import AnswerParseError, ExampleContext
-from pipeline.text_rules import hostile_text_reason
+from pipeline.text_rules.hostile import hostile_text_reason
 
 log = logging.getLogger(__name__)
 

@@ -154,10 +154,11 @@ class Registry:
         root = Path(root).resolve()  # git runs in the registry, not in this process's folder
         groups: list[list[str]] = [[] for _ in range(max(1, min(processes or os.cpu_count() or 1, len(names))))]
         loads = [0] * len(groups)
-        for name in sorted(names, key=lambda n: (-(root / n).stat().st_size, n)):
+        sizes = {name: (root / name).stat().st_size for name in names}
+        for name in sorted(names, key=lambda n: (-sizes[n], n)):
             emptiest = loads.index(min(loads))
             groups[emptiest].append(name)
-            loads[emptiest] += (root / name).stat().st_size
+            loads[emptiest] += sizes[name]
         # The data files are compressed Parquet: zlib gains nothing on them and took about two
         # thirds of the hashing (the object ids do not depend on it).
         args = [

@@ -144,17 +144,18 @@ def _list_of_structs(chunks: list[pa.ListArray], target: pa.ListType) -> pa.List
     return pa.ListArray.from_arrays(pa.array(np.concatenate(offsets), pa.int32()), values, type=target, mask=list_mask)
 
 
-def encoded_group(table: pa.Table, written: pa.Schema) -> pa.Table:
-    """``table``'s rows as a fresh table of ``written`` (:func:`with_dictionary_leaves` of the
-    shard's schema): one chunk per column, each dictionary leaf by :func:`first_use`."""
+def encoded_group(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """``table``'s rows as a fresh table of ``target``, one chunk per column: the shard's schema
+    (dictionary-encoded strings decoded) or its :func:`with_dictionary_leaves` form (each
+    dictionary leaf by :func:`first_use`)."""
     columns = []
-    for field, column in zip(written, table.columns):
+    for field, column in zip(target, table.columns):
         chunks = column.chunks or [pa.array([], column.type)]
         if _has_dictionary_leaves(field.type):
             columns.append(_list_of_structs(chunks, field.type))
         else:
             columns.append(pa.concat_arrays([chunk.cast(field.type) for chunk in chunks]))
-    return pa.Table.from_arrays(columns, schema=written)
+    return pa.Table.from_arrays(columns, schema=target)
 
 
 def _row_groups(pieces: Iterable[pa.Table], names: list[str]) -> Iterator[pa.Table]:
@@ -238,15 +239,13 @@ def write_shard(pieces: Callable[[], Iterable[pa.Table]] | Sequence[pa.Table], p
     written = with_dictionary_leaves(schema)
     raw = _row_groups(source(), written.names)
     first = next(raw, None)
-    if written != schema and first is not None:
-        group = encoded_group(first, written)
-        if dictionaries_fit(group):
-            try:
-                nbytes = _write_groups(itertools.chain([group], (encoded_group(t, written) for t in raw)), partial, schema, written)
-                return _published(partial, path, nbytes)
-            except _DictionaryTooLarge:
-                raw = _row_groups(source(), written.names)
-                first = next(raw, None)
+    if written != schema and first is not None:  # an empty shard: written as from decoded rows
+        try:
+            groups = (encoded_group(table, written) for table in itertools.chain([first], raw))
+            return _published(partial, path, _write_groups(groups, partial, schema, written))
+        except _DictionaryTooLarge:
+            raw = _row_groups(source(), written.names)
+            first = next(raw, None)
     groups = (encoded_group(table, schema) for table in itertools.chain([first] if first is not None else [], raw))
     return _published(partial, path, _write_groups(groups, partial, schema, None))
 

@@ -35,19 +35,17 @@ from pipeline.filter import (
     text_reasons,
 )
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
-from pipeline.text_rules import (
+from pipeline.text_rules.grounding import (
     NORMALISE,
     QUOTED,
-    GroundingMemo,
-    grounding_reason,
+    _outside_quotes,
     norm_positions,
     normal_words,
     normalise,
     normalise_padded,
     quoted_mentions,
 )
-from pipeline.text_rules.grounding import _outside_quotes
-from pipeline.text_rules.partition import _named_before
+from pipeline.text_rules.partition import GroundingMemo, _named_before, grounding_reason
 
 TEA = ("Grocery & Gourmet Food", "Beverages", "Coffee, Tea & Cocoa", "Tea")
 CONTEXT = ExampleContext(

@@ -22,7 +22,7 @@ from core.tables import write_part
 from pipeline.annotators.context import contexts_from_rows
 from pipeline.filter import REASONS, FilterSettings, reject_reason, run_filter
 from pipeline.teacher_prompt import ExampleContext
-from pipeline.text_rules import hostile_text_reason
+from pipeline.text_rules.hostile import hostile_text_reason
 
 CORPUS = Path(__file__).parent / "hostile" / "filter" / "cases.json"
 CASES: list[dict[str, Any]] = json.loads(CORPUS.read_text())["cases"]
