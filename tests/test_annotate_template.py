@@ -320,7 +320,7 @@ def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_
     def held() -> int:
         import gc
 
-        from pipeline.annotators import context, template
+        from pipeline.annotators import context, template, template_columns
         from pipeline.text_rules import grounding
 
         return (
@@ -334,6 +334,9 @@ def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_
             + len(context._worker_history)
             + len(context._shared_paths)
             + len(template._worker_memo)
+            + len(template_columns._worker_bases)
+            + len(template_columns._codes)
+            + len(template_columns._names)
         )
 
     run = tmp_path
@@ -422,3 +425,120 @@ def test_catalog_facts_read_by_column_equal_the_row_reference(tmp_path):
             expected = ctx._item_base(item, rows)
             assert ctx._base_with_catalog(item, facts.get(item["parent_asin"], ctx.NO_CATALOG_FACTS)) == expected
     assert ctx.read_catalog_facts(tmp_path, []) == {} and ctx.read_catalog_facts(tmp_path / "none", asins) == {}
+
+
+def _reference_answers(run, table, seed: int) -> list[tuple[str, str, bool, str]]:
+    """The per-row reference: contexts from the rows, then template.annotate and the request hash."""
+    from pipeline.annotators import context as ctx
+    from pipeline.annotators.annotation_rows import template_request_hash
+
+    rows = table.to_pylist()
+    asins = [item["parent_asin"] for row in rows for item in [*(row["history"] or []), row["target"]]]
+    contexts = ctx.contexts_from_rows(rows, ctx.read_item_facts(run, asins), {})
+    answers = [template.annotate(context, seed) for context in contexts]
+    return [
+        (answer.user_preferences, answer.rationale, answer.coherent, template_request_hash(context, seed, answer))
+        for context, answer in zip(contexts, answers, strict=True)
+    ]
+
+
+def _columnar_answers(run, table, seed: int) -> list[tuple[str, str, bool, str]] | None:
+    from pipeline.annotators.template_columns import template_answers
+
+    answers = template_answers(run, table, seed)
+    if answers is None:
+        return None
+    return list(zip(answers.user_preferences, answers.rationales, answers.coherent, answers.request_hashes, strict=True))
+
+
+def _write_hostile_run(run, contexts: list[ExampleContext], own_target_facts: bool) -> pa.Table:
+    """A run folder whose items table holds the items of ``contexts`` and whose sequences rows
+    are the contexts; returns the rows (the context columns). With ``own_target_facts`` every
+    third target carries a store and categories of its own that differ from the catalog's."""
+    from core.schemas import TABLE_SCHEMAS
+    from core.tables import write_part
+    from pipeline.annotators.context import CONTEXT_COLUMNS
+
+    items = {item.parent_asin: item for context in contexts for item in [*context.history, context.target]}
+    catalog = [
+        {
+            "parent_asin": i.parent_asin,
+            "title": i.title,
+            "categories": list(i.categories),
+            "store": i.store,
+            "price": i.price,
+            "features": list(i.features),
+        }
+        for i in items.values()
+    ]
+    (run / "items").mkdir(parents=True)
+    write_part(pa.Table.from_pylist(catalog, schema=TABLE_SCHEMAS["items"]), run / "items", 0, TABLE_SCHEMAS["items"])
+    rows = []
+    for number, context in enumerate(contexts):
+        target = context.target
+        own = own_target_facts and number % 3 == 0
+        rows.append(
+            {
+                "user_id": context.user_id,
+                "split": context.split,
+                "history": [
+                    {"parent_asin": i.parent_asin, "title": i.title, "rating": i.rating, "timestamp": n}
+                    for n, i in enumerate(context.history)
+                ],
+                "target": {
+                    "parent_asin": target.parent_asin,
+                    "title": target.title,
+                    "categories": ["Grocery & Gourmet Food", "Own Shelf"] if own else list(target.categories),
+                    "store": "Own Store" if own else target.store,
+                    "rating": None,
+                    "timestamp": 99,
+                },
+            }
+        )
+    schema = TABLE_SCHEMAS["sequences"]
+    return pa.Table.from_pylist(rows, schema=pa.schema([schema.field(name) for name in CONTEXT_COLUMNS]))
+
+
+@pytest.mark.parametrize("own_target_facts", [False, True])
+def test_columnar_template_equals_the_per_row_reference_on_hostile_examples(tmp_path, own_target_facts):
+    """Ties, case-only differences, empty and missing titles, stores, prices, ratings and
+    categories, repeated items, and targets whose sequences row names another store and
+    category than the catalog: the columnar annotator writes the reference's texts and hashes."""
+    from pipeline.annotators import template_columns
+
+    template_columns.forget_bases()
+    table = _write_hostile_run(tmp_path, _hostile_contexts(300, seed=11), own_target_facts)
+    expected = _reference_answers(tmp_path, table, 5)
+    assert _columnar_answers(tmp_path, table.slice(0, 120), 5) == expected[:120]  # cold worker caches
+    assert _columnar_answers(tmp_path, table, 5) == expected  # warm
+    assert any(coherent for _, _, coherent, _ in expected) and not all(coherent for _, _, coherent, _ in expected)
+
+
+def test_columnar_template_equals_the_reference_on_a_run_and_falls_back_where_it_does_not_apply(tmp_path, monkeypatch):
+    from pipeline.annotators import template_columns
+    from pipeline.annotators.annotation_rows import answers_table, template_table
+    from pipeline.annotators.context import CONTEXT_COLUMNS, load_contexts
+
+    run = tmp_path / "run"
+    make_run(run, users=30)
+    table = pads.dataset(str(run / "sequences")).to_table(columns=CONTEXT_COLUMNS)
+    rows = table.to_pylist()
+    rows[0]["history"] = None
+    rows[1]["history"] = []
+    rows[2]["history"] = rows[3]["history"] + rows[3]["history"][:2]  # repeated items
+    rows[4]["history"] = [{**item, "title": None, "rating": None} for item in rows[4]["history"]]
+    rows[5]["history"] = [{**item, "title": "Another title"} for item in rows[5]["history"]]  # an asin seen under two titles
+    rows[6]["target"] = {**rows[6]["target"], "parent_asin": "NOT-IN-CATALOG"}
+    table = pa.Table.from_pylist(rows, schema=table.schema)
+    expected = _reference_answers(run, table, 0)
+    template_columns.forget_bases()
+    assert _columnar_answers(run, table.slice(0, 10), 0) == expected[:10]
+    assert _columnar_answers(run, table, 0) == expected
+    # The annotations table is the reference's, column for column.
+    answers = template_columns.template_answers(run, table, 0)
+    assert answers_table(table, answers).equals(template_table(load_contexts(run, table, review_titles=False), 0))
+    # Past the deepest path it scores (and with history items of another shape) the caller takes the reference.
+    monkeypatch.setattr(template_columns, "MAX_PATH_LEVELS", 1)
+    assert template_columns.template_answers(run, table, 0) is None
+    extra = pa.Table.from_pylist([{**row, "history": [{**item, "store": "Own"} for item in row["history"] or []]} for row in rows[:5]])
+    assert template_columns.template_answers(run, extra, 0) is None

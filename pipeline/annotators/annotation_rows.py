@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.schemas import ANNOTATIONS
 from core.tables import write_part
 from pipeline.annotators import template
 from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer, request_hash
-from pipeline.annotators.context import PartitionSpec, load_partition_contexts, paused_gc
+from pipeline.annotators.context import PartitionSpec, load_contexts, load_partition_contexts, paused_gc, read_partition
 from pipeline.annotators.openai_chat import ChatOptions, ChatRequest
 from pipeline.annotators.pricing import estimate_tokens
+from pipeline.annotators.template_columns import TemplateAnswers, template_answers
 from pipeline.teacher_prompt import PROMPT_VERSION, AnswerParseError, ExampleContext, TeacherAnswer, build_messages, parse_answer
 
 MAX_STORED_RAW_CHARS = 4000
@@ -68,10 +70,35 @@ def template_table(contexts: list[ExampleContext], seed: int) -> pa.Table:
 
 
 def annotate_partition_with_template(run_path: str, spec: PartitionSpec, seed: int) -> pa.Table:
-    """The template annotations of one partition."""
+    """The template annotations of one partition: from its columns (:mod:`template_columns`),
+    or from its contexts where that path does not apply (the reference, equal where both do)."""
     with paused_gc(freeze=True):  # the worker caches keep growing: never rescanned
-        contexts = load_partition_contexts(Path(run_path), spec, review_titles=False)
-        return template_table(contexts, seed)
+        sequences = read_partition(spec)
+        answers = template_answers(Path(run_path), sequences, seed)
+        if answers is None:
+            return template_table(load_contexts(Path(run_path), sequences, review_titles=False), seed)
+        return answers_table(sequences, answers)
+
+
+def answers_table(sequences: pa.Table, answers: TemplateAnswers) -> pa.Table:
+    """The :data:`ANNOTATIONS` table of :func:`template_answers` for ``sequences`` (the columns of
+    :func:`template_table`)."""
+    count = sequences.num_rows
+    columns = {
+        "user_id": sequences.column("user_id"),
+        "split": sequences.column("split"),
+        "target_parent_asin": pc.struct_field(sequences.column("target"), "parent_asin"),
+        "rationale": answers.rationales,
+        "user_preferences": answers.user_preferences,
+        "coherent": answers.coherent,
+        "annotator": pa.repeat("template", count),
+        "model": pa.repeat(template.TEMPLATE_VERSION, count),
+        "prompt_version": pa.repeat(template.TEMPLATE_VERSION, count),
+        "input_tokens": pa.repeat(0, count),
+        "output_tokens": pa.repeat(0, count),
+        "request_hash": answers.request_hashes,
+    }
+    return pa.Table.from_pydict(columns, schema=ANNOTATIONS)
 
 
 @dataclass(frozen=True)

@@ -567,9 +567,10 @@ def forget_worker_caches() -> None:
     the release. The freed memory goes back to the system too (:func:`give_back_memory`). Returns nothing
     (``client.run`` sends the result back).
     """
-    from pipeline.annotators import template
+    from pipeline.annotators import template, template_columns
     from pipeline.text_rules import grounding, hostile, partition
 
+    template_columns.forget_bases()
     for cached in (_context_columns, _catalog, _key_index):
         cached.cache_clear()
     for table in (_worker_bases, _worker_facts, _worker_history, _worker_targets, _shared_paths, template._worker_memo):

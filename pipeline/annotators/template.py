@@ -395,11 +395,11 @@ def user_preferences(context: ExampleContext) -> str:
     stores = Counter(item.store for item in context.history if item.store)
     ratings = [item.rating for item in context.history if item.rating is not None]
     bands = Counter(b for b in (price_band(item.price) for item in context.history) if b)
-    return _preferences_sentence(
+    return preferences_sentence(
         [c for c, _ in categories.most_common(2)],
         stores.most_common(1)[0] if stores else None,
         bands.most_common(1)[0][0] if bands else None,
-        ratings,
+        sum(ratings) / len(ratings) if ratings else None,
     )
 
 
@@ -431,10 +431,15 @@ def _fast_preferences(history: tuple[ItemFacts, ...], derived: list[_Derived]) -
     # Counter.most_common(n) is sorted(..., reverse=True)[:n], which keeps first-seen order in ties.
     top_categories = [c for c, _ in sorted(categories.items(), key=_count, reverse=True)[:2]]
     top_band = _top(bands)
-    return _preferences_sentence(top_categories, _top(stores), top_band[0] if top_band else None, ratings)
+    return preferences_sentence(
+        top_categories, _top(stores), top_band[0] if top_band else None, sum(ratings) / len(ratings) if ratings else None
+    )
 
 
-def _preferences_sentence(categories: list[str], top_store: tuple[str, int] | None, band: str | None, ratings: list[float]) -> str:
+def preferences_sentence(categories: list[str], top_store: tuple[str, int] | None, band: str | None, mean_rating: float | None) -> str:
+    """:func:`user_preferences` from the history's two most counted last categories (most first;
+    ties: first seen), its most counted store and price band (ties: first seen), with the store's
+    count, and its mean rating (None: no rating)."""
     parts = []
     if categories:
         parts.append("mostly buys " + _join(categories))
@@ -442,15 +447,14 @@ def _preferences_sentence(categories: list[str], top_store: tuple[str, int] | No
         parts.append(f"returns to {top_store[0]}")
     if band:
         parts.append(f"usually spends {band}")
-    if ratings:
-        mean = sum(ratings) / len(ratings)
-        parts.append(f"rates purchases {mean:.1f} out of 5 on average")
+    if mean_rating is not None:
+        parts.append(f"rates purchases {mean_rating:.1f} out of 5 on average")
     if not parts:
         return "The history gives little signal about preferences."
     return "The shopper " + _join(parts) + "."
 
 
-def _evidence_sentences(supporting: list[Link], target: ItemFacts, digest: bytes) -> list[str]:
+def _evidence_sentences(supporting: list[Link], target_band: str | None, digest: bytes) -> list[str]:
     sentences = []
     by_store = [link for link in supporting if link.same_store]
     by_category = [link for link in supporting if link.shared_category and not link.same_store]
@@ -473,7 +477,7 @@ def _evidence_sentences(supporting: list[Link], target: ItemFacts, digest: bytes
         words = _join([f"'{w}'" for w in closest.shared_keywords[:3]])
         sentences.append(_choice(KEYWORD_SENTENCES, digest, 3).format(item=_quote(closest.item.title), words=words))
     if any(link.same_price_band for link in supporting):
-        sentences.append(_choice(PRICE_SENTENCES, digest, 4).format(band=price_band(target.price)))
+        sentences.append(_choice(PRICE_SENTENCES, digest, 4).format(band=target_band))
     liked = next((link for link in supporting if link.liked), None)
     if liked is not None:
         sentences.append(_choice(LIKED_SENTENCES, digest, 5).format(item=_quote(liked.item.title), rating=liked.item.rating))
@@ -510,24 +514,36 @@ def annotate(context: ExampleContext, seed: int, memo: Memo | None = None) -> Te
 
 def answer_from(context: ExampleContext, seed: int, preferences: str, supporting: list[Link]) -> TeacherAnswer:
     """The answer for an example from its :func:`user_preferences` and :func:`supporting_links`."""
-    digest = hashlib.blake2b(f"{seed}|{context.user_id}|{context.target.parent_asin}".encode(), digest_size=16).digest()
-    target = _quote(context.target.title)
+    target = context.target
+    recent = [item.title for item in context.history[-2:]]
+    rationale, reason = rationale_from(
+        seed, context.user_id, target.parent_asin, target.title, price_band(target.price), recent, supporting
+    )
+    return TeacherAnswer(user_preferences=preferences, rationale=rationale, coherent=reason is None, incoherence_reason=reason)
+
+
+def rationale_from(
+    seed: int, user_id: str, target_asin: str, target_title: str, target_band: str | None, recent_titles: list[str], supporting: list[Link]
+) -> tuple[str, str | None]:
+    """The rationale of an example and, when nothing supports the target, the incoherence reason.
+
+    ``recent_titles``: the titles of the history's last two items (oldest first; none for an
+    empty history). The wording is chosen by a hash of (seed, user, target).
+    """
+    digest = hashlib.blake2b(f"{seed}|{user_id}|{target_asin}".encode(), digest_size=16).digest()
+    target = _quote(target_title)
     if not supporting:
-        recent = _join([_quote(item.title) for item in context.history[-2:]]) or "no earlier purchase"
+        recent = _join([_quote(title) for title in recent_titles]) or "no earlier purchase"
         reason = (
             "the target shares no category, store or title keywords with any history item"
-            if context.history
+            if recent_titles
             else "the shopper has no history to explain the target"
         )
-        rationale = f"The recent history ({recent}) shows no thread that leads on to {target}: {reason}."
-        return TeacherAnswer(
-            user_preferences=preferences, rationale=rationale, coherent=False, incoherence_reason=reason.capitalize() + "."
-        )
+        return f"The recent history ({recent}) shows no thread that leads on to {target}: {reason}.", reason.capitalize() + "."
     # Evidence first, the item last: the target's title is named in the closing sentence only.
     sentences = [
         _choice(OPENERS, digest, 0),
-        *_evidence_sentences(supporting, context.target, digest),
+        *_evidence_sentences(supporting, target_band, digest),
         _choice(CLOSERS, digest, 6).format(target=target, link=_link_clause(supporting)),
     ]
-    rationale = " ".join([s[0].upper() + s[1:] for s in sentences])
-    return TeacherAnswer(user_preferences=preferences, rationale=rationale, coherent=True, incoherence_reason=None)
+    return " ".join([s[0].upper() + s[1:] for s in sentences]), None
