@@ -57,7 +57,7 @@ from core.protocol import Stage, StageContext
 from core.schemas import ANNOTATIONS, FILTER_REJECTS, FILTERED
 from core.stage import RunDir
 from core.tables import part_name, parts, read_table, write_part
-from pipeline.annotators.context import GROUNDING_COLUMNS, KEY_COLUMNS, load_contexts_for_keys, paused_gc, worker_caches_dropped
+from pipeline.annotators.context import KEY_COLUMNS, load_grounding_contexts_for_keys, paused_gc, worker_caches_dropped
 from pipeline.cluster import consecutive_chunks, worker_count
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import ExampleContext
@@ -342,7 +342,7 @@ def filter_partition(run_path: str, annotations_file: str, settings: FilterSetti
         reasons = text_reasons(annotations, settings)
         todo = [number for number, reason in enumerate(reasons) if reason is None]
         keys = annotations.select(KEY_COLUMNS).take(pa.array(todo, type=pa.int64()))
-        contexts = load_contexts_for_keys(Path(run_path), keys, catalog_columns=GROUNDING_COLUMNS) if todo else {}
+        contexts = load_grounding_contexts_for_keys(Path(run_path), keys) if todo else {}
         reasons_array = pa.array(context_reasons(annotations, reasons, contexts, settings), type=pa.string())
     kept_mask = pc.is_null(reasons_array)
     kept = annotations.filter(kept_mask).cast(FILTERED)

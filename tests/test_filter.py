@@ -305,6 +305,41 @@ def test_the_context_loader_reads_exactly_the_named_examples(tmp_path):
     assert load_contexts_for_keys(run, keys.slice(0, 0)) == {}
 
 
+def test_grounding_contexts_hold_the_facts_the_grounding_rules_read(tmp_path):
+    """The filter's contexts are the shared loader's with the ratings left out and the target
+    reduced to its asin and title (what the grounding rules read), cold or warm."""
+    import dataclasses
+
+    from pipeline.annotators import context as ctx
+
+    run = tmp_path / "run"
+    make_run(run, users=30, rows_per_part=20)
+    table = pads.dataset(str(run / "sequences")).to_table(columns=ctx.CONTEXT_COLUMNS)
+    rows = table.to_pylist()
+    rows[0]["history"] = None
+    rows[1]["history"] = [{**item, "title": None} for item in rows[2]["history"]]  # the asins of row 2 under other titles
+    rows[3]["target"] = {**rows[3]["target"], "parent_asin": "NOT-IN-CATALOG", "title": None}
+    table = pa.Table.from_pylist(rows, schema=table.schema)
+    asins = [item["parent_asin"] for row in rows for item in [*(row["history"] or []), row["target"]]]
+    expected = [
+        dataclasses.replace(
+            context,
+            history=tuple(dataclasses.replace(item, rating=None) for item in context.history),
+            target=ItemFacts(context.target.parent_asin, context.target.title),
+        )
+        for context in contexts_from_rows(rows, read_item_facts(run, asins, ctx.GROUNDING_COLUMNS), {})
+    ]
+    ctx.forget_worker_caches()
+    assert ctx.grounding_contexts(run, table.slice(0, 12)) == expected[:12]
+    assert ctx.grounding_contexts(run, table) == expected
+    unchanged = expected[4::4]  # rows as the run's sequences files hold them
+    keys = pa.table({name: [context.key[n] for context in unchanged] for n, name in enumerate(KEY_COLUMNS)})
+    assert ctx.load_grounding_contexts_for_keys(run, keys) == {context.key: context for context in unchanged}
+    # History items with fields of their own take the shared loader's row path.
+    extra = pa.Table.from_pylist([{**row, "history": [{**item, "store": "Own"} for item in row["history"] or []]} for row in rows[:5]])
+    assert ctx.grounding_contexts(run, extra) is None
+
+
 FILTER_ONLY = (
     "import sys, typer; from pipeline.filter import register; app = typer.Typer(); "
     "app.callback()(lambda: None); register(app); app(sys.argv[1:])"

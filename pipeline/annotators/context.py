@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -458,6 +459,119 @@ def _contexts_from_table(run_path: Path, sequences: pa.Table, columns: tuple[str
     return contexts
 
 
+@dataclass(frozen=True)
+class HistoryPairs:
+    """The history items of a table of sequences rows, flattened, by distinct (asin, title)."""
+
+    keys: list[tuple[str, str | None]]
+    """The distinct (asin, title) pairs."""
+    item_key: np.ndarray
+    """For each flattened history item, the index of its pair in :attr:`keys`."""
+    asins: list[str]
+    """The asin of each flattened history item."""
+    starts: np.ndarray
+    """Where each row's items start in the flattened list (one more entry: the end)."""
+
+
+def history_pairs(sequences: pa.Table) -> HistoryPairs | None:
+    """The :class:`HistoryPairs` of ``sequences`` (its ``history`` column), found with Arrow and
+    NumPy: only the distinct pairs become Python objects. None when a history item or its asin
+    is missing (the row path handles those)."""
+    history = sequences.column("history").combine_chunks()
+    flat = history.flatten()
+    asin_column = pc.struct_field(flat, "parent_asin")
+    if flat.null_count or asin_column.null_count:
+        return None
+    lengths = pc.fill_null(pc.list_value_length(history), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.zeros(sequences.num_rows + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    asin_codes, asins = _codes_of(asin_column)
+    title_codes, titles = _codes_of(pc.struct_field(flat, "title"))
+    width = max(len(titles), 1)
+    pairs, item_key = np.unique(asin_codes * width + title_codes, return_inverse=True)
+    keys = [(asins[pair // width], titles[pair % width]) for pair in pairs.tolist()]
+    return HistoryPairs(keys, item_key.reshape(-1), [asins[code] for code in asin_codes.tolist()], starts)
+
+
+def _codes_of(values: pa.Array) -> tuple[np.ndarray, list[Any]]:
+    """Dictionary codes of ``values`` (nulls get a code of their own) and the distinct values."""
+    encoded = pc.dictionary_encode(values, null_encoding="encode")
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+
+
+_worker_grounding: dict[tuple[FileSignature, ...], dict[str, tuple[str | None, ItemFacts]]] = {}
+"""History facts for the grounding rules, (title, facts) by asin, for one catalog at a time."""
+
+
+def _grounding_facts(run_path: Path, keys: list[tuple[str, str | None]]) -> list[ItemFacts]:
+    """The facts of each (asin, title) as :func:`_contexts_from_table` builds them with
+    :data:`GROUNDING_COLUMNS`, but without a rating (kept per worker process by asin)."""
+    folder = Path(run_path) / "items"
+    identity = (folder_signature(folder) if folder.is_dir() else (),)
+    cache = _worker_grounding.get(identity)
+    if cache is None:
+        _worker_grounding.clear()
+        cache = _worker_grounding[identity] = {}
+    found = [entry[1] if (entry := cache.get(asin)) is not None and entry[0] == title else None for asin, title in keys]
+    missing = [key for key, facts in zip(keys, found, strict=True) if facts is None]
+    if not missing:
+        return found  # type: ignore[return-value]
+    catalog = read_catalog_facts(run_path, sorted({asin for asin, _ in missing}), GROUNDING_COLUMNS)
+    new = {
+        key: ItemFacts(key[0], *_base_with_catalog({"parent_asin": key[0], "title": key[1]}, catalog.get(key[0], NO_CATALOG_FACTS)))
+        for key in missing
+    }
+    if len(cache) + len(new) > MAX_CACHED_BASES:
+        _drop_oldest_half(cache)
+    cache.update({asin: (title, facts) for (asin, title), facts in new.items()})
+    return [new[key] if facts is None else facts for key, facts in zip(keys, found, strict=True)]
+
+
+def grounding_contexts(run_path: Path, sequences: pa.Table) -> list[ExampleContext] | None:
+    """Contexts of ``sequences`` rows as the filter's grounding rules read them: history items with
+    their title, categories and store (:data:`GROUNDING_COLUMNS`, as :func:`_contexts_from_table`
+    gives them) but no rating, and the target with its asin and title only.
+
+    Each distinct (asin, title) of the history is one facts object for all its rows, found
+    column-wise (:func:`history_pairs`). None where the history items carry fields beyond
+    :data:`PLAIN_HISTORY_FIELDS` or miss their asin (the row path applies).
+    """
+    history_type = sequences.schema.field("history").type.value_type
+    if {field.name for field in history_type} - PLAIN_HISTORY_FIELDS:
+        return None
+    pairs = history_pairs(sequences)
+    if pairs is None:
+        return None
+    facts = _grounding_facts(run_path, pairs.keys)
+    items = [facts[key] for key in pairs.item_key.tolist()]
+    target = sequences.column("target")
+    starts = pairs.starts.tolist()
+    return [
+        ExampleContext(user_id=user_id, split=split, history=tuple(items[start:end]), target=ItemFacts(asin, title or ""))
+        for user_id, split, asin, title, start, end in zip(
+            sequences.column("user_id").to_pylist(),
+            sequences.column("split").to_pylist(),
+            pc.struct_field(target, "parent_asin").to_pylist(),
+            pc.struct_field(target, "title").to_pylist(),
+            starts[:-1],
+            starts[1:],
+            strict=True,
+        )
+    ]
+
+
+def load_grounding_contexts_for_keys(run_path: Path, keys: pa.Table) -> dict[tuple[str, str, str], ExampleContext]:
+    """:func:`grounding_contexts` of the examples named by ``keys``, by key (the filter's loader;
+    the rows are found as :func:`load_contexts_for_keys` finds them, which it falls back to)."""
+    sequences = sequences_for_keys(Path(run_path), keys)
+    if sequences.num_rows == 0:
+        return {}
+    contexts = grounding_contexts(Path(run_path), sequences)
+    if contexts is None:
+        return load_contexts_for_keys(run_path, keys, catalog_columns=GROUNDING_COLUMNS)
+    return {context.key: context for context in contexts}
+
+
 def load_contexts(run_path: Path, sequences: pa.Table, review_titles: bool = True) -> list[ExampleContext]:
     """Contexts for a table of sequences rows, enriched from the run's items and interactions.
 
@@ -573,7 +687,7 @@ def forget_worker_caches() -> None:
     template_columns.forget_bases()
     for cached in (_context_columns, _catalog, _key_index):
         cached.cache_clear()
-    for table in (_worker_bases, _worker_facts, _worker_history, _worker_targets, _shared_paths, template._worker_memo):
+    for table in (_worker_bases, _worker_facts, _worker_history, _worker_targets, _worker_grounding, _shared_paths, template._worker_memo):
         table.clear()
     for module in (template, hostile, grounding, partition):
         for value in vars(module).values():

@@ -23,7 +23,6 @@ import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +36,7 @@ from pipeline.annotators.context import (
     NO_CATALOG_FACTS,
     PLAIN_HISTORY_FIELDS,
     _non_empty,
+    history_pairs,
     read_catalog_facts,
     shared_path,
 )
@@ -181,12 +181,6 @@ def _target_base(base: ItemBase, own_categories: list[str | None] | None, own_st
     return _item_base(base.title, categories, store, base.price, base.features)
 
 
-def _codes_of(values: pa.Array) -> tuple[np.ndarray, list[Any]]:
-    """Dictionary codes of ``values`` (nulls get a code of their own) and the distinct values."""
-    encoded = pc.dictionary_encode(values, null_encoding="encode")
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
-
-
 @dataclass
 class TemplateAnswers:
     """The template's answers for the rows of a partition, column by column."""
@@ -204,36 +198,29 @@ def template_answers(run_path: Path, sequences: pa.Table, seed: int) -> Template
     history_type = sequences.schema.field("history").type.value_type
     if {field.name for field in history_type} - PLAIN_HISTORY_FIELDS:
         return None
-    history = sequences.column("history").combine_chunks()
-    flat = history.flatten()
+    pairs = history_pairs(sequences)
     target = sequences.column("target").combine_chunks()
     target_asins = pc.struct_field(target, "parent_asin")
-    if flat.null_count or target.null_count or pc.struct_field(flat, "parent_asin").null_count or target_asins.null_count:
+    if pairs is None or target.null_count or target_asins.null_count:
         return None
     rows = sequences.num_rows
-    lengths = pc.fill_null(pc.list_value_length(history), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    starts = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    entry_row = np.repeat(np.arange(rows, dtype=np.int64), lengths)
-    position = np.arange(len(flat), dtype=np.int64) - starts[entry_row]
+    starts = pairs.starts
+    entry_row = np.repeat(np.arange(rows, dtype=np.int64), np.diff(starts))
+    position = np.arange(len(entry_row), dtype=np.int64) - starts[entry_row]
 
     # One base per distinct (asin, title) of the history, then one per row for the target.
-    asin_codes, asins = _codes_of(pc.struct_field(flat, "parent_asin"))
-    title_codes, titles = _codes_of(pc.struct_field(flat, "title"))
-    width = max(len(titles), 1)
-    pairs, history_unique = np.unique(asin_codes * width + title_codes, return_inverse=True)
-    history_keys = [(asins[pair // width], titles[pair % width]) for pair in pairs.tolist()]
+    history_keys, history_unique = pairs.keys, pairs.item_key
     target_asin_list = target_asins.to_pylist()
     target_keys = list(zip(target_asin_list, pc.struct_field(target, "title").to_pylist(), strict=True))
     found = _history_bases(Path(run_path), [*history_keys, *target_keys])
     own = zip(pc.struct_field(target, "categories").to_pylist(), pc.struct_field(target, "store").to_pylist(), strict=True)
-    target_bases = [_target_base(base, categories, store) for base, (categories, store) in zip(found[len(pairs) :], own, strict=True)]
-    bases = [*found[: len(pairs)], *target_bases]
+    distinct = len(history_keys)
+    target_bases = [_target_base(base, categories, store) for base, (categories, store) in zip(found[distinct:], own, strict=True)]
+    bases = [*found[:distinct], *target_bases]
     if any(len(base.path_codes) > MAX_PATH_LEVELS for base in bases):
         return None
-    history_unique = history_unique.reshape(-1)
-    target_unique = np.arange(len(pairs), len(pairs) + rows, dtype=np.int64)
-    rating_column = pc.struct_field(flat, "rating")
+    target_unique = np.arange(distinct, distinct + rows, dtype=np.int64)
+    rating_column = pc.struct_field(sequences.column("history").combine_chunks().flatten(), "rating")
     rated = pc.is_valid(rating_column).to_numpy(zero_copy_only=False)
     ratings = pc.fill_null(rating_column, 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
 
@@ -241,7 +228,7 @@ def template_answers(run_path: Path, sequences: pa.Table, seed: int) -> Template
     links = _named_links(bases, codes, history_unique, target_unique, entry_row, position)
     preferences = _preferences(codes[history_unique], entry_row, ratings, rated, rows)
 
-    flat_asins = [asins[code] for code in asin_codes.tolist()]
+    flat_asins = pairs.asins
     flat_ratings = [rating if valid else None for rating, valid in zip(ratings.tolist(), rated.tolist(), strict=True)]
     flat_bases = [bases[unique] for unique in history_unique.tolist()]
     prefix = [template.TEMPLATE_VERSION, str(seed)]
