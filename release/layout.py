@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -168,21 +169,37 @@ def join_release_rows(sequences: pa.Table, filtered: pa.Table, schema: pa.Schema
 
 
 def mentioned_items(splits: Iterable[pa.Table]) -> pa.Array:
-    """The distinct ``parent_asin`` of every item the release rows mention (history, target or candidate)."""
-    asins: list[pa.Array] = []
+    """The distinct ``parent_asin`` of every item the release rows mention (history, target or candidate).
+
+    Dictionary-encoded ids (the streaming builder's rows) are read through their dictionaries:
+    the entries used are marked per distinct dictionary (the chunks of one join share a few), and
+    only those entries are hashed once.
+    """
+    plain: list[pa.Array] = []
+    used: dict[tuple[int, ...], tuple[pa.Array, np.ndarray]] = {}
     for table in splits:
-        asins.append(pc.struct_field(pc.list_flatten(table["history"]), "parent_asin"))
-        asins.append(pc.struct_field(pc.list_flatten(table["candidates"]), "parent_asin"))
-        asins.append(pc.struct_field(table["target"], "parent_asin"))
-    return pc.unique(pa.chunked_array([_plain(a) for chunk in asins for a in _chunks(chunk)], pa.string()))
-
-
-def _plain(array: pa.Array) -> pa.Array:
-    """The distinct values of ``array`` where it is dictionary-encoded (the streaming builder's
-    rows: the dictionary entries it uses), else ``array`` itself."""
-    if isinstance(array, pa.DictionaryArray):
-        return array.dictionary.take(pc.unique(array.indices))
-    return array
+        for ids in (
+            pc.struct_field(pc.list_flatten(table["history"]), "parent_asin"),
+            pc.struct_field(pc.list_flatten(table["candidates"]), "parent_asin"),
+            pc.struct_field(table["target"], "parent_asin"),
+        ):
+            for chunk in _chunks(ids):
+                if not isinstance(chunk, pa.DictionaryArray):
+                    plain.append(chunk)
+                    continue
+                dictionary = chunk.dictionary
+                key = (
+                    dictionary.offset,
+                    len(dictionary),
+                    *(buffer.address if buffer is not None else 0 for buffer in dictionary.buffers()),
+                )
+                if (entry := used.get(key)) is None:
+                    entry = used[key] = (dictionary, np.zeros(len(dictionary), dtype=bool))
+                entry[1][pc.drop_null(chunk.indices).to_numpy(zero_copy_only=False)] = True
+                if chunk.null_count:
+                    plain.append(pa.nulls(1, pa.string()))  # a missing id is "mentioned", as in plain rows
+    plain.extend(dictionary.filter(pa.array(marked)) for dictionary, marked in used.values())
+    return pc.unique(pa.chunked_array(plain, pa.string()))
 
 
 def catalog_of(items: pa.Table, wanted: pa.Array) -> pa.Table:

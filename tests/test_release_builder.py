@@ -275,3 +275,36 @@ def test_the_released_catalog_holds_exactly_the_items_the_rows_mention(tmp_path)
         mentioned |= set(pc.struct_field(rows["target"], "parent_asin").to_pylist())
     assert released == mentioned & set(items["parent_asin"].to_pylist())
     assert domain.items.num_rows == len(released) < items.num_rows + unused.num_rows
+
+
+def test_mentioned_items_of_dictionary_encoded_rows_equal_those_of_the_decoded_rows():
+    """The items a release names, read through the dictionaries of encoded ids (shared by
+    several chunks, sliced, with unused entries and null ids), are those of the plain rows."""
+    from core.schemas import RELEASE_ROW
+    from release.layout import mentioned_items
+    from release.shards import with_dictionary_leaves
+
+    rng = random.Random(3)
+    asins = [f"B{n:09d}" for n in range(50)]
+
+    def row(n: int) -> dict:
+        def item(asin: str | None) -> dict:
+            return {"parent_asin": asin, "title": f"title of {asin}"}
+
+        history = [{**item(rng.choice(asins)), "rating": 5.0, "timestamp": 1} for _ in range(rng.randint(0, 4))]
+        candidates = [item(rng.choice([*asins[:20], None])) for _ in range(5)]
+        return {
+            "user_id": f"U{n}",
+            "split": "test",
+            "history": history,
+            "target": {**item(asins[n % 7]), "rating": 4.0, "timestamp": 2},
+            "candidates": candidates,
+        }
+
+    plain = pa.Table.from_pylist([row(n) for n in range(40)], schema=RELEASE_ROW)
+    encoded = plain.cast(with_dictionary_leaves(RELEASE_ROW))
+    pieces = [encoded.slice(0, 15), encoded.slice(15, 10), pa.concat_tables([encoded.slice(25), encoded.slice(30, 3)])]
+    expected = sorted(mentioned_items([piece.cast(RELEASE_ROW) for piece in pieces]).to_pylist(), key=str)
+    assert sorted(mentioned_items(pieces).to_pylist(), key=str) == expected
+    assert sorted(mentioned_items([plain]).to_pylist(), key=str) == expected
+    assert None in expected and len(expected) > 20
