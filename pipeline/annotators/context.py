@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from core.runtime import give_back_memory, one_slot_cache, paused_gc, thaw_collected
+from core.runtime import one_slot_cache, paused_gc, thaw_collected
 from core.schemas import TABLE_SCHEMAS
 from core.tables import FileSignature, dataset, folder_signature, parts
 from pipeline.annotators.template import MAX_MEMO_ITEMS
@@ -678,8 +678,9 @@ def forget_worker_caches() -> None:
     Run on each worker (``client.run``) when a stage that fills them ends: the workers of one
     `rrec run` go on to the next stages, and at 14M reviews these caches (a sequences part's
     columns, the catalog, the key index, item facts and words) held 2-3 GB per worker through
-    the release. The freed memory goes back to the system too (:func:`give_back_memory`). Returns nothing
-    (``client.run`` sends the result back).
+    the release. Returns nothing (``client.run`` sends the result back). The freed memory goes back
+    to the system when the stage ends (``core.protocol.Stage.execute`` runs
+    :func:`core.runtime.give_back_memory` on every worker after every stage).
     """
     from pipeline.annotators import template, template_columns
     from pipeline.text_rules import grounding, hostile, partition
@@ -694,7 +695,6 @@ def forget_worker_caches() -> None:
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
     thaw_collected()
-    give_back_memory()
 
 
 @contextlib.contextmanager
