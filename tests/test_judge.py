@@ -178,3 +178,29 @@ def test_judge_scores_a_file_of_generated_rationales_against_the_run(filtered_ru
     assert summary["sample_size"] == 6 and sum(summary["score_distribution"].values()) == 6
     assert json.loads(output.with_suffix(".json").read_text())["judge"] == "heuristic"
     assert not (filtered_run / "judge").exists(), "the run's own judge stage is untouched"
+
+
+def test_the_sample_is_the_keys_with_the_smallest_seeded_hashes(tmp_path):
+    """choose_sample (hashes inline, partial sort) picks what sorting every key by sample_rank picks,
+    and never a row without a rationale."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.schemas import FILTERED
+    from pipeline.annotators.judging import choose_sample, sample_rank
+
+    rows = [
+        {
+            "user_id": f"U{n % 97}",
+            "split": ["train", "validation", "test"][n % 3],
+            "target_parent_asin": f"B{n:09d}",
+            "rationale": None if n % 11 == 0 else ("" if n % 13 == 0 else "why"),
+        }
+        for n in range(600)
+    ]
+    (tmp_path / "filtered").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=FILTERED), tmp_path / "filtered" / "part-00000.parquet")
+    eligible = [(r["user_id"], r["split"], r["target_parent_asin"]) for r in rows if r["rationale"]]
+    for seed, size in ((0, 25), (7, 25), (7, 1000)):
+        assert choose_sample(tmp_path / "filtered", size, seed) == set(sorted(eligible, key=lambda key: sample_rank(seed, *key))[:size])
+    assert choose_sample(tmp_path / "filtered", 25, 0) != choose_sample(tmp_path / "filtered", 25, 7)
