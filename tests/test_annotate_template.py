@@ -542,3 +542,25 @@ def test_columnar_template_equals_the_reference_on_a_run_and_falls_back_where_it
     assert template_columns.template_answers(run, table, 0) is None
     extra = pa.Table.from_pylist([{**row, "history": [{**item, "store": "Own"} for item in row["history"] or []]} for row in rows[:5]])
     assert template_columns.template_answers(run, extra, 0) is None
+
+
+def test_columnar_template_code_tables_stay_bounded_and_answers_unchanged(tmp_path, monkeypatch):
+    """A catalog of endless distinct stores and categories cannot grow the worker's code tables
+    past their bound; starting afresh between partitions never changes an answer."""
+    from pipeline.annotators import template_columns
+
+    contexts = []
+    for user in range(200):
+        items = [
+            ItemFacts(f"B{user:05d}{k}", f"Item {user} {k} green tea", ("Grocery", f"Shelf {user}-{k // 2}"), f"Store {user}", 5.0, (), 5.0)
+            for k in range(3)
+        ]
+        contexts.append(ExampleContext(f"U{user}", "train", tuple(items[:2]), items[2]))
+    table = _write_hostile_run(tmp_path, contexts, own_target_facts=False)
+    expected = _reference_answers(tmp_path, table, 1)
+    monkeypatch.setattr(template_columns, "MAX_CODES", 100)
+    template_columns.forget_bases()
+    for start in range(0, 200, 50):
+        assert _columnar_answers(tmp_path, table.slice(start, 50), 1) == expected[start : start + 50]
+    assert 50 < len(template_columns._codes) <= 200  # the last partition's codes, not all 400 and more
+    assert all(coherent for _, _, coherent, _ in expected)

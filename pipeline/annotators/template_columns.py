@@ -93,6 +93,11 @@ _name_codes: dict[str, int] = {}
 """Codes of store and category names as written (the preferences name them)."""
 _names: list[str] = []
 """The name of each code of :data:`_name_codes`."""
+MAX_CODES = 1 << 20
+"""Most codes of either table a worker keeps: past it, the bases and codes start afresh before the
+next partition (a real catalog has a few thousand categories and at most some 100k stores; a
+hostile one cannot grow the tables without bound). Never within a partition: its bases must share
+one numbering."""
 
 
 def forget_bases() -> None:
@@ -143,8 +148,8 @@ def _bases_for(run_path: Path) -> dict[str, tuple[str | None, ItemBase]]:
     folder = Path(run_path) / "items"
     identity = (folder_signature(folder) if folder.is_dir() else (),)
     bases = _worker_bases.get(identity)
-    if bases is None:
-        forget_bases()  # another catalog: the codes start afresh too
+    if bases is None or len(_codes) > MAX_CODES or len(_names) > MAX_CODES:
+        forget_bases()  # another catalog (or full tables): the codes start afresh too
         bases = _worker_bases[identity] = {}
     return bases
 
