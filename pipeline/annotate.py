@@ -49,11 +49,12 @@ from pipeline.annotators.annotation_rows import (
     template_rows,
 )
 from pipeline.annotators.cache import CACHE_FILE, CachedAnswer, stop_when_full
-from pipeline.annotators.context import PartitionSpec, plan_partitions, worker_caches_dropped
+from pipeline.annotators.context import PartitionSpec, plan_partitions
 from pipeline.annotators.openai_batch import BatchOptions
 from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, resolve_api_key
 from pipeline.annotators.pricing import PriceTable
 from pipeline.annotators.send_loop import LLMCall, accounting, answer_requests, offline_accounting, unique_uncached, usage_of
+from pipeline.annotators.worker_caches import worker_caches_dropped
 from pipeline.cluster import consecutive_chunks, worker_count
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import (

@@ -42,7 +42,6 @@ from core.protocol import Stage, StageContext, StageResult
 from core.stage import RunDir
 from core.tables import part_name, parts, read_table, write_part
 from pipeline.annotators.cache import CACHE_FILE, request_hash, stop_when_full
-from pipeline.annotators.context import worker_caches_dropped
 from pipeline.annotators.judging import (
     JUDGE_PROMPT_VERSION,
     JUDGE_RESPONSE_FORMAT,
@@ -60,6 +59,7 @@ from pipeline.annotators.judging import (
 from pipeline.annotators.openai_chat import ChatClientSettings, ChatOptions, ChatRequest, resolve_api_key
 from pipeline.annotators.pricing import PriceTable, estimate_tokens
 from pipeline.annotators.send_loop import LLMCall, accounting, answer_requests, offline_accounting, usage_of
+from pipeline.annotators.worker_caches import worker_caches_dropped
 from pipeline.cluster import consecutive_chunks, worker_count
 from pipeline.stage_command import run_stage_command
 from pipeline.teacher_prompt import AnswerParseError, ExampleContext

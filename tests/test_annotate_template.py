@@ -14,6 +14,7 @@ from annotation_data import make_run
 from core.stage import StageError
 from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.annotators import template
+from pipeline.annotators.worker_caches import forget_worker_caches
 from pipeline.filter import FilterSettings, run_filter
 from pipeline.teacher_prompt import PROMPT_VERSION, SYSTEM_PROMPT, ExampleContext, ItemFacts, build_messages, parse_answer
 
@@ -343,10 +344,10 @@ def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_
     rows = make_run(run)
     # The worker-side work fills the caches (checked here in this process with the same functions;
     # earlier tests of this process may have filled them already).
-    context.forget_worker_caches()
+    forget_worker_caches()
     context.read_item_facts(run, [rows[0]["target"]["parent_asin"]])
     assert context._catalog.cache_info().currsize == 1
-    context.forget_worker_caches()
+    forget_worker_caches()
     assert context._catalog.cache_info().currsize == 0
 
     run_annotate(run, AnnotateSettings(partition_rows=10), dask_client)
@@ -363,7 +364,7 @@ def test_items_share_one_interned_tuple_per_category_path_and_the_table_stays_bo
     grow the table past its bound."""
     from pipeline.annotators import context
 
-    context.forget_worker_caches()
+    forget_worker_caches()
     first = context.shared_path(tuple(["Grocery & Gourmet Food", "Snacks"]))
     second = context.shared_path(tuple(["Grocery & Gourmet Food", "Snacks"]))
     assert first is second and first == ("Grocery & Gourmet Food", "Snacks")
@@ -371,7 +372,7 @@ def test_items_share_one_interned_tuple_per_category_path_and_the_table_stays_bo
     paths = [context.shared_path((f"category {n}",)) for n in range(50)]
     assert [p[0] for p in paths] == [f"category {n}" for n in range(50)]
     assert len(context._shared_paths) <= 8
-    context.forget_worker_caches()
+    forget_worker_caches()
     assert not context._shared_paths
 
 

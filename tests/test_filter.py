@@ -311,6 +311,7 @@ def test_grounding_contexts_hold_the_facts_the_grounding_rules_read(tmp_path):
     import dataclasses
 
     from pipeline.annotators import context as ctx
+    from pipeline.annotators.worker_caches import forget_worker_caches
 
     run = tmp_path / "run"
     make_run(run, users=30, rows_per_part=20)
@@ -329,7 +330,7 @@ def test_grounding_contexts_hold_the_facts_the_grounding_rules_read(tmp_path):
         )
         for context in contexts_from_rows(rows, read_item_facts(run, asins, ctx.GROUNDING_COLUMNS), {})
     ]
-    ctx.forget_worker_caches()
+    forget_worker_caches()
     assert ctx.grounding_contexts(run, table.slice(0, 12)) == expected[:12]
     assert ctx.grounding_contexts(run, table) == expected
     unchanged = expected[4::4]  # rows as the run's sequences files hold them

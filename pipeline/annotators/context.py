@@ -12,13 +12,11 @@ the data only, so the outputs never depend on how many Dask workers run them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from core.runtime import one_slot_cache, paused_gc, thaw_collected
+from core.runtime import one_slot_cache, paused_gc
 from core.schemas import TABLE_SCHEMAS
 from core.tables import FileSignature, dataset, folder_signature, parts
 from pipeline.annotators.template import MAX_MEMO_ITEMS
@@ -672,42 +670,9 @@ def load_contexts_for_keys(
     return {context.key: context for context in contexts_from_rows(rows, catalog, titles)}
 
 
-def forget_worker_caches() -> None:
-    """Drop every per-process cache of the context loader, the template and the filter rules.
-
-    Run on each worker (``client.run``) when a stage that fills them ends: the workers of one
-    `rrec run` go on to the next stages, and at 14M reviews these caches (a sequences part's
-    columns, the catalog, the key index, item facts and words) held 2-3 GB per worker through
-    the release. Returns nothing (``client.run`` sends the result back). The freed memory goes back
-    to the system when the stage ends (``core.protocol.Stage.execute`` runs
-    :func:`core.runtime.give_back_memory` on every worker after every stage).
-    """
-    from pipeline.annotators import template, template_columns
-    from pipeline.text_rules import grounding, hostile, partition
-
-    template_columns.forget_bases()
+def forget_context_caches() -> None:
+    """Drop this process's caches of the context loader (see ``worker_caches.forget_worker_caches``)."""
     for cached in (_context_columns, _catalog, _key_index):
         cached.cache_clear()
-    for table in (_worker_bases, _worker_facts, _worker_history, _worker_targets, _worker_grounding, _shared_paths, template._worker_memo):
+    for table in (_worker_bases, _worker_facts, _worker_history, _worker_targets, _worker_grounding, _shared_paths):
         table.clear()
-    for module in (template, hostile, grounding, partition):
-        for value in vars(module).values():
-            if callable(getattr(value, "cache_clear", None)):
-                value.cache_clear()
-    thaw_collected()
-
-
-@contextlib.contextmanager
-def worker_caches_dropped(client: Any) -> Iterator[None]:
-    """Run the body, then :func:`forget_worker_caches` on every worker of ``client`` (None: nothing to do).
-
-    A failure to reach the workers is logged, never raised over the body's own outcome.
-    """
-    try:
-        yield
-    finally:
-        if client is not None:
-            try:
-                client.run(forget_worker_caches)
-            except Exception as error:  # the stage's own outcome matters more than this cleanup
-                log.warning("could not drop the workers' caches: %s", error)

@@ -101,7 +101,7 @@ one numbering."""
 
 
 def forget_bases() -> None:
-    """Drop this process's item bases and codes (see ``context.forget_worker_caches``)."""
+    """Drop this process's item bases and codes (see ``worker_caches.forget_worker_caches``)."""
     _worker_bases.clear()
     _codes.clear()
     _name_codes.clear()
