@@ -53,7 +53,9 @@ def cpu_breakdown(stage: object, run: Path, files: list[Path]) -> dict[str, floa
     for file in files:
         annotations = pads.dataset(str(file), format="parquet", schema=stage.ANNOTATIONS).to_table()
         started = time.process_time()
-        if hasattr(stage, "load_contexts_for_keys"):  # the current code
+        if hasattr(stage, "load_grounding_contexts_for_keys"):  # the current code
+            contexts = stage.load_grounding_contexts_for_keys(run, annotations)
+        elif hasattr(stage, "load_contexts_for_keys"):  # the tenth session's shared loader
             contexts = stage.load_contexts_for_keys(run, annotations, catalog_columns=stage.GROUNDING_COLUMNS)
         else:  # the baseline: its own per-stage loader
             contexts = stage._contexts_for(run, annotations)

@@ -57,7 +57,8 @@ from core.protocol import Stage, StageContext
 from core.schemas import ANNOTATIONS, FILTER_REJECTS, FILTERED
 from core.stage import RunDir
 from core.tables import part_name, parts, read_table, write_part
-from pipeline.annotators.context import KEY_COLUMNS, load_grounding_contexts_for_keys, paused_gc
+from pipeline.annotators.context import KEY_COLUMNS, paused_gc
+from pipeline.annotators.grounding_contexts import load_grounding_contexts_for_keys
 from pipeline.annotators.worker_caches import worker_caches_dropped
 from pipeline.cluster import consecutive_chunks, worker_count
 from pipeline.stage_command import run_stage_command

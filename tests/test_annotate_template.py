@@ -13,7 +13,7 @@ from annotation_data import make_run
 
 from core.stage import StageError
 from pipeline.annotate import AnnotateSettings, run_annotate
-from pipeline.annotators import template
+from pipeline.annotators import catalog, template
 from pipeline.annotators.worker_caches import forget_worker_caches
 from pipeline.filter import FilterSettings, run_filter
 from pipeline.teacher_prompt import PROMPT_VERSION, SYSTEM_PROMPT, ExampleContext, ItemFacts, build_messages, parse_answer
@@ -244,7 +244,8 @@ def test_template_fast_path_equals_the_reference_on_hostile_examples():
 
 
 def test_contexts_share_item_facts_and_equal_the_per_item_reference(tmp_path):
-    from pipeline.annotators.context import _facts, contexts_from_rows, read_item_facts
+    from pipeline.annotators.catalog import read_item_facts
+    from pipeline.annotators.context import _facts, contexts_from_rows
 
     catalog = {
         "A": {"parent_asin": "A", "categories": ["Food", "", "Tea"], "store": "Leaf", "price": 4.0, "features": ["x", ""]},
@@ -297,14 +298,14 @@ def test_columnar_contexts_with_worker_caches_equal_the_row_reference(tmp_path):
     rows[4]["history"] = [{**item, "title": None, "rating": None} for item in rows[4]["history"]]
     table = pa.Table.from_pylist(rows, schema=table.schema)
     asins = [item["parent_asin"] for row in rows for item in [*(row["history"] or []), row["target"]]]
-    expected = ctx.contexts_from_rows(rows, ctx.read_item_facts(run, asins), {})
+    expected = ctx.contexts_from_rows(rows, catalog.read_item_facts(run, asins), {})
     assert ctx._contexts_from_table(run, table.slice(0, 9)) == expected[:9]  # cold worker caches
     assert ctx._contexts_from_table(run, table) == expected  # partly warm
     assert ctx._contexts_from_table(run, table.slice(9)) == expected[9:]
     assert ctx.load_contexts(run, table, review_titles=False) == expected
     # The filter's narrower catalog columns: its own worker caches, the same contexts as the rows.
-    grounding = ctx.contexts_from_rows(rows, ctx.read_item_facts(run, asins, ctx.GROUNDING_COLUMNS), {})
-    assert ctx._contexts_from_table(run, table, ctx.GROUNDING_COLUMNS) == grounding != expected
+    grounding = ctx.contexts_from_rows(rows, catalog.read_item_facts(run, asins, catalog.GROUNDING_COLUMNS), {})
+    assert ctx._contexts_from_table(run, table, catalog.GROUNDING_COLUMNS) == grounding != expected
     assert ctx._contexts_from_table(run, table) == expected
     # A history with extra fields (a catalog fact of its own) takes the row path.
     extra = pa.Table.from_pylist([{**row, "history": [{**item, "store": "Own"} for item in row["history"] or []]} for row in rows[:5]])
@@ -321,19 +322,19 @@ def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_
     def held() -> int:
         import gc
 
-        from pipeline.annotators import context, template, template_columns
+        from pipeline.annotators import catalog, template, template_columns
         from pipeline.text_rules import grounding
 
         return (
             gc.get_freeze_count()  # objects kept out of collection while the caches grew
             + sum(f.cache_info().currsize for f in vars(grounding).values() if hasattr(f, "cache_info"))  # the filter's title facts
             + context._context_columns.cache_info().currsize
-            + context._catalog.cache_info().currsize
+            + catalog._catalog.cache_info().currsize
             + context._key_index.cache_info().currsize
             + template._content_words.cache_info().currsize
             + template._item_words.cache_info().currsize
             + len(context._worker_history)
-            + len(context._shared_paths)
+            + len(catalog._shared_paths)
             + len(template._worker_memo)
             + len(template_columns._worker_bases)
             + len(template_columns._codes)
@@ -345,10 +346,10 @@ def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_
     # The worker-side work fills the caches (checked here in this process with the same functions;
     # earlier tests of this process may have filled them already).
     forget_worker_caches()
-    context.read_item_facts(run, [rows[0]["target"]["parent_asin"]])
-    assert context._catalog.cache_info().currsize == 1
+    catalog.read_item_facts(run, [rows[0]["target"]["parent_asin"]])
+    assert catalog._catalog.cache_info().currsize == 1
     forget_worker_caches()
-    assert context._catalog.cache_info().currsize == 0
+    assert catalog._catalog.cache_info().currsize == 0
 
     run_annotate(run, AnnotateSettings(partition_rows=10), dask_client)
     assert set(dask_client.run(held).values()) == {0}
@@ -362,18 +363,16 @@ def test_items_share_one_interned_tuple_per_category_path_and_the_table_stays_bo
     """The worker caches hold a few hundred thousand items that share a few thousand category
     paths: equal paths come back as one tuple, and hostile catalogs of distinct paths cannot
     grow the table past its bound."""
-    from pipeline.annotators import context
-
     forget_worker_caches()
-    first = context.shared_path(tuple(["Grocery & Gourmet Food", "Snacks"]))
-    second = context.shared_path(tuple(["Grocery & Gourmet Food", "Snacks"]))
+    first = catalog.shared_path(tuple(["Grocery & Gourmet Food", "Snacks"]))
+    second = catalog.shared_path(tuple(["Grocery & Gourmet Food", "Snacks"]))
     assert first is second and first == ("Grocery & Gourmet Food", "Snacks")
-    monkeypatch.setattr(context, "MAX_SHARED_PATHS", 8)
-    paths = [context.shared_path((f"category {n}",)) for n in range(50)]
+    monkeypatch.setattr(catalog, "MAX_SHARED_PATHS", 8)
+    paths = [catalog.shared_path((f"category {n}",)) for n in range(50)]
     assert [p[0] for p in paths] == [f"category {n}" for n in range(50)]
-    assert len(context._shared_paths) <= 8
+    assert len(catalog._shared_paths) <= 8
     forget_worker_caches()
-    assert not context._shared_paths
+    assert not catalog._shared_paths
 
 
 def test_item_words_equal_the_keywords_and_title_keywords_of_each_item():
@@ -401,7 +400,7 @@ def test_catalog_facts_read_by_column_equal_the_row_reference(tmp_path):
     from core.schemas import TABLE_SCHEMAS
     from pipeline.annotators import context as ctx
 
-    catalog = [
+    catalog_rows = [
         {"parent_asin": "A", "categories": ["Food", "", "Tea"], "store": "Leaf", "price": 4.0, "features": ["x", ""]},
         {"parent_asin": "B", "categories": [], "main_category": "Food", "store": None, "price": None, "features": None},
         {"parent_asin": "C", "categories": None, "main_category": None, "store": "", "price": 12.0, "features": []},
@@ -409,7 +408,7 @@ def test_catalog_facts_read_by_column_equal_the_row_reference(tmp_path):
         {"parent_asin": "D", "categories": ["Food", "Oats"], "store": "Mill", "price": 2.0, "features": ["rolled"]},  # the last wins
     ]
     (tmp_path / "items").mkdir()
-    table = pa.Table.from_pylist([{"title": "t", **row} for row in catalog], schema=TABLE_SCHEMAS["items"])
+    table = pa.Table.from_pylist([{"title": "t", **row} for row in catalog_rows], schema=TABLE_SCHEMAS["items"])
     pq.write_table(table, tmp_path / "items" / "part-00000.parquet")
     items = [
         {"parent_asin": asin, "title": title, **own}
@@ -418,14 +417,14 @@ def test_catalog_facts_read_by_column_equal_the_row_reference(tmp_path):
         for own in [{}, {"categories": ["Own", ""], "store": "Shop"}, {"categories": [], "store": ""}, {"categories": None}]
     ]
     asins = sorted({item["parent_asin"] for item in items})
-    for columns in (ctx.ITEM_FACT_COLUMNS, ctx.GROUNDING_COLUMNS):
-        rows = ctx.read_item_facts(tmp_path, asins, columns)
-        facts = ctx.read_catalog_facts(tmp_path, asins, columns)
+    for columns in (catalog.ITEM_FACT_COLUMNS, catalog.GROUNDING_COLUMNS):
+        rows = catalog.read_item_facts(tmp_path, asins, columns)
+        facts = catalog.read_catalog_facts(tmp_path, asins, columns)
         assert set(facts) == {"A", "B", "C", "D"}
         for item in items:
             expected = ctx._item_base(item, rows)
-            assert ctx._base_with_catalog(item, facts.get(item["parent_asin"], ctx.NO_CATALOG_FACTS)) == expected
-    assert ctx.read_catalog_facts(tmp_path, []) == {} and ctx.read_catalog_facts(tmp_path / "none", asins) == {}
+            assert catalog.base_with_catalog(item, facts.get(item["parent_asin"], catalog.NO_CATALOG_FACTS)) == expected
+    assert catalog.read_catalog_facts(tmp_path, []) == {} and catalog.read_catalog_facts(tmp_path / "none", asins) == {}
 
 
 def _reference_answers(run, table, seed: int) -> list[tuple[str, str, bool, str]]:
@@ -435,7 +434,7 @@ def _reference_answers(run, table, seed: int) -> list[tuple[str, str, bool, str]
 
     rows = table.to_pylist()
     asins = [item["parent_asin"] for row in rows for item in [*(row["history"] or []), row["target"]]]
-    contexts = ctx.contexts_from_rows(rows, ctx.read_item_facts(run, asins), {})
+    contexts = ctx.contexts_from_rows(rows, catalog.read_item_facts(run, asins), {})
     answers = [template.annotate(context, seed) for context in contexts]
     return [
         (answer.user_preferences, answer.rationale, answer.coherent, template_request_hash(context, seed, answer))

@@ -20,7 +20,10 @@ from test_hostile_filter import CASES, annotation_row, case_texts, forward_ratio
 from core.schemas import ANNOTATIONS
 from core.stage import RunDir
 from pipeline.annotate import AnnotateSettings, run_annotate
-from pipeline.annotators.context import KEY_COLUMNS, contexts_from_rows, load_contexts_for_keys, read_item_facts
+from pipeline.annotators import catalog
+from pipeline.annotators import grounding_contexts as grounding
+from pipeline.annotators.catalog import read_item_facts
+from pipeline.annotators.context import KEY_COLUMNS, contexts_from_rows, load_contexts_for_keys
 from pipeline.filter import (
     FULL_SCREEN,
     REASONS,
@@ -328,17 +331,17 @@ def test_grounding_contexts_hold_the_facts_the_grounding_rules_read(tmp_path):
             history=tuple(dataclasses.replace(item, rating=None) for item in context.history),
             target=ItemFacts(context.target.parent_asin, context.target.title),
         )
-        for context in contexts_from_rows(rows, read_item_facts(run, asins, ctx.GROUNDING_COLUMNS), {})
+        for context in contexts_from_rows(rows, read_item_facts(run, asins, catalog.GROUNDING_COLUMNS), {})
     ]
     forget_worker_caches()
-    assert ctx.grounding_contexts(run, table.slice(0, 12)) == expected[:12]
-    assert ctx.grounding_contexts(run, table) == expected
+    assert grounding.grounding_contexts(run, table.slice(0, 12)) == expected[:12]
+    assert grounding.grounding_contexts(run, table) == expected
     unchanged = expected[4::4]  # rows as the run's sequences files hold them
     keys = pa.table({name: [context.key[n] for context in unchanged] for n, name in enumerate(KEY_COLUMNS)})
-    assert ctx.load_grounding_contexts_for_keys(run, keys) == {context.key: context for context in unchanged}
+    assert grounding.load_grounding_contexts_for_keys(run, keys) == {context.key: context for context in unchanged}
     # History items with fields of their own take the shared loader's row path.
     extra = pa.Table.from_pylist([{**row, "history": [{**item, "store": "Own"} for item in row["history"] or []]} for row in rows[:5]])
-    assert ctx.grounding_contexts(run, extra) is None
+    assert grounding.grounding_contexts(run, extra) is None
 
 
 FILTER_ONLY = (

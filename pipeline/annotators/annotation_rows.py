@@ -51,22 +51,17 @@ def template_table(contexts: list[ExampleContext], seed: int) -> pa.Table:
     Built column by column: a dict per row and ``Table.from_pylist`` cost more than the hashes.
     """
     answers = template.annotate_many(contexts, seed)
-    count = len(contexts)
-    columns = {
-        "user_id": [context.user_id for context in contexts],
-        "split": [context.split for context in contexts],
-        "target_parent_asin": [context.target.parent_asin for context in contexts],
-        "rationale": [answer.rationale for answer in answers],
-        "user_preferences": [answer.user_preferences for answer in answers],
-        "coherent": [answer.coherent for answer in answers],
-        "annotator": ["template"] * count,
-        "model": [template.TEMPLATE_VERSION] * count,
-        "prompt_version": [template.TEMPLATE_VERSION] * count,
-        "input_tokens": [0] * count,
-        "output_tokens": [0] * count,
-        "request_hash": [template_request_hash(context, seed, answer) for context, answer in zip(contexts, answers, strict=True)],
-    }
-    return pa.Table.from_pydict(columns, schema=ANNOTATIONS)
+    return _annotations_table(
+        [context.user_id for context in contexts],
+        [context.split for context in contexts],
+        [context.target.parent_asin for context in contexts],
+        TemplateAnswers(
+            [answer.user_preferences for answer in answers],
+            [answer.rationale for answer in answers],
+            [answer.coherent for answer in answers],
+            [template_request_hash(context, seed, answer) for context, answer in zip(contexts, answers, strict=True)],
+        ),
+    )
 
 
 def annotate_partition_with_template(run_path: str, spec: PartitionSpec, seed: int) -> pa.Table:
@@ -83,11 +78,17 @@ def annotate_partition_with_template(run_path: str, spec: PartitionSpec, seed: i
 def answers_table(sequences: pa.Table, answers: TemplateAnswers) -> pa.Table:
     """The :data:`ANNOTATIONS` table of :func:`template_answers` for ``sequences`` (the columns of
     :func:`template_table`)."""
-    count = sequences.num_rows
+    target_asins = pc.struct_field(sequences.column("target"), "parent_asin")
+    return _annotations_table(sequences.column("user_id"), sequences.column("split"), target_asins, answers)
+
+
+def _annotations_table(user_ids: Any, splits: Any, target_asins: Any, answers: TemplateAnswers) -> pa.Table:
+    """The template's :data:`ANNOTATIONS` rows from their keys (lists or Arrow columns) and answers."""
+    count = len(answers.rationales)
     columns = {
-        "user_id": sequences.column("user_id"),
-        "split": sequences.column("split"),
-        "target_parent_asin": pc.struct_field(sequences.column("target"), "parent_asin"),
+        "user_id": user_ids,
+        "split": splits,
+        "target_parent_asin": target_asins,
         "rationale": answers.rationales,
         "user_preferences": answers.user_preferences,
         "coherent": answers.coherent,

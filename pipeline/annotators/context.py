@@ -2,9 +2,10 @@
 
 The sequences table carries titles and ratings of history items but not their categories,
 store, price or features, nor the user's review titles. When the run folder has the ``items``
-and ``interactions`` tables of the ingest stage, the worker reads just the rows it needs (an
-``isin`` filter pushed down to Parquet) and adds them; without them the context is built from
-the sequences table alone.
+and ``interactions`` tables of the ingest stage, the worker adds them: the catalog facts from its
+copy of the catalog (:mod:`pipeline.annotators.catalog`), the review titles by an ``isin``
+filter pushed down to Parquet; without them the context is built from the sequences table alone.
+The filter's lighter contexts are in :mod:`pipeline.annotators.grounding_contexts`.
 
 Partitions are fixed slices of the sequences part files (:class:`PartitionSpec`), computed from
 the data only, so the outputs never depend on how many Dask workers run them.
@@ -13,7 +14,6 @@ the data only, so the outputs never depend on how many Dask workers run them.
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 import sys
@@ -28,9 +28,19 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from core.runtime import one_slot_cache, paused_gc
-from core.schemas import TABLE_SCHEMAS
 from core.tables import FileSignature, dataset, folder_signature, parts
-from pipeline.annotators.template import MAX_MEMO_ITEMS
+from pipeline.annotators.catalog import (
+    ITEM_FACT_COLUMNS,
+    MAX_CACHED_BASES,
+    NO_CATALOG_FACTS,
+    BaseFacts,
+    base_with_catalog,
+    catalog_identity,
+    drop_oldest_half,
+    read_catalog_facts,
+    read_item_facts,
+    shared_path,
+)
 from pipeline.teacher_prompt import ExampleContext, ItemFacts
 
 log = logging.getLogger(__name__)
@@ -99,51 +109,6 @@ def _optional_dataset(run_path: Path, name: str) -> pads.Dataset | None:
     return dataset(folder, name)
 
 
-ITEM_FACT_COLUMNS = ("parent_asin", "categories", "store", "price", "features", "main_category")
-"""The catalog columns an :class:`ItemFacts` can use."""
-GROUNDING_COLUMNS = ("parent_asin", "categories", "store", "main_category")
-"""The catalog columns the filter's rules read (features are most of a catalog's bytes)."""
-
-
-@functools.lru_cache(maxsize=2)
-def _catalog(signature: FileSignature, columns: tuple[str, ...]) -> tuple[pa.Table, dict[str, int]]:
-    """The ``columns`` of the whole items table and each asin's row: read once per worker process.
-
-    A filter pushed down per partition scanned the whole catalog every time (quadratic in the
-    data); the catalog is the small table (one row per item, without descriptions and details),
-    so a worker keeps one copy per column set (the annotator's and the filter's). The last row of
-    an asin wins, as when the filtered rows were read into a dict.
-    """
-    files = [file for file, _, _ in signature]
-    # One chunk per column: a take from chunked nested columns concatenates them all each time.
-    table = pads.dataset(files, format="parquet", schema=TABLE_SCHEMAS["items"]).to_table(columns=list(columns)).combine_chunks()
-    index = dict(zip(table.column("parent_asin").to_pylist(), range(table.num_rows), strict=True))
-    return table, index
-
-
-def read_item_facts(run_path: Path, asins: list[str], columns: tuple[str, ...] = ITEM_FACT_COLUMNS) -> dict[str, dict[str, Any]]:
-    """Catalog metadata (``columns``) of ``asins`` from the run's ``items`` table (empty when absent).
-
-    The rows are taken from the worker's cached copy of the catalog (:func:`_catalog`).
-    """
-    rows = _catalog_rows(run_path, asins, columns)
-    return {} if rows is None else {row["parent_asin"]: row for row in rows.to_pylist()}
-
-
-def _catalog_rows(run_path: Path, asins: list[str], columns: tuple[str, ...]) -> pa.Table | None:
-    """The rows (``columns``) of the run's cached catalog that hold ``asins``, in catalog order;
-    None when there is no ``asin`` or no ``items`` table."""
-    folder = Path(run_path) / "items"
-    if not asins or not folder.is_dir():
-        return None
-    signature = folder_signature(folder)
-    if not signature:
-        return None
-    table, index = _catalog(signature, tuple(columns))
-    rows = sorted({row for asin in set(asins) if (row := index.get(asin)) is not None})
-    return table.take(pa.array(rows, type=pa.int64()))
-
-
 def read_review_titles(run_path: Path, user_ids: list[str]) -> dict[tuple[str, str], str]:
     """The users' own review titles, by (user_id, parent_asin), from ``interactions``."""
     interactions = _optional_dataset(run_path, "interactions")
@@ -175,30 +140,7 @@ def _facts(
     )
 
 
-_Base = tuple[str, tuple[str, ...], "str | None", "float | None", tuple[str, ...]]
-"""An item's title, categories, store, price and features: its facts but rating and review."""
-
-
-MAX_SHARED_PATHS = 1 << 16
-"""Most category paths a worker shares between its items (a catalog has a few thousand)."""
-_shared_paths: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
-def shared_path(categories: tuple[str, ...]) -> tuple[str, ...]:
-    """One tuple (of interned strings) per distinct category path in this process.
-
-    Items share a few thousand paths: at 14M reviews one tuple per item held ~400 bytes of
-    repeated strings for each of ~500k cached item bases.
-    """
-    found = _shared_paths.get(categories)
-    if found is None:
-        if len(_shared_paths) >= MAX_SHARED_PATHS:  # hostile catalogs: bounded, never wrong
-            _shared_paths.clear()
-        found = _shared_paths[categories] = tuple(sys.intern(c) for c in categories)
-    return found
-
-
-def _item_base(item: dict[str, Any], catalog: dict[str, dict[str, Any]]) -> _Base:
+def _item_base(item: dict[str, Any], catalog: dict[str, dict[str, Any]]) -> BaseFacts:
     meta = catalog.get(item["parent_asin"], {})
     categories = item.get("categories") or meta.get("categories") or []
     if not categories and meta.get("main_category"):
@@ -213,56 +155,8 @@ def _item_base(item: dict[str, Any], catalog: dict[str, dict[str, Any]]) -> _Bas
     )
 
 
-CatalogFacts = tuple[tuple[str, ...], "str | None", "float | None", tuple[str, ...]]
-"""An item's categories, store, price and features as its catalog row alone gives them."""
-NO_CATALOG_FACTS: CatalogFacts = ((), None, None, ())
-"""The :data:`CatalogFacts` of an item the catalog does not have."""
-
-
-def read_catalog_facts(run_path: Path, asins: list[str], columns: tuple[str, ...] = ITEM_FACT_COLUMNS) -> dict[str, CatalogFacts]:
-    """What :func:`_item_base` takes from the catalog for each of ``asins`` the catalog has.
-
-    Equal to ``_item_base({"parent_asin": asin}, read_item_facts(run_path, asins, columns))``
-    but the title, and cheaper: the rows are converted column by column, not into a dict each.
-    """
-    rows = _catalog_rows(run_path, asins, columns)
-    if rows is None:
-        return {}
-
-    def column(name: str) -> list[Any]:
-        return rows.column(name).to_pylist() if name in columns else [None] * rows.num_rows
-
-    found = {}
-    for asin, categories, main_category, store, price, features in zip(
-        *(column(name) for name in ("parent_asin", "categories", "main_category", "store", "price", "features")), strict=True
-    ):
-        if not categories and main_category:
-            categories = [main_category]
-        found[asin] = (
-            shared_path(_non_empty(categories)) if categories else (),
-            sys.intern(store) if store else None,
-            price,
-            _non_empty(features) if features else (),
-        )
-    return found
-
-
-def _non_empty(values: list[str | None]) -> tuple[str, ...]:
-    """The values but empty and missing ones (a generator only for the rare list that has them)."""
-    return tuple(values) if all(values) else tuple(value for value in values if value)
-
-
-def _base_with_catalog(item: dict[str, Any], catalog_facts: CatalogFacts) -> _Base:
-    """:func:`_item_base` from the item's :func:`read_catalog_facts` (or :data:`NO_CATALOG_FACTS`)."""
-    categories, store, price, features = catalog_facts
-    if own_categories := item.get("categories"):
-        categories = shared_path(_non_empty(own_categories))
-    own_store = item.get("store")
-    return (item.get("title") or "", categories, sys.intern(own_store) if own_store else store, price, features)
-
-
 def _base_key(item: dict[str, Any]) -> tuple[Any, ...]:
-    """What an item's :data:`_Base` depends on besides the catalog."""
+    """What an item's :data:`BaseFacts` depends on besides the catalog."""
     categories = item.get("categories")
     return (item["parent_asin"], item.get("title"), tuple(categories) if categories else (), item.get("store"))
 
@@ -271,7 +165,7 @@ def contexts_from_rows(
     rows: list[dict[str, Any]],
     catalog: dict[str, dict[str, Any]],
     review_titles: dict[tuple[str, str], str],
-    bases: dict[tuple[Any, ...], _Base] | None = None,
+    bases: dict[tuple[Any, ...], BaseFacts] | None = None,
     shared: dict[tuple[Any, ...], ItemFacts] | None = None,
 ) -> list[ExampleContext]:
     """Example contexts from sequences rows (as dicts) plus catalog and review-title lookups.
@@ -289,7 +183,7 @@ def contexts_from_rows(
     bases = {} if bases is None else bases
     shared = {} if shared is None else shared
 
-    def base(item: dict[str, Any]) -> tuple[tuple[Any, ...], _Base]:
+    def base(item: dict[str, Any]) -> tuple[tuple[Any, ...], BaseFacts]:
         key = _base_key(item)
         if (found := bases.get(key)) is None:
             found = bases[key] = _item_base(item, catalog)
@@ -311,19 +205,7 @@ def contexts_from_rows(
     return contexts
 
 
-MAX_CACHED_BASES = MAX_MEMO_ITEMS
-"""Most item bases a worker process keeps between partitions (the oldest half goes when full);
-an item has one as history item and one as target. Measured on a 617k-item catalog (14M
-reviews), template annotator, one worker: 1 << 17 gave 355 us a row at 1.4 GB, 1 << 18 320 us
-at 2.0 GB, 1 << 19 255 us at 2.7 GB (with :data:`template.MAX_MEMO_ITEMS` alike). 1 << 19 made
-the annotate workers the chain's largest processes at 14M (3.07 GB, 1.64x the 3.5M run's peak
-for 4x the input, over the 1.5x target). With interned category paths and slotted facts, three
-part files of the same run in one process (eighth session): 1 << 18 took 23.0-24.2 s a part and
-ended at 2.06 GB, 1 << 17 25.2-26.4 s (+9%) at 1.65 GB. The smaller bound is the default: the
-memory then stops growing with the catalog (a ~155k-item catalog, 3.5M reviews, nearly fills
-it), which the chain's 1.5x memory target for 4x the input asks, at a cost the 15-minute
-target has room for."""
-_worker_bases: dict[tuple[FileSignature, tuple[str, ...]], dict[tuple[Any, ...], _Base]] = {}
+_worker_bases: dict[tuple[FileSignature, tuple[str, ...]], dict[tuple[Any, ...], BaseFacts]] = {}
 _worker_facts: dict[tuple[Any, ...], ItemFacts] = {}
 """History facts (without review titles) of the bases in :data:`_worker_bases` (at most two per base)."""
 
@@ -340,7 +222,7 @@ def _contexts_with_worker_bases(
     catalog starts afresh; the contexts equal those built without the cache.
     """
     shared = _worker_caches(run_path, columns)
-    local: dict[tuple[Any, ...], _Base] = {}
+    local: dict[tuple[Any, ...], BaseFacts] = {}
     missing: set[str] = set()
     facts = _worker_facts if not titles else {}  # with review titles, facts are the user's own
     for row in rows:
@@ -353,18 +235,12 @@ def _contexts_with_worker_bases(
                     local[key] = found
     catalog = read_item_facts(run_path, sorted(missing), columns)
     if len(facts) > 2 * MAX_CACHED_BASES:
-        _drop_oldest_half(facts)
+        drop_oldest_half(facts)
     contexts = contexts_from_rows(rows, catalog, titles, local, facts)
     if len(shared) + len(local) > MAX_CACHED_BASES:
-        _drop_oldest_half(shared)
+        drop_oldest_half(shared)
     shared.update(local)
     return contexts
-
-
-def _drop_oldest_half(cache: dict[Any, Any]) -> None:
-    """Bound a worker cache: its first-inserted half goes (safe with another thread using it)."""
-    for key in list(itertools.islice(cache, len(cache) // 2)):
-        cache.pop(key, None)
 
 
 _worker_history: dict[tuple[str, str | None, float | None], ItemFacts] = {}
@@ -375,10 +251,9 @@ PLAIN_HISTORY_FIELDS = frozenset(["parent_asin", "title", "rating", "timestamp"]
 """History item fields of the sequences table: none of them replaces a catalog fact."""
 
 
-def _worker_caches(run_path: Path, columns: tuple[str, ...]) -> dict[tuple[Any, ...], _Base]:
+def _worker_caches(run_path: Path, columns: tuple[str, ...]) -> dict[tuple[Any, ...], BaseFacts]:
     """This worker's bases for the run's catalog (all worker caches start afresh on another one)."""
-    folder = Path(run_path) / "items"
-    identity = (folder_signature(folder) if folder.is_dir() else (), tuple(columns))
+    identity = (*catalog_identity(run_path), tuple(columns))
     shared = _worker_bases.get(identity)
     if shared is None:
         for cache in (_worker_bases, _worker_facts, _worker_history, _worker_targets):
@@ -390,7 +265,7 @@ def _worker_caches(run_path: Path, columns: tuple[str, ...]) -> dict[tuple[Any, 
 def _publish(cache: dict[Any, Any], new: dict[Any, Any], limit: int) -> None:
     """Add a partition's new entries to a worker cache, first dropping its oldest half when full."""
     if len(cache) + len(new) > limit:
-        _drop_oldest_half(cache)
+        drop_oldest_half(cache)
     cache.update(new)
 
 
@@ -424,7 +299,7 @@ def _contexts_from_table(run_path: Path, sequences: pa.Table, columns: tuple[str
                 new_targets[key] = target
             else:
                 target_facts[key] = found
-    local: dict[tuple[Any, ...], _Base] = {}
+    local: dict[tuple[Any, ...], BaseFacts] = {}
     missing: set[str] = set()
     wanted = [((asin, title, (), None), {"parent_asin": asin, "title": title}) for asin, title, _ in new_facts]
     for key, _ in [*wanted, *new_targets.items()]:
@@ -436,7 +311,7 @@ def _contexts_from_table(run_path: Path, sequences: pa.Table, columns: tuple[str
     catalog = read_catalog_facts(run_path, sorted(missing), columns)
     for key, item in [*wanted, *new_targets.items()]:
         if key not in local:
-            local[key] = _base_with_catalog(item, catalog.get(key[0], NO_CATALOG_FACTS))
+            local[key] = base_with_catalog(item, catalog.get(key[0], NO_CATALOG_FACTS))
     built = {(asin, title, rating): ItemFacts(asin, *local[(asin, title, (), None)], rating=rating) for asin, title, rating in new_facts}
     built_targets = {key: ItemFacts(target["parent_asin"], *local[key]) for key, target in new_targets.items()}
     target_facts.update(built_targets)
@@ -469,12 +344,17 @@ class HistoryPairs:
     """The asin of each flattened history item."""
     starts: np.ndarray
     """Where each row's items start in the flattened list (one more entry: the end)."""
+    flat: pa.Array
+    """The flattened history items themselves (their other fields, e.g. the ratings)."""
 
 
 def history_pairs(sequences: pa.Table) -> HistoryPairs | None:
     """The :class:`HistoryPairs` of ``sequences`` (its ``history`` column), found with Arrow and
-    NumPy: only the distinct pairs become Python objects. None when a history item or its asin
-    is missing (the row path handles those)."""
+    NumPy: only the distinct pairs become Python objects. None when the history items carry
+    fields beyond :data:`PLAIN_HISTORY_FIELDS` (a catalog fact of their own) or a history item
+    or its asin is missing (the row path handles those)."""
+    if {field.name for field in sequences.schema.field("history").type.value_type} - PLAIN_HISTORY_FIELDS:
+        return None
     history = sequences.column("history").combine_chunks()
     flat = history.flatten()
     asin_column = pc.struct_field(flat, "parent_asin")
@@ -488,86 +368,13 @@ def history_pairs(sequences: pa.Table) -> HistoryPairs | None:
     width = max(len(titles), 1)
     pairs, item_key = np.unique(asin_codes * width + title_codes, return_inverse=True)
     keys = [(asins[pair // width], titles[pair % width]) for pair in pairs.tolist()]
-    return HistoryPairs(keys, item_key.reshape(-1), [asins[code] for code in asin_codes.tolist()], starts)
+    return HistoryPairs(keys, item_key.reshape(-1), [asins[code] for code in asin_codes.tolist()], starts, flat)
 
 
 def _codes_of(values: pa.Array) -> tuple[np.ndarray, list[Any]]:
     """Dictionary codes of ``values`` (nulls get a code of their own) and the distinct values."""
     encoded = pc.dictionary_encode(values, null_encoding="encode")
     return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
-
-
-_worker_grounding: dict[tuple[FileSignature, ...], dict[str, tuple[str | None, ItemFacts]]] = {}
-"""History facts for the grounding rules, (title, facts) by asin, for one catalog at a time."""
-
-
-def _grounding_facts(run_path: Path, keys: list[tuple[str, str | None]]) -> list[ItemFacts]:
-    """The facts of each (asin, title) as :func:`_contexts_from_table` builds them with
-    :data:`GROUNDING_COLUMNS`, but without a rating (kept per worker process by asin)."""
-    folder = Path(run_path) / "items"
-    identity = (folder_signature(folder) if folder.is_dir() else (),)
-    cache = _worker_grounding.get(identity)
-    if cache is None:
-        _worker_grounding.clear()
-        cache = _worker_grounding[identity] = {}
-    found = [entry[1] if (entry := cache.get(asin)) is not None and entry[0] == title else None for asin, title in keys]
-    missing = [key for key, facts in zip(keys, found, strict=True) if facts is None]
-    if not missing:
-        return found  # type: ignore[return-value]
-    catalog = read_catalog_facts(run_path, sorted({asin for asin, _ in missing}), GROUNDING_COLUMNS)
-    new = {
-        key: ItemFacts(key[0], *_base_with_catalog({"parent_asin": key[0], "title": key[1]}, catalog.get(key[0], NO_CATALOG_FACTS)))
-        for key in missing
-    }
-    if len(cache) + len(new) > MAX_CACHED_BASES:
-        _drop_oldest_half(cache)
-    cache.update({asin: (title, facts) for (asin, title), facts in new.items()})
-    return [new[key] if facts is None else facts for key, facts in zip(keys, found, strict=True)]
-
-
-def grounding_contexts(run_path: Path, sequences: pa.Table) -> list[ExampleContext] | None:
-    """Contexts of ``sequences`` rows as the filter's grounding rules read them: history items with
-    their title, categories and store (:data:`GROUNDING_COLUMNS`, as :func:`_contexts_from_table`
-    gives them) but no rating, and the target with its asin and title only.
-
-    Each distinct (asin, title) of the history is one facts object for all its rows, found
-    column-wise (:func:`history_pairs`). None where the history items carry fields beyond
-    :data:`PLAIN_HISTORY_FIELDS` or miss their asin (the row path applies).
-    """
-    history_type = sequences.schema.field("history").type.value_type
-    if {field.name for field in history_type} - PLAIN_HISTORY_FIELDS:
-        return None
-    pairs = history_pairs(sequences)
-    if pairs is None:
-        return None
-    facts = _grounding_facts(run_path, pairs.keys)
-    items = [facts[key] for key in pairs.item_key.tolist()]
-    target = sequences.column("target")
-    starts = pairs.starts.tolist()
-    return [
-        ExampleContext(user_id=user_id, split=split, history=tuple(items[start:end]), target=ItemFacts(asin, title or ""))
-        for user_id, split, asin, title, start, end in zip(
-            sequences.column("user_id").to_pylist(),
-            sequences.column("split").to_pylist(),
-            pc.struct_field(target, "parent_asin").to_pylist(),
-            pc.struct_field(target, "title").to_pylist(),
-            starts[:-1],
-            starts[1:],
-            strict=True,
-        )
-    ]
-
-
-def load_grounding_contexts_for_keys(run_path: Path, keys: pa.Table) -> dict[tuple[str, str, str], ExampleContext]:
-    """:func:`grounding_contexts` of the examples named by ``keys``, by key (the filter's loader;
-    the rows are found as :func:`load_contexts_for_keys` finds them, which it falls back to)."""
-    sequences = sequences_for_keys(Path(run_path), keys)
-    if sequences.num_rows == 0:
-        return {}
-    contexts = grounding_contexts(Path(run_path), sequences)
-    if contexts is None:
-        return load_contexts_for_keys(run_path, keys, catalog_columns=GROUNDING_COLUMNS)
-    return {context.key: context for context in contexts}
 
 
 def load_contexts(run_path: Path, sequences: pa.Table, review_titles: bool = True) -> list[ExampleContext]:
@@ -651,9 +458,16 @@ def load_contexts_for_keys(
     sequences = sequences_for_keys(Path(run_path), keys)
     if sequences.num_rows == 0:
         return {}
+    return contexts_for_sequences(Path(run_path), sequences, review_titles, catalog_columns)
+
+
+def contexts_for_sequences(
+    run_path: Path, sequences: pa.Table, review_titles: bool = False, catalog_columns: tuple[str, ...] = ITEM_FACT_COLUMNS
+) -> dict[tuple[str, str, str], ExampleContext]:
+    """The contexts of ``sequences`` rows by key (see :func:`load_contexts_for_keys`)."""
     if not review_titles:
         with paused_gc(freeze=True):
-            contexts = _contexts_from_table(Path(run_path), sequences, catalog_columns)
+            contexts = _contexts_from_table(run_path, sequences, catalog_columns)
         if contexts is not None:
             return {context.key: context for context in contexts}
     rows = sequences.to_pylist()
@@ -665,14 +479,14 @@ def load_contexts_for_keys(
             ]
         )
     ).to_pylist()
-    catalog = read_item_facts(Path(run_path), asins, catalog_columns)
-    titles = read_review_titles(Path(run_path), pc.unique(sequences.column("user_id")).to_pylist()) if review_titles else {}
+    catalog = read_item_facts(run_path, asins, catalog_columns)
+    titles = read_review_titles(run_path, pc.unique(sequences.column("user_id")).to_pylist()) if review_titles else {}
     return {context.key: context for context in contexts_from_rows(rows, catalog, titles)}
 
 
 def forget_context_caches() -> None:
     """Drop this process's caches of the context loader (see ``worker_caches.forget_worker_caches``)."""
-    for cached in (_context_columns, _catalog, _key_index):
+    for cached in (_context_columns, _key_index):
         cached.cache_clear()
-    for table in (_worker_bases, _worker_facts, _worker_history, _worker_targets, _worker_grounding, _shared_paths):
+    for table in (_worker_bases, _worker_facts, _worker_history, _worker_targets):
         table.clear()

@@ -28,18 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.tables import FileSignature, folder_signature
+from core.tables import FileSignature
 from pipeline.annotators import template
-from pipeline.annotators.context import (
-    ITEM_FACT_COLUMNS,
-    MAX_CACHED_BASES,
-    NO_CATALOG_FACTS,
-    PLAIN_HISTORY_FIELDS,
-    _non_empty,
-    history_pairs,
-    read_catalog_facts,
-    shared_path,
-)
+from pipeline.annotators.catalog import ITEM_FACT_COLUMNS, CatalogFacts, cached_by_asin, catalog_identity, non_empty, shared_path
+from pipeline.annotators.context import history_pairs
 from pipeline.teacher_prompt import ItemFacts
 
 MAX_PATH_LEVELS = 64
@@ -83,7 +75,7 @@ class ItemBase:
 BAND_LABELS: tuple[str, ...] = (*(label for _, label in template.PRICE_BANDS), "over $100")
 _BAND_CODE = {label: code for code, label in enumerate(BAND_LABELS)}
 
-_worker_bases: dict[tuple[FileSignature, ...], dict[str, tuple[str | None, ItemBase]]] = {}
+_worker_bases: dict[tuple[FileSignature], dict[str, tuple[str | None, ItemBase]]] = {}
 """(title, item base) of a history item by asin, for one catalog at a time (see :func:`_bases_for`):
 keyed by the short asin, the title compared on a hit (an asin seen with another title is built
 again and replaces it)."""
@@ -145,8 +137,7 @@ def _item_base(title: str, categories: tuple[str, ...], store: str | None, price
 
 
 def _bases_for(run_path: Path) -> dict[str, tuple[str | None, ItemBase]]:
-    folder = Path(run_path) / "items"
-    identity = (folder_signature(folder) if folder.is_dir() else (),)
+    identity = catalog_identity(run_path)
     bases = _worker_bases.get(identity)
     if bases is None or len(_codes) > MAX_CODES or len(_names) > MAX_CODES:
         forget_bases()  # another catalog (or full tables): the codes start afresh too
@@ -156,30 +147,18 @@ def _bases_for(run_path: Path) -> dict[str, tuple[str | None, ItemBase]]:
 
 def _history_bases(run_path: Path, keys: list[tuple[str, str | None]]) -> list[ItemBase]:
     """The base of each (asin, title) of a history item, from the worker's bases or the catalog
-    (what ``context._base_with_catalog`` makes of an item without catalog fields of its own)."""
-    bases = _bases_for(run_path)
-    found: list[ItemBase | None] = [
-        entry[1] if (entry := bases.get(asin)) is not None and entry[0] == title else None for asin, title in keys
-    ]
-    missing = {key for key, base in zip(keys, found, strict=True) if base is None}
-    if not missing:
-        return found  # type: ignore[return-value]
-    catalog = read_catalog_facts(run_path, sorted({asin for asin, _ in missing}), ITEM_FACT_COLUMNS)
-    new = {}
-    for asin, title in missing:
-        categories, store, price, features = catalog.get(asin, NO_CATALOG_FACTS)
-        new[(asin, title)] = _item_base(title or "", categories, store, price, features)
-    if len(bases) + len(new) > MAX_CACHED_BASES:
-        for asin in list(itertools.islice(bases, len(bases) // 2)):
-            bases.pop(asin, None)
-    bases.update({asin: (title, base) for (asin, title), base in new.items()})
-    return [new[key] if base is None else base for key, base in zip(keys, found, strict=True)]
+    (what ``catalog.base_with_catalog`` makes of an item without catalog fields of its own)."""
+    return cached_by_asin(_bases_for(run_path), run_path, keys, ITEM_FACT_COLUMNS, _history_base)
+
+
+def _history_base(asin: str, title: str | None, catalog_facts: CatalogFacts) -> ItemBase:
+    return _item_base(title or "", *catalog_facts)
 
 
 def _target_base(base: ItemBase, own_categories: list[str | None] | None, own_store: str | None) -> ItemBase:
     """A target's base: its (asin, title) base with the categories and store the sequences row
-    gives it in their place (``context._base_with_catalog``); the same object when they agree."""
-    categories = shared_path(_non_empty(own_categories)) if own_categories else base.categories
+    gives it in their place (``catalog.base_with_catalog``); the same object when they agree."""
+    categories = shared_path(non_empty(own_categories)) if own_categories else base.categories
     store = sys.intern(own_store) if own_store else base.store
     if categories == base.categories and store == base.store:
         return base
@@ -200,9 +179,6 @@ def template_answers(run_path: Path, sequences: pa.Table, seed: int) -> Template
     """The template annotations of ``sequences`` rows (``context.CONTEXT_COLUMNS``), equal to
     :func:`template.annotate` and ``annotation_rows.template_request_hash`` of each row's
     context without review titles; None where this path does not apply (module docstring)."""
-    history_type = sequences.schema.field("history").type.value_type
-    if {field.name for field in history_type} - PLAIN_HISTORY_FIELDS:
-        return None
     pairs = history_pairs(sequences)
     target = sequences.column("target").combine_chunks()
     target_asins = pc.struct_field(target, "parent_asin")
@@ -225,7 +201,7 @@ def template_answers(run_path: Path, sequences: pa.Table, seed: int) -> Template
     if any(len(base.path_codes) > MAX_PATH_LEVELS for base in bases):
         return None
     target_unique = np.arange(distinct, distinct + rows, dtype=np.int64)
-    rating_column = pc.struct_field(sequences.column("history").combine_chunks().flatten(), "rating")
+    rating_column = pc.struct_field(pairs.flat, "rating")
     rated = pc.is_valid(rating_column).to_numpy(zero_copy_only=False)
     ratings = pc.fill_null(rating_column, 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from core.runtime import thaw_collected
-from pipeline.annotators import context, template, template_columns
+from pipeline.annotators import catalog, context, grounding_contexts, template, template_columns
 from pipeline.text_rules import grounding, hostile, partition
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ def forget_worker_caches() -> None:
     :func:`core.runtime.give_back_memory` on every worker after every stage).
     """
     context.forget_context_caches()
+    catalog.forget_catalog_caches()
+    grounding_contexts.forget_grounding_facts()
     template_columns.forget_bases()
     template._worker_memo.clear()
     for module in (template, hostile, grounding, partition):
