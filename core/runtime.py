@@ -8,9 +8,10 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import importlib
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 
@@ -113,3 +114,30 @@ class one_slot_cache:  # a decorator, named like functools.lru_cache
 
     def cache_info(self) -> CacheInfo:
         return CacheInfo(self._hits, self._misses, 1, int(self._key is not None))
+
+
+@contextlib.contextmanager
+def importing_ahead(modules: Sequence[str]) -> Iterator[None]:
+    """Run the body while a second thread imports ``modules`` (in order); wait for it at the end,
+    so that no import is still running when the body's caller goes on (or the interpreter exits).
+
+    For libraries that take seconds to import and that the body needs only later (GX for the
+    validation report, matplotlib for the card): imported while the cores wait (a cluster
+    starting, a stage's barrier), they no longer delay the step that needs them. An import error
+    is left for that step's own import to raise, with its traceback.
+    """
+    if not modules:
+        yield
+        return
+    importing = threading.Thread(target=_import_quietly, args=(tuple(modules),), name="importing-ahead", daemon=True)
+    importing.start()
+    try:
+        yield
+    finally:
+        importing.join()
+
+
+def _import_quietly(modules: tuple[str, ...]) -> None:
+    for module in modules:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)

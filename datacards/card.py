@@ -318,6 +318,20 @@ def _rebuild(domains: list[CardDomain], provenances: list[DomainProvenance], set
     ]
 
 
+@dataclass(frozen=True)
+class DrawnFigures:
+    """A config's figures drawn into a release folder ahead of its card, with the statistics drawn."""
+
+    statistics: DomainStatistics
+    figures: dict[str, str]
+
+
+def draw_figures(domain: ReleasedDomain, release_dir: Path) -> DrawnFigures:
+    """Draw one config's figures into ``release_dir`` ahead of the card (for :func:`build_card`'s ``drawn``)."""
+    statistics = domain_statistics(domain)
+    return DrawnFigures(statistics, render_figures(statistics, Path(release_dir)))
+
+
 def build_card(
     domains: list[CardDomain],
     release_dir: Path,
@@ -325,13 +339,15 @@ def build_card(
     settings: CardSettings | None = None,
     repo_id: str | None = None,
     release: dict[str, Any] | None = None,
+    drawn: Mapping[str, DrawnFigures] | None = None,
 ) -> Path:
     """Write ``README.md`` and the statistics figures of a release into ``release_dir``.
 
     ``repo_id`` (``ORG/NAME``) adds a Hub loading snippet; ``release`` (the ``release`` config
     section, default: just the version) goes into the config that rebuilds the version. Data
     files already written under ``release_dir/data`` give the card its download sizes; without
-    them the sizes are omitted.
+    them the sizes are omitted. ``drawn`` holds figures already drawn into ``release_dir`` per
+    config (:func:`draw_figures`); they are used where their statistics equal the card's.
     """
     settings = settings or CardSettings()
     release_dir = Path(release_dir)
@@ -345,7 +361,9 @@ def build_card(
     configs = []
     for domain, provenance in zip(domains, provenances):
         stats = domain_statistics(domain)
-        context = _config_context(stats, render_figures(stats, release_dir))
+        early = (drawn or {}).get(domain.config)
+        figures = early.figures if early is not None and early.statistics == stats else render_figures(stats, release_dir)
+        context = _config_context(stats, figures)
         context.update(
             provenance=provenance,
             source_statement=source_statement(provenance),

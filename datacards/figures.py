@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers and CI
-
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from datacards.statistics import DomainStatistics
 
@@ -18,15 +14,15 @@ TOP_CATEGORIES = 15
 _PNG_METADATA = {"Software": None}
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata=_PNG_METADATA)
-    plt.close(fig)
+    fig.savefig(path, dpi=100, metadata=_PNG_METADATA)  # Agg, to a file: no display, no pyplot state
 
 
 def _histogram(counts: dict[int, int], title: str, xlabel: str, path: Path) -> None:
     """A histogram of a sample given as ``{value: how often}`` (weights, not one entry per row)."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     if counts:
         bins = min(50, max(1, len(counts)))
         ax.hist(list(counts), bins=bins, weights=list(counts.values()), color="#4C72B0", edgecolor="white")
@@ -39,7 +35,8 @@ def _histogram(counts: dict[int, int], title: str, xlabel: str, path: Path) -> N
 
 
 def _bars(counts: list[tuple[str, int]], title: str, xlabel: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(counts) + 1)))
+    fig = Figure(figsize=(7, max(2.5, 0.35 * len(counts) + 1)))
+    ax = fig.subplots()
     if counts:
         labels = [label if len(label) <= 40 else label[:37] + "..." for label, _ in counts][::-1]
         ax.barh(labels, [n for _, n in counts][::-1], color="#55A868")
@@ -52,7 +49,10 @@ def _bars(counts: list[tuple[str, int]], title: str, xlabel: str, path: Path) ->
 
 
 def render_figures(stats: DomainStatistics, release_dir: Path) -> dict[str, str]:
-    """Write the four figures of one config; returns ``{kind: path relative to the release}``."""
+    """Write the four figures of one config; returns ``{kind: path relative to the release}``.
+
+    Figures are drawn without pyplot's global state, so another thread may draw them (the
+    publisher does while the cluster writes the shards)."""
     folder = Path(release_dir) / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     names = {

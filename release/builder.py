@@ -18,7 +18,8 @@ domain in one process. This one writes the same files holding one partition at a
    row of the run's items table); the driver ORs them and one task keeps the marked rows (a
    fold of every partition's item ids took 36 s in one task at 14M reviews);
 4. **shards**: one task per shard reads the slices of the staging files that fall in its rows
-   (``shard_rows`` per shard, numbered across the whole split), writes the shard a row group at
+   (at most ``shard_rows`` per shard, as even as the rows allow, numbered across the whole
+   split: :func:`release.layout.shard_starts`), writes the shard a row group at
    a time and returns its sha256.
 
 The driver holds the plan and the statistics, never rows. The output does not depend on how
@@ -29,6 +30,7 @@ the other in this process.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import shutil
@@ -56,8 +58,8 @@ from release.layout import (
     catalog_of,
     join_release_rows,
     mentioned_items,
-    shard_count,
     shard_name,
+    shard_starts,
 )
 from release.shards import DICTIONARY_LEAVES, with_dictionary_leaves, write_shard
 
@@ -106,6 +108,24 @@ class PartSample:
     last: str | None
     in_user_order: bool
     users: list[str]
+
+
+@dataclass(frozen=True)
+class JoinedDomain:
+    """One domain once joined, before its shards are written: what the card's statistics read
+    (``datacards.statistics.ReleasedDomain``), the sizes of the data files aside."""
+
+    config: str
+    domain: str
+    stages: dict[str, dict[str, Any]]
+    train_without_rationale: int
+    row_statistics: RowStatistics
+    category_counts: dict[str, int]
+    catalog_items: int
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per split, as ``DomainRelease.row_counts`` of the written release gives them."""
+        return {split: self.row_statistics.rows[split] for split in SPLITS}
 
 
 def user_sample(path: str, stride: int) -> PartSample:
@@ -305,28 +325,45 @@ def write_shard_from(pieces: list[tuple[str, int, int]], path: str, schema: pa.S
 
 
 def shard_pieces(files: list[tuple[str, int]], shard_rows: int) -> list[list[tuple[str, int, int]]]:
-    """Cut consecutive ``(file, rows)`` into shards of ``shard_rows`` rows: per shard, the slices it reads."""
-    total = sum(rows for _, rows in files)
-    shards: list[list[tuple[str, int, int]]] = [[] for _ in range(shard_count(total, shard_rows))]
-    start = 0
+    """Cut consecutive ``(file, rows)`` into the shards of :func:`release.layout.shard_starts`:
+    per shard, the ``(file, first row, rows)`` slices it reads."""
+    starts = shard_starts(sum(rows for _, rows in files), shard_rows)
+    shards: list[list[tuple[str, int, int]]] = [[] for _ in range(len(starts) - 1)]
+    start = 0  # of the file, in the split
     for path, rows in files:
         position = 0
         while position < rows:
-            shard, within = divmod(start + position, shard_rows)
-            take = min(rows - position, shard_rows - within)
+            shard = bisect.bisect_right(starts, start + position, hi=len(shards)) - 1
+            take = min(rows - position, starts[shard + 1] - start - position)
             shards[shard].append((path, position, take))
             position += take
         start += rows
     return shards
 
 
-def _map(client: Any, function: Callable[..., Any], description: str, *arguments: list[Any]) -> list[Any]:
-    """``function`` over the argument lists, as tasks on ``client`` or, without one, here in turn."""
+def _map(
+    client: Any, function: Callable[..., Any], description: str, *arguments: list[Any], meanwhile: Callable[[], None] | None = None
+) -> list[Any]:
+    """``function`` over the argument lists, as tasks on ``client`` or, without one, here in turn.
+
+    ``meanwhile`` runs in this process while the tasks run on the cluster (without one: first).
+    """
     if client is None:
+        if meanwhile is not None:
+            meanwhile()
         return [function(*args) for args in track(list(zip(*arguments)), description)]
     from core.progress import gather_with_progress
 
-    return gather_with_progress(client.map(function, *arguments, pure=False), description)
+    futures = client.map(function, *arguments, pure=False)
+    if meanwhile is not None:
+        try:
+            meanwhile()
+        except BaseException:
+            from distributed import wait
+
+            wait(futures)  # the tasks still read the staging files the caller removes next
+            raise
+    return gather_with_progress(futures, description)
 
 
 def _join_partitions(source: DomainSource, staging: Path, partition_rows: int, client: Any) -> list[RangeResult]:
@@ -358,9 +395,16 @@ def _join_partitions(source: DomainSource, staging: Path, partition_rows: int, c
 
 
 def _stream_domain(
-    source: DomainSource, release_dir: Path, staging: Path, shard_rows: int, partition_rows: int, client: Any
+    source: DomainSource,
+    release_dir: Path,
+    staging: Path,
+    shard_rows: int,
+    partition_rows: int,
+    client: Any,
+    while_writing: Callable[[JoinedDomain], None] | None = None,
 ) -> DomainRelease:
-    """Join, catalog and shards of one domain (see the module docstring)."""
+    """Join, catalog and shards of one domain (see the module docstring); ``while_writing`` gets
+    the joined domain while its shards are written."""
     results = _join_partitions(source, staging, partition_rows, client)
     mentioned = merged_bitmaps(results)
     ((catalog_rows, categories),) = _map(client, build_items, f"{source.config}: catalog", [str(source.run)], [str(staging)], [mentioned])
@@ -373,15 +417,30 @@ def _stream_domain(
     pieces = shard_pieces([(str(staging / f"{ITEMS_SPLIT}{STAGED}"), catalog_rows)], shard_rows)
     items_folder = f"data/{source.config}_items"
     jobs += [(f"{items_folder}/{shard_name(ITEMS_SPLIT, i, len(pieces))}", p, ITEMS) for i, p in enumerate(pieces)]
-    names, piece_lists, schemas = zip(*jobs)
-    written = _map(
-        client, write_shard_from, f"{source.config}: shards", list(piece_lists), [str(release_dir / n) for n in names], list(schemas)
-    )
-    files = dict(zip(names, written))
-
     statistics = results[0].statistics
     for result in results[1:]:
         statistics = statistics.merge(result.statistics)
+    joined = JoinedDomain(
+        config=source.config,
+        domain=source.domain,
+        stages=source.stages,
+        train_without_rationale=sum(r.train_without_rationale for r in results),
+        row_statistics=statistics,
+        category_counts=categories,
+        catalog_items=catalog_rows,
+    )
+
+    names, piece_lists, schemas = zip(*jobs)
+    written = _map(
+        client,
+        write_shard_from,
+        f"{source.config}: shards",
+        list(piece_lists),
+        [str(release_dir / n) for n in names],
+        list(schemas),
+        meanwhile=None if while_writing is None else functools.partial(while_writing, joined),
+    )
+    files = dict(zip(names, written))
 
     def size(prefix: str, schema: pa.Schema, rows: int) -> WrittenTable:
         return WrittenTable(schema, rows, sum(info["nbytes"] for name, info in files.items() if name.startswith(prefix)))
@@ -393,7 +452,7 @@ def _stream_domain(
         items=size(f"{items_folder}/", ITEMS, catalog_rows),
         stages=source.stages,
         validation=source.validation,
-        train_without_rationale=sum(r.train_without_rationale for r in results),
+        train_without_rationale=joined.train_without_rationale,
         row_statistics=statistics,
         category_counts=categories,
         files={name: {"sha256": info["sha256"], "bytes": info["bytes"]} for name, info in files.items()},
@@ -401,17 +460,27 @@ def _stream_domain(
 
 
 def stream_release(
-    sources: list[DomainSource], release_dir: Path, shard_rows: int, partition_rows: int, client: Any = None
+    sources: list[DomainSource],
+    release_dir: Path,
+    shard_rows: int,
+    partition_rows: int,
+    client: Any = None,
+    while_writing: Callable[[JoinedDomain], None] | None = None,
 ) -> list[DomainRelease]:
     """Write ``data/`` of a release for checked run folders, partition by partition; return the domains.
 
     The tasks run on ``client`` (a ``distributed.Client``; its workers must see ``release_dir``
     and the run folders at the same paths, as every stage's do) or, without one, in this
     process. Staging files sit beside ``release_dir`` and are removed when done.
+    ``while_writing`` is called in this process with each :class:`JoinedDomain` while the
+    cluster writes its shards (the publisher draws the card's figures then).
     """
     release_dir = Path(release_dir)
     staging = release_dir.parent / f".{release_dir.name}-partitions"
     try:
-        return [_stream_domain(source, release_dir, staging / source.config, shard_rows, partition_rows, client) for source in sources]
+        return [
+            _stream_domain(source, release_dir, staging / source.config, shard_rows, partition_rows, client, while_writing)
+            for source in sources
+        ]
     finally:
         shutil.rmtree(staging, ignore_errors=True)

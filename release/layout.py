@@ -13,6 +13,7 @@ cluster, so its memory depends on the partition size, not the release.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -349,16 +350,29 @@ def shard_count(rows: int, shard_rows: int) -> int:
     return max(1, math.ceil(rows / shard_rows))
 
 
+def shard_starts(rows: int, shard_rows: int) -> list[int]:
+    """Where each shard of a split of ``rows`` rows starts, then ``rows``: :func:`shard_count`
+    shards of at most ``shard_rows`` rows, as even as rows allow (sizes differ by one at most).
+
+    Even shards rather than full ones and a short last one: the shards of a split are written
+    in parallel, and a split of 108,795 rows with ``shard_rows`` 100,000 is two shards of 54,398
+    and 54,397 rows, not 100,000 and 8,795 (one worker writing a large shard while another
+    waits after a small one).
+    """
+    count = shard_count(rows, shard_rows)
+    return [index * rows // count for index in range(count + 1)]
+
+
 def write_shards(table: pa.Table, folder: Path, split: str, shard_rows: int) -> list[Path]:
-    """Write ``table`` as ``<split>-NNNNN-of-NNNNN.parquet`` files of at most ``shard_rows`` rows.
+    """Write ``table`` as ``<split>-NNNNN-of-NNNNN.parquet`` files (:func:`shard_starts`).
 
     An empty table still gets one (empty) shard so the split exists for ``load_dataset``.
     """
-    total = shard_count(table.num_rows, shard_rows)
+    starts = shard_starts(table.num_rows, shard_rows)
     paths = []
-    for index in range(total):
-        path = folder / shard_name(split, index, total)
-        write_shard([table.slice(index * shard_rows, shard_rows)], path, table.schema)
+    for index, (start, end) in enumerate(itertools.pairwise(starts)):
+        path = folder / shard_name(split, index, len(starts) - 1)
+        write_shard([table.slice(start, end - start)], path, table.schema)
         paths.append(path)
     return paths
 

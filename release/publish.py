@@ -25,9 +25,9 @@ from pydantic import Field
 from core.config import StageSettings
 from core.hashing import HASH_ALGORITHM, code_version
 from core.stage import RunDir
-from datacards.card import CardSettings, build_card
+from datacards.card import CardSettings, DrawnFigures, build_card, draw_figures
 from datacards.statistics import filter_summary
-from release.builder import stream_release
+from release.builder import JoinedDomain, stream_release
 from release.changelog import CHANGELOG_NAME, diff_releases, render_changelog, render_section
 from release.checksums import MANIFEST_NAME, file_checksums, release_files, sha256_file
 from release.layout import DomainRelease, DomainSource, ReleaseError, check_domains, write_validation
@@ -162,16 +162,18 @@ def build_release(
     card_settings: CardSettings,
     registry: Registry,
     provenance: dict[str, dict[str, Any]] | None = None,
+    drawn: dict[str, DrawnFigures] | None = None,
 ) -> dict[str, Any]:
     """Write the complete release folder (data already written); return its manifest.
 
     Data files whose sha256 the builder computed as it wrote them (``DomainRelease.files``)
-    are not read again; every other file is hashed here.
+    are not read again; every other file is hashed here. ``drawn``: figures already drawn
+    into ``release_dir`` (see :func:`datacards.card.build_card`).
     """
     tag = version_tag(settings.version)
     previous_tag = registry.previous(tag)
     write_validation(domains, release_dir)
-    build_card(domains, release_dir, tag, card_settings, repo_id=settings.repo_id, release=rebuild_settings(settings))
+    build_card(domains, release_dir, tag, card_settings, repo_id=settings.repo_id, release=rebuild_settings(settings), drawn=drawn)
     manifest = manifest_core(domains, settings, card_settings, previous_tag, provenance)
     _write_changelog(release_dir, manifest, registry, previous_tag)
     known = {name: info for domain in domains for name, info in domain.files.items()}
@@ -296,7 +298,12 @@ def release_runs(
     with registry.publishing() as staging:
         registry.check_order(tag, settings.allow_older)
         release_dir = staging / tag
-        domains = stream_release(sources, release_dir, settings.shard_rows, settings.partition_rows, client)
+        drawn: dict[str, DrawnFigures] = {}
+
+        def draw(joined: JoinedDomain) -> None:  # while the cluster writes the domain's shards
+            drawn[joined.config] = draw_figures(joined, release_dir)
+
+        domains = stream_release(sources, release_dir, settings.shard_rows, settings.partition_rows, client, while_writing=draw)
         crash_point("staged")
         if registry.has(tag):
             return _already_released(registry, tag, release_dir, staging, settings)
@@ -305,7 +312,7 @@ def release_runs(
             stored = storing.submit(registry.store_blobs, release_dir, sorted(name for d in domains for name in d.files))
             copy_validation_reports(sources, release_dir)
             provenance = {source.config: public_provenance(RunDir(source.run).provenance()) for source in sources}
-            manifest = build_release(domains, release_dir, settings, card_settings, registry, provenance)
+            manifest = build_release(domains, release_dir, settings, card_settings, registry, provenance, drawn)
             blobs = stored.result()
         commit = registry.publish(release_dir, tag, f"Release {tag}: {', '.join(d.config for d in domains)}", stored=blobs)
         hub_commit = _push(release_dir, settings, tag)

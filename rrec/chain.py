@@ -23,11 +23,14 @@ from core.cli_common import ConfigOpt, ForceOpt, SchedulerOpt, WorkersOpt, user_
 from core.config import StageSettings, load_config, section
 from core.names import check_config_names
 from core.protocol import Stage, StageResult
+from core.runtime import importing_ahead
+from core.stage import RunDir
 from pipeline.annotate import ANNOTATE
 from pipeline.filter import FILTER
 from pipeline.ingest import INGEST
 from pipeline.judge import JUDGE
 from pipeline.sequences import SEQUENCES
+from validation.report import REPORT_MODULES
 from validation.runner import VALIDATE
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ SAMPLE_DIR = "sample"
 
 CHAIN: tuple[Stage[Any], ...] = (INGEST, SEQUENCES, ANNOTATE, FILTER, JUDGE, VALIDATE)
 """The per-domain stages of ``rrec run``, in order."""
+RELEASE_MODULES = ("release.publish", "datacards.card", "datacards.figures")
+"""What the release step imports (matplotlib for the card's figures among them)."""
 CHAIN_STAGES = (*(stage.name for stage in CHAIN), "release")
 """What ``--until`` may name: a per-domain stage, or ``release`` (the whole chain)."""
 
@@ -86,6 +91,21 @@ def _domain_inputs(out: Path, config: dict[str, Any], settings: RunSettings) -> 
 
     reports = generate_domains(out / SAMPLE_DIR, section(config, "sample", SampleSettings))
     return {r.domain: DomainInputs(reviews=[str(r.reviews_path)], meta=[str(r.meta_path)]) for r in reports}
+
+
+def validation_due(out: Path, domains: list[str], force: bool, until: str) -> bool:
+    """Whether ``rrec run`` will (most likely) validate some domain: ``until`` reaches validate and
+    a domain's run folder has no current validation. A cheap guess from the manifests (no input
+    is hashed), used only to import GX ahead (:func:`core.runtime.importing_ahead`)."""
+    if until not in ("validate", "release"):
+        return False
+    if force:
+        return True
+    for domain in domains:
+        run = RunDir(out / RUNS_DIR / domain)
+        if run.entry(VALIDATE.name) is None or VALIDATE.name in run.stale_stages():
+            return True
+    return False
 
 
 def domain_stages(domain: str, inputs: DomainInputs, config: dict[str, Any], settings: RunSettings) -> Iterator[tuple[Stage[Any], Any]]:
@@ -192,9 +212,12 @@ def register(app: typer.Typer) -> None:
         if until not in CHAIN_STAGES:
             raise typer.BadParameter(f"choose one of {', '.join(CHAIN_STAGES)}", param_hint="--until")
         loaded = load_config(config)
-        check_domains(loaded)  # before a cluster starts
+        domains = check_domains(loaded)  # before a cluster starts
         settings = common(loaded, {"workers": workers, "scheduler": scheduler})
-        with dask_client(settings.workers, settings.scheduler) as client:
+        # What the card and the validation report need (matplotlib, GX: seconds) imports from
+        # the start on, in the cores' idle moments (the cluster's start-up, stage barriers).
+        ahead = [*(RELEASE_MODULES if until == "release" else ()), *(REPORT_MODULES if validation_due(out, domains, force, until) else ())]
+        with importing_ahead(ahead), dask_client(settings.workers, settings.scheduler) as client:
             result = run_chain(out, config, client, force=force, version=version, until=until)
         if result.tag is None:
             typer.echo(f"Stopped after {until}. Run folders: {', '.join(str(r) for r in result.runs)}")

@@ -190,3 +190,29 @@ def test_rrec_card_writes_the_card_of_run_folders(carded: tuple[Path, list], tmp
     assert (tmp_path / "card" / "figures" / "office_history_length.png").exists()
     missing = runner.invoke(app, ["card", "--runs", str(tmp_path / "nope"), "--out", str(tmp_path / "c2")])
     assert missing.exit_code == 2 and "do not exist" in missing.output
+
+
+def test_figures_drawn_ahead_in_threads_are_the_cards_own(carded: tuple[Path, list], tmp_path: Path) -> None:
+    """The publisher draws a config's figures while the shards are written (another thread may
+    draw at the same time): the card uses them, and they are the bytes the card would draw."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from datacards.card import DrawnFigures, draw_figures
+
+    out, domains = carded
+    with ThreadPoolExecutor(max_workers=2) as pool:  # both configs at once: no shared pyplot state
+        drawn = dict(zip([d.config for d in domains], pool.map(draw_figures, domains, [tmp_path / "ahead"] * len(domains))))
+    for domain in domains:
+        for kind, name in drawn[domain.config].figures.items():
+            assert (tmp_path / "ahead" / name).read_bytes() == (out / name).read_bytes(), kind
+    # The card uses what was drawn (a figure removed from the folder stays removed) ...
+    build_card(domains, tmp_path / "ahead", "1.2.0", CardSettings(), drawn=drawn)
+    first = domains[0].config
+    gone = tmp_path / "ahead" / drawn[first].figures["history_length"]
+    gone.unlink()
+    build_card(domains, tmp_path / "ahead", "1.2.0", CardSettings(), drawn=drawn)
+    assert not gone.exists()
+    # ... unless its statistics are not the card's: then it draws them again.
+    other = domain_statistics(domains[1])
+    build_card(domains, tmp_path / "ahead", "1.2.0", CardSettings(), drawn={first: DrawnFigures(other, drawn[first].figures)})
+    assert gone.read_bytes() == (out / drawn[first].figures["history_length"]).read_bytes()

@@ -8,6 +8,7 @@ the sequences are partitioned and whether its tasks run in this process or on a 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -28,6 +29,7 @@ from release.builder import (
     ordered_parts,
     range_bounds,
     read_staging,
+    shard_pieces,
     stream_release,
     user_sample,
     write_staging,
@@ -39,6 +41,7 @@ from release.layout import (
     check_domains,
     load_domains,
     release_memory_estimate,
+    shard_starts,
     write_data,
 )
 from release.loading import load_release
@@ -308,3 +311,50 @@ def test_mentioned_items_of_dictionary_encoded_rows_equal_those_of_the_decoded_r
     assert sorted(mentioned_items(pieces).to_pylist(), key=str) == expected
     assert sorted(mentioned_items([plain]).to_pylist(), key=str) == expected
     assert None in expected and len(expected) > 20
+
+
+def test_shards_are_as_even_as_rows_allow_and_never_above_shard_rows() -> None:
+    assert shard_starts(108_795, 100_000) == [0, 54_397, 108_795]  # not 100,000 + 8,795
+    assert shard_starts(0, 10) == [0, 0]  # an empty split still gets its one (empty) shard
+    for rows in [*range(0, 60), 99_999, 100_000, 100_001, 326_385]:
+        for shard_rows in (1, 3, 7, 10, 100_000):
+            starts = shard_starts(rows, shard_rows)
+            sizes = [end - start for start, end in itertools.pairwise(starts)]
+            assert starts[0] == 0 and starts[-1] == rows
+            assert len(sizes) == max(1, -(-rows // shard_rows))
+            assert max(sizes) <= shard_rows and max(sizes) - min(sizes) <= 1
+
+
+def test_shard_pieces_read_exactly_the_rows_of_each_shard() -> None:
+    rng = random.Random(3)
+    for _ in range(300):
+        files = [(f"part-{i}", rng.choice([0, 0, 1, 5, 9, 40])) for i in range(rng.randint(1, 6))]
+        shard_rows = rng.randint(1, 50)
+        rows = [(name, row) for name, count in files for row in range(count)]  # the split, in order
+        starts = shard_starts(len(rows), shard_rows)
+        pieces = shard_pieces(files, shard_rows)
+        assert len(pieces) == len(starts) - 1
+        for shard, (start, end) in enumerate(itertools.pairwise(starts)):
+            read = [(name, row) for name, first, count in pieces[shard] for row in range(first, first + count)]
+            assert read == rows[start:end]
+            assert all(count > 0 for _, _, count in pieces[shard])
+
+
+def test_the_joined_domain_given_while_shards_are_written_has_the_releases_statistics(runs, dask_client, tmp_path) -> None:
+    """The publisher draws the card's figures from it while the cluster writes the shards:
+    its statistics must be the written release's."""
+    seen: list = []
+    domains = stream_release(check_domains(runs), tmp_path / "v", SHARD_ROWS, 9, dask_client, while_writing=seen.append)
+    assert [joined.config for joined in seen] == [d.config for d in domains]
+    for joined, domain in zip(seen, domains):
+        assert domain_statistics(joined) == domain_statistics(domain)
+        assert joined.row_counts() == domain.row_counts() and joined.catalog_items == domain.catalog_items
+
+    def failing(joined) -> None:
+        raise RuntimeError("drawing failed")
+
+    # An error in it waits for the shard tasks (they read the staging files), then reaches the
+    # caller with the staging files removed.
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        stream_release(check_domains(runs), tmp_path / "w", SHARD_ROWS, 9, dask_client, while_writing=failing)
+    assert not any(p.name.endswith("-partitions") for p in tmp_path.iterdir())

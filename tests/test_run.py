@@ -64,6 +64,19 @@ def test_rerunning_the_same_version_with_unchanged_data_is_already_released(chai
     assert head == chain["head"]
 
 
+def test_gx_is_imported_ahead_only_when_a_validation_is_due(chain: dict, tmp_path: Path) -> None:
+    from rrec.chain import validation_due
+
+    domains = SMALL_CHAIN["sample"]["domains"]
+    assert validation_due(tmp_path / "fresh", domains, force=False, until="release")
+    assert validation_due(tmp_path / "fresh", domains, force=False, until="validate")
+    assert not validation_due(tmp_path / "fresh", domains, force=False, until="sequences")
+    # The chain's run folders are validated and current: a rerun imports no GX ...
+    assert not validation_due(chain["out"], domains, force=False, until="release")
+    # ... unless it reruns every stage.
+    assert validation_due(chain["out"], domains, force=True, until="release")
+
+
 def test_the_release_of_the_chain_loads_every_config_and_split(chain: dict) -> None:
     from release.loading import load_release
 

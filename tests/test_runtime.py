@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import weakref
 
-from core.runtime import give_back_memory, one_slot_cache, paused_gc, thaw_collected
+import pytest
+
+from core.runtime import give_back_memory, importing_ahead, one_slot_cache, paused_gc, thaw_collected
 
 
 class Node:
@@ -171,3 +174,34 @@ def test_one_slot_cache_never_answers_with_another_keys_value_across_threads():
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+def test_importing_ahead_imports_in_a_second_thread_while_the_body_runs(tmp_path, monkeypatch):
+    """The modules import beside the body, are all imported once it ends, and a broken one
+    raises only where the caller imports it itself (with its own error)."""
+    import sys
+    import threading
+
+    started = threading.Event()
+    (tmp_path / "slow_ahead_module.py").write_text(
+        "import threading, time\nimport test_runtime_signal\ntest_runtime_signal.started.set()\n"
+        "THREAD = threading.current_thread().name\ntime.sleep(0.3)\n"
+    )
+    (tmp_path / "broken_ahead_module.py").write_text("raise RuntimeError('broken on purpose')\n")
+    signal = type(sys)("test_runtime_signal")
+    signal.started = started
+    monkeypatch.setitem(sys.modules, "test_runtime_signal", signal)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    with importing_ahead(["broken_ahead_module", "slow_ahead_module"]):
+        assert started.wait(10)  # the import runs while the body does
+        body_thread = threading.current_thread().name
+    module = sys.modules["slow_ahead_module"]  # complete once the body is left
+    assert module.THREAD == "importing-ahead" != body_thread
+    assert "broken_ahead_module" not in sys.modules
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        importlib.import_module("broken_ahead_module")
+    with importing_ahead([]):  # nothing to import: no thread
+        assert not any(t.name == "importing-ahead" for t in threading.enumerate())
+    for name in ("slow_ahead_module", "broken_ahead_module"):
+        sys.modules.pop(name, None)

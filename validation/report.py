@@ -10,7 +10,6 @@ output (``data_docs/``), with one ``results/<table>.json`` per suite beside it.
 from __future__ import annotations
 
 import datetime
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,8 @@ REPORT_MODULES = (
     "validation.gx_checks",
     "validation.suites",
 )
-"""What :func:`write_gx_reports` imports (GX takes seconds): :func:`preload` imports it ahead."""
-
-
-def preload() -> None:
-    """Import everything the report needs, e.g. in a thread while the cluster checks the tables."""
-    for module in REPORT_MODULES:
-        importlib.import_module(module)
+"""What :func:`write_gx_reports` imports (GX takes seconds): the validate stage and ``rrec run``
+import them ahead (:func:`core.runtime.importing_ahead`)."""
 
 
 def computed_by_label(entry: ExpectationSummary) -> str:

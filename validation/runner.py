@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,8 +42,10 @@ from core.hashing import code_version, hash_path
 from core.progress import gather_with_progress
 from core.protocol import Stage, StageContext, StageResult
 from core.records import EARLIEST_TIMESTAMP_MS, latest_timestamp_ms
+from core.runtime import importing_ahead
 from core.stage import RunDir, StageError
 from core.tables import parts
+from validation.report import REPORT_MODULES
 from validation.row_checks import check_part
 from validation.spec import (
     COMPUTED_BY_GX,
@@ -193,12 +194,6 @@ def _gx_task() -> Any:
     return gx_check_part
 
 
-def _preload_report() -> None:
-    from validation.report import preload
-
-    preload()
-
-
 def present_tables(run: RunDir) -> list[str]:
     """The tables of ``run`` that a completed stage wrote (in :data:`TABLES` order)."""
     present = []
@@ -238,30 +233,11 @@ class ValidateStage(Stage[ValidateSettings]):
 
     def run(self, ctx: StageContext[ValidateSettings]) -> None:
         settings, run = ctx.settings, ctx.run
-        # The report needs GX (seconds to import): import it while the cluster checks the tables.
-        importing = threading.Thread(target=_preload_report, daemon=True)
-        importing.start()
-        parameters = suite_parameters(run, settings)
-        # Every table is submitted before any is awaited: the cluster never idles between tables.
-        pending = {
-            table: submit_table(run, table, ctx.client, parameters, settings.examples, settings.row_engine) for table in present_tables(run)
-        }
-        suites = {
-            table: collect_table(pending[table], parameters, settings.examples, settings.row_engine)
-            if table in pending
-            else SuiteSummary.absent()
-            for table in TABLES
-        }
-        summary = ValidationSummary(
-            run=str(run.path),
-            validated_at=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            code_version=code_version(),
-            parameters=parameters,
-            suites=suites,
-            data_docs="data_docs/index.html",
-        )
+        # The report needs GX (seconds to import): import it while the cluster checks the tables
+        # (a no-op when `rrec run` imported it already during the stages before).
+        with importing_ahead(REPORT_MODULES):
+            summary = self._checked(run, settings, ctx.client)
         out_dir = ctx.out.output_path(OUTPUT, folder=True)
-        importing.join()
         from validation.report import write_gx_reports
 
         write_gx_reports(out_dir, run.path.name, summary)
@@ -271,6 +247,28 @@ class ValidateStage(Stage[ValidateSettings]):
             critical_failures=summary.critical_failures,
             warning_failures=summary.warning_failures,
             success=summary.success,
+        )
+
+    def _checked(self, run: RunDir, settings: ValidateSettings, client: Any) -> ValidationSummary:
+        """Every present table checked against its suite (absent ones marked so)."""
+        parameters = suite_parameters(run, settings)
+        # Every table is submitted before any is awaited: the cluster never idles between tables.
+        pending = {
+            table: submit_table(run, table, client, parameters, settings.examples, settings.row_engine) for table in present_tables(run)
+        }
+        suites = {
+            table: collect_table(pending[table], parameters, settings.examples, settings.row_engine)
+            if table in pending
+            else SuiteSummary.absent()
+            for table in TABLES
+        }
+        return ValidationSummary(
+            run=str(run.path),
+            validated_at=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            code_version=code_version(),
+            parameters=parameters,
+            suites=suites,
+            data_docs="data_docs/index.html",
         )
 
     def report(self, result: StageResult) -> str:
