@@ -30,7 +30,7 @@ from pipeline.filter import FILTER
 from pipeline.ingest import INGEST
 from pipeline.judge import JUDGE
 from pipeline.sequences import SEQUENCES
-from validation.report import REPORT_MODULES
+from validation.report_process import report_process
 from validation.runner import VALIDATE
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _domain_inputs(out: Path, config: dict[str, Any], settings: RunSettings) -> 
 def validation_due(out: Path, domains: list[str], force: bool, until: str) -> bool:
     """Whether ``rrec run`` will (most likely) validate some domain: ``until`` reaches validate and
     a domain's run folder has no current validation. A cheap guess from the manifests (no input
-    is hashed), used only to import GX ahead (:func:`core.runtime.importing_ahead`)."""
+    is hashed), used only to start the report's helper process (:mod:`validation.report_process`)."""
     if until not in ("validate", "release"):
         return False
     if force:
@@ -214,10 +214,14 @@ def register(app: typer.Typer) -> None:
         loaded = load_config(config)
         domains = check_domains(loaded)  # before a cluster starts
         settings = common(loaded, {"workers": workers, "scheduler": scheduler})
-        # What the card and the validation report need (matplotlib, GX: seconds) imports from
-        # the start on, in the cores' idle moments (the cluster's start-up, stage barriers).
-        ahead = [*(RELEASE_MODULES if until == "release" else ()), *(REPORT_MODULES if validation_due(out, domains, force, until) else ())]
-        with importing_ahead(ahead), dask_client(settings.workers, settings.scheduler) as client:
+        # What the card needs (matplotlib) imports from the start on, in a thread; the
+        # validation report's GX (seconds) in a low-priority helper process that writes it.
+        ahead = RELEASE_MODULES if until == "release" else ()
+        with (
+            report_process(validation_due(out, domains, force, until)),
+            importing_ahead(ahead),
+            dask_client(settings.workers, settings.scheduler) as client,
+        ):
             result = run_chain(out, config, client, force=force, version=version, until=until)
         if result.tag is None:
             typer.echo(f"Stopped after {until}. Run folders: {', '.join(str(r) for r in result.runs)}")

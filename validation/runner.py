@@ -46,6 +46,7 @@ from core.runtime import importing_ahead
 from core.stage import RunDir, StageError
 from core.tables import parts
 from validation.report import REPORT_MODULES
+from validation.report_process import current_report_process, write_report
 from validation.row_checks import check_part
 from validation.spec import (
     COMPUTED_BY_GX,
@@ -233,14 +234,13 @@ class ValidateStage(Stage[ValidateSettings]):
 
     def run(self, ctx: StageContext[ValidateSettings]) -> None:
         settings, run = ctx.settings, ctx.run
-        # The report needs GX (seconds to import): import it while the cluster checks the tables
-        # (a no-op when `rrec run` imported it already during the stages before).
-        with importing_ahead(REPORT_MODULES):
+        # The report needs GX (seconds to import): `rrec run` has a helper process import it
+        # at low priority from the start (validation.report_process); without one, it is
+        # imported here while the cluster checks the tables.
+        with importing_ahead(() if current_report_process() else REPORT_MODULES):
             summary = self._checked(run, settings, ctx.client)
         out_dir = ctx.out.output_path(OUTPUT, folder=True)
-        from validation.report import write_gx_reports
-
-        write_gx_reports(out_dir, run.path.name, summary)
+        write_report(out_dir, run.path.name, summary)
         (out_dir / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
         ctx.out.record(
             rows_in=summary.rows,
