@@ -152,12 +152,15 @@ def register(app: typer.Typer) -> None:
         every release; this command previews it.
         """
         from datacards.card import CardSettings, build_card
-        from release.layout import load_domains
+        from release.layout import load_domains, sized_as_released
+        from release.publish import ReleaseSettings
         from release.registry import version_tag
 
         settings, _ = settings_for(config, "card", CardSettings, pretty_name=pretty_name, license=license)
+        release_settings, _ = settings_for(config, "release", ReleaseSettings, version=version)
         tag = version_tag(version)
-        domains = load_domains(collect_runs(runs, ctx))
+        # The sizes a release of these runs records (its shards' row groups), not the in-memory tables'.
+        domains = [sized_as_released(d, release_settings.shard_rows) for d in load_domains(collect_runs(runs, ctx))]
         path = build_card(domains, out, tag, settings, repo_id=repo_id)
         typer.echo(f"Wrote the dataset card {path} and its figures in {path.parent / 'figures'}.")
 

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,10 +31,10 @@ from core.names import check_config_names, config_name, items_config
 from core.progress import track
 from core.schemas import ITEMS, RELEASE_ROW, SPLITS
 from core.stage import RunDir, StageError
-from core.tables import read_table
+from core.tables import arrow_bytes, read_table
 from datacards.statistics import RowStatistics, category_counts
 from pipeline.sequences.settings import SequencesSettings
-from release.shards import write_shard
+from release.shards import ROW_GROUP_ROWS, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +361,30 @@ def shard_starts(rows: int, shard_rows: int) -> list[int]:
     """
     count = shard_count(rows, shard_rows)
     return [index * rows // count for index in range(count + 1)]
+
+
+def release_nbytes(table: pa.Table, shard_rows: int) -> int:
+    """The Arrow size a release records for ``table`` written as shards of ``shard_rows`` rows:
+    :func:`core.tables.arrow_bytes` summed over the row groups of its shards (what the
+    streaming builder adds up as it writes them)."""
+    starts = shard_starts(table.num_rows, shard_rows)
+    return sum(
+        arrow_bytes(table.slice(group, min(ROW_GROUP_ROWS, end - group)))
+        for start, end in itertools.pairwise(starts)
+        for group in range(start, end, ROW_GROUP_ROWS)
+    )
+
+
+def sized_as_released(domain: DomainRelease, shard_rows: int) -> DomainRelease:
+    """``domain`` (in memory) with each table's size as a release of ``shard_rows`` records it,
+    for a card previewed before any release (``rrec card``): the sizes then match the release's."""
+
+    def sized(table: TableSize) -> WrittenTable:
+        return WrittenTable(
+            table.schema, table.num_rows, release_nbytes(table, shard_rows) if isinstance(table, pa.Table) else table.nbytes
+        )
+
+    return replace(domain, splits={split: sized(t) for split, t in domain.splits.items()}, items=sized(domain.items))
 
 
 def write_shards(table: pa.Table, folder: Path, split: str, shard_rows: int) -> list[Path]:

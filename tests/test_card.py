@@ -216,3 +216,27 @@ def test_figures_drawn_ahead_in_threads_are_the_cards_own(carded: tuple[Path, li
     other = domain_statistics(domains[1])
     build_card(domains, tmp_path / "ahead", "1.2.0", CardSettings(), drawn={first: DrawnFigures(other, drawn[first].figures)})
     assert gone.read_bytes() == (out / drawn[first].figures["history_length"]).read_bytes()
+
+
+def test_the_card_preview_gives_the_sizes_a_release_of_the_same_runs_records(tmp_path: Path) -> None:
+    """`rrec card` (tables in memory) and `rrec release` (sizes summed as the shards are
+    written) state the same Arrow sizes; before, the preview stated the in-memory tables' nbytes."""
+    import yaml
+
+    from release.publish import ReleaseSettings, release_runs
+
+    runs = [make_run(tmp_path / "runs", "Grocery_and_Gourmet_Food"), make_run(tmp_path / "runs", "Office_Products", with_judge=False)]
+    config = tmp_path / "release.yaml"
+    config.write_text(yaml.safe_dump({"release": {"shard_rows": 7}}))  # several shards per split
+    command = ["card", "--out", str(tmp_path / "preview"), "--config", str(config)]
+    result = runner.invoke(app, [*command[:1], *(a for run in runs for a in ("--runs", str(run))), *command[1:]])
+    assert result.exit_code == 0, result.output
+    release_runs(runs, tmp_path / "registry", ReleaseSettings(version="1.0.0", shard_rows=7))
+
+    def sizes(readme: Path) -> dict:
+        infos = DatasetCard.load(readme).data.to_dict()["dataset_info"]
+        return {i["config_name"]: (i["dataset_size"], {s["name"]: s["num_bytes"] for s in i["splits"]}) for i in infos}
+
+    released = sizes(tmp_path / "registry" / "README.md")
+    assert sizes(tmp_path / "preview" / "README.md") == released
+    assert all(size > 0 for size, _ in released.values()) and len(released) == 4
