@@ -30,7 +30,9 @@ def paused_gc(freeze: bool = False) -> Iterator[None]:
     each time (the annotator's and the filter's item facts and words): the first collection after
     a partition otherwise scanned every entry it added, a sixth of the template annotator's time
     at 14M reviews. Frozen objects are still freed by reference counting when a cache drops them;
-    only cyclic garbage among them waits for :func:`thaw_collected` (run when a stage ends).
+    only cyclic garbage among them waits for ``gc.unfreeze`` and the next full collection
+    (:func:`thaw_collected`; a stage that froze them unfreezes them when it ends, and the
+    protocol's :func:`give_back_memory` collects).
     """
     enabled = gc.isenabled()
     gc.disable()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import Iterator
 from typing import Any
 
-from core.runtime import thaw_collected
 from pipeline.annotators import catalog, context, grounding_contexts, template, template_columns
 from pipeline.text_rules import grounding, hostile, partition
 
@@ -33,7 +33,10 @@ def forget_worker_caches() -> None:
         for value in vars(module).values():
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
-    thaw_collected()
+    # The frozen entries (core.runtime.paused_gc) become collectable again; the collection itself
+    # is give_back_memory's, which the stage protocol runs on every worker right after (a second
+    # full pass here found nothing more).
+    gc.unfreeze()
 
 
 @contextlib.contextmanager
