@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.progress import gather_with_progress
@@ -84,43 +86,97 @@ def _columns_check(table: str, footers: dict[str, pq.FileMetaData], column_list:
 
 
 # -- map and reduce steps (Dask tasks) ---------------------------------------------------------
-def key_frame(part: str, table: str, columns: list[str]) -> pd.DataFrame:
-    """The key columns of one part file (``evaluation_key`` derived for ``sequences``).
-
-    Arrow-backed dtypes keep an integer key an integer in every partition, with or without
-    nulls, so equal keys hash alike wherever they are.
-    """
+def key_table(part: str, table: str, columns: list[str]) -> pa.Table:
+    """The key columns of one part file (``evaluation_key`` derived for ``sequences``), each of
+    the table's declared type where its values allow (else as text), NaN read as missing (as
+    pandas and GX count it), so that every partition's keys compare and hash alike."""
     if table == "sequences" and columns == ["evaluation_key"]:
-        return evaluation_key_frame(pq.read_table(part, columns=["user_id", "split"]))
-    return pq.read_table(part, columns=columns).to_pandas(types_mapper=pd.ArrowDtype)
+        keys = pa.Table.from_pandas(evaluation_key_frame(pq.read_table(part, columns=["user_id", "split"])), preserve_index=False)
+    else:
+        keys = pq.read_table(part, columns=columns)
+    declared = SCHEMAS.get(table)
+    arrays = []
+    for name in columns:
+        column = keys.column(name).combine_chunks()
+        wanted = declared.field(name).type if declared is not None and declared.get_field_index(name) >= 0 else column.type
+        try:
+            column = column.cast(wanted)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            column = column.cast(pa.string())  # a part whose column has another type (the columns check fails it)
+        if pa.types.is_floating(column.type):
+            column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, names=columns)
 
 
-def _bucket_of(keys: pd.DataFrame, buckets: int) -> np.ndarray:
-    return (pd.util.hash_pandas_object(keys.astype("string"), index=False).to_numpy() % buckets).astype(np.int64)
+def _hashes(array: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each value that depends on the value alone (not on its partition):
+    integers by their bits, anything else by its text (each distinct value hashed once); 0 for null."""
+    if pa.types.is_integer(array.type):
+        hashed = pd.util.hash_array(pc.fill_null(array, 0).cast(pa.int64(), safe=False).to_numpy().view(np.uint64))
+    else:
+        encoded = pc.dictionary_encode(array)
+        text = np.asarray(encoded.dictionary.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+        unique = pd.util.hash_array(text) if len(text) else np.zeros(1, dtype=np.uint64)
+        hashed = unique[pc.fill_null(encoded.indices, 0).to_numpy()]
+    return np.where(pc.is_valid(array).to_numpy(zero_copy_only=False), hashed, np.uint64(0))
+
+
+_COLUMN_MULTIPLIERS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
+
+
+def _bucket_of(keys: pa.Table, buckets: int) -> np.ndarray:
+    """The hash bucket of each row's key (all of ``keys``' columns): equal keys share a bucket, in every partition."""
+    combined = np.zeros(keys.num_rows, dtype=np.uint64)
+    for index, column in enumerate(keys.columns):
+        combined = combined * np.uint64(_COLUMN_MULTIPLIERS[index % len(_COLUMN_MULTIPLIERS)]) + _hashes(column.combine_chunks())
+    return (combined % np.uint64(buckets)).astype(np.int64)
 
 
 def _split(frame: pd.DataFrame, keys: list[str], buckets: int) -> list[pd.DataFrame]:
     """``frame`` in hash buckets of its ``keys`` columns (no hashing for a single bucket)."""
     if buckets == 1:
         return [frame]
-    bucket = _bucket_of(frame[keys], buckets)
+    bucket = _bucket_of(pa.Table.from_pandas(frame[keys], preserve_index=False), buckets)
     return [frame[bucket == b] for b in range(buckets)]
 
 
-def key_count_buckets(part: str, table: str, columns: list[str], buckets: int) -> list[pd.DataFrame]:
-    """Map step: how often each key occurs in one part file, split into hash buckets."""
-    keys = key_frame(part, table, columns)
+def key_count_buckets(part: str, table: str, columns: list[str], buckets: int) -> list[pa.Table]:
+    """Map step: how often each key occurs in one part file (``columns`` and ``rows``), split
+    into hash buckets. Arrow's hash group-by (the pandas one took 5x as long)."""
+    keys = key_table(part, table, columns)
     # GX ignores a row only when every key column is missing; do the same.
-    keys = keys.dropna(how="all", subset=columns)
-    counts = keys.groupby(columns, dropna=False, sort=False).size().rename("rows").reset_index()
-    return _split(counts, columns, buckets)
+    present = pc.is_valid(keys.column(columns[0]))
+    for name in columns[1:]:
+        present = pc.or_(present, pc.is_valid(keys.column(name)))
+    keys = keys.filter(present)
+    grouped = keys.group_by(columns, use_threads=False).aggregate([([], "count_all")])
+    counts = grouped.select(columns).append_column("rows", grouped.column("count_all"))
+    if buckets == 1:
+        return [counts]
+    bucket = pa.array(_bucket_of(counts.select(columns), buckets))
+    return [counts.filter(pc.equal(bucket, b)) for b in range(buckets)]
 
 
-def repeated_keys(pieces: list[pd.DataFrame], columns: list[str], examples: int) -> tuple[int, int, pd.DataFrame]:
-    """Reduce step: (rows checked, rows whose key repeats, first repeated keys) of one bucket."""
-    counts = pd.concat(pieces, ignore_index=True).groupby(columns, dropna=False)["rows"].sum().reset_index()
-    repeated = counts[counts["rows"] > 1]
-    return int(counts["rows"].sum()), int(repeated["rows"].sum()), repeated.sort_values(columns).head(examples)
+def _same_schema(pieces: list[pa.Table]) -> list[pa.Table]:
+    """``pieces`` as one schema: as they are when they agree, else every key column as text."""
+    if all(piece.schema.equals(pieces[0].schema) for piece in pieces):
+        return pieces
+    return [
+        piece.cast(pa.schema([pa.field(f.name, pa.int64() if f.name == "rows" else pa.string()) for f in piece.schema])) for piece in pieces
+    ]
+
+
+def repeated_keys(pieces: list[pa.Table], columns: list[str], examples: int) -> tuple[int, int, pd.DataFrame]:
+    """Reduce step: (rows checked, rows whose key repeats, first repeated keys with their
+    ``rows``, in key order, nulls last) of one bucket."""
+    grouped = pa.concat_tables(_same_schema(pieces)).group_by(columns, use_threads=False).aggregate([("rows", "sum")])
+    counts = grouped.select(columns).append_column("rows", grouped.column("rows_sum"))
+    repeated = counts.filter(pc.greater(counts.column("rows"), 1))
+    first = repeated.sort_by([(name, "ascending") for name in columns], null_placement="at_end").slice(0, examples)
+    checked = pc.sum(counts.column("rows")).as_py() or 0
+    unexpected = pc.sum(repeated.column("rows")).as_py() or 0
+    return int(checked), int(unexpected), first.to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def evaluation_row_buckets(part: str, buckets: int) -> list[pd.DataFrame]:
@@ -170,10 +226,15 @@ class Layout:
         return max(1, min(len(self.groups), MAX_BUCKETS, -(-self.rows // ROWS_PER_BUCKET)))
 
 
-def for_group(group: list[str], map_step: Any, **kwargs: Any) -> list[pd.DataFrame]:
-    """Map task: ``map_step`` on each part file of ``group``; its buckets concatenated across the parts."""
+def for_group(group: list[str], map_step: Any, **kwargs: Any) -> list[Any]:
+    """Map task: ``map_step`` on each part file of ``group``; its buckets concatenated across the
+    parts (Arrow tables of one schema, or pandas frames)."""
     per_part = [map_step(part, **kwargs) for part in group]
-    return [pd.concat([buckets[b] for buckets in per_part], ignore_index=True) for b in range(len(per_part[0]))]
+    merged: list[Any] = []
+    for b in range(len(per_part[0])):
+        pieces = [buckets[b] for buckets in per_part]
+        merged.append(pa.concat_tables(_same_schema(pieces)) if isinstance(pieces[0], pa.Table) else pd.concat(pieces, ignore_index=True))
+    return merged
 
 
 def _submit_bucketed_reduce(client: Any, mapped: list[Any], buckets: int, reducer: Any, **reducer_kwargs: Any) -> list[Any]:
