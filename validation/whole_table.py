@@ -87,22 +87,15 @@ def _columns_check(table: str, footers: dict[str, pq.FileMetaData], column_list:
 
 # -- map and reduce steps (Dask tasks) ---------------------------------------------------------
 def key_table(part: str, table: str, columns: list[str]) -> pa.Table:
-    """The key columns of one part file (``evaluation_key`` derived for ``sequences``), each of
-    the table's declared type where its values allow (else as text), NaN read as missing (as
-    pandas and GX count it), so that every partition's keys compare and hash alike."""
+    """The key columns of one part file (``evaluation_key`` derived for ``sequences``), as the
+    file holds them, NaN read as missing (as pandas and GX count it)."""
     if table == "sequences" and columns == ["evaluation_key"]:
         keys = pa.Table.from_pandas(evaluation_key_frame(pq.read_table(part, columns=["user_id", "split"])), preserve_index=False)
     else:
         keys = pq.read_table(part, columns=columns)
-    declared = SCHEMAS.get(table)
     arrays = []
     for name in columns:
         column = keys.column(name).combine_chunks()
-        wanted = declared.field(name).type if declared is not None and declared.get_field_index(name) >= 0 else column.type
-        try:
-            column = column.cast(wanted)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            column = column.cast(pa.string())  # a part whose column has another type (the columns check fails it)
         if pa.types.is_floating(column.type):
             column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
         arrays.append(column)
@@ -158,22 +151,29 @@ def key_count_buckets(part: str, table: str, columns: list[str], buckets: int) -
     return [counts.filter(pc.equal(bucket, b)) for b in range(buckets)]
 
 
-def _same_schema(pieces: list[pa.Table]) -> list[pa.Table]:
-    """``pieces`` as one schema: as they are when they agree, else every key column as text."""
-    if all(piece.schema.equals(pieces[0].schema) for piece in pieces):
-        return pieces
-    return [
-        piece.cast(pa.schema([pa.field(f.name, pa.int64() if f.name == "rows" else pa.string()) for f in piece.schema])) for piece in pieces
-    ]
+def _one_schema(pieces: list[Any]) -> bool:
+    return all(isinstance(p, pa.Table) and p.schema.equals(pieces[0].schema) for p in pieces)
 
 
-def repeated_keys(pieces: list[pa.Table], columns: list[str], examples: int) -> tuple[int, int, pd.DataFrame]:
+def _as_frame(piece: Any) -> pd.DataFrame:
+    return piece.to_pandas(types_mapper=pd.ArrowDtype) if isinstance(piece, pa.Table) else piece
+
+
+def repeated_keys(pieces: list[Any], columns: list[str], examples: int) -> tuple[int, int, pd.DataFrame]:
     """Reduce step: (rows checked, rows whose key repeats, first repeated keys with their
-    ``rows``, in key order, nulls last) of one bucket."""
-    grouped = pa.concat_tables(_same_schema(pieces)).group_by(columns, use_threads=False).aggregate([("rows", "sum")])
+    ``rows``, in key order, nulls last) of one bucket.
+
+    Pieces whose key columns have other types than each other's (a part that failed the column
+    check) are compared as pandas compares mixed values (the text "5" is not the number 5)."""
+    if not _one_schema(pieces):
+        frame = pd.concat([_as_frame(p) for p in pieces], ignore_index=True)
+        counts = frame.groupby(columns, dropna=False)["rows"].sum().reset_index()
+        repeated = counts[counts["rows"] > 1]
+        return int(counts["rows"].sum()), int(repeated["rows"].sum()), repeated.sort_values(columns).head(examples)
+    grouped = pa.concat_tables(pieces).group_by(columns, use_threads=False).aggregate([("rows", "sum")])
     counts = grouped.select(columns).append_column("rows", grouped.column("rows_sum"))
     repeated = counts.filter(pc.greater(counts.column("rows"), 1))
-    first = repeated.sort_by([(name, "ascending") for name in columns], null_placement="at_end").slice(0, examples)
+    first = repeated.sort_by([(name, "ascending", "at_end") for name in columns]).slice(0, examples)
     checked = pc.sum(counts.column("rows")).as_py() or 0
     unexpected = pc.sum(repeated.column("rows")).as_py() or 0
     return int(checked), int(unexpected), first.to_pandas(types_mapper=pd.ArrowDtype)
@@ -233,7 +233,10 @@ def for_group(group: list[str], map_step: Any, **kwargs: Any) -> list[Any]:
     merged: list[Any] = []
     for b in range(len(per_part[0])):
         pieces = [buckets[b] for buckets in per_part]
-        merged.append(pa.concat_tables(_same_schema(pieces)) if isinstance(pieces[0], pa.Table) else pd.concat(pieces, ignore_index=True))
+        if _one_schema(pieces):
+            merged.append(pa.concat_tables(pieces))
+        else:  # pandas frames, or Arrow key counts whose types disagree (see repeated_keys)
+            merged.append(pd.concat([_as_frame(p) for p in pieces], ignore_index=True))
     return merged
 
 

@@ -1,0 +1,42 @@
+"""validation.whole_table's key-count map-reduce on hostile part files (types that disagree, NaN)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from validation.whole_table import for_group, key_count_buckets, repeated_keys
+
+
+def _reduce(paths: list[str], columns: list[str], buckets: int, table: str = "hostile") -> tuple[int, int, list[dict]]:
+    mapped = [for_group([path], key_count_buckets, table=table, columns=columns, buckets=buckets) for path in paths]
+    results = [repeated_keys([m[b] for m in mapped], columns, examples=10) for b in range(buckets)]
+    examples = sorted((row for _, _, frame in results for row in frame.to_dict("records")), key=repr)
+    return sum(r[0] for r in results), sum(r[1] for r in results), examples
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 3])
+def test_keys_repeated_across_parts_are_counted_whatever_the_buckets(tmp_path, buckets) -> None:
+    a, b = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    pq.write_table(pa.table({"user_id": ["u1", "u2", "u3", None], "line": [1, 2, 3, None]}), a)
+    pq.write_table(pa.table({"user_id": ["u3", "u4", None, None], "line": [3, 4, None, 7]}), b)
+    checked, repeated, examples = _reduce([a, b], ["user_id", "line"], buckets)
+    # The all-missing key is ignored (as GX does); (u3, 3) repeats across the parts.
+    assert (checked, repeated) == (6, 2)
+    assert examples == [{"user_id": "u3", "line": 3, "rows": 2}]
+
+
+def test_a_nan_key_is_missing_like_null_and_disagreeing_types_compare_as_pandas_does(tmp_path) -> None:
+    a, b = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    pq.write_table(pa.table({"k": pa.array([1.0, float("nan"), None], pa.float64()), "s": ["x", "x", "x"]}), a)
+    checked, repeated, _ = _reduce([a], ["k", "s"], 1)
+    assert (checked, repeated) == (3, 2)  # NaN and null are the same missing value (pandas, GX)
+    pq.write_table(pa.table({"k": pa.array([5, 6], pa.int64())}), a)
+    pq.write_table(pa.table({"k": pa.array(["5", "7"], pa.string())}), b)
+    for buckets in (1, 2):
+        checked, repeated, examples = _reduce([a, b], ["k"], buckets)
+        assert (checked, repeated) == (4, 0) and examples == []  # the text "5" is not the number 5
+    pq.write_table(pa.table({"k": pa.array(["7", "8"], pa.string())}), a)  # and equal texts still repeat
+    for buckets in (1, 2):
+        assert _reduce([a, b], ["k"], buckets)[:2] == (4, 2)
