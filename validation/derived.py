@@ -283,12 +283,6 @@ def evaluation_keys(user_id: pa.Array, split: pa.Array) -> pa.Array:
     return pc.if_else(evaluation, joined, pa.scalar(None, pa.string()))
 
 
-def evaluation_key_frame(table: pa.Table) -> pd.DataFrame:
-    """The ``evaluation_key`` column alone, from a table with ``user_id`` and ``split``."""
-    keys = evaluation_keys(table.column("user_id").combine_chunks(), table.column("split").combine_chunks())
-    return pd.DataFrame({"evaluation_key": keys.to_numpy(zero_copy_only=False)})
-
-
 def evaluation_rows(table: pa.Table) -> pd.DataFrame:
     """The validation and test rows of a sequences partition, histories as joined parent_asins."""
     split = table.column("split")

@@ -29,7 +29,7 @@ from core.progress import gather_with_progress
 from validation.derived import (
     EVALUATION_FIELDS,
     compare_validation_with_test,
-    evaluation_key_frame,
+    evaluation_keys,
     evaluation_rows,
     pair_validation_with_test,
     read_fields,
@@ -90,7 +90,8 @@ def key_table(part: str, table: str, columns: list[str]) -> pa.Table:
     """The key columns of one part file (``evaluation_key`` derived for ``sequences``), as the
     file holds them, NaN read as missing (as pandas and GX count it)."""
     if table == "sequences" and columns == ["evaluation_key"]:
-        keys = pa.Table.from_pandas(evaluation_key_frame(pq.read_table(part, columns=["user_id", "split"])), preserve_index=False)
+        read = pq.read_table(part, columns=["user_id", "split"])
+        keys = pa.table({"evaluation_key": evaluation_keys(read.column("user_id").combine_chunks(), read.column("split").combine_chunks())})
     else:
         keys = pq.read_table(part, columns=columns)
     arrays = []
