@@ -403,7 +403,9 @@ def _join_partitions(source: DomainSource, staging: Path, partition_rows: int, c
     """Plan and join one domain's partitions (steps 1 and 2 of the module docstring), in release row order."""
     part_files = [str(p) for p in parts(source.run / "sequences")]
     compression = staging_compression(source.run, psutil.virtual_memory().available)
-    log.info("%s: staging files %s", source.config, f"{compression}-compressed" if compression else "uncompressed (they fit the page cache)")
+    log.info(
+        "%s: staging files %s", source.config, f"{compression}-compressed" if compression else "uncompressed (they fit the page cache)"
+    )
     stride = max(1, partition_rows // SAMPLES_PER_PARTITION)
     samples = _map(client, user_sample, f"{source.config}: planning", part_files, [stride] * len(part_files))
     ordered = ordered_parts(samples)
