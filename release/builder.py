@@ -41,17 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.progress import track
 from core.schemas import ITEMS, RELEASE_ROW, SEQUENCES, SPLITS
-from core.stage import RunDir
 from core.tables import FileSignature, dataset, folder_signature, parts
 from datacards.statistics import RowStatistics, category_counts
-from pipeline.sequences.settings import SequencesSettings
 from release.layout import (
     ITEMS_SPLIT,
     DomainRelease,
@@ -71,10 +68,8 @@ log = logging.getLogger(__name__)
 # User ids sampled per planned partition: the ranges come out within a few percent of
 # partition_rows while the plan stays small (a few thousand ids at 14M reviews).
 SAMPLES_PER_PARTITION = 64
-# Staging files are Arrow IPC files, written in batches of STAGING_BATCH_ROWS rows so that a
-# shard task reads (and decompresses) only the batches its rows fall in; their buffers are
-# LZ4-compressed unless the whole release's staging fits the page cache easily
-# (staging_compression).
+# Staging files are Arrow IPC files with LZ4-compressed buffers, written in batches of
+# STAGING_BATCH_ROWS rows so that a shard task decompresses only the batches its rows fall in.
 # Measured on one 150k-user sequences part (37,642 release rows, 2-core VM): written in 0.49 s
 # and read in 0.34 s, against 1.2 s and 2.0 s for the LZ4 Parquet files used before (decoding
 # a hundred nested candidate titles a row was most of that), for 138 MB on disk against 107 MB
@@ -181,35 +176,9 @@ def _user_range(low: str | None, high: str | None) -> pc.Expression | None:
     return conditions[0] if len(conditions) == 1 else conditions[0] & conditions[1]
 
 
-STAGING_BYTES_PER_LIST_ITEM = 40
-"""An upper bound of the staging bytes of one history item or candidate of a release row,
-uncompressed (its id, the index of its title in the batch's dictionary, offsets; the
-dictionaries themselves): 31 bytes measured at 150k users (1.15 GB for 326,385 rows)."""
-UNCOMPRESSED_STAGING_SHARE = 8
-"""Staging stays uncompressed while its estimate is at most this fraction of the available memory."""
-
-
-def staging_compression(run: Path, available: int) -> str | None:
-    """How one domain's staging files are compressed: ``None`` (plain buffers, read back memory-
-    mapped without a copy) while their estimated size is at most 1/:data:`UNCOMPRESSED_STAGING_SHARE`
-    of the ``available`` memory, so that they stay in the page cache, else ``"lz4"``.
-
-    On the 150k-user benchmark LZ4 cost 0.48 CPU s to write and read every 38k rows, against
-    0.21 s plain (1.15 GB instead of 0.62 GB for the release); at 14M reviews the plain files
-    would be about 12 GB, which LZ4 halves. The shards are the same bytes either way (tested).
-    """
-    config = (RunDir(run).entry("sequences") or {}).get("config", {})
-    defaults = SequencesSettings()
-    items = int(config.get("num_negatives", defaults.num_negatives)) + 1
-    items += int(config.get("max_history", defaults.max_history)) or defaults.max_history
-    rows = dataset(Path(run) / "sequences", "sequences").count_rows()
-    return None if rows * items * STAGING_BYTES_PER_LIST_ITEM * UNCOMPRESSED_STAGING_SHARE <= available else "lz4"
-
-
-def write_staging(table: pa.Table, path: str | Path, compression: str | None = "lz4") -> None:
-    """Write ``table`` as a staging file (see :data:`STAGED`), its buffers compressed with
-    ``compression`` (None: plain); :func:`read_staging` reads either."""
-    options = pa.ipc.IpcWriteOptions(compression=compression)
+def write_staging(table: pa.Table, path: str | Path) -> None:
+    """Write ``table`` as a staging file (see :data:`STAGED`)."""
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
         # Batch i holds rows [i * STAGING_BATCH_ROWS, (i + 1) * STAGING_BATCH_ROWS): the reader
         # finds a row's batch by division (write_table would also cut at every chunk boundary).
@@ -252,24 +221,23 @@ def mentioned_bitmap(run: str, splits: Iterable[pa.Table]) -> bytes:
     return np.packbits(marked.to_numpy(zero_copy_only=False)).tobytes()
 
 
-def _join_and_stage(run: str, sequences: pa.Table, filtered: pa.Table, folder: str, compression: str | None = "lz4") -> RangeResult:
+def _join_and_stage(run: str, sequences: pa.Table, filtered: pa.Table, folder: str) -> RangeResult:
     """Join one partition (reference join), write its rows per split into ``folder``, mark the items it mentions."""
     splits, dropped = join_release_rows(sequences, filtered, DICTIONARY_RELEASE_ROW)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     for split, table in splits.items():
-        write_staging(table, out / f"{split}{STAGED}", compression)
+        write_staging(table, out / f"{split}{STAGED}")
     rows = {s: t.num_rows for s, t in splits.items()}
     return RangeResult(folder, rows, RowStatistics.of_splits(splits), dropped, filtered.num_rows, mentioned_bitmap(run, splits.values()))
 
 
-def build_range(run: str, low: str | None, high: str | None, folder: str, compression: str | None = "lz4") -> RangeResult:
-    """Release rows of the users in ``[low, high)`` (None: unbounded), written per split into ``folder``
-    (staging compressed with ``compression``)."""
+def build_range(run: str, low: str | None, high: str | None, folder: str) -> RangeResult:
+    """Release rows of the users in ``[low, high)`` (None: unbounded), written per split into ``folder``."""
     user_filter = _user_range(low, high)
     sequences = dataset(Path(run) / "sequences", "sequences").to_table(filter=user_filter)
     filtered = dataset(Path(run) / "filtered", "filtered").to_table(filter=user_filter)
-    return _join_and_stage(run, sequences, filtered, folder, compression)
+    return _join_and_stage(run, sequences, filtered, folder)
 
 
 DICTIONARY_SEQUENCES = with_dictionary_leaves(SEQUENCES)
@@ -312,9 +280,8 @@ def _whole_user_batches(path: str, partition_rows: int) -> Iterable[pa.Table]:
         yield pending
 
 
-def build_part(run: str, part: PartSample, folder: str, partition_rows: int, compression: str | None = "lz4") -> list[RangeResult]:
-    """Release rows of one part file in user order, a batch of whole users at a time, into
-    ``folder-NNNNN`` (staging compressed with ``compression``)."""
+def build_part(run: str, part: PartSample, folder: str, partition_rows: int) -> list[RangeResult]:
+    """Release rows of one part file in user order, a batch of whole users at a time, into ``folder-NNNNN``."""
     filtered = dataset(Path(run) / "filtered", "filtered").to_table(
         filter=_user_range(part.first, None) & (pc.field("user_id") <= part.last)
     )
@@ -324,7 +291,7 @@ def build_part(run: str, part: PartSample, folder: str, partition_rows: int, com
     for index, sequences in enumerate(_whole_user_batches(part.path, partition_rows)):
         users = sequences["user_id"]
         low, high = np.searchsorted(keys, users[0].as_py(), "left"), np.searchsorted(keys, users[-1].as_py(), "right")
-        results.append(_join_and_stage(run, sequences, filtered.slice(low, high - low), f"{folder}-{index:05d}", compression))
+        results.append(_join_and_stage(run, sequences, filtered.slice(low, high - low), f"{folder}-{index:05d}"))
     return results
 
 
@@ -402,10 +369,6 @@ def _map(
 def _join_partitions(source: DomainSource, staging: Path, partition_rows: int, client: Any) -> list[RangeResult]:
     """Plan and join one domain's partitions (steps 1 and 2 of the module docstring), in release row order."""
     part_files = [str(p) for p in parts(source.run / "sequences")]
-    compression = staging_compression(source.run, psutil.virtual_memory().available)
-    log.info(
-        "%s: staging files %s", source.config, f"{compression}-compressed" if compression else "uncompressed (they fit the page cache)"
-    )
     stride = max(1, partition_rows // SAMPLES_PER_PARTITION)
     samples = _map(client, user_sample, f"{source.config}: planning", part_files, [stride] * len(part_files))
     ordered = ordered_parts(samples)
@@ -413,23 +376,14 @@ def _join_partitions(source: DomainSource, staging: Path, partition_rows: int, c
     if ordered:
         folders = [str(staging / f"{index:05d}") for index in range(len(ordered))]
         found = _map(
-            client,
-            build_part,
-            f"{source.config}: joining",
-            runs[: len(ordered)],
-            ordered,
-            folders,
-            [partition_rows] * len(ordered),
-            [compression] * len(ordered),
+            client, build_part, f"{source.config}: joining", runs[: len(ordered)], ordered, folders, [partition_rows] * len(ordered)
         )
         results = [result for part in found for result in part]
     else:
         bounds = range_bounds(samples, stride, partition_rows)
         lows, highs = [None, *bounds], [*bounds, None]
         folders = [str(staging / f"{index:05d}-00000") for index in range(len(lows))]
-        results = _map(
-            client, build_range, f"{source.config}: joining", [str(source.run)] * len(lows), lows, highs, folders, [compression] * len(lows)
-        )
+        results = _map(client, build_range, f"{source.config}: joining", [str(source.run)] * len(lows), lows, highs, folders)
     log.info("%s: %d sequences rows joined in %d partitions", source.config, sum(s.rows for s in samples), len(results))
     rationales = dataset(source.run / "filtered", "filtered").count_rows()
     if (orphans := rationales - sum(r.rationales for r in results)) > 0:

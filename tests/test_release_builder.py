@@ -20,7 +20,6 @@ import pytest
 from release_runs import make_run
 from test_dask_cluster import scheduler_address  # noqa: F401  (the real scheduler + workers fixture)
 
-from core.schemas import RELEASE_ROW
 from core.tables import arrow_bytes, read_table, write_part
 from datacards.statistics import domain_statistics
 from release.builder import (
@@ -31,10 +30,8 @@ from release.builder import (
     range_bounds,
     read_staging,
     shard_pieces,
-    staging_compression,
     stream_release,
     user_sample,
-    write_shard_from,
     write_staging,
 )
 from release.checksums import file_checksums, verify_release
@@ -132,12 +129,11 @@ def test_the_cards_arrow_sizes_do_not_depend_on_the_partitions(runs, tmp_path) -
         assert size == sum(arrow_bytes(f.read_row_group(i)) for f in files for i in range(f.num_row_groups))
 
 
-@pytest.mark.parametrize("compression", ["lz4", None])
-def test_a_staging_file_reads_back_any_row_range_across_its_batches(tmp_path, compression) -> None:
+def test_a_staging_file_reads_back_any_row_range_across_its_batches(tmp_path) -> None:
     rows = 2 * STAGING_BATCH_ROWS + 345
     table = pa.table({"user_id": [f"u{i:06d}" for i in range(rows)], "n": pa.array(range(rows), pa.int64())})
     chunked = pa.concat_tables([table.slice(0, 777), table.slice(777)])  # chunk boundaries off the batch grid
-    write_staging(chunked, tmp_path / f"s{STAGED}", compression)
+    write_staging(chunked, tmp_path / f"s{STAGED}")
     for offset, count in [
         (0, None),
         (0, 5),
@@ -362,24 +358,3 @@ def test_the_joined_domain_given_while_shards_are_written_has_the_releases_stati
     with pytest.raises(RuntimeError, match="drawing failed"):
         stream_release(check_domains(runs), tmp_path / "w", SHARD_ROWS, 9, dask_client, while_writing=failing)
     assert not any(p.name.endswith("-partitions") for p in tmp_path.iterdir())
-
-
-def test_plain_and_lz4_staging_give_the_same_shards_and_the_choice_follows_the_memory(runs, tmp_path) -> None:
-    """Staging is left uncompressed only while the whole release's staging fits the page cache
-    easily; either way the shards are the same bytes."""
-    run = check_domains(runs)[0].run
-    assert staging_compression(run, available=1 << 40) is None
-    assert staging_compression(run, available=1 << 10) == "lz4"
-    shards = {}
-    for compression in ("lz4", None):
-        folder = tmp_path / str(compression)
-        result = build_range(str(run), None, None, str(folder), compression)
-        files = [(str(folder / f"{split}{STAGED}"), result.rows[split]) for split in ("train", "validation", "test")]
-        shards[compression] = [
-            write_shard_from(pieces, str(tmp_path / f"{compression}-{number}.parquet"), RELEASE_ROW)["sha256"]
-            for number, pieces in enumerate(shard_pieces(files, 5))
-        ]
-        sizes = sum((folder / f"{split}{STAGED}").stat().st_size for split in ("train", "validation", "test"))
-        shards[f"{compression} bytes"] = sizes
-    assert shards["lz4"] == shards[None] and len(shards["lz4"]) > 3
-    assert shards["lz4 bytes"] < shards["None bytes"]  # the compressed staging is the smaller one
