@@ -30,9 +30,10 @@ def paused_gc(freeze: bool = False) -> Iterator[None]:
     each time (the annotator's and the filter's item facts and words): the first collection after
     a partition otherwise scanned every entry it added, a sixth of the template annotator's time
     at 14M reviews. Frozen objects are still freed by reference counting when a cache drops them;
-    only cyclic garbage among them waits for ``gc.unfreeze`` and the next full collection
-    (:func:`thaw_collected`; a stage that froze them unfreezes them when it ends, and the
-    protocol's :func:`give_back_memory` collects).
+    only cyclic garbage among them waits for ``gc.unfreeze`` and the next full collection (a
+    stage that froze them unfreezes them when it ends,
+    ``pipeline.annotators.worker_caches.forget_worker_caches``, and the protocol's
+    :func:`give_back_memory` collects).
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -43,12 +44,6 @@ def paused_gc(freeze: bool = False) -> Iterator[None]:
             gc.freeze()
         if enabled:
             gc.enable()
-
-
-def thaw_collected() -> None:
-    """Undo every ``paused_gc(freeze=True)`` of this process and run a full collection."""
-    gc.unfreeze()
-    gc.collect()
 
 
 def give_back_memory() -> int:

@@ -326,9 +326,8 @@ class DrawnFigures:
     figures: dict[str, str]
 
 
-def draw_figures(domain: ReleasedDomain, release_dir: Path) -> DrawnFigures:
+def draw_figures(statistics: DomainStatistics, release_dir: Path) -> DrawnFigures:
     """Draw one config's figures into ``release_dir`` ahead of the card (for :func:`build_card`'s ``drawn``)."""
-    statistics = domain_statistics(domain)
     return DrawnFigures(statistics, render_figures(statistics, Path(release_dir)))
 
 

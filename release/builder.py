@@ -35,7 +35,7 @@ import functools
 import logging
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 from core.progress import track
 from core.schemas import ITEMS, RELEASE_ROW, SEQUENCES, SPLITS
 from core.tables import FileSignature, dataset, folder_signature, parts
-from datacards.statistics import RowStatistics, category_counts
+from datacards.statistics import DomainStatistics, RowStatistics, category_counts, domain_statistics
 from release.layout import (
     ITEMS_SPLIT,
     DomainRelease,
@@ -108,24 +108,6 @@ class PartSample:
     last: str | None
     in_user_order: bool
     users: list[str]
-
-
-@dataclass(frozen=True)
-class JoinedDomain:
-    """One domain once joined, before its shards are written: what the card's statistics read
-    (``datacards.statistics.ReleasedDomain``), the sizes of the data files aside."""
-
-    config: str
-    domain: str
-    stages: dict[str, dict[str, Any]]
-    train_without_rationale: int
-    row_statistics: RowStatistics
-    category_counts: dict[str, int]
-    catalog_items: int
-
-    def row_counts(self) -> dict[str, int]:
-        """Rows per split, as ``DomainRelease.row_counts`` of the written release gives them."""
-        return {split: self.row_statistics.rows[split] for split in SPLITS}
 
 
 def user_sample(path: str, stride: int) -> PartSample:
@@ -401,10 +383,10 @@ def _stream_domain(
     shard_rows: int,
     partition_rows: int,
     client: Any,
-    while_writing: Callable[[JoinedDomain], None] | None = None,
+    while_writing: Callable[[DomainStatistics], None] | None = None,
 ) -> DomainRelease:
     """Join, catalog and shards of one domain (see the module docstring); ``while_writing`` gets
-    the joined domain while its shards are written."""
+    the domain's card statistics while its shards are written."""
     results = _join_partitions(source, staging, partition_rows, client)
     mentioned = merged_bitmaps(results)
     ((catalog_rows, categories),) = _map(client, build_items, f"{source.config}: catalog", [str(source.run)], [str(staging)], [mentioned])
@@ -420,14 +402,17 @@ def _stream_domain(
     statistics = results[0].statistics
     for result in results[1:]:
         statistics = statistics.merge(result.statistics)
-    joined = JoinedDomain(
+    # The domain as released, but for the sizes of its data files (known once they are written).
+    unsized = DomainRelease(
         config=source.config,
         domain=source.domain,
+        splits={split: WrittenTable(RELEASE_ROW, statistics.rows[split], 0) for split in SPLITS},
+        items=WrittenTable(ITEMS, catalog_rows, 0),
         stages=source.stages,
+        validation=source.validation,
         train_without_rationale=sum(r.train_without_rationale for r in results),
         row_statistics=statistics,
         category_counts=categories,
-        catalog_items=catalog_rows,
     )
 
     names, piece_lists, schemas = zip(*jobs)
@@ -438,23 +423,17 @@ def _stream_domain(
         list(piece_lists),
         [str(release_dir / n) for n in names],
         list(schemas),
-        meanwhile=None if while_writing is None else functools.partial(while_writing, joined),
+        meanwhile=None if while_writing is None else functools.partial(while_writing, domain_statistics(unsized)),
     )
     files = dict(zip(names, written))
 
     def size(prefix: str, schema: pa.Schema, rows: int) -> WrittenTable:
         return WrittenTable(schema, rows, sum(info["nbytes"] for name, info in files.items() if name.startswith(prefix)))
 
-    return DomainRelease(
-        config=source.config,
-        domain=source.domain,
+    return replace(
+        unsized,
         splits={split: size(f"data/{source.config}/{split}-", RELEASE_ROW, statistics.rows[split]) for split in SPLITS},
         items=size(f"{items_folder}/", ITEMS, catalog_rows),
-        stages=source.stages,
-        validation=source.validation,
-        train_without_rationale=joined.train_without_rationale,
-        row_statistics=statistics,
-        category_counts=categories,
         files={name: {"sha256": info["sha256"], "bytes": info["bytes"]} for name, info in files.items()},
     )
 
@@ -465,15 +444,16 @@ def stream_release(
     shard_rows: int,
     partition_rows: int,
     client: Any = None,
-    while_writing: Callable[[JoinedDomain], None] | None = None,
+    while_writing: Callable[[DomainStatistics], None] | None = None,
 ) -> list[DomainRelease]:
     """Write ``data/`` of a release for checked run folders, partition by partition; return the domains.
 
     The tasks run on ``client`` (a ``distributed.Client``; its workers must see ``release_dir``
     and the run folders at the same paths, as every stage's do) or, without one, in this
     process. Staging files sit beside ``release_dir`` and are removed when done.
-    ``while_writing`` is called in this process with each :class:`JoinedDomain` while the
-    cluster writes its shards (the publisher draws the card's figures then).
+    ``while_writing`` is called in this process with each domain's card statistics
+    (``datacards.statistics.domain_statistics``) while the cluster writes its shards (the
+    publisher draws the card's figures then).
     """
     release_dir = Path(release_dir)
     staging = release_dir.parent / f".{release_dir.name}-partitions"

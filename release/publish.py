@@ -26,8 +26,8 @@ from core.config import StageSettings
 from core.hashing import HASH_ALGORITHM, code_version
 from core.stage import RunDir
 from datacards.card import CardSettings, DrawnFigures, build_card, draw_figures
-from datacards.statistics import filter_summary
-from release.builder import JoinedDomain, stream_release
+from datacards.statistics import DomainStatistics, filter_summary
+from release.builder import stream_release
 from release.changelog import CHANGELOG_NAME, diff_releases, render_changelog, render_section
 from release.checksums import MANIFEST_NAME, file_checksums, release_files, sha256_file
 from release.layout import DomainRelease, DomainSource, ReleaseError, check_domains, write_validation
@@ -300,8 +300,8 @@ def release_runs(
         release_dir = staging / tag
         drawn: dict[str, DrawnFigures] = {}
 
-        def draw(joined: JoinedDomain) -> None:  # while the cluster writes the domain's shards
-            drawn[joined.config] = draw_figures(joined, release_dir)
+        def draw(statistics: DomainStatistics) -> None:  # while the cluster writes the domain's shards
+            drawn[statistics.config] = draw_figures(statistics, release_dir)
 
         domains = stream_release(sources, release_dir, settings.shard_rows, settings.partition_rows, client, while_writing=draw)
         crash_point("staged")

@@ -201,7 +201,8 @@ def test_figures_drawn_ahead_in_threads_are_the_cards_own(carded: tuple[Path, li
 
     out, domains = carded
     with ThreadPoolExecutor(max_workers=2) as pool:  # both configs at once: no shared pyplot state
-        drawn = dict(zip([d.config for d in domains], pool.map(draw_figures, domains, [tmp_path / "ahead"] * len(domains))))
+        statistics = [domain_statistics(d) for d in domains]
+        drawn = dict(zip([d.config for d in domains], pool.map(draw_figures, statistics, [tmp_path / "ahead"] * len(domains))))
     for domain in domains:
         for kind, name in drawn[domain.config].figures.items():
             assert (tmp_path / "ahead" / name).read_bytes() == (out / name).read_bytes(), kind

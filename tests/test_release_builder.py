@@ -340,17 +340,17 @@ def test_shard_pieces_read_exactly_the_rows_of_each_shard() -> None:
             assert all(count > 0 for _, _, count in pieces[shard])
 
 
-def test_the_joined_domain_given_while_shards_are_written_has_the_releases_statistics(runs, dask_client, tmp_path) -> None:
+def test_the_statistics_given_while_shards_are_written_are_the_releases(runs, dask_client, tmp_path) -> None:
     """The publisher draws the card's figures from it while the cluster writes the shards:
     its statistics must be the written release's."""
     seen: list = []
     domains = stream_release(check_domains(runs), tmp_path / "v", SHARD_ROWS, 9, dask_client, while_writing=seen.append)
-    assert [joined.config for joined in seen] == [d.config for d in domains]
-    for joined, domain in zip(seen, domains):
-        assert domain_statistics(joined) == domain_statistics(domain)
-        assert joined.row_counts() == domain.row_counts() and joined.catalog_items == domain.catalog_items
+    assert [statistics.config for statistics in seen] == [d.config for d in domains]
+    for statistics, domain in zip(seen, domains):
+        assert statistics == domain_statistics(domain)
+        assert statistics.rows == domain.row_counts() and statistics.catalog_items == domain.catalog_items
 
-    def failing(joined) -> None:
+    def failing(statistics) -> None:
         raise RuntimeError("drawing failed")
 
     # An error in it waits for the shard tasks (they read the staging files), then reaches the

@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 
-from core.runtime import give_back_memory, importing_ahead, one_slot_cache, paused_gc, thaw_collected
+from core.runtime import give_back_memory, importing_ahead, one_slot_cache, paused_gc
 
 
 class Node:
@@ -29,8 +29,17 @@ def test_paused_gc_stops_collection_inside_and_restores_it():
         gc.enable()
 
 
+def _stage_end() -> None:
+    """What every worker runs when a stage that froze its caches ends: the caches' drop (which
+    unfreezes them), then the protocol's collection."""
+    from pipeline.annotators.worker_caches import forget_worker_caches
+
+    forget_worker_caches()
+    give_back_memory()
+
+
 def test_frozen_survivors_are_skipped_until_thawed_and_their_cycles_then_freed():
-    thaw_collected()
+    _stage_end()
     with paused_gc(freeze=True):
         kept = [[number] for number in range(1000)]  # what a worker cache gains in a partition
         cycle = Node()
@@ -41,19 +50,19 @@ def test_frozen_survivors_are_skipped_until_thawed_and_their_cycles_then_freed()
     del cycle
     gc.collect()
     assert alive() is not None  # frozen: no collection scans it
-    thaw_collected()
+    _stage_end()
     assert gc.get_freeze_count() == 0
     assert alive() is None  # the cycle became collectable again
 
 
 def test_frozen_objects_are_still_freed_by_reference_counting():
-    thaw_collected()
+    _stage_end()
     with paused_gc(freeze=True):
         plain = Node()
         alive = weakref.ref(plain)
     del plain  # no cycle: freed at once, frozen or not
     assert alive() is None
-    thaw_collected()
+    _stage_end()
 
 
 def _hold_and_free_arrow_memory() -> int:
