@@ -159,6 +159,15 @@ def peaks_by_stage(stages: dict[str, dict], command: Command) -> dict[str, dict[
     return found
 
 
+WARNING_MARKS = ("warning", "traceback", "poorly aligned", "error")
+
+
+def warning_lines(log: Path) -> list[str]:
+    """Lines of a command's output that look like a warning or an error (a clean run has none:
+    the s12 code printed 95 Arrow alignment warnings from validate's workers unnoticed)."""
+    return [line for line in log.read_text(errors="replace").splitlines() if any(mark in line.lower() for mark in WARNING_MARKS)]
+
+
 def _machine() -> str:
     memory = psutil.virtual_memory().total / 2**30
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
@@ -238,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "first_command": {"cmd": "rrec run --until sequences", **first.summary()},
         "second_command": {"cmd": "rrec run", **second.summary()},
         "second_over_first": round(second.wall_s / first.wall_s, 2),
+        "warning_lines": {name: len(warning_lines(args.workdir / f"{name}.log")) for name in ("first", "second")},
         "release_alone_by_partition_rows": by_partition,
         "load_average_at_end": os.getloadavg(),
         "command": "python benchmarks/chain_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -260,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {cmd.wall_s} | {cmd.peak_process_mb} | {cmd.peak_tree_mb} |")
     if "scaling" in record:
         print(f"scaling against {args.compare}: {record['scaling']}")
+    for name in ("first", "second"):
+        for line in warning_lines(args.workdir / f"{name}.log")[:5]:
+            print(f"WARNING in the {name} command's output: {line}")
     print(f"second / first = {record['second_over_first']}x; ingest / floor = {record['ingest_over_floor']}x; record: {output}")
     return 0
 

@@ -102,3 +102,23 @@ def arrow_bytes(table: pa.Table) -> int:
     column a bitmap, a slice counts bytes it does not use, a dictionary counts each value once.
     """
     return sum(_column_bytes(column.chunks, column.type) for column in table.columns)
+
+
+BUFFER_ALIGNMENT = 8
+"""The widest value of our tables' columns (int64, double, large offsets): Arrow's Acero engine
+(group by, join) wants each buffer aligned to its value width. Buffers received from another
+process (Dask deserialises a table inside its message frames) can start anywhere; Acero then
+warns on stderr once per buffer ("An input buffer was poorly aligned") and copies."""
+
+
+def aligned(table: pa.Table) -> pa.Table:
+    """``table`` with each chunk that has a buffer off :data:`BUFFER_ALIGNMENT` copied into fresh
+    memory (the others are kept as they are): an input Acero reads without a warning."""
+    columns = []
+    for column in table.columns:
+        chunks = column.chunks
+        if any(buffer is not None and buffer.address % BUFFER_ALIGNMENT for chunk in chunks for buffer in chunk.buffers()):
+            memory = pa.default_cpu_memory_manager()
+            column = pa.chunked_array([chunk.copy_to(memory) for chunk in chunks], column.type)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=table.schema)

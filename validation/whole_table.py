@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.progress import gather_with_progress
+from core.tables import aligned
 from validation.derived import (
     EVALUATION_FIELDS,
     compare_validation_with_test,
@@ -171,7 +172,8 @@ def repeated_keys(pieces: list[Any], columns: list[str], examples: int) -> tuple
         counts = frame.groupby(columns, dropna=False)["rows"].sum().reset_index()
         repeated = counts[counts["rows"] > 1]
         return int(counts["rows"].sum()), int(repeated["rows"].sum()), repeated.sort_values(columns).head(examples)
-    grouped = pa.concat_tables(pieces).group_by(columns, use_threads=False).aggregate([("rows", "sum")])
+    # Pieces from other workers arrive inside Dask's message frames, at any address.
+    grouped = aligned(pa.concat_tables(pieces)).group_by(columns, use_threads=False).aggregate([("rows", "sum")])
     counts = grouped.select(columns).append_column("rows", grouped.column("rows_sum"))
     repeated = counts.filter(pc.greater(counts.column("rows"), 1))
     first = repeated.sort_by([(name, "ascending", "at_end") for name in columns]).slice(0, examples)
