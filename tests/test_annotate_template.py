@@ -312,6 +312,37 @@ def test_columnar_contexts_with_worker_caches_equal_the_row_reference(tmp_path):
     assert ctx._contexts_from_table(run, extra) is None
 
 
+def test_histories_read_dictionary_encoded_give_the_decoded_contexts(tmp_path):
+    from pipeline.annotators import context as ctx
+    from pipeline.annotators.grounding_contexts import grounding_contexts
+
+    run = tmp_path / "run"
+    make_run(run, users=24)
+    table = pads.dataset(str(run / "sequences")).to_table(columns=ctx.CONTEXT_COLUMNS)
+    rows = table.to_pylist()
+    rows[1]["history"] = []
+    rows[2]["history"] = rows[3]["history"] + rows[3]["history"][:2]  # repeated items
+    rows[4]["history"] = [{**item, "title": None} for item in rows[4]["history"]]  # missing titles
+    plain = pa.Table.from_pylist(rows, schema=table.schema)
+    part = tmp_path / "part.parquet"
+    pq.write_table(plain, part)
+    encoded = ctx._read_context_columns(str(part))
+    history_item = encoded.schema.field("history").type.value_type
+    assert all(pa.types.is_dictionary(history_item.field(name).type) for name in ctx.HISTORY_DICTIONARY_FIELDS)
+    # Whole, taken as a partition is, and two pieces concatenated as sequences_for_keys does.
+    for cut in (lambda t: t, lambda t: t.take(pa.array([7, 2, 4, 1])), lambda t: pa.concat_tables([t.slice(0, 5), t.slice(9)])):
+        taken, reference = cut(encoded), cut(plain)
+        pairs, expected = ctx.history_pairs(taken), ctx.history_pairs(reference)
+        assert [pairs.keys[k] for k in pairs.item_key] == [expected.keys[k] for k in expected.item_key]
+        assert pairs.asins == expected.asins and list(pairs.starts) == list(expected.starts)
+        assert ctx._contexts_from_table(run, taken) == ctx._contexts_from_table(run, reference)
+        assert grounding_contexts(run, taken) == grounding_contexts(run, reference)
+    # A dictionary with unused entries, a value twice and nulls: each entry decodes to its value.
+    values = pa.DictionaryArray.from_arrays(pa.array([3, None, 0, 3, 1, None], pa.int32()), pa.array(["a", "b", "unused", "a"]))
+    codes, distinct = ctx._codes_of(values)
+    assert [distinct[c] for c in codes] == values.to_pylist()
+
+
 def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_client):
     """The per-worker caches (sequences columns, catalog, key index, item facts and words) are
     dropped when each stage ends: the same workers go on to validate and release, and at full

@@ -88,7 +88,27 @@ def _context_columns(file: str, mtime_ns: int, size: int) -> pa.Table:
     # (0.3 s per 2,000-row partition of a 276k-row part at 14M reviews, against 0.013 s).
     # ParquetFile.read gives one chunk per row group (a sequences part has one): half the time
     # of read_table and no second copy from combining.
-    return _one_chunk(pq.ParquetFile(file).read(columns=CONTEXT_COLUMNS))
+    return _one_chunk(_read_context_columns(file))
+
+
+HISTORY_DICTIONARY_FIELDS = ("parent_asin", "title")
+"""History item fields read dictionary-encoded: a part's histories name each item many times
+(about nine items a row, three rows a user), and the readers decode only the rows they take
+(:func:`_codes_of` turns just the used entries into Python strings). One 150k-user part (40,890
+rows): read in 0.05-0.09 CPU-s against 0.12-0.25 s decoded; the heuristic judge, which reads
+every part for 300 rows, went from 1.7-1.9 to 1.3-1.5 CPU-s."""
+
+
+def _read_context_columns(file: str) -> pa.Table:
+    """:data:`CONTEXT_COLUMNS` of a part file, the :data:`HISTORY_DICTIONARY_FIELDS` it has as dictionaries."""
+    metadata = pq.read_metadata(file)
+    # history.list.item.title, or history.list.element.title as other writers name the list's items
+    encoded = [
+        column.path
+        for column in metadata.schema
+        if (names := column.path.split("."))[:2] == ["history", "list"] and len(names) == 4 and names[3] in HISTORY_DICTIONARY_FIELDS
+    ]
+    return pq.ParquetFile(file, metadata=metadata, read_dictionary=encoded or None).read(columns=CONTEXT_COLUMNS)
 
 
 def _one_chunk(table: pa.Table) -> pa.Table:
@@ -372,9 +392,27 @@ def history_pairs(sequences: pa.Table) -> HistoryPairs | None:
 
 
 def _codes_of(values: pa.Array) -> tuple[np.ndarray, list[Any]]:
-    """Dictionary codes of ``values`` (nulls get a code of their own) and the distinct values."""
-    encoded = pc.dictionary_encode(values, null_encoding="encode")
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+    """Codes of ``values`` (nulls get a code of their own) and the value of each code.
+
+    A plain array is dictionary-encoded: equal values get equal codes. A dictionary array (a
+    part file's history, read encoded) is coded through its indices, and only the entries they
+    use become Python objects; a value its dictionary holds twice then gets two codes, which
+    :func:`history_pairs` takes as two keys with the same (asin, title): the same facts.
+    """
+    if not pa.types.is_dictionary(values.type):
+        encoded = pc.dictionary_encode(values, null_encoding="encode")
+        return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+    # Null indices take the slot after the dictionary's last entry.
+    indices = pc.fill_null(values.indices, len(values.dictionary)).to_numpy(zero_copy_only=False)
+    seen = np.zeros(len(values.dictionary) + 1, dtype=bool)
+    seen[indices] = True
+    used = np.flatnonzero(seen)
+    code = np.empty(len(seen), dtype=np.int64)
+    code[used] = np.arange(len(used), dtype=np.int64)
+    distinct = values.dictionary.take(pa.array(used[used < len(values.dictionary)])).to_pylist()
+    if seen[-1]:
+        distinct.append(None)
+    return code[indices], distinct
 
 
 def load_contexts(run_path: Path, sequences: pa.Table, review_titles: bool = True) -> list[ExampleContext]:
@@ -474,8 +512,8 @@ def contexts_for_sequences(
     asins = pc.unique(
         pa.concat_arrays(
             [
-                pc.struct_field(pc.list_flatten(sequences.column("history")), "parent_asin").combine_chunks(),
-                pc.struct_field(sequences.column("target"), "parent_asin").combine_chunks(),
+                pc.struct_field(pc.list_flatten(sequences.column("history")), "parent_asin").combine_chunks().cast(pa.string()),
+                pc.struct_field(sequences.column("target"), "parent_asin").combine_chunks().cast(pa.string()),
             ]
         )
     ).to_pylist()
