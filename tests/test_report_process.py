@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -74,3 +75,19 @@ def test_a_dead_or_failing_helper_leaves_the_report_to_this_process(summary, tmp
 def test_no_helper_when_none_is_wanted() -> None:
     with report_process(False) as helper:
         assert helper is None and current_report_process() is None
+
+
+def test_a_stuck_helper_is_stopped_and_this_process_writes_the_report(summary, tmp_path: Path, caplog) -> None:
+    # A helper that never answers (here: stopped by SIGSTOP, as a hung process is) must not
+    # hold the chain forever: after its reply timeout the stage writes the report itself.
+    caplog.set_level(logging.WARNING)
+    with report_process() as helper:
+        helper.reply_timeout = 1.0
+        os.kill(helper._process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        index = write_report(tmp_path / "stuck", "run", summary)
+        assert time.monotonic() - started < 60
+        assert not helper._process.is_alive()  # stopped, even though a stopped process ignores SIGTERM
+        assert helper.write(tmp_path / "again", "run", summary) is None  # and not asked again
+    assert index.is_file() and "did not answer in 1 s" in caplog.text
+    assert _results(tmp_path / "stuck") == _results(Path(summary.run) / "validation")

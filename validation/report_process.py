@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 
 HELPER_NICENESS = 19
 """The helper's ``nice`` increment: it gets a core only when nothing else wants it."""
+REPLY_TIMEOUT_S = 300.0
+"""How long :meth:`ReportProcess.write` waits for the helper's answer before it stops the helper
+and the stage writes the report itself. A report takes seconds (it is written from the summary,
+not the data) once GX is imported; a helper that has not answered in minutes is stuck."""
+
+STOP_GRACE_S = 5.0
+"""How long a helper told to stop may take before it is killed."""
 
 _current: ReportProcess | None = None
 
@@ -39,7 +46,9 @@ _current: ReportProcess | None = None
 class ReportProcess:
     """A spawned helper process that imports GX at low priority and writes validation reports on request."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply_timeout: float = REPLY_TIMEOUT_S) -> None:
+        self.reply_timeout = reply_timeout
+        self._usable = True
         context = multiprocessing.get_context("spawn")  # no fork of a process that runs Dask threads
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child,), name="rrec-validation-report", daemon=True)
@@ -49,10 +58,20 @@ class ReportProcess:
     def write(self, out_dir: Path, run_name: str, summary: ValidationSummary) -> Path | None:
         """Have the helper write the report of ``summary`` into ``out_dir``; its Data Docs index,
         or None when the helper could not (the caller then writes it itself)."""
+        if not self._usable:
+            return None
         try:
             self._conn.send((str(out_dir), run_name, summary))
+            if not self._conn.poll(self.reply_timeout):
+                self._usable = False
+                log.warning(
+                    "the validation report helper did not answer in %.0f s; stopping it and writing the report here", self.reply_timeout
+                )
+                self._stop()
+                return None
             status, value = self._conn.recv()
         except (EOFError, OSError) as error:
+            self._usable = False
             log.warning("the validation report helper is gone (%s); writing the report here", error)
             return None
         if status != "ok":
@@ -66,8 +85,16 @@ class ReportProcess:
         with contextlib.suppress(OSError):
             self._conn.send(None)
         self._conn.close()
+        self._stop()
+
+    def _stop(self) -> None:
+        """End the helper: SIGTERM, then SIGKILL for one that does not go (a stopped process
+        never handles SIGTERM)."""
         self._process.terminate()
-        self._process.join()
+        self._process.join(STOP_GRACE_S)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
 
 
 def _serve(conn: Any) -> None:
