@@ -69,3 +69,15 @@ def test_pieces_received_from_other_workers_are_reduced_without_arrow_warnings(t
     assert "aligned" not in capfd.readouterr().err
     assert sum(r[0] for r in results) == 1000
     assert sum(r[1] for r in results) == 1000  # both files name f0: every (file, line) twice
+
+
+def test_aligned_copies_only_the_misaligned_columns_and_keeps_their_values() -> None:
+    from core.tables import BUFFER_ALIGNMENT, aligned
+
+    table = pa.table({"k": [f"k{i}" for i in range(100)], "n": list(range(100)), "l": [[i, i + 1] for i in range(100)]})
+    received = _as_received(table)
+    fixed = aligned(received)
+    assert fixed.equals(table) and fixed.schema == table.schema
+    assert all(b is None or b.address % BUFFER_ALIGNMENT == 0 for c in fixed.columns for ch in c.chunks for b in ch.buffers())
+    kept = aligned(table)  # nothing to copy: the same buffers
+    assert [b.address for b in kept.column("n").chunks[0].buffers() if b] == [b.address for b in table.column("n").chunks[0].buffers() if b]
