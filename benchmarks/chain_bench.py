@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if sizes:
         print("rrec release alone, per partition size ...", flush=True)
     by_partition = release_memory(out / "runs" / DOMAIN, args.workdir, sizes)
+    warnings = {name: warning_lines(args.workdir / f"{name}.log") for name in ("first", "second")}
     record = {
         "users_generated": users,
         "reviews": stages["ingest"].get("rows_in"),
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "first_command": {"cmd": "rrec run --until sequences", **first.summary()},
         "second_command": {"cmd": "rrec run", **second.summary()},
         "second_over_first": round(second.wall_s / first.wall_s, 2),
-        "warning_lines": {name: len(warning_lines(args.workdir / f"{name}.log")) for name in ("first", "second")},
+        "warning_lines": {name: len(lines) for name, lines in warnings.items()},
         "release_alone_by_partition_rows": by_partition,
         "load_average_at_end": os.getloadavg(),
         "command": "python benchmarks/chain_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -270,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {cmd.wall_s} | {cmd.peak_process_mb} | {cmd.peak_tree_mb} |")
     if "scaling" in record:
         print(f"scaling against {args.compare}: {record['scaling']}")
-    for name in ("first", "second"):
-        for line in warning_lines(args.workdir / f"{name}.log")[:5]:
+    for name, lines in warnings.items():
+        for line in lines[:5]:
             print(f"WARNING in the {name} command's output: {line}")
     print(f"second / first = {record['second_over_first']}x; ingest / floor = {record['ingest_over_floor']}x; record: {output}")
     return 0

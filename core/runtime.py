@@ -126,7 +126,7 @@ def importing_ahead(modules: Sequence[str]) -> Iterator[None]:
     if not modules:
         yield
         return
-    importing = threading.Thread(target=_import_quietly, args=(tuple(modules),), name="importing-ahead", daemon=True)
+    importing = threading.Thread(target=import_quietly, args=(tuple(modules),), name="importing-ahead", daemon=True)
     importing.start()
     try:
         yield
@@ -134,7 +134,8 @@ def importing_ahead(modules: Sequence[str]) -> Iterator[None]:
         importing.join()
 
 
-def _import_quietly(modules: tuple[str, ...]) -> None:
+def import_quietly(modules: Sequence[str]) -> None:
+    """Import ``modules`` ahead of their use; an import error is left for the use's own import to raise."""
     for module in modules:
         with contextlib.suppress(Exception):
             importlib.import_module(module)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 
 import pyarrow as pa
@@ -122,3 +123,49 @@ def aligned(table: pa.Table) -> pa.Table:
             column = pa.chunked_array([chunk.copy_to(memory) for chunk in chunks], column.type)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=table.schema)
+
+
+def list_leaf_paths(schema: pq.ParquetSchema, leaves: Collection[tuple[str, str]]) -> list[str]:
+    """The file's paths of the ``(list column, struct field)`` leaves: ``history.list.item.title``,
+    or ``history.list.element.title`` as other writers name a list's items."""
+    found = []
+    for column in schema:
+        names = column.path.split(".")
+        if len(names) == 4 and names[1] == "list" and (names[0], names[3]) in leaves:
+            found.append(column.path)
+    return found
+
+
+ITEM_ID_DICTIONARY_BYTES = 6
+"""The most bytes a value a dictionary-encoded item id leaf takes: its indices take 1 to 3 bytes a
+value; a plain-encoded item id takes 14 (10 characters and a length)."""
+
+
+def dictionary_pages(parquet: pq.ParquetFile, column: int, max_bytes_per_value: float) -> bool:
+    """Whether a leaf is dictionary-encoded throughout, judged from the footer: a dictionary page in
+    every row group and at most ``max_bytes_per_value`` bytes a value.
+
+    A writer falls back to plain pages once a dictionary outgrows its page (a big catalogue);
+    Arrow then rebuilds the dictionary value by value, several times slower than reading strings.
+    """
+    metadata = parquet.metadata
+    chunks = [metadata.row_group(i).column(column) for i in range(metadata.num_row_groups)]
+    return bool(chunks) and all(
+        c.has_dictionary_page and c.total_uncompressed_size <= max_bytes_per_value * max(c.num_values, 1) for c in chunks
+    )
+
+
+def read_with_dictionaries(part: str, columns: list[str], as_dictionary: list[str]) -> pa.Table:
+    """``columns`` of a part file, the leaves ``as_dictionary`` dictionary-encoded.
+
+    Arrow reads a nested dictionary leaf of one row group only, so row groups are read one by
+    one (one chunk each; combining them later unifies the dictionaries). Should Arrow still
+    refuse, the leaves are read as plain strings: the values are the same either way.
+    """
+    parquet = pq.ParquetFile(part, read_dictionary=as_dictionary)
+    try:
+        if parquet.num_row_groups:
+            return pa.concat_tables([parquet.read_row_group(i, columns=columns) for i in range(parquet.num_row_groups)])
+    except pa.ArrowNotImplementedError:
+        pass
+    return pq.ParquetFile(part).read(columns=columns)

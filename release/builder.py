@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from core.progress import track
 from core.schemas import ITEMS, RELEASE_ROW, SEQUENCES, SPLITS
-from core.tables import FileSignature, dataset, folder_signature, parts
+from core.tables import FileSignature, dataset, folder_signature, list_leaf_paths, parts
 from datacards.statistics import DomainStatistics, RowStatistics, category_counts, domain_statistics
 from release.layout import (
     ITEMS_SPLIT,
@@ -234,21 +234,11 @@ Parquet writer still encoded (:func:`release.shards.write_shard`). On one
 titles decoded in the join, and the shards are the same bytes."""
 
 
-def _dictionary_columns(schema: pq.ParquetSchema) -> list[str]:
-    """The file's leaf paths of :data:`release.shards.DICTIONARY_LEAVES` (``candidates.list.item.title``, ...)."""
-    found = []
-    for column in schema:
-        names = column.path.split(".")
-        if len(names) == 4 and names[1] == "list" and (names[0], names[3]) in DICTIONARY_LEAVES:
-            found.append(column.path)
-    return found
-
-
 def _whole_user_batches(path: str, partition_rows: int) -> Iterable[pa.Table]:
     """A part file in user order as tables of about ``partition_rows`` rows that never split a user
     (with :data:`DICTIONARY_SEQUENCES` types)."""
     pending: pa.Table | None = None
-    file = pq.ParquetFile(path, read_dictionary=_dictionary_columns(pq.read_metadata(path).schema))
+    file = pq.ParquetFile(path, read_dictionary=list_leaf_paths(pq.read_metadata(path).schema, DICTIONARY_LEAVES))
     for batch in file.iter_batches(batch_size=partition_rows):
         table = pa.Table.from_batches([batch]).select(SEQUENCES.names)
         table = table if table.schema.equals(DICTIONARY_SEQUENCES) else table.cast(DICTIONARY_SEQUENCES)

@@ -343,6 +343,25 @@ def test_histories_read_dictionary_encoded_give_the_decoded_contexts(tmp_path):
     assert [distinct[c] for c in codes] == values.to_pylist()
 
 
+@pytest.mark.parametrize(("row_group_size", "dictionary_pagesize_limit", "encoded"), [(300, 1 << 20, True), (None, 16, False)])
+def test_context_columns_of_several_row_groups_or_plain_pages_read_as_written(tmp_path, row_group_size, dictionary_pagesize_limit, encoded):
+    # Arrow reads a nested dictionary leaf one row group at a time (a whole-file read raises),
+    # and a writer that fell back to plain pages is read as strings.
+    from pipeline.annotators import context as ctx
+
+    run = tmp_path / "run"
+    make_run(run, users=200)  # 600 rows, 3,600 history items, 60 titles: pages that tell the encodings apart
+    plain = pads.dataset(str(run / "sequences")).to_table(columns=ctx.CONTEXT_COLUMNS)
+    part = tmp_path / "part.parquet"
+    pq.write_table(plain, part, row_group_size=row_group_size, dictionary_pagesize_limit=dictionary_pagesize_limit)
+    read = ctx._one_chunk(ctx._read_context_columns(str(part)))
+    title = read.schema.field("history").type.value_type.field("title").type
+    assert pa.types.is_dictionary(title) is encoded
+    assert ctx._contexts_from_table(run, read) == ctx._contexts_from_table(run, plain)
+    pairs, expected = ctx.history_pairs(read), ctx.history_pairs(plain)
+    assert [pairs.keys[k] for k in pairs.item_key] == [expected.keys[k] for k in expected.item_key]
+
+
 def test_annotate_filter_and_judge_leave_no_cache_on_the_workers(tmp_path, dask_client):
     """The per-worker caches (sequences columns, catalog, key index, item facts and words) are
     dropped when each stage ends: the same workers go on to validate and release, and at full

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.tables import ITEM_ID_DICTIONARY_BYTES, dictionary_pages, read_with_dictionaries
+
 EVALUATION_SPLITS = ("validation", "test")
 # Joins a history's parent_asins into one string so Dask can shuffle and compare it cheaply.
 ASIN_SEPARATOR = " "
@@ -33,9 +35,8 @@ SEQUENCE_DICTIONARY_LISTS = frozenset({"history", "candidates"})
 """Lists whose ``parent_asin`` is read as a dictionary: the candidates are 100 strings a row from a
 catalogue of far fewer, and the checks only need equal items to get equal codes (reading them as
 strings and encoding them again was most of a partition's time)."""
-DICTIONARY_BYTES_PER_VALUE = 6
-"""Dictionary indices take 1 to 3 bytes a value; a plain-encoded item id takes 14 (10 characters
-and a length)."""
+DICTIONARY_BYTES_PER_VALUE = ITEM_ID_DICTIONARY_BYTES
+"""Above it an item id leaf is read as strings (:func:`core.tables.dictionary_pages`)."""
 EVALUATION_FIELDS: dict[str, frozenset[str] | None] = {
     "user_id": None,
     "split": None,
@@ -59,43 +60,15 @@ def read_fields(part: str, fields: dict[str, frozenset[str] | None], dictionary_
     as_dictionary = [
         p
         for p in chosen
-        if p.split(".")[0] in dictionary_lists and p.split(".")[-1] == "parent_asin" and _dictionary_pages(parquet, paths.index(p))
+        if p.split(".")[0] in dictionary_lists
+        and p.split(".")[-1] == "parent_asin"
+        and dictionary_pages(parquet, paths.index(p), DICTIONARY_BYTES_PER_VALUE)
     ]
-    table = _read_with_dictionaries(part, chosen, as_dictionary) if as_dictionary else parquet.read(columns=chosen)
+    table = read_with_dictionaries(part, chosen, as_dictionary) if as_dictionary else parquet.read(columns=chosen)
     missing = [name for name in fields if name not in table.column_names]
     if missing:
         raise ValueError(f"{part} has no column {', '.join(missing)}")
     return table
-
-
-def _dictionary_pages(parquet: pq.ParquetFile, column: int) -> bool:
-    """Whether a leaf is dictionary-encoded throughout, judged from the footer: a dictionary page in
-    every row group and at most :data:`DICTIONARY_BYTES_PER_VALUE` bytes a value.
-
-    A writer falls back to plain pages once a dictionary outgrows its page (a big catalogue);
-    Arrow then rebuilds the dictionary value by value, several times slower than reading strings.
-    """
-    metadata = parquet.metadata
-    chunks = [metadata.row_group(i).column(column) for i in range(metadata.num_row_groups)]
-    return bool(chunks) and all(
-        c.has_dictionary_page and c.total_uncompressed_size <= DICTIONARY_BYTES_PER_VALUE * max(c.num_values, 1) for c in chunks
-    )
-
-
-def _read_with_dictionaries(part: str, columns: list[str], as_dictionary: list[str]) -> pa.Table:
-    """``columns`` of a part file, the leaves ``as_dictionary`` dictionary-encoded.
-
-    Arrow reads a nested dictionary leaf of one row group only, so row groups are read one by
-    one (one chunk each; combining them later unifies the dictionaries). Should Arrow still
-    refuse, the leaves are read as plain strings: the derived columns are the same either way.
-    """
-    parquet = pq.ParquetFile(part, read_dictionary=as_dictionary)
-    try:
-        if parquet.num_row_groups:
-            return pa.concat_tables([parquet.read_row_group(i, columns=columns) for i in range(parquet.num_row_groups)])
-    except pa.ArrowNotImplementedError:
-        pass
-    return pq.ParquetFile(part).read(columns=columns)
 
 
 def _flat_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.StructArray, np.ndarray]:

@@ -17,7 +17,6 @@ imports GX in a thread while the cluster checks the tables, as before.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import multiprocessing
 import os
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.runtime import import_quietly
 from validation.report import REPORT_MODULES
 from validation.summary import ValidationSummary
 
@@ -48,7 +48,6 @@ class ReportProcess:
 
     def __init__(self, reply_timeout: float = REPLY_TIMEOUT_S) -> None:
         self.reply_timeout = reply_timeout
-        self._usable = True
         context = multiprocessing.get_context("spawn")  # no fork of a process that runs Dask threads
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child,), name="rrec-validation-report", daemon=True)
@@ -58,12 +57,12 @@ class ReportProcess:
     def write(self, out_dir: Path, run_name: str, summary: ValidationSummary) -> Path | None:
         """Have the helper write the report of ``summary`` into ``out_dir``; its Data Docs index,
         or None when the helper could not (the caller then writes it itself)."""
-        if not self._usable:
+        if not self._process.is_alive():  # died, or stopped after a timeout: not asked again
+            log.warning("the validation report helper is gone (exit code %s); writing the report here", self._process.exitcode)
             return None
         try:
             self._conn.send((str(out_dir), run_name, summary))
             if not self._conn.poll(self.reply_timeout):
-                self._usable = False
                 log.warning(
                     "the validation report helper did not answer in %.0f s; stopping it and writing the report here", self.reply_timeout
                 )
@@ -71,7 +70,6 @@ class ReportProcess:
                 return None
             status, value = self._conn.recv()
         except (EOFError, OSError) as error:
-            self._usable = False
             log.warning("the validation report helper is gone (%s); writing the report here", error)
             return None
         if status != "ok":
@@ -101,11 +99,7 @@ def _serve(conn: Any) -> None:
     """The helper: lower its priority, import GX, then write each report it is sent until told to stop."""
     with contextlib.suppress(OSError, AttributeError):
         os.nice(HELPER_NICENESS)
-    try:
-        for module in REPORT_MODULES:
-            importlib.import_module(module)
-    except Exception:
-        pass
+    import_quietly(REPORT_MODULES)
     from validation.report import write_gx_reports
 
     while True:

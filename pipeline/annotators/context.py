@@ -28,7 +28,16 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from core.runtime import one_slot_cache, paused_gc
-from core.tables import FileSignature, dataset, folder_signature, parts
+from core.tables import (
+    ITEM_ID_DICTIONARY_BYTES,
+    FileSignature,
+    dataset,
+    dictionary_pages,
+    folder_signature,
+    list_leaf_paths,
+    parts,
+    read_with_dictionaries,
+)
 from pipeline.annotators.catalog import (
     ITEM_FACT_COLUMNS,
     MAX_CACHED_BASES,
@@ -86,29 +95,35 @@ def _context_columns(file: str, mtime_ns: int, size: int) -> pa.Table:
     # each worker process reads a file once and slices it for every partition it is given.
     # One chunk per column: a take from a chunked nested column concatenates every chunk first
     # (0.3 s per 2,000-row partition of a 276k-row part at 14M reviews, against 0.013 s).
-    # ParquetFile.read gives one chunk per row group (a sequences part has one): half the time
-    # of read_table and no second copy from combining.
+    # Read a row group at a time: one chunk per row group (a sequences part has one), half the
+    # time of read_table and no second copy from combining.
     return _one_chunk(_read_context_columns(file))
 
 
-HISTORY_DICTIONARY_FIELDS = ("parent_asin", "title")
-"""History item fields read dictionary-encoded: a part's histories name each item many times
-(about nine items a row, three rows a user), and the readers decode only the rows they take
-(:func:`_codes_of` turns just the used entries into Python strings). One 150k-user part (40,890
-rows): read in 0.05-0.09 CPU-s against 0.12-0.25 s decoded; the heuristic judge, which reads
-every part for 300 rows, went from 1.7-1.9 to 1.3-1.5 CPU-s."""
+HISTORY_DICTIONARY_FIELDS = {"parent_asin": ITEM_ID_DICTIONARY_BYTES, "title": 24}
+"""History item fields read dictionary-encoded, with the most bytes a value their column chunk
+may take for it (:func:`core.tables.dictionary_pages`: beyond it the writer fell back to plain
+pages, which Arrow reads faster as strings). A plain title takes its length and 4 bytes
+(50-70 in these catalogs); one 150k-user part stores ids in 4.0 bytes a value, titles in 9.4.
+
+A part's histories name each item many times (about nine items a row, three rows a user), and
+the readers decode only the rows they take (:func:`_codes_of` turns just the used entries into
+Python strings). One 150k-user part (40,890 rows): read in 0.05-0.09 CPU-s against 0.12-0.25 s
+decoded; the heuristic judge, which reads every part for 300 rows, went from 1.7-1.9 to 1.3-1.5
+CPU-s."""
 
 
 def _read_context_columns(file: str) -> pa.Table:
-    """:data:`CONTEXT_COLUMNS` of a part file, the :data:`HISTORY_DICTIONARY_FIELDS` it has as dictionaries."""
-    metadata = pq.read_metadata(file)
-    # history.list.item.title, or history.list.element.title as other writers name the list's items
+    """:data:`CONTEXT_COLUMNS` of a part file, its :data:`HISTORY_DICTIONARY_FIELDS` leaves
+    dictionary-encoded where their pages are (:func:`core.tables.read_with_dictionaries`)."""
+    parquet = pq.ParquetFile(file)
+    paths = [column.path for column in parquet.schema]
     encoded = [
-        column.path
-        for column in metadata.schema
-        if (names := column.path.split("."))[:2] == ["history", "list"] and len(names) == 4 and names[3] in HISTORY_DICTIONARY_FIELDS
+        path
+        for path in list_leaf_paths(parquet.schema, {("history", name) for name in HISTORY_DICTIONARY_FIELDS})
+        if dictionary_pages(parquet, paths.index(path), HISTORY_DICTIONARY_FIELDS[path.rsplit(".", 1)[1]])
     ]
-    return pq.ParquetFile(file, metadata=metadata, read_dictionary=encoded or None).read(columns=CONTEXT_COLUMNS)
+    return read_with_dictionaries(file, CONTEXT_COLUMNS, encoded) if encoded else parquet.read(columns=CONTEXT_COLUMNS)
 
 
 def _one_chunk(table: pa.Table) -> pa.Table:
@@ -479,7 +494,24 @@ def sequences_for_keys(run_path: Path, keys: pa.Table) -> pa.Table:
         pieces.append(_context_columns(*signature[number]).take(rows))
     if not pieces:
         return dataset(Path(run_path) / "sequences", "sequences").schema.empty_table().select(CONTEXT_COLUMNS)
-    return pa.concat_tables(pieces)
+    return _concat_parts(pieces)
+
+
+def _concat_parts(pieces: list[pa.Table]) -> pa.Table:
+    """Rows taken from several part files as one table. Each file's history leaves are read
+    encoded or plain by its own pages (:func:`_read_context_columns`); where they differ, the
+    pieces are brought to the encoded form (only the taken rows are encoded)."""
+    if all(piece.schema.equals(pieces[0].schema) for piece in pieces):
+        return pa.concat_tables(pieces)
+    history = pieces[0].schema.field("history")
+    item = history.type.value_type
+    encoded_item = pa.struct(
+        [field.with_type(pa.dictionary(pa.int32(), pa.string())) if field.name in HISTORY_DICTIONARY_FIELDS else field for field in item]
+    )
+    schema = pieces[0].schema.set(
+        pieces[0].schema.get_field_index("history"), history.with_type(pa.list_(history.type.value_field.with_type(encoded_item)))
+    )
+    return pa.concat_tables([piece.cast(schema) for piece in pieces])
 
 
 def load_contexts_for_keys(
