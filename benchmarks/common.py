@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -70,7 +71,8 @@ def measure_driver(script: str, args: list[str], pythonpath: Path | None) -> dic
 
 @dataclass
 class Command:
-    """One measured command: wall time, peak memory of its largest process and of the whole tree."""
+    """One measured command: wall time, peak memory of its largest process and of the whole tree,
+    and the CPU seconds (user + system) of the whole tree."""
 
     wall_s: float
     peak_process_mb: float
@@ -79,6 +81,10 @@ class Command:
     returncode: int
     timeline: list[tuple[float, int, int]] = field(default_factory=list, repr=False)
     """(epoch seconds, tree bytes, largest process bytes) of every sample, for peaks per stage."""
+    cpu_s: float = 0.0
+    """User + system CPU seconds of the command and every process it started (Dask workers, the
+    report helper, git), as the kernel accounts them when each is reaped: what the command asked
+    of the machine's cores, beside how long it took."""
 
     def summary(self) -> dict[str, float | int]:
         """The command's figures for a record (without the timeline)."""
@@ -88,6 +94,7 @@ class Command:
             "peak_tree_mb": self.peak_tree_mb,
             "processes": self.processes,
             "returncode": self.returncode,
+            "cpu_s": self.cpu_s,
         }
 
     def peaks_between(self, start: float, end: float) -> dict[str, float]:
@@ -100,8 +107,11 @@ class Command:
 
 
 def measure_tree(cmd: list[str], log_path: Path) -> Command:
-    """Run ``cmd``; wall time and the peak RSS per process and summed over its process tree (50 ms samples)."""
+    """Run ``cmd``; wall time, the peak RSS per process and summed over its process tree (50 ms
+    samples) and the tree's CPU seconds (this process's reaped children's usage before and after:
+    run one command at a time)."""
     with open(log_path, "w") as log:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         root = psutil.Process(proc.pid)
@@ -134,6 +144,7 @@ def measure_tree(cmd: list[str], log_path: Path) -> Command:
         sampler.start()
         returncode = proc.wait()
         wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         done.set()
         sampler.join()
     if returncode != 0:
@@ -146,4 +157,5 @@ def measure_tree(cmd: list[str], log_path: Path) -> Command:
         len(per_process),
         returncode,
         timeline,
+        cpu_s=round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2),
     )

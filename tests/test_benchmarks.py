@@ -6,7 +6,7 @@ import calendar
 import sys
 import time
 
-from benchmarks.chain_bench import peaks_by_stage
+from benchmarks.chain_bench import pair_figures, peaks_by_stage
 from benchmarks.common import Command, measure_tree
 
 MB = 2**20
@@ -36,3 +36,29 @@ def test_the_measured_timeline_sees_a_child_process_memory(tmp_path):
     assert measured.returncode == 0
     assert measured.peak_process_mb >= 300
     assert measured.peaks_between(measured.timeline[0][0], measured.timeline[-1][0])["peak_process_mb"] >= 300
+
+
+def test_the_measured_cpu_counts_the_processes_the_command_started(tmp_path):
+    # The command itself idles; its child burns about half a second of CPU (as Dask workers,
+    # the report helper and git do for `rrec run`): the tree's CPU must include it.
+    burn = "import time; end = time.process_time() + 0.5\nwhile time.process_time() < end: pass"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}], check=True)"
+    measured = measure_tree([sys.executable, "-c", parent], tmp_path / "parent.log")
+    assert measured.returncode == 0
+    assert measured.cpu_s >= 0.5
+    assert measured.summary()["cpu_s"] == measured.cpu_s
+
+
+def test_repeated_pairs_are_recorded_each_with_the_median_ratio():
+    def command(wall: float, cpu: float) -> Command:
+        return Command(wall, 1.0, 1.0, 1, 0, cpu_s=cpu)
+
+    pairs = [
+        (command(10.0, 20.0), command(35.0, 66.0)),
+        (command(12.0, 21.0), command(36.0, 63.0)),
+        (command(9.0, 20.0), command(33.0, 64.0)),
+    ]
+    figures = pair_figures(pairs)
+    assert [pair["ratio"] for pair in figures["each"]] == [3.5, 3.0, 3.67]
+    assert figures["median"]["ratio"] == 3.5 and figures["median"]["ratio_cpu"] == 3.2
+    assert figures["median"]["second_wall_s"] == 35.0
