@@ -41,9 +41,14 @@ ROW_GROUP_ROWS = 10_000
 # Largest Parquet dictionary page of a shard column (the writer's default is 1 MiB). A row group
 # of 10,000 rows names a million candidates drawn from the catalog; with the default their
 # titles outgrew the dictionary and were written plain. At 8 MiB a 100,000-row shard of the
-# 150k-user benchmark is 72 MB instead of 150 MB (it reads back as the same strings; a larger
-# catalog falls back to plain pages as before).
-DICTIONARY_PAGE_BYTES = 8 << 20
+# 150k-user benchmark is 72 MB instead of 150 MB (it reads back as the same strings). At 14M
+# reviews (a 600k-item catalog) a row group's candidates name 175k titles, 10.7 MB with the
+# page's 4 bytes an entry: past 8 MiB, every shard fell back to plain pages, decoded and hashed
+# a million titles a group and was 163 MB. The plain path costs the 150k release 1.5x the CPU
+# for 2.4x the bytes (measured in docs/PERFORMANCE.md, "Fourteenth session"). 32 MiB holds the
+# 14M catalog's groups with room for a catalog three times larger; any reader takes pages of
+# that size, and a larger catalog still falls back to plain pages.
+DICTIONARY_PAGE_BYTES = 32 << 20
 DICTIONARY_LEAVES = frozenset({("history", "parent_asin"), ("history", "title"), ("candidates", "parent_asin"), ("candidates", "title")})
 """``(list column, struct field)``: the item ids and titles of the lists, a hundred a row from one catalog."""
 

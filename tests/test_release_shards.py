@@ -17,6 +17,7 @@ import pytest
 
 from core.schemas import RELEASE_ROW
 from core.tables import arrow_bytes
+from release import shards
 from release.builder import DICTIONARY_RELEASE_ROW
 from release.shards import DICTIONARY_PAGE_BYTES, ROW_GROUP_ROWS, first_use, parquet_options, write_shard
 
@@ -121,15 +122,25 @@ def test_shard_statistics_cover_every_column_but_the_list_ids_and_titles(tmp_pat
     assert group.column(0).statistics.min == "U0000000"
 
 
-def test_a_shard_with_a_dictionary_too_large_for_a_page_is_the_reference_file_too(tmp_path) -> None:
-    # The first row group's titles fit a dictionary page; the second's are all distinct and
-    # long, past DICTIONARY_PAGE_BYTES: the whole shard is then written from decoded strings,
-    # as a writer of them writes it (which falls back to plain pages in that group).
+def _with_distinct_titles(count: int) -> tuple[pa.Table, pa.Table]:
+    """A row group of 500 titles, then ``count`` rows of 40 distinct 120-byte candidate titles each."""
     fitting = _release_rows(ROW_GROUP_ROWS, catalog=500, candidates=3)
-    count, candidates = 2_000, 40
-    distinct = _release_rows(count, catalog=count * candidates * 10, candidates=candidates, seed=3, title_bytes=120)
-    titles = pc.list_flatten(distinct["candidates"]).combine_chunks().field("title")
-    assert pc.sum(pc.binary_length(pc.unique(titles))).as_py() > DICTIONARY_PAGE_BYTES
+    distinct = _release_rows(count, catalog=count * 40 * 10, candidates=40, seed=3, title_bytes=120)
+    return fitting, distinct
+
+
+def _candidate_title_bytes(rows: pa.Table) -> int:
+    titles = pc.list_flatten(rows["candidates"]).combine_chunks().field("title")
+    return pc.sum(pc.binary_length(pc.unique(titles))).as_py()
+
+
+def test_a_shard_with_a_dictionary_too_large_for_a_page_is_the_reference_file_too(tmp_path, monkeypatch) -> None:
+    # The first row group's titles fit a dictionary page; the second's are all distinct and
+    # long, past the page limit (made small here): the whole shard is then written from decoded
+    # strings, as a writer of them writes it (which falls back to plain pages in that group).
+    monkeypatch.setattr(shards, "DICTIONARY_PAGE_BYTES", 1 << 20)
+    fitting, distinct = _with_distinct_titles(500)
+    assert _candidate_title_bytes(distinct) > shards.DICTIONARY_PAGE_BYTES
     rows = pa.concat_tables([fitting, distinct])
     info = write_shard([rows.cast(DICTIONARY_RELEASE_ROW)], tmp_path / "big.parquet", RELEASE_ROW)
     assert (tmp_path / "big.parquet").read_bytes() == _reference_file(rows, tmp_path / "reference.parquet")
@@ -137,6 +148,24 @@ def test_a_shard_with_a_dictionary_too_large_for_a_page_is_the_reference_file_to
     column = pq.ParquetFile(tmp_path / "big.parquet").metadata.row_group(1).column(12)
     assert column.path_in_schema == "candidates.list.element.title" and "PLAIN" in column.encodings
     assert info["nbytes"] == arrow_bytes(fitting) + arrow_bytes(distinct)
+
+
+def test_a_group_of_titles_past_8_mib_keeps_its_dictionary_page(tmp_path) -> None:
+    # At 14M reviews a row group's candidates name 175k titles (10.7 MB): under the old 8 MiB
+    # limit those shards fell back to plain pages, every mention a whole title, 163 MB a shard.
+    # Such a group is now written from its dictionary, and is still the file a writer of the
+    # decoded strings makes. (Long titles, each named eight times: a dictionary of 10 MB.)
+    rows = _release_rows(2_000, catalog=10_000, candidates=40, seed=3, title_bytes=1_000)
+    titles = pc.list_flatten(rows["candidates"]).combine_chunks().field("title")
+    dictionary_bytes = _candidate_title_bytes(rows) + 4 * len(pc.unique(titles))
+    assert 8 << 20 < dictionary_bytes < DICTIONARY_PAGE_BYTES
+    write_shard([rows.cast(DICTIONARY_RELEASE_ROW)], tmp_path / "large.parquet", RELEASE_ROW)
+    assert (tmp_path / "large.parquet").read_bytes() == _reference_file(rows, tmp_path / "reference.parquet")
+    column = pq.ParquetFile(tmp_path / "large.parquet").metadata.row_group(0).column(12)
+    assert column.path_in_schema == "candidates.list.element.title" and column.has_dictionary_page
+    # Plain pages after a fallback would hold most of the 80,000 mentions whole (about 60 MB).
+    assert column.total_uncompressed_size < 1.5 * dictionary_bytes
+    assert pq.read_table(tmp_path / "large.parquet").equals(rows)
 
 
 def test_first_use_keeps_the_values_and_orders_the_dictionary_by_first_use() -> None:
