@@ -106,14 +106,15 @@ class Command:
         }
 
 
-def measure_tree(cmd: list[str], log_path: Path) -> Command:
+def measure_tree(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path = REPO) -> Command:
     """Run ``cmd``; wall time, the peak RSS per process and summed over its process tree (50 ms
     samples) and the tree's CPU seconds (this process's reaped children's usage before and after:
-    run one command at a time)."""
+    run one command at a time). ``env`` replaces the environment (a baseline's PYTHONPATH) and
+    ``cwd`` the working folder (not the repository, whose packages would shadow a baseline's)."""
     with open(log_path, "w") as log:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         root = psutil.Process(proc.pid)
         per_process: dict[int, int] = {}
         tree_peak = 0

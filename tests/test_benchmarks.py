@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import os
 import sys
 import time
 
@@ -62,3 +63,12 @@ def test_repeated_pairs_are_recorded_each_with_the_median_ratio():
     assert [pair["ratio"] for pair in figures["each"]] == [3.5, 3.0, 3.67]
     assert figures["median"]["ratio"] == 3.5 and figures["median"]["ratio_cpu"] == 3.2
     assert figures["median"]["second_wall_s"] == 35.0
+
+
+def test_a_measured_command_runs_with_the_given_environment_and_folder(tmp_path):
+    # release_ab.py runs a baseline's code this way: its PYTHONPATH first, outside the repository.
+    child = "import os; print(os.getcwd(), os.environ.get('RREC_BENCH_SIDE'))"
+    env = {**os.environ, "RREC_BENCH_SIDE": "baseline"}
+    measured = measure_tree([sys.executable, "-c", child], tmp_path / "env.log", env=env, cwd=tmp_path)
+    assert measured.returncode == 0
+    assert (tmp_path / "env.log").read_text().split() == [str(tmp_path), "baseline"]
