@@ -39,10 +39,12 @@ from distributed import Client
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
 from annotation_data import make_run  # noqa: E402  (test data generator lives with the tests)
 from openai_loopback import default_teacher_answer  # noqa: E402
 
+from benchmarks.common import code_env  # noqa: E402
 from pipeline.annotate import AnnotateSettings, prepare_partition, run_annotate  # noqa: E402
 from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer  # noqa: E402
 from pipeline.annotators.context import plan_partitions  # noqa: E402
@@ -69,7 +71,7 @@ def loopback_server(latency_s: float) -> Iterator[str]:
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=code_env(REPO),
     )
     try:
         yield process.stdout.readline().strip()
@@ -171,7 +173,7 @@ def compare(rev: str, users: int, rounds: int, parts: str) -> dict[str, object]:
                 subprocess.run(["cp", "-r", str(base), str(tmp / f"judge-{side}")], check=True)
         for _ in range(rounds):
             for side, root in (("old", old_root), ("new", REPO)):
-                env = {**os.environ, "PYTHONPATH": str(root), "OPENAI_API_KEY": "sk-benchmark-not-a-real-key"}
+                env = code_env(root, OPENAI_API_KEY="sk-benchmark-not-a-real-key")
                 done = subprocess.run(
                     [
                         sys.executable,

@@ -243,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     write_config(config, args, reviews, meta)
     rrec = [str(Path(sys.executable).with_name("rrec")), "--log-level", "WARNING", "run", "--out", str(out), "--config", str(config)]
     pairs: list[tuple[Command, Command]] = []
-    for number in range(1, max(1, args.pairs) + 1):
+    wanted = max(1, args.pairs)
+    for number in range(1, wanted + 1):
         shutil.rmtree(out, ignore_errors=True)
-        print(f"first command ({number}/{max(1, args.pairs)}): rrec run --until sequences ...", flush=True)
+        print(f"first command ({number}/{wanted}): rrec run --until sequences ...", flush=True)
         warm_page_cache(reviews, meta)
         first = measure_tree([*rrec, "--until", "sequences"], args.workdir / "first.log")
         print(f"  {first}", flush=True)
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if sizes:
         print("rrec release alone, per partition size ...", flush=True)
     by_partition = release_memory(out / "runs" / DOMAIN, args.workdir, sizes)
+    figures = pair_figures(pairs)
     warnings = {name: warning_lines(args.workdir / f"{name}.log") for name in ("first", "second")}
     record = {
         "users_generated": users,
@@ -286,11 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         "second_command_peaks_by_stage": stage_peaks,
         "first_command": {"cmd": "rrec run --until sequences", **first.summary()},
         "second_command": {"cmd": "rrec run", **second.summary()},
-        "second_over_first": round(second.wall_s / first.wall_s, 2),
-        "pairs": pair_figures(pairs),
-        # The same ratio in CPU seconds, and how much of the cores each command kept busy:
-        # wall time is about CPU / cores plus what runs on one core (start-up, stage ends, exit).
-        "second_over_first_cpu": round(second.cpu_s / first.cpu_s, 2) if first.cpu_s else None,
+        # The last pair's ratios, in wall and in CPU seconds, and how much of the cores each command
+        # kept busy: wall time is about CPU / cores plus what runs on one core (start-up, stage ends, exit).
+        "second_over_first": figures["each"][-1]["ratio"],
+        "pairs": figures,
+        "second_over_first_cpu": figures["each"][-1]["ratio_cpu"],
         "busy_share": {name: busy_share(cmd, args.workers) for name, cmd in (("first", first), ("second", second))},
         "warning_lines": {name: len(lines) for name, lines in warnings.items()},
         "release_alone_by_partition_rows": by_partition,

@@ -50,12 +50,19 @@ def extract_baseline(revision: str, into: Path, packages: tuple[str, ...]) -> Pa
     return into
 
 
+def code_env(pythonpath: Path | None, **extra: str) -> dict[str, str]:
+    """This process's environment with ``pythonpath`` (a baseline's code) first on the import path
+    (unchanged when None), plus ``extra`` variables: how a benchmark runs one side's code."""
+    env = {**os.environ, **extra}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return env
+
+
 def measure_driver(script: str, args: list[str], pythonpath: Path | None) -> dict[str, object]:
     """Run ``script --driver ARGS`` in a fresh process (with ``pythonpath`` first: a baseline's
     code) and return the JSON it prints last, plus the whole process's seconds."""
-    env = dict(os.environ)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
+    env = code_env(pythonpath)
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, script, "--driver", *args],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import extract_baseline, measure_tree  # noqa: E402
+from benchmarks.common import code_env, extract_baseline, measure_tree  # noqa: E402
 
 PACKAGES = ("core", "pipeline", "release", "validation", "datacards", "rrec", "training", "configs")
 VERSION = "1.0.0"
@@ -33,12 +32,9 @@ VERSION = "1.0.0"
 def release_once(run: Path, registry: Path, log: Path, pythonpath: Path | None) -> dict[str, object]:
     """One `rrec release` of ``run`` into a fresh ``registry``: its figures and the data files it wrote."""
     shutil.rmtree(registry, ignore_errors=True)
-    env = dict(os.environ)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
     rrec = str(Path(sys.executable).with_name("rrec"))
     cmd = [rrec, "--log-level", "INFO", "release", "--runs", str(run), "--registry", str(registry), "--version", VERSION]
-    measured = measure_tree(cmd, log, env=env, cwd=Path(tempfile.gettempdir()))
+    measured = measure_tree(cmd, log, env=code_env(pythonpath), cwd=Path(tempfile.gettempdir()))
     sizes = [path.stat().st_size for path in (registry / "data").rglob("*.parquet")] if (registry / "data").is_dir() else []
     shutil.rmtree(registry, ignore_errors=True)
     return {

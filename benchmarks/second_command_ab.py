@@ -32,6 +32,9 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import code_env  # noqa: E402
 
 
 def _command(tree: Path, out: Path, config: Path, *extra: str) -> tuple[float, float]:
@@ -39,7 +42,7 @@ def _command(tree: Path, out: Path, config: Path, *extra: str) -> tuple[float, f
     code = 'import sys; from rrec.main import main; sys.argv[0] = "rrec"; main()'
     argv = [sys.executable, "-c", code, "--log-level", "WARNING", "run", "--out", str(out), "--config", str(config), *extra]
     before, start = psutil.cpu_times(), time.perf_counter()
-    done = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+    done = subprocess.run(argv, env=code_env(tree), capture_output=True, text=True)
     wall, after = time.perf_counter() - start, psutil.cpu_times()
     if done.returncode:
         sys.exit(f"{' '.join(argv)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")

@@ -141,31 +141,33 @@ ITEM_ID_DICTIONARY_BYTES = 6
 value; a plain-encoded item id takes 14 (10 characters and a length)."""
 
 
-def dictionary_pages(parquet: pq.ParquetFile, column: int, max_bytes_per_value: float) -> bool:
-    """Whether a leaf is dictionary-encoded throughout, judged from the footer: a dictionary page in
-    every row group and at most ``max_bytes_per_value`` bytes a value.
+def dictionary_pages(parquet: pq.ParquetFile, path: str, max_bytes_per_value: float) -> bool:
+    """Whether the leaf at column ``path`` is dictionary-encoded throughout, judged from the footer:
+    a dictionary page in every row group and at most ``max_bytes_per_value`` bytes a value.
 
     A writer falls back to plain pages once a dictionary outgrows its page (a big catalogue);
     Arrow then rebuilds the dictionary value by value, several times slower than reading strings.
     """
     metadata = parquet.metadata
+    column = [leaf.path for leaf in parquet.schema].index(path)
     chunks = [metadata.row_group(i).column(column) for i in range(metadata.num_row_groups)]
     return bool(chunks) and all(
         c.has_dictionary_page and c.total_uncompressed_size <= max_bytes_per_value * max(c.num_values, 1) for c in chunks
     )
 
 
-def read_with_dictionaries(part: str, columns: list[str], as_dictionary: list[str]) -> pa.Table:
-    """``columns`` of a part file, the leaves ``as_dictionary`` dictionary-encoded.
+def read_with_dictionaries(part: str, columns: list[str], as_dictionary: list[str], metadata: pq.FileMetaData | None = None) -> pa.Table:
+    """``columns`` of a part file, the leaves ``as_dictionary`` dictionary-encoded. ``metadata``
+    (the file's footer, when the caller has read it already) is not read again.
 
     Arrow reads a nested dictionary leaf of one row group only, so row groups are read one by
     one (one chunk each; combining them later unifies the dictionaries). Should Arrow still
     refuse, the leaves are read as plain strings: the values are the same either way.
     """
-    parquet = pq.ParquetFile(part, read_dictionary=as_dictionary)
+    parquet = pq.ParquetFile(part, metadata=metadata, read_dictionary=as_dictionary)
     try:
         if parquet.num_row_groups:
             return pa.concat_tables([parquet.read_row_group(i, columns=columns) for i in range(parquet.num_row_groups)])
     except pa.ArrowNotImplementedError:
         pass
-    return pq.ParquetFile(part).read(columns=columns)
+    return pq.ParquetFile(part, metadata=parquet.metadata).read(columns=columns)

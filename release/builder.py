@@ -238,7 +238,8 @@ def _whole_user_batches(path: str, partition_rows: int) -> Iterable[pa.Table]:
     """A part file in user order as tables of about ``partition_rows`` rows that never split a user
     (with :data:`DICTIONARY_SEQUENCES` types)."""
     pending: pa.Table | None = None
-    file = pq.ParquetFile(path, read_dictionary=list_leaf_paths(pq.read_metadata(path).schema, DICTIONARY_LEAVES))
+    metadata = pq.read_metadata(path)
+    file = pq.ParquetFile(path, metadata=metadata, read_dictionary=list_leaf_paths(metadata.schema, DICTIONARY_LEAVES))
     for batch in file.iter_batches(batch_size=partition_rows):
         table = pa.Table.from_batches([batch]).select(SEQUENCES.names)
         table = table if table.schema.equals(DICTIONARY_SEQUENCES) else table.cast(DICTIONARY_SEQUENCES)

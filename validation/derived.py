@@ -62,9 +62,9 @@ def read_fields(part: str, fields: dict[str, frozenset[str] | None], dictionary_
         for p in chosen
         if p.split(".")[0] in dictionary_lists
         and p.split(".")[-1] == "parent_asin"
-        and dictionary_pages(parquet, paths.index(p), DICTIONARY_BYTES_PER_VALUE)
+        and dictionary_pages(parquet, p, DICTIONARY_BYTES_PER_VALUE)
     ]
-    table = read_with_dictionaries(part, chosen, as_dictionary) if as_dictionary else parquet.read(columns=chosen)
+    table = read_with_dictionaries(part, chosen, as_dictionary, parquet.metadata) if as_dictionary else parquet.read(columns=chosen)
     missing = [name for name in fields if name not in table.column_names]
     if missing:
         raise ValueError(f"{part} has no column {', '.join(missing)}")

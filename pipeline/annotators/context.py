@@ -117,13 +117,12 @@ def _read_context_columns(file: str) -> pa.Table:
     """:data:`CONTEXT_COLUMNS` of a part file, its :data:`HISTORY_DICTIONARY_FIELDS` leaves
     dictionary-encoded where their pages are (:func:`core.tables.read_with_dictionaries`)."""
     parquet = pq.ParquetFile(file)
-    paths = [column.path for column in parquet.schema]
     encoded = [
         path
         for path in list_leaf_paths(parquet.schema, {("history", name) for name in HISTORY_DICTIONARY_FIELDS})
-        if dictionary_pages(parquet, paths.index(path), HISTORY_DICTIONARY_FIELDS[path.rsplit(".", 1)[1]])
+        if dictionary_pages(parquet, path, HISTORY_DICTIONARY_FIELDS[path.rsplit(".", 1)[1]])
     ]
-    return read_with_dictionaries(file, CONTEXT_COLUMNS, encoded) if encoded else parquet.read(columns=CONTEXT_COLUMNS)
+    return read_with_dictionaries(file, CONTEXT_COLUMNS, encoded, parquet.metadata) if encoded else parquet.read(columns=CONTEXT_COLUMNS)
 
 
 def _one_chunk(table: pa.Table) -> pa.Table:
