@@ -104,24 +104,44 @@ def parquet_options(schema: pa.Schema) -> dict[str, Any]:
 def first_use(pieces: list[pa.Array]) -> pa.DictionaryArray:
     """``pieces`` (dictionary-encoded or plain strings) as one dictionary array whose dictionary
     holds each value they use once, in order of first use: what a Parquet writer's own
-    dictionary encoding of the decoded values builds. Unused dictionary entries are dropped."""
+    dictionary encoding of the decoded values builds. Unused dictionary entries are dropped.
+
+    Pieces that share one dictionary (the staging files of a release all carry the sequences
+    table's catalog-wide dictionaries) are reduced on their indices alone; the values are
+    hashed only where the dictionaries differ or the shared one repeats a value it uses."""
+    encoded = [piece if pa.types.is_dictionary(piece.type) else pc.dictionary_encode(piece) for piece in pieces]
+    if encoded and _one_dictionary(encoded):
+        indices, values = _reduced(pa.concat_arrays([piece.indices for piece in encoded]), encoded[0].dictionary)
+        if pc.count_distinct(values, mode="all").as_py() == len(values):
+            return pa.DictionaryArray.from_arrays(indices, values)
     used_values: list[pa.Array] = []
     indices: list[pa.Array] = []
     offset = 0
-    for piece in pieces:
-        if not pa.types.is_dictionary(piece.type):
-            piece = pc.dictionary_encode(piece)
-        raw = piece.indices
-        used = pc.unique(raw).drop_null()  # hash order: first use
-        position = np.zeros(max(len(piece.dictionary), 1), dtype=np.int32)  # all-null indices read slot 0
-        position[used.to_numpy()] = np.arange(offset, offset + len(used), dtype=np.int32)
-        mask = raw.is_null().to_numpy(zero_copy_only=False) if raw.null_count else None
-        indices.append(pa.array(position[raw.fill_null(0).to_numpy()], pa.int32(), mask=mask))
-        used_values.append(piece.dictionary.take(used))
-        offset += len(used)
+    for piece in encoded:
+        piece_indices, values = _reduced(piece.indices, piece.dictionary, offset)
+        indices.append(piece_indices)
+        used_values.append(values)
+        offset += len(values)
     # A value used by two pieces appears twice here, the first time at its first use overall.
     values = pc.dictionary_encode(pa.concat_arrays(used_values))
     return pa.DictionaryArray.from_arrays(values.indices.take(pa.concat_arrays(indices)), values.dictionary)
+
+
+def _one_dictionary(pieces: list[pa.DictionaryArray]) -> bool:
+    """Whether every piece has the first one's dictionary (the same values in the same order)."""
+    first = pieces[0].dictionary
+    return all(piece.dictionary is first or piece.dictionary.equals(first) for piece in pieces[1:])
+
+
+def _reduced(raw: pa.Array, dictionary: pa.Array, offset: int = 0) -> tuple[pa.Array, pa.Array]:
+    """Indices ``raw`` into ``dictionary`` as indices (counted from ``offset``) into the entries
+    they use, in order of first use, and those entries."""
+    used = pc.unique(raw).drop_null()  # hash order: first use
+    position = np.zeros(max(len(dictionary), 1), dtype=np.int32)  # all-null indices read slot 0
+    position[used.to_numpy()] = np.arange(offset, offset + len(used), dtype=np.int32)
+    mask = raw.is_null().to_numpy(zero_copy_only=False) if raw.null_count else None
+    indices = pa.array(position[raw.fill_null(0).to_numpy()], pa.int32(), mask=mask)
+    return indices, dictionary.take(used)
 
 
 def _list_of_structs(chunks: list[pa.ListArray], target: pa.ListType) -> pa.ListArray:

@@ -112,6 +112,62 @@ def test_a_shard_from_dictionary_pieces_is_the_file_a_writer_of_the_decoded_stri
     assert write_shard([rows], tmp_path / "plain.parquet", RELEASE_ROW)["sha256"] == info["sha256"]
 
 
+def _over_one_dictionary(table: pa.Table, repeat: str | None = None) -> pa.Table:
+    """``table`` with its list leaves encoded over one dictionary per leaf for the whole table (as
+    the staging files of a release carry the sequences table's catalog-wide dictionaries): the
+    values reversed, then unused ones. With ``repeat``, that leaf's dictionary also holds each
+    value a second time, and every other mention of it points at the copy."""
+    encoded = table.cast(DICTIONARY_RELEASE_ROW).combine_chunks()
+    columns = []
+    for field, column in zip(DICTIONARY_RELEASE_ROW, encoded.columns):
+        if field.name not in ("history", "candidates"):
+            columns.append(column)
+            continue
+        struct = column.chunk(0).values
+        children = []
+        for index, child_field in enumerate(struct.type):
+            child = struct.field(index)
+            if pa.types.is_dictionary(child_field.type):
+                decoded = child.dictionary_decode()
+                values = pc.unique(decoded.drop_null()).to_pylist()[::-1]
+                dictionary = pa.array([*values, *(f"unused {i}" for i in range(30))])
+                codes = pc.index_in(decoded, value_set=dictionary)
+                if repeat == f"{field.name}.{child_field.name}":
+                    dictionary = pa.concat_arrays([dictionary, dictionary])
+                    shift = pa.array([len(dictionary) // 2 * (i % 2) for i in range(len(codes))], pa.int32())
+                    codes = pc.add(codes, shift)
+                child = pa.DictionaryArray.from_arrays(codes, dictionary)
+            children.append(child)
+        rebuilt = pa.StructArray.from_arrays(children, fields=list(struct.type))
+        columns.append(pa.chunked_array([pa.ListArray.from_arrays(column.chunk(0).offsets, rebuilt)], field.type))
+    return pa.Table.from_arrays(columns, schema=DICTIONARY_RELEASE_ROW)
+
+
+@pytest.mark.parametrize("repeat", [None, "candidates.title"])
+def test_pieces_sharing_one_dictionary_make_the_decoded_writers_file(repeat, tmp_path) -> None:
+    # Every staging file of a real release carries the same catalog-wide dictionaries, so a row
+    # group's pieces are reduced on their indices alone. A shared dictionary that holds a value
+    # twice (two codes for one title) must still give one dictionary entry per title.
+    rows = _release_rows(ROW_GROUP_ROWS + 1_500, catalog=900, candidates=4)
+    shared = _over_one_dictionary(rows, repeat)
+    cuts = [0, 3_000, 7_777, ROW_GROUP_ROWS + 5, rows.num_rows]
+    pieces = [shared.slice(a, b - a) for a, b in itertools.pairwise(cuts)]
+    write_shard(pieces, tmp_path / "shared.parquet", RELEASE_ROW)
+    assert (tmp_path / "shared.parquet").read_bytes() == _reference_file(rows, tmp_path / "reference.parquet")
+    assert pq.read_table(tmp_path / "shared.parquet").equals(rows)
+
+
+def test_first_use_over_one_shared_dictionary_drops_unused_values_and_keeps_nulls() -> None:
+    dictionary = pa.array(["u", "c", "a", "b"])
+    first = pa.DictionaryArray.from_arrays(pa.array([1, None, 2, 1], pa.int32()), dictionary)
+    second = pa.DictionaryArray.from_arrays(pa.array([3, 2, None], pa.int32()), dictionary)
+    merged = first_use([first, second])
+    assert merged.dictionary.to_pylist() == ["c", "a", "b"]
+    assert merged.dictionary_decode().to_pylist() == ["c", None, "a", "c", "b", "a", None]
+    twice = pa.DictionaryArray.from_arrays(pa.array([0, 2, 1], pa.int32()), pa.array(["a", "b", "a"]))
+    assert first_use([twice, twice]).dictionary.to_pylist() == ["a", "b"]
+
+
 def test_shard_statistics_cover_every_column_but_the_list_ids_and_titles(tmp_path) -> None:
     rows = _release_rows(50, catalog=30, candidates=3)
     write_shard([rows.cast(DICTIONARY_RELEASE_ROW)], tmp_path / "s.parquet", RELEASE_ROW)
