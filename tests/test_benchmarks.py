@@ -1,8 +1,10 @@
-"""The chain benchmark's memory attribution: a missed memory target is read stage by stage."""
+"""The benchmarks' own logic: the chain benchmark's memory attribution (a missed memory target is
+read stage by stage), its CPU and repeated pairs, and the shard A/B on a real run folder."""
 
 from __future__ import annotations
 
 import calendar
+import json
 import os
 import sys
 import time
@@ -72,3 +74,19 @@ def test_a_measured_command_runs_with_the_given_environment_and_folder(tmp_path)
     measured = measure_tree([sys.executable, "-c", child], tmp_path / "env.log", env=env, cwd=tmp_path)
     assert measured.returncode == 0
     assert (tmp_path / "env.log").read_text().split() == [str(tmp_path), "baseline"]
+
+
+def test_shard_ab_times_both_sides_on_the_row_groups_of_a_real_release(good_run, tmp_path):
+    # The baseline is this commit's own shards.py: both sides must prepare equal tables, and
+    # every round times each side over every row group of the split's first shard.
+    from benchmarks import shard_ab
+
+    output = tmp_path / "record.json"
+    work = str(tmp_path / "work")
+    arguments = ["--run", str(good_run), "--baseline", "HEAD", "--split", "test", "--shards", "1", "--rounds", "2"]
+    code = shard_ab.main([*arguments, "--workdir", work, "--output", str(output)])
+    record = json.loads(output.read_text())
+    assert code == 0
+    assert record["row_groups"] >= 1 and record["rows"] > 0
+    assert len(record["cpu_s"]["baseline"]) == len(record["cpu_s"]["this"]) == 2
+    assert not list((tmp_path / "work").glob("shard-*.parquet")) and not (tmp_path / "work" / "staging").exists()
