@@ -166,6 +166,17 @@ def test_first_use_over_one_shared_dictionary_drops_unused_values_and_keeps_null
     assert merged.dictionary_decode().to_pylist() == ["c", None, "a", "c", "b", "a", None]
     twice = pa.DictionaryArray.from_arrays(pa.array([0, 2, 1], pa.int32()), pa.array(["a", "b", "a"]))
     assert first_use([twice, twice]).dictionary.to_pylist() == ["a", "b"]
+    # What is remembered of a dictionary is its content: one of the same length and type that
+    # repeats a value is checked afresh.
+    distinct = pa.DictionaryArray.from_arrays(pa.array([0, 2, 1], pa.int32()), pa.array(["a", "b", "c"]))
+    assert first_use([distinct, distinct]).dictionary.to_pylist() == ["a", "c", "b"]
+    again = pa.DictionaryArray.from_arrays(pa.array([0, 2, 1], pa.int32()), pa.array(["a", "b", "a"]))
+    assert first_use([again, again]).dictionary.to_pylist() == ["a", "b"]
+    # A null entry of the shared dictionary is a missing value, as the writer of the decoded strings sees it.
+    with_null = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2], pa.int32()), pa.array(["a", None, "b"]))
+    merged = first_use([with_null, with_null])
+    assert merged.dictionary.to_pylist() == ["a", "b"] and merged.null_count == 2
+    assert merged.dictionary_decode().to_pylist() == ["a", None, "b", "a", None, "b"]
 
 
 def test_shard_statistics_cover_every_column_but_the_list_ids_and_titles(tmp_path) -> None:
