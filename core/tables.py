@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import xxhash
 
 from core.schemas import TABLE_SCHEMAS
 
@@ -57,6 +58,13 @@ FileSignature = tuple[tuple[str, int, int], ...]
 def folder_signature(folder: Path) -> FileSignature:
     """The :data:`FileSignature` of a table folder (empty when it has no part files)."""
     return tuple((str(f), (st := f.stat()).st_mtime_ns, st.st_size) for f in parts(folder))
+
+
+def content_key(array: pa.Array) -> tuple[object, ...]:
+    """A key equal for two arrays of the same type, offset, length and buffer bytes (xxh3 of each
+    buffer: about 1 ms for 600k item ids), for remembering work done on an array's values across
+    arrays read separately (each staging file read gives its own copy of one dictionary)."""
+    return (str(array.type), array.offset, len(array), *(None if b is None else xxhash.xxh3_128_digest(b) for b in array.buffers()))
 
 
 def _padded(size: int) -> int:

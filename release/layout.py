@@ -176,6 +176,15 @@ def mentioned_items(splits: Iterable[pa.Table]) -> pa.Array:
     the entries used are marked per distinct dictionary (the chunks of one join share a few), and
     only those entries are hashed once.
     """
+    plain, used = mentioned_parts(splits)
+    plain.extend(dictionary.filter(pa.array(marked)) for dictionary, marked in used)
+    return pc.unique(pa.chunked_array(plain, pa.string()))
+
+
+def mentioned_parts(splits: Iterable[pa.Table]) -> tuple[list[pa.Array], list[tuple[pa.Array, np.ndarray]]]:
+    """The ids the release rows mention (history, target or candidate), as the plain arrays among
+    them (a missing id of a dictionary-encoded chunk as one null) and, per distinct dictionary of
+    the encoded ones, that dictionary with the entries used marked."""
     plain: list[pa.Array] = []
     used: dict[tuple[int, ...], tuple[pa.Array, np.ndarray]] = {}
     for table in splits:
@@ -199,8 +208,7 @@ def mentioned_items(splits: Iterable[pa.Table]) -> pa.Array:
                 entry[1][pc.drop_null(chunk.indices).to_numpy(zero_copy_only=False)] = True
                 if chunk.null_count:
                     plain.append(pa.nulls(1, pa.string()))  # a missing id is "mentioned", as in plain rows
-    plain.extend(dictionary.filter(pa.array(marked)) for dictionary, marked in used.values())
-    return pc.unique(pa.chunked_array(plain, pa.string()))
+    return plain, list(used.values())
 
 
 def catalog_of(items: pa.Table, wanted: pa.Array) -> pa.Table:

@@ -32,9 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import xxhash
 
-from core.tables import arrow_bytes
+from core.tables import arrow_bytes, content_key
 
 # Rows per Parquet row group of a shard: a shard is written a row group at a time, so writing
 # holds one group, not the shard. A shard of fewer rows is one group, as pq.write_table makes it.
@@ -110,10 +109,10 @@ def first_use(pieces: list[pa.Array]) -> pa.DictionaryArray:
     Pieces that share one dictionary (the candidate lists of every staging file carry the
     sequences table's catalog-wide one: ``pipeline.sequences.candidates.DistinctStrings``) are
     reduced on their indices alone, once that dictionary is known to hold no repeated value and
-    no null (:func:`_distinct_values`); the used values of pieces with other dictionaries (the
+    no null (:func:`distinct_values`); the used values of pieces with other dictionaries (the
     histories') are merged by value."""
     encoded = [piece if pa.types.is_dictionary(piece.type) else pc.dictionary_encode(piece) for piece in pieces]
-    if encoded and _one_dictionary(encoded) and _distinct_values(encoded[0].dictionary):
+    if encoded and _one_dictionary(encoded) and distinct_values(encoded[0].dictionary):
         return pa.DictionaryArray.from_arrays(*_reduced(pa.concat_arrays([piece.indices for piece in encoded]), encoded[0].dictionary))
     used_values: list[pa.Array] = []
     indices: list[pa.Array] = []
@@ -135,21 +134,16 @@ def _one_dictionary(pieces: list[pa.DictionaryArray]) -> bool:
 
 
 _distinct: dict[tuple[object, ...], bool] = {}
-"""Whether a dictionary holds each value once and no null, by its content (:func:`_distinct_values`)."""
+"""Whether a dictionary holds each value once and no null, by its content (:func:`distinct_values`)."""
 MAX_REMEMBERED_DICTIONARIES = 64
 
 
-def _distinct_values(dictionary: pa.Array) -> bool:
+def distinct_values(dictionary: pa.Array) -> bool:
     """Whether ``dictionary`` holds each value once and no null, so that the values its indices
-    use are the group's dictionary as they stand. Answered once per content (its buffers'
-    xxh3, about 0.3 ms for 617k ids, where finding the repeats takes about 100 ms): the row
-    groups of a shard all carry the one catalog-wide dictionary of the candidates."""
-    key = (
-        str(dictionary.type),
-        dictionary.offset,
-        len(dictionary),
-        *(None if b is None else xxhash.xxh3_128_digest(b) for b in dictionary.buffers()),
-    )
+    use are a group's dictionary as they stand. Answered once per content
+    (:func:`core.tables.content_key`, about 1 ms for 617k ids, where finding repeats takes about
+    100 ms): the row groups of a shard all carry the one catalog-wide dictionary of the candidates."""
+    key = content_key(dictionary)
     found = _distinct.get(key)
     if found is None:
         if len(_distinct) >= MAX_REMEMBERED_DICTIONARIES:

@@ -313,6 +313,66 @@ def test_mentioned_items_of_dictionary_encoded_rows_equal_those_of_the_decoded_r
     assert None in expected and len(expected) > 20
 
 
+def test_the_catalog_rows_marked_through_remembered_dictionaries_are_those_the_rows_name():
+    """``mentioned_rows`` (dictionaries matched against the catalog once per content) marks
+    exactly the catalog rows ``is_in(mentioned_items)`` marks: for pieces sharing one dictionary
+    (read apart, so only their contents are equal), a dictionary that repeats an id or holds a
+    null entry, plain rows, missing ids, and a catalog with a repeated and a missing id."""
+    from core.schemas import RELEASE_ROW
+    from release.builder import mentioned_rows
+    from release.layout import mentioned_items
+    from release.shards import with_dictionary_leaves
+
+    asins = [f"B{n:09d}" for n in range(30)]
+    rng = random.Random(5)
+
+    def rows(count: int, candidates: list[str | None]) -> pa.Table:
+        def item(asin: str | None) -> dict:
+            return {"parent_asin": asin, "title": None}
+
+        return pa.Table.from_pylist(
+            [
+                {
+                    "user_id": f"U{n}",
+                    "history": [{**item(rng.choice(asins[:10])), "rating": 5.0, "timestamp": 1}],
+                    "target": {**item(asins[n % 3]), "rating": 4.0, "timestamp": 2},
+                    "candidates": [item(rng.choice(candidates)) for _ in range(3)],
+                }
+                for n in range(count)
+            ],
+            schema=RELEASE_ROW,
+        )
+
+    def over(table: pa.Table, dictionary: list[str | None]) -> pa.Table:
+        """``table`` with its candidates' ids encoded over ``dictionary`` (the last entry of each id)."""
+        encoded = table.cast(with_dictionary_leaves(RELEASE_ROW)).combine_chunks()
+        lists = encoded.column("candidates").chunk(0)
+        ids = pc.struct_field(lists.values, "parent_asin").dictionary_decode()
+        from_end = pc.index_in(ids, value_set=pa.array(dictionary[::-1], pa.string()), skip_nulls=True)
+        codes = pc.subtract(pa.scalar(len(dictionary) - 1, pa.int32()), from_end)
+        struct = pa.StructArray.from_arrays(
+            [pa.DictionaryArray.from_arrays(codes, pa.array(dictionary, pa.string())), lists.values.field(1)],
+            fields=list(lists.type.value_type),
+        )
+        column = pa.ListArray.from_arrays(lists.offsets, struct, type=lists.type)
+        return encoded.set_column(encoded.schema.get_field_index("candidates"), "candidates", pa.chunked_array([column]))
+
+    shared = [*asins[::-1], "B-unused"]
+    pieces = [
+        over(rows(12, asins[10:20]), list(shared)),
+        over(rows(9, asins[15:25]), list(shared)),  # the same dictionary, another copy
+        over(rows(2, [None]), list(shared)),  # missing candidates
+        over(rows(6, [asins[26]]), [*asins, asins[26]]),  # repeats an id: the rows name its second entry
+        over(rows(5, asins[22:24]), [None, *asins]),  # a null entry
+        rows(4, asins[24:26]),  # plain
+    ]
+    catalog = pa.array([*asins[::2], asins[12], None, "B-elsewhere", *asins[1::2]])
+    expected = pc.is_in(catalog, value_set=mentioned_items([p.cast(RELEASE_ROW) for p in pieces])).to_numpy(zero_copy_only=False)
+    assert mentioned_rows(catalog, pieces).tolist() == expected.tolist()
+    assert mentioned_rows(catalog, pieces).tolist() == expected.tolist()  # remembered positions: the same
+    assert expected[len(asins[::2]) + 1] and expected.sum() > 20  # the missing candidate names the catalog's missing id
+
+
 def test_shards_are_as_even_as_rows_allow_and_never_above_shard_rows() -> None:
     assert shard_starts(108_795, 100_000) == [0, 54_397, 108_795]  # not 100,000 + 8,795
     assert shard_starts(0, 10) == [0, 0]  # an empty split still gets its one (empty) shard
