@@ -40,7 +40,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,17 +327,21 @@ class RunDir:
 
 
 @contextlib.contextmanager
-def _out_of_space_is_a_stage_error(folder: Path, stage: str) -> Iterator[None]:
-    """A full disk (here or on a Dask worker writing into ``folder``) becomes one clear line."""
+def out_of_space_is(error: type[Exception], folder: Path, writing: str, then: str | Callable[[], str]) -> Iterator[None]:
+    """A full disk (here or on a Dask worker writing into ``folder``) becomes one clear line:
+    ``error`` naming the folder, what was being written and where a rerun starts (``then``, or
+    what it returns when the disk filled)."""
     try:
         yield
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise StageError(
-            f"no space left on the device of {folder} while stage '{stage}' was writing; free space "
-            f"(`df -h {folder}`) and rerun: completed stages are kept, this one starts again"
-        ) from None
+        rerun = then() if callable(then) else then
+        raise error(f"no space left on the device of {folder} while {writing}; free space (`df -h {folder}`) and rerun: {rerun}") from None
+
+
+def _out_of_space_is_a_stage_error(folder: Path, stage: str) -> contextlib.AbstractContextManager[None]:
+    return out_of_space_is(StageError, folder, f"stage '{stage}' was writing", "completed stages are kept, this one starts again")
 
 
 def _chain_position(stage: str) -> int:

@@ -71,7 +71,11 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             # A random port: the HTTP server starts even with the dashboard off, and a fixed port
             # clashes between concurrent runs ("Port 8787 is already in use").
             dashboard_address=":0",
-            silence_logs=logging.ERROR,
+            # A task's error reaches this process with its traceback, where the command reports
+            # it (one line for a user-fixable one, such as a full disk); the worker's own
+            # "Compute Failed" record of it (level ERROR, with the traceback) would print it
+            # again. The workers' distributed loggers so print only CRITICAL records.
+            silence_logs=logging.CRITICAL,
         ) as cluster,
         Client(cluster) as client,
     ):

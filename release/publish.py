@@ -9,6 +9,7 @@ every file, commit and tag in the registry, and push to the Hub when asked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -24,7 +25,7 @@ from pydantic import Field
 
 from core.config import StageSettings
 from core.hashing import HASH_ALGORITHM, code_version
-from core.stage import RunDir
+from core.stage import RunDir, out_of_space_is
 from datacards.card import CardSettings, DrawnFigures, build_card, draw_figures
 from datacards.statistics import DomainStatistics, filter_summary
 from release.builder import stream_release
@@ -295,7 +296,8 @@ def release_runs(
         _check_push(registry, tag, settings)
     memory_limit = int(settings.max_memory_gb * 2**30) if settings.max_memory_gb else psutil.virtual_memory().available
     sources = check_domains([Path(run) for run in runs], memory_limit, settings.partition_rows)
-    with registry.publishing() as staging:
+    published: list[str] = []  # the local commit, once there is one
+    with _out_of_space(registry, tag, published), registry.publishing() as staging:
         registry.check_order(tag, settings.allow_older)
         release_dir = staging / tag
         drawn: dict[str, DrawnFigures] = {}
@@ -315,8 +317,22 @@ def release_runs(
             manifest = build_release(domains, release_dir, settings, card_settings, registry, provenance, drawn)
             blobs = stored.result()
         commit = registry.publish(release_dir, tag, f"Release {tag}: {', '.join(d.config for d in domains)}", stored=blobs)
+        published.append(commit)
         hub_commit = _push(release_dir, settings, tag)
     return ReleaseResult(tag, registry.path, "released", commit, manifest, hub_commit)
+
+
+def _out_of_space(registry: Registry, tag: str, published: list[str]) -> contextlib.AbstractContextManager[None]:
+    """A full disk while a release is written is one line saying what a rerun does: before the
+    local commit (``published`` empty) nothing was published and the partial files are removed;
+    after it, only the push to the Hub is left, which an unchanged rerun does."""
+
+    def rerun() -> str:
+        if published:
+            return f"{tag} is in the local registry; the same command pushes it (an unchanged release is not written again)"
+        return "nothing was published, and the partial release was removed"
+
+    return out_of_space_is(ReleaseError, registry.path, f"release {tag} was being written", rerun)
 
 
 def _already_released(registry: Registry, tag: str, release_dir: Path, staging: Path, settings: ReleaseSettings) -> ReleaseResult:

@@ -72,3 +72,34 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_a_rerun_after_freeing_spa
     again = rrec("sequences", "--run", str(run), "--workers", "1", "--num-negatives", "20")
     assert again.returncode == 0, again.stderr
     assert (run / "sequences").is_dir()
+
+
+def test_a_release_on_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_publishes(tmp_path: Path, small_disk: Path) -> None:
+    # The shards are written by Dask workers: their "no space left" comes back to the driver
+    # as an OSError like any other; it must end as one line, not as a traceback.
+    from release_runs import make_run
+
+    from release.registry import Registry
+
+    run = make_run(tmp_path / "run")
+    registry = small_disk / "registry"
+    Registry(registry).init()
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as handle:  # fill the disk to the last byte
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+    command = ("release", "--runs", str(run), "--registry", str(registry), "--version", "1.0.0", "--workers", "2")
+    full = rrec(*command)
+    assert full.returncode == 2, full.stderr
+    assert "no space left" in full.stderr and str(registry) in full.stderr and "nothing was published" in full.stderr
+    assert "Traceback" not in full.stderr
+    assert not Registry(registry).has("v1.0.0")
+
+    filler.unlink()
+    again = rrec(*command)
+    assert again.returncode == 0, again.stderr
+    assert Registry(registry).has("v1.0.0")
