@@ -4,9 +4,11 @@
 
 The run folder (annotated and filtered, for instance one `chain_bench.py` leaves in its workdir)
 is joined into staging files by this checkout's release builder, in this process without a
-cluster, and its first ``--shards`` shards of ``--split`` are written once; every row group they
-hand to ``release.shards.encoded_group`` (the step that turns a group's dictionary-encoded
-pieces into one table for the Parquet writer) is kept. Then the baseline's ``encoded_group``
+cluster, and the staged rows of its first ``--shards`` shards of ``--split`` are cut into row
+groups as ``release.shards.write_shard`` cuts them, in the dictionary form it writes while each
+group's dictionary fits a page. Those groups are what ``release.shards.encoded_group`` (the
+step that turns a group's dictionary-encoded pieces into one table for the Parquet writer)
+receives. Then the baseline's ``encoded_group``
 (``release/shards.py`` of commit REV, from ``git archive``) and this checkout's run over the same
 groups in turn, ``--rounds`` times, timed in CPU seconds of this process (steadier than a whole
 `rrec release` on a shared machine, where a second or two drowns in the noise), after a check
@@ -46,19 +48,11 @@ def staged_groups(run: Path, workdir: Path, split: str, count: int) -> list[tupl
     results = builder._join_partitions(source, staging, settings.partition_rows, None)
     files = [(f"{result.folder}/{split}{builder.STAGED}", result.rows[split]) for result in results]
     pieces = builder.shard_pieces(files, settings.shard_rows)[:count]
+    written = shards.with_dictionary_leaves(builder.RELEASE_ROW)  # the form write_shard prepares while dictionaries fit a page
     kept: list[tuple[pa.Table, pa.Schema]] = []
-    original = shards.encoded_group
-
-    def keeping(table: pa.Table, target: pa.Schema) -> pa.Table:
-        kept.append((table, target))
-        return original(table, target)
-
-    shards.encoded_group = keeping
-    try:
-        for index, shard in enumerate(pieces):
-            builder.write_shard_from(shard, str(workdir / f"shard-{index}.parquet"), builder.RELEASE_ROW)
-    finally:
-        shards.encoded_group = original
+    for shard in pieces:
+        tables = (builder.read_staging(source, offset, rows) for source, offset, rows in shard)
+        kept += [(group, written) for group in shards._row_groups(tables, written.names)]
     return kept
 
 
@@ -101,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_number + 1}: {name} {times[name][-1]} CPU s", flush=True)
     finally:
         shutil.rmtree(args.workdir / "staging", ignore_errors=True)
-        for leftover in args.workdir.glob("shard-*.parquet"):
-            leftover.unlink()
     medians = {name: statistics.median(values) for name, values in times.items()}
     record = {
         "run": str(args.run),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,9 +64,35 @@ def folder_signature(folder: Path) -> FileSignature:
 
 def content_key(array: pa.Array) -> tuple[object, ...]:
     """A key equal for two arrays of the same type, offset, length and buffer bytes (xxh3 of each
-    buffer: about 1 ms for 600k item ids), for remembering work done on an array's values across
-    arrays read separately (each staging file read gives its own copy of one dictionary)."""
+    buffer: about 1 ms for 600k item ids)."""
     return (str(array.type), array.offset, len(array), *(None if b is None else xxhash.xxh3_128_digest(b) for b in array.buffers()))
+
+
+R = TypeVar("R")
+
+
+def content_cache(maxsize: int) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Decorator: remember a function of arrays by their contents (:func:`content_key`), for work
+    on values that arrive again in arrays read separately (each staging file of a release gives
+    its own copy of the candidates' catalog-wide dictionary). Emptied when ``maxsize`` results
+    are held; ``cache_clear()`` as ``functools.lru_cache``'s."""
+
+    def decorate(function: Callable[..., R]) -> Callable[..., R]:
+        results: dict[tuple[object, ...], Any] = {}
+
+        @functools.wraps(function)
+        def remembered(*arrays: pa.Array) -> R:
+            key = tuple(content_key(array) for array in arrays)
+            if key not in results:
+                if len(results) >= maxsize:
+                    results.clear()
+                results[key] = function(*arrays)
+            return results[key]
+
+        remembered.cache_clear = results.clear  # type: ignore[attr-defined]
+        return remembered
+
+    return decorate
 
 
 def _padded(size: int) -> int:

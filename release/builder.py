@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from core.progress import track
 from core.schemas import ITEMS, RELEASE_ROW, SEQUENCES, SPLITS
-from core.tables import FileSignature, content_key, dataset, folder_signature, list_leaf_paths, parts
+from core.tables import FileSignature, content_cache, dataset, folder_signature, list_leaf_paths, parts
 from datacards.statistics import DomainStatistics, RowStatistics, category_counts, domain_statistics
 from release.layout import (
     ITEMS_SPLIT,
@@ -225,25 +225,14 @@ def mentioned_rows(catalog: pa.Array, splits: Iterable[pa.Table]) -> np.ndarray:
     return marked
 
 
-_positions: dict[tuple[object, ...], np.ndarray | None] = {}
-""":func:`catalog_positions` by the contents of the catalog's ids and of the dictionary."""
-MAX_REMEMBERED_POSITIONS = 16
-"""Dictionaries whose positions a worker keeps (each an int32 per catalog row: 2.5 MB at 617k items)."""
-
-
+@content_cache(maxsize=16)  # each an int32 per catalog row: 2.5 MB at 617k items
 def catalog_positions(catalog: pa.Array, dictionary: pa.Array) -> np.ndarray | None:
     """For each row of ``catalog`` (item ids), the index of its id in ``dictionary`` (-1: not
     there); None when the dictionary repeats a value or holds a null (a row would then need
-    every index of its id). Remembered by content (:func:`core.tables.content_key`)."""
-    key = (content_key(catalog), content_key(dictionary))
-    if key not in _positions:
-        if len(_positions) >= MAX_REMEMBERED_POSITIONS:
-            _positions.clear()
-        found = None
-        if distinct_values(dictionary):
-            found = pc.fill_null(pc.index_in(catalog, value_set=dictionary), -1).to_numpy(zero_copy_only=False)
-        _positions[key] = found
-    return _positions[key]
+    every index of its id). Remembered per worker by the contents of both."""
+    if not distinct_values(dictionary):
+        return None
+    return pc.fill_null(pc.index_in(catalog, value_set=dictionary), -1).to_numpy(zero_copy_only=False)
 
 
 def _join_and_stage(run: str, sequences: pa.Table, filtered: pa.Table, folder: str) -> RangeResult:

@@ -296,8 +296,7 @@ def release_runs(
         _check_push(registry, tag, settings)
     memory_limit = int(settings.max_memory_gb * 2**30) if settings.max_memory_gb else psutil.virtual_memory().available
     sources = check_domains([Path(run) for run in runs], memory_limit, settings.partition_rows)
-    published: list[str] = []  # the local commit, once there is one
-    with _out_of_space(registry, tag, published), registry.publishing() as staging:
+    with _out_of_space(registry, tag), registry.publishing() as staging:
         registry.check_order(tag, settings.allow_older)
         release_dir = staging / tag
         drawn: dict[str, DrawnFigures] = {}
@@ -317,18 +316,17 @@ def release_runs(
             manifest = build_release(domains, release_dir, settings, card_settings, registry, provenance, drawn)
             blobs = stored.result()
         commit = registry.publish(release_dir, tag, f"Release {tag}: {', '.join(d.config for d in domains)}", stored=blobs)
-        published.append(commit)
         hub_commit = _push(release_dir, settings, tag)
     return ReleaseResult(tag, registry.path, "released", commit, manifest, hub_commit)
 
 
-def _out_of_space(registry: Registry, tag: str, published: list[str]) -> contextlib.AbstractContextManager[None]:
+def _out_of_space(registry: Registry, tag: str) -> contextlib.AbstractContextManager[None]:
     """A full disk while a release is written is one line saying what a rerun does: before the
-    local commit (``published`` empty) nothing was published and the partial files are removed;
-    after it, only the push to the Hub is left, which an unchanged rerun does."""
+    version's tag nothing was published and the partial files are removed; after it, only the
+    push to the Hub is left, which an unchanged rerun does."""
 
     def rerun() -> str:
-        if published:
+        if registry.has(tag):
             return f"{tag} is in the local registry; the same command pushes it (an unchanged release is not written again)"
         return "nothing was published, and the partial release was removed"
 

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.tables import arrow_bytes, content_key
+from core.tables import arrow_bytes, content_cache
 
 # Rows per Parquet row group of a shard: a shard is written a row group at a time, so writing
 # holds one group, not the shard. A shard of fewer rows is one group, as pq.write_table makes it.
@@ -133,23 +133,13 @@ def _one_dictionary(pieces: list[pa.DictionaryArray]) -> bool:
     return all(piece.dictionary is first or piece.dictionary.equals(first) for piece in pieces[1:])
 
 
-_distinct: dict[tuple[object, ...], bool] = {}
-"""Whether a dictionary holds each value once and no null, by its content (:func:`distinct_values`)."""
-MAX_REMEMBERED_DICTIONARIES = 64
-
-
+@content_cache(maxsize=64)
 def distinct_values(dictionary: pa.Array) -> bool:
     """Whether ``dictionary`` holds each value once and no null, so that the values its indices
-    use are a group's dictionary as they stand. Answered once per content
-    (:func:`core.tables.content_key`, about 1 ms for 617k ids, where finding repeats takes about
-    100 ms): the row groups of a shard all carry the one catalog-wide dictionary of the candidates."""
-    key = content_key(dictionary)
-    found = _distinct.get(key)
-    if found is None:
-        if len(_distinct) >= MAX_REMEMBERED_DICTIONARIES:
-            _distinct.clear()
-        found = _distinct[key] = dictionary.null_count == 0 and len(pc.unique(dictionary)) == len(dictionary)
-    return found
+    use are a group's dictionary as they stand. Answered once per content (about 1 ms to key
+    617k ids, where finding repeats takes about 100 ms): the row groups of a shard all carry the
+    one catalog-wide dictionary of the candidates."""
+    return dictionary.null_count == 0 and len(pc.unique(dictionary)) == len(dictionary)
 
 
 def _reduced(raw: pa.Array, dictionary: pa.Array, offset: int = 0) -> tuple[pa.Array, pa.Array]:

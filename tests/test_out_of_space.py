@@ -32,6 +32,18 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+def filled(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one file; return it (unlink it to free the space)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
 def rrec(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(RRECT), *args], capture_output=True, text=True, timeout=300)
 
@@ -54,13 +66,7 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_a_rerun_after_freeing_spa
     assert ingest.returncode == 0, ingest.stderr
     run = small_disk / "run"
     shutil.copytree(built, run)
-    filler = small_disk / "filler"
-    with open(filler, "wb", buffering=0) as handle:  # fill the disk to the last byte
-        try:
-            while True:
-                handle.write(b"\0" * 4096)
-        except OSError:
-            pass
+    filler = filled(small_disk)
 
     full = rrec("sequences", "--run", str(run), "--workers", "1", "--num-negatives", "20")
     assert full.returncode == 2
@@ -84,13 +90,7 @@ def test_a_release_on_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_pu
     run = make_run(tmp_path / "run")
     registry = small_disk / "registry"
     Registry(registry).init()
-    filler = small_disk / "filler"
-    with open(filler, "wb", buffering=0) as handle:  # fill the disk to the last byte
-        try:
-            while True:
-                handle.write(b"\0" * 4096)
-        except OSError:
-            pass
+    filler = filled(small_disk)
 
     command = ("release", "--runs", str(run), "--registry", str(registry), "--version", "1.0.0", "--workers", "2")
     full = rrec(*command)
