@@ -100,14 +100,29 @@ def test_the_teacher_prompt_asks_for_forward_reasoning_under_a_new_version():
 
 
 def test_template_output_does_not_depend_on_partitioning_and_is_deterministic(tmp_path, dask_client):
-    outputs = []
-    for partition_rows in (3, 100):
+    outputs, parts = [], []
+    for partition_rows in (3, 100, None):
         run = tmp_path / f"run-{partition_rows}"
         make_run(run, users=12)
         run_annotate(run, AnnotateSettings(partition_rows=partition_rows, splits=["train", "test"]), dask_client)
         outputs.append(_by_key(_table(run, "annotations")))
-    assert outputs[0] == outputs[1]
+        parts.append(len(list((run / "annotations").glob("*.parquet"))))
+    assert outputs[0] == outputs[1] == outputs[2]
     assert len(outputs[0]) == 24
+    # 24 rows: parts of 3 rows, then one part per sequences file (the template's default size)
+    assert parts[0] == 8 and parts[1] == parts[2] == len(list((tmp_path / "run-None" / "sequences").glob("*.parquet")))
+
+
+def test_partition_rows_default_follows_the_annotator():
+    # template parts are large (its work per part follows the distinct items the part names);
+    # an OpenAI part is written only once all its answers are in, so those stay small
+    assert AnnotateSettings().rows_per_partition == 16_000
+    assert AnnotateSettings(annotator="openai").rows_per_partition == 2_000
+    assert AnnotateSettings(annotator="openai-batch").rows_per_partition == 2_000
+    assert AnnotateSettings(partition_rows=7).rows_per_partition == 7
+    assert AnnotateSettings(annotator="openai", partition_rows=7).rows_per_partition == 7
+    with pytest.raises(ValueError):
+        AnnotateSettings(partition_rows=0)
 
 
 def test_splits_and_limit_select_rows_in_table_order(tmp_path, dask_client):
