@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         "(a single pair's ratio on a shared VM spread 2.9x-4.4x for the same code)",
     )
     args = parser.parse_args(argv)
+    if args.compare is not None and not args.compare.is_file():  # read only at the end: refuse before a long run
+        parser.error(f"--compare {args.compare}: no such record")
 
     from pipeline.sample import SampleSettings, generate_domain, users_for_reviews
 

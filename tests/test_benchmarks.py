@@ -9,6 +9,9 @@ import os
 import sys
 import time
 
+import pytest
+
+from benchmarks.chain_bench import main as chain_bench_main
 from benchmarks.chain_bench import pair_figures, peaks_by_stage
 from benchmarks.common import Command, measure_tree
 
@@ -50,6 +53,15 @@ def test_the_measured_cpu_counts_the_processes_the_command_started(tmp_path):
     assert measured.returncode == 0
     assert measured.cpu_s >= 0.5
     assert measured.summary()["cpu_s"] == measured.cpu_s
+
+
+def test_chain_bench_refuses_a_missing_compare_record_before_any_work(tmp_path, capsys):
+    # --compare is read only when the runs are done: a typo used to cost a whole 14M run
+    with pytest.raises(SystemExit) as stopped:
+        chain_bench_main(["--users", "50", "--workdir", str(tmp_path), "--compare", str(tmp_path / "missing.json")])
+    assert stopped.value.code == 2
+    assert "no such record" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing generated
 
 
 def test_repeated_pairs_are_recorded_each_with_the_median_ratio():
