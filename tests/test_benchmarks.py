@@ -102,3 +102,34 @@ def test_shard_ab_times_both_sides_on_the_row_groups_of_a_real_release(good_run,
     assert record["row_groups"] >= 1 and record["rows"] > 0
     assert len(record["cpu_s"]["baseline"]) == len(record["cpu_s"]["this"]) == 2
     assert not list((tmp_path / "work").glob("shard-*.parquet")) and not (tmp_path / "work" / "staging").exists()
+
+
+def test_partition_ab_runs_the_stages_after_sequences_at_both_part_sizes_on_a_copy(tmp_path):
+    # A real run folder (ingest + sequences tables and manifest): both sizes run annotate ..
+    # validate on a copy, each round timed per stage; the user's run folder is left as it was.
+    from annotation_data import make_run
+
+    from benchmarks import partition_ab
+
+    run = tmp_path / "Grocery"
+    make_run(run, users=12)
+    before = sorted(str(path.relative_to(run)) for path in run.rglob("*"))
+    output = tmp_path / "record.json"
+    arguments = ["--run", str(run), "--rows", "3,50", "--rounds", "2", "--workers", "1", "--workdir", str(tmp_path / "work")]
+    assert partition_ab.main([*arguments, "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    assert set(record["rounds"]) == {"3", "50"}
+    for rounds in record["rounds"].values():
+        assert len(rounds) == 2 and all(set(figures) == set(partition_ab.STAGES) for figures in rounds)
+        assert all(figures[stage]["cpu_s"] > 0 for figures in rounds for stage in partition_ab.STAGES)
+    assert set(record["second_over_first"]) == {"wall_s", "cpu_s"}
+    assert sorted(str(path.relative_to(run)) for path in run.rglob("*")) == before
+    assert not (tmp_path / "work" / "Grocery").exists()
+
+
+def test_partition_ab_refuses_a_folder_without_sequences(tmp_path, capsys):
+    from benchmarks import partition_ab
+
+    with pytest.raises(SystemExit):
+        partition_ab.main(["--run", str(tmp_path), "--workdir", str(tmp_path / "work")])
+    assert "no sequences table" in capsys.readouterr().err
