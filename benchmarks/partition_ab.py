@@ -6,8 +6,9 @@ The run folder (one with ingest and sequences done, for instance the one `chain_
 in its workdir) is copied into --workdir, and annotate (template, ``partition_rows`` = each
 size in turn), filter, judge (heuristic) and validate run on the copy with ``--force``, as
 ``rrec run`` runs them: one local Dask cluster of --workers single-threaded processes for the
-whole benchmark, the sizes alternated (A B, B A, ...) so that a slow period of the machine
-falls on both. Each stage is timed in wall seconds and in CPU seconds of the workers and this
+whole benchmark, after one unrecorded warm-up round (the first validation imports GX in this
+process), the sizes alternated (A B, B A, ...) so that a slow period of the machine falls on
+both. Each stage is timed in wall seconds and in CPU seconds of the workers and this
 process. The annotate part size decides how many parts the later stages read (one filtered part
 per annotation part). Prints each round and writes a JSON record (--output) with the medians.
 """
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shutil.copytree(args.run, copy)
         with dask_client(args.workers) as client:
+            one_round(copy, sizes[0], client)  # warm-up: imports in this process and the workers
             for number in range(max(1, args.rounds)):
                 for size in sizes if number % 2 == 0 else sizes[::-1]:
                     figures = one_round(copy, size, client)
