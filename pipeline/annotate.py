@@ -83,10 +83,12 @@ STAGE = "annotate"
 DEFAULT_OPENAI_MODEL = "gpt-4o"
 DEFAULT_PARTITION_ROWS = {"template": 16_000, "openai": 2_000, "openai-batch": 2_000}
 """Rows per annotation part by annotator. The template's work per part grows with the distinct
-items the part's rows name, not with its rows, and the filter's title facts are remembered per
-part: at 150k users, 2000-row parts cost annotate and filter about 13% and 25% more CPU than
-16000-row ones (docs/PERFORMANCE.md). An OpenAI part is written once all its answers are in (a
-kill keeps them in the cache either way), so its parts stay small."""
+items the part's rows name more than with its rows, the filter remembers title facts per part,
+and the filtered table keeps the parts (one per annotation part) that judge and validate read:
+at 150k users annotate .. validate took 0.85x the wall and CPU time with 16000-row parts as
+with 2000-row ones (``benchmarks/partition_ab.py``, docs/PERFORMANCE.md). An OpenAI part is
+written only once all its answers are in (a kill keeps them in the cache either way), so its
+parts stay small."""
 
 
 class AnnotateSettings(ChatClientSettings):
