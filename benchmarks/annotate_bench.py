@@ -35,7 +35,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-from distributed import Client
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -44,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from annotation_data import make_run  # noqa: E402  (test data generator lives with the tests)
 from openai_loopback import default_teacher_answer  # noqa: E402
 
-from benchmarks.common import code_env  # noqa: E402
+from benchmarks.common import cluster_cpu_s, code_env  # noqa: E402
 from pipeline.annotate import AnnotateSettings, prepare_partition, run_annotate  # noqa: E402
 from pipeline.annotators.cache import CACHE_FILE, AnswerCache, CachedAnswer  # noqa: E402
 from pipeline.annotators.context import plan_partitions  # noqa: E402
@@ -80,12 +79,6 @@ def loopback_server(latency_s: float) -> Iterator[str]:
         process.wait()
 
 
-def _cluster_cpu_s(client: Client) -> float:
-    """CPU seconds used so far by this process and every Dask worker process."""
-    workers = client.run(time.process_time)
-    return time.process_time() + sum(workers.values())
-
-
 def fill_cache(run: Path, settings: AnnotateSettings) -> None:
     """Store the loopback server's answer for every request of ``run``, as an earlier run would
     have (filling 20,000 answers over HTTP would only measure the first run again)."""
@@ -102,7 +95,7 @@ SIDE = """
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from annotate_bench import _cluster_cpu_s, _settings, fill_cache
+from annotate_bench import cluster_cpu_s, _settings, fill_cache
 from pipeline.annotate import AnnotateSettings, run_annotate
 from pipeline.cluster import dask_client
 from pipeline.judge import JudgeSettings, run_judge
@@ -113,10 +106,10 @@ times = {}
 
 
 def timed(name, stage, folder, settings, client):
-    started, cpu = time.perf_counter(), _cluster_cpu_s(client)
+    started, cpu = time.perf_counter(), cluster_cpu_s(client)
     entry = stage(folder, settings, client, force=True)
     times.setdefault(name + "_s", []).append(round(time.perf_counter() - started, 3))
-    times.setdefault(name + "_cpu_s", []).append(round(_cluster_cpu_s(client) - cpu, 3))
+    times.setdefault(name + "_cpu_s", []).append(round(cluster_cpu_s(client) - cpu, 3))
     return entry
 
 
@@ -252,11 +245,11 @@ def main() -> None:
         )
         make_run(cached_run, users=args.cached_rows, rows_per_part=20000)
         fill_cache(cached_run, _settings("http://127.0.0.1:9/v1", args.concurrency))
-        cpu_before = _cluster_cpu_s(client)
+        cpu_before = cluster_cpu_s(client)
         started = time.perf_counter()
         rerun = run_annotate(cached_run, _settings("http://127.0.0.1:9/v1", args.concurrency), client)
         cached_s = time.perf_counter() - started
-        cpu_per_row = (_cluster_cpu_s(client) - cpu_before) / args.cached_rows
+        cpu_per_row = (cluster_cpu_s(client) - cpu_before) / args.cached_rows
         assert rerun["requests_sent"] == 0 and rerun["cache_hits"] == args.cached_rows
         figures.update(
             cached_rows=args.cached_rows,

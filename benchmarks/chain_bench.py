@@ -34,7 +34,6 @@ import argparse
 import calendar
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -42,12 +41,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import Command, measure_tree  # noqa: E402
+from benchmarks.common import Command, measure_tree, write_record  # noqa: E402
 from benchmarks.pipeline_bench import DOMAIN, warm_page_cache  # noqa: E402
 from core.stage import STAGE_ORDER  # noqa: E402
 
@@ -196,11 +193,6 @@ def warning_lines(log: Path) -> list[str]:
     return [line for line in log.read_text(errors="replace").splitlines() if any(mark in line.lower() for mark in WARNING_MARKS)]
 
 
-def _machine() -> str:
-    memory = psutil.virtual_memory().total / 2**30
-    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group(required=True)
@@ -281,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
         "loaded_rows": loaded,
         "largest_shard_mb": round(max(shard_bytes) / 2**20, 1),
         "workers": args.workers,
-        "machine": _machine(),
         "note": args.note,
         "pyarrow_floor": floor,
         "ingest_over_floor": round(stage_s["ingest"] / floor["wall_s"], 2) if floor["wall_s"] else None,
@@ -299,12 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         "warning_lines": {name: len(lines) for name, lines in warnings.items()},
         "release_alone_by_partition_rows": by_partition,
         "load_average_at_end": os.getloadavg(),
-        "command": "python benchmarks/chain_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     if args.compare:
         record["scaling"] = scaling(record, json.loads(args.compare.read_text()))
-    output = args.output or args.workdir / f"chain-{label}.json"
-    output.write_text(json.dumps(record, indent=2))
+    output = write_record(record, args.output or args.workdir / f"chain-{label}.json", __file__, argv)
     print()
     print("| | wall (s) | CPU (s) | peak, largest process (MB) | peak, process tree (MB) |\n|---|---|---|---|---|")
     print(f"| pyarrow.json floor (read only) | {floor['wall_s']} | | | |")

@@ -1,10 +1,12 @@
 """What the benchmarks share: running ``rrec``, a prepared run folder, a baseline commit's code,
-and a command measured whole (wall time, peak memory of its process tree)."""
+a command measured whole (wall time, peak memory of its process tree), the CPU seconds of a Dask
+cluster, and a JSON record with the machine and the command line that made it."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -13,11 +15,33 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "Grocery_and_Gourmet_Food"
+
+
+def cluster_cpu_s(client: Any) -> float:
+    """CPU seconds used so far by this process and every worker process of the Dask ``client``."""
+    workers = client.run(time.process_time)
+    return time.process_time() + sum(workers.values())
+
+
+def machine() -> str:
+    """The machine a record was measured on: host, architecture, cores, memory, Python."""
+    memory = psutil.virtual_memory().total / 2**30
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def write_record(record: dict[str, Any], output: Path, script: str, argv: list[str] | None) -> Path:
+    """``record`` with the machine and the command line (``script`` with ``argv``, default this
+    process's arguments) added, written as JSON into ``output``; returns ``output``."""
+    arguments = argv if argv is not None else sys.argv[1:]
+    record.update(machine=machine(), command=" ".join(["python", f"benchmarks/{Path(script).name}", *arguments]))
+    output.write_text(json.dumps(record, indent=2))
+    return output
 
 
 def rrec(*args: str) -> None:

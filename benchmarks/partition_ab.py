@@ -16,8 +16,6 @@ per annotation part). Prints each round and writes a JSON record (--output) with
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
 import statistics
 import sys
@@ -29,15 +27,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import cluster_cpu_s, write_record  # noqa: E402
+
 STAGES = ("annotate", "filter", "judge", "validate")
-
-
-def process_cpu() -> float:
-    """User + system CPU seconds of the calling process (run on each worker too)."""
-    import psutil
-
-    times = psutil.Process().cpu_times()
-    return times.user + times.system
 
 
 def one_round(run: Path, rows: int, client: Any) -> dict[str, dict[str, float]]:
@@ -50,11 +42,9 @@ def one_round(run: Path, rows: int, client: Any) -> dict[str, dict[str, float]]:
     settings = {"annotate": AnnotateSettings(partition_rows=rows)}
     figures = {}
     for stage in (ANNOTATE, FILTER, JUDGE, VALIDATE):
-        workers_before, driver_before, start = client.run(process_cpu), process_cpu(), time.perf_counter()
+        cpu, start = cluster_cpu_s(client), time.perf_counter()
         stage.execute(run, settings.get(stage.name, stage.settings_type()), client, force=True)
-        wall = time.perf_counter() - start
-        workers_after = client.run(process_cpu)
-        cpu = process_cpu() - driver_before + sum(workers_after[w] - workers_before.get(w, 0.0) for w in workers_after)
+        wall, cpu = time.perf_counter() - start, cluster_cpu_s(client) - cpu
         figures[stage.name] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3)}
     return figures
 
@@ -108,11 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         "second_over_first": {
             key: round(medians[second][key] / medians[first][key], 3) if medians[first][key] else None for key in ("wall_s", "cpu_s")
         },
-        "machine": f"{platform.machine()}, {platform.python_version()}",
-        "command": "python benchmarks/partition_ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    output = args.output or args.workdir / "partition-ab.json"
-    output.write_text(json.dumps(record, indent=2))
+    output = write_record(record, args.output or args.workdir / "partition-ab.json", __file__, argv)
     print(
         f"medians of annotate .. validate: {medians}; parts of {second} / parts of {first}: {record['second_over_first']}; record: {output}"
     )

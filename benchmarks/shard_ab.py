@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import platform
 import shutil
 import statistics
 import sys
@@ -34,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import pyarrow as pa  # noqa: E402
 
-from benchmarks.common import extract_baseline  # noqa: E402
+from benchmarks.common import extract_baseline, write_record  # noqa: E402
 from release import builder, shards  # noqa: E402
 from release.publish import ReleaseSettings  # noqa: E402
 
@@ -105,11 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_s": times,
         "median_cpu_s": medians,
         "this_over_baseline": round(medians["this"] / medians["baseline"], 3) if medians["baseline"] else None,
-        "machine": f"{platform.machine()}, {platform.python_version()}",
-        "command": " ".join(sys.argv),
     }
-    output = args.output or args.workdir / "shard-ab.json"
-    output.write_text(json.dumps(record, indent=2))
+    output = write_record(record, args.output or args.workdir / "shard-ab.json", __file__, argv)
     print(
         f"{len(groups)} row groups, {record['rows']} rows: medians {medians}, this / baseline = {record['this_over_baseline']}; record: {output}"
     )

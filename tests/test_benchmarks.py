@@ -56,7 +56,7 @@ def test_the_measured_cpu_counts_the_processes_the_command_started(tmp_path):
 
 
 def test_chain_bench_refuses_a_missing_compare_record_before_any_work(tmp_path, capsys):
-    # --compare is read only when the runs are done: a typo used to cost a whole 14M run
+    # --compare is read only when the runs are done: a typo would have cost a whole 14M run
     with pytest.raises(SystemExit) as stopped:
         chain_bench_main(["--users", "50", "--workdir", str(tmp_path), "--compare", str(tmp_path / "missing.json")])
     assert stopped.value.code == 2
